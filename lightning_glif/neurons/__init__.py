@@ -1,0 +1,26 @@
+"""Spiking neurons: GLIF and the LIF-family baselines, with their surrogate gradients.
+
+``from lightning_glif.neurons import GLIF, GLIFf, LIF, PLIF``; each is built as
+``Neuron(num_features, time_steps, **options)`` and maps ``[T, B, C, ...]`` to spikes.
+"""
+
+from .base import SpikingNeuron
+from .functional import GLIFValues, MembraneCoefficients
+from .glif import GLIF, GLIFf
+from .lif import LIF, PLIF
+from .surrogate import ATan, Rectangular, Sigmoid, Surrogate, Triangle
+
+__all__ = [
+    "GLIF",
+    "GLIFf",
+    "LIF",
+    "PLIF",
+    "SpikingNeuron",
+    "GLIFValues",
+    "MembraneCoefficients",
+    "Surrogate",
+    "Rectangular",
+    "ATan",
+    "Sigmoid",
+    "Triangle",
+]

@@ -1,0 +1,66 @@
+"""tdBN, the time-distributed wrapper and the input encoding."""
+
+import pytest
+import torch
+from torch import nn
+
+from lightning_glif.models.encoding import to_time_first
+from lightning_glif.models.layers import TimeDistributed
+from lightning_glif.models.tdbn import TdBatchNorm
+
+
+def test_tdbn_normalises_over_time_and_batch_and_scales_by_alpha_vth():
+    torch.manual_seed(0)
+    x = torch.randn(3, 4, 2, 5, 5) * torch.tensor([3.0, 0.5]).view(2, 1, 1) + 7
+    bn = TdBatchNorm(2, alpha=2**-0.5, v_threshold=0.5)
+    y = bn(x)
+    flat = x.transpose(0, 2).reshape(2, -1)  # per channel over (T, B, H, W)
+    mean, var = flat.mean(1), flat.var(1, unbiased=False)
+    expected = 0.5 * 2**-0.5 * (x - mean.view(2, 1, 1)) / (var.view(2, 1, 1) + 1e-5).sqrt()
+    torch.testing.assert_close(y, expected, rtol=1e-4, atol=1e-5)
+    # Affine applies after the scaling: y = w * (scale * x_hat) + b.
+    with torch.no_grad():
+        bn.weight.fill_(2.0)
+        bn.bias.fill_(-1.0)
+    torch.testing.assert_close(bn(x), 2 * expected - 1, rtol=1e-4, atol=1e-5)
+
+
+def test_tdbn_works_on_linear_input_and_keeps_scale_under_syncbn():
+    x = torch.randn(4, 6, 3)
+    bn = TdBatchNorm(3, alpha=1.0, v_threshold=0.5)
+    y = bn(x)
+    torch.testing.assert_close(y.reshape(-1, 3).std(0, unbiased=False), torch.full((3,), 0.5),
+                               rtol=1e-3, atol=1e-3)
+    synced = nn.SyncBatchNorm.convert_sync_batchnorm(bn)
+    assert isinstance(synced.bn, nn.SyncBatchNorm) and synced.scale.item() == 0.5
+
+
+def test_tdbn_rejects_wrong_channels():
+    with pytest.raises(ValueError, match=r"C=3.*\(2, 2, 4\)"):
+        TdBatchNorm(3)(torch.randn(2, 2, 4))
+
+
+def test_time_distributed_equals_a_loop_and_shortcuts_repeated_input():
+    torch.manual_seed(1)
+    conv = nn.Conv2d(2, 3, 3, padding=1)
+    x = torch.randn(4, 5, 2, 6, 6)
+    loop = torch.stack([conv(x[t]) for t in range(4)])
+    torch.testing.assert_close(TimeDistributed(conv)(x), loop)
+    static = torch.randn(5, 2, 6, 6)
+    rep = to_time_first(static, 4)
+    assert rep.stride(0) == 0
+    out = TimeDistributed(conv)(rep)
+    torch.testing.assert_close(out, TimeDistributed(conv)(rep.contiguous()))
+    assert out.stride(0) == 0  # computed once, broadcast again
+
+
+def test_to_time_first_direct_and_sequence():
+    img = torch.randn(2, 3, 4, 4)
+    rep = to_time_first(img, 5)
+    assert rep.shape == (5, 2, 3, 4, 4) and torch.equal(rep[3], img)
+    seq = torch.randn(2, 5, 2, 4, 4)
+    assert torch.equal(to_time_first(seq, 5)[1], seq[:, 1])
+    with pytest.raises(ValueError, match="6 time steps.*time_steps=5"):
+        to_time_first(torch.randn(2, 6, 2, 4, 4), 5)
+    with pytest.raises(ValueError, match="rank 4"):
+        to_time_first(torch.randn(2, 3), 5)
