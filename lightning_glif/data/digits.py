@@ -1,0 +1,99 @@
+"""The embedded dataset: scikit-learn's 8x8 handwritten digits (shipped with it, no download)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from pytorch_lightning import LightningDataModule
+from torch.utils.data import DataLoader, TensorDataset
+
+
+class DigitsDataModule(LightningDataModule):
+    """scikit-learn's 1,797 handwritten digits as ``[B, 1, 8, 8]`` float images in ``[0, 1]``.
+
+    The split is stratified by class and fixed by ``split_seed``: with the default fractions it
+    is 1,257 train / 270 validation / 270 test images, the same on every machine (``indices``
+    holds the rows of ``load_digits()`` in each split). Labels are ``int64`` in ``0..9``.
+    ``predict`` runs on the test split.
+
+    Args:
+        batch_size: images per batch (all splits).
+        val_fraction: share of the images held out for validation (model selection).
+        test_fraction: share of the images held out for the final test.
+        split_seed: seed of the stratified split; independent of the training seed.
+        num_workers: DataLoader worker processes (0 loads in the main process: the data lives
+            in memory, so workers only pay off for heavy augmentation).
+    """
+
+    num_classes = 10
+    in_channels = 1
+    image_size = 8
+
+    def __init__(
+        self,
+        batch_size: int = 64,
+        val_fraction: float = 0.15,
+        test_fraction: float = 0.15,
+        split_seed: int = 0,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        held_out = val_fraction + test_fraction
+        if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and held_out < 1):
+            raise ValueError(
+                "DigitsDataModule: val_fraction and test_fraction must be in (0, 1) and sum to "
+                f"less than 1, got {val_fraction} and {test_fraction}."
+            )
+        self.batch_size = batch_size
+        self.val_fraction = val_fraction
+        self.test_fraction = test_fraction
+        self.split_seed = split_seed
+        self.num_workers = num_workers
+        self.splits: dict[str, TensorDataset] = {}
+        self.indices: dict[str, np.ndarray] = {}  # rows of load_digits() in each split
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+
+        digits = load_digits()
+        images = torch.from_numpy(digits.images.astype(np.float32) / 16.0).unsqueeze(1)
+        labels = torch.from_numpy(digits.target.astype(np.int64))
+        index = np.arange(len(labels))
+        held_out = self.val_fraction + self.test_fraction
+        train, rest = train_test_split(
+            index, test_size=held_out, stratify=digits.target, random_state=self.split_seed
+        )
+        val, test = train_test_split(
+            rest,
+            test_size=self.test_fraction / held_out,
+            stratify=digits.target[rest],
+            random_state=self.split_seed,
+        )
+        for name, idx in (("train", train), ("val", val), ("test", test)):
+            self.indices[name] = np.sort(idx)
+            rows = torch.from_numpy(self.indices[name])
+            self.splits[name] = TensorDataset(images[rows], labels[rows])
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self.splits[split],
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

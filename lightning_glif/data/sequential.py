@@ -1,0 +1,96 @@
+"""Row digits: scikit-learn's 8x8 digits shown one pixel row per time step.
+
+A temporal task where the neuron's dynamics matter: at step t the network sees only row t, so it
+must carry what it saw earlier in its membrane (leak, gates, reset) to tell the digits apart.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from pytorch_lightning import LightningDataModule
+from torch.utils.data import DataLoader, TensorDataset
+
+from .splits import stratified_split
+
+
+class RowDigitsDataModule(LightningDataModule):
+    """Digits as sequences ``[B, T, 8]`` float32 in ``[0, 1]``: step ``t`` is pixel row
+    ``t * 8 // T`` (top to bottom) of the 8x8 image, so ``T = 8`` shows one row per step and
+    ``T = 16`` holds each row for two steps. Labels are int64 in ``0..9``; no download.
+
+    The split is that of ``DigitsDataModule`` with the same fractions and ``split_seed`` (1,257 /
+    270 / 270 digits by default). Made for :class:`~lightning_glif.models.mlp.SpikingMLP`
+    (``in_features=8``).
+
+    Args:
+        time_steps: sequence length ``T``, a multiple of 8 (the image height).
+        batch_size: sequences per batch.
+        val_fraction: share of the digits held out for validation.
+        test_fraction: share of the digits held out for the final test.
+        split_seed: seed of the stratified split.
+        num_workers: DataLoader worker processes (0: the data lives in memory).
+    """
+
+    num_classes = 10
+    in_features = 8
+
+    def __init__(
+        self,
+        time_steps: int = 8,
+        batch_size: int = 64,
+        val_fraction: float = 0.15,
+        test_fraction: float = 0.15,
+        split_seed: int = 0,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        if time_steps < 8 or time_steps % 8:
+            raise ValueError(
+                f"RowDigitsDataModule: time_steps must be a multiple of 8 (one or more steps per "
+                f"row of the 8x8 digits), got {time_steps}."
+            )
+        self.time_steps = time_steps
+        self.batch_size = batch_size
+        self.val_fraction = val_fraction
+        self.test_fraction = test_fraction
+        self.split_seed = split_seed
+        self.num_workers = num_workers
+        self.datasets: dict[str, TensorDataset] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        rows = torch.from_numpy(digits.images.astype(np.float32) / 16.0)  # [N, 8 rows, 8 pixels]
+        rows = rows.repeat_interleave(self.time_steps // 8, dim=1)  # [N, T, 8]
+        labels = torch.from_numpy(digits.target.astype(np.int64))
+        splits = stratified_split(
+            digits.target, self.val_fraction, self.test_fraction, self.split_seed
+        )
+        for name, index in splits.items():
+            index = torch.from_numpy(index)
+            self.datasets[name] = TensorDataset(rows[index], labels[index])
+
+    def _loader(self, name: str, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self.datasets[name],
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

@@ -1,0 +1,266 @@
+"""CIFAR-10, CIFAR-100 and ImageNet DataModules: offline first, with a held-out validation split.
+
+Nothing is downloaded unless asked: a missing dataset is one error that names the dataset, the
+folder looked at, the layout expected there and how to get it. The validation split (model
+selection, the checkpoint on ``val/acc``) is held out of the training images with a fixed seed;
+the official test images are used only by ``test`` (GLIF_SPEC section 8, defect 4: the authors
+picked their best checkpoint on the test set).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+from pytorch_lightning import LightningDataModule
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from lightning_glif.data.errors import DatasetNotFoundError
+
+# dataset: (folder under data_dir, the archive that unpacks to it, the files torchvision reads)
+_CIFAR_LAYOUT = {
+    "CIFAR-10": (
+        "cifar-10-batches-py",
+        "cifar-10-python.tar.gz",
+        [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta"],
+    ),
+    "CIFAR-100": ("cifar-100-python", "cifar-100-python.tar.gz", ["train", "test", "meta"]),
+}
+
+
+def _with_transform(dataset, transform):
+    """The same images (loaded or scanned once) under another transform."""
+    view = copy.copy(dataset)
+    view.transform = transform
+    return view
+
+
+class _ClassificationDataModule(LightningDataModule):
+    """Shared loaders: a train split, the val split held out of it, and the official test split."""
+
+    def __init__(self, batch_size: int, num_workers: int, eval_batch_size: int | None) -> None:
+        super().__init__()
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.splits: dict[str, Dataset] = {}
+
+    @staticmethod
+    def _holdout(n: int, val_size: int, seed: int) -> tuple[list[int], list[int]]:
+        """Indices ``(train, val)`` of ``n`` training images: ``val_size`` of them, seeded."""
+        if not 0 < val_size < n:
+            raise ValueError(f"val_size must be in (0, {n}) for {n} training images: {val_size}.")
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+        return sorted(order[val_size:]), sorted(order[:val_size])
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        return DataLoader(
+            self.splits[split],
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            shuffle=train,
+            drop_last=train,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", train=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", train=False)
+
+
+class CIFAR10DataModule(_ClassificationDataModule):
+    """CIFAR-10 through torchvision: ``[B, 3, 32, 32]`` normalised images, labels ``0..9``.
+
+    Expects ``<data_dir>/cifar-10-batches-py/`` (``data_batch_1`` .. ``data_batch_5``,
+    ``test_batch``, ``batches.meta``: the python version of the archive, as torchvision unpacks
+    it). Training augmentation as the GLIF recipe (GLIF_SPEC section 6): RandomCrop(32, padding
+    4) and horizontal flips, then the per-dataset mean/std normalisation. The validation split
+    is ``val_size`` of the 50,000 training images (fixed by ``split_seed``), without
+    augmentation; ``test`` uses the 10,000 official test images. Note: the paper trained on all
+    50,000 images and selected on the test set; here selection uses the held-out split.
+
+    Args:
+        data_dir: data root, the folder that holds ``cifar-10-batches-py/``.
+        download: fetch and unpack the archive into ``data_dir`` if it is missing (170 MB).
+        batch_size: training batch size (64 in the paper).
+        eval_batch_size: validation/test batch size; ``None``: ``batch_size``.
+        val_size: training images held out for validation.
+        split_seed: seed of the held-out split.
+        num_workers: DataLoader worker processes.
+    """
+
+    name = "CIFAR-10"
+    num_classes = 10
+    in_channels = 3
+    image_size = 32
+    mean = (0.4914, 0.4822, 0.4465)
+    std = (0.2470, 0.2435, 0.2616)
+
+    def __init__(
+        self,
+        data_dir: str = "data",
+        download: bool = False,
+        batch_size: int = 64,
+        eval_batch_size: int | None = None,
+        val_size: int = 5000,
+        split_seed: int = 0,
+        num_workers: int = 4,
+    ) -> None:
+        super().__init__(batch_size, num_workers, eval_batch_size)
+        self.data_dir = Path(data_dir)
+        self.download = download
+        self.val_size = val_size
+        self.split_seed = split_seed
+
+    def _dataset_class(self):
+        from torchvision import datasets
+
+        return datasets.CIFAR10
+
+    def _check_present(self) -> None:
+        folder, archive, files = _CIFAR_LAYOUT[self.name]
+        missing = [f for f in files if not (self.data_dir / folder / f).is_file()]
+        if missing:
+            raise DatasetNotFoundError(
+                self.name,
+                self.data_dir / folder,
+                missing,
+                layout="\n".join(files) + "\n(the python version of the dataset, unpacked)",
+                manual=f"download {archive} from https://www.cs.toronto.edu/~kriz/cifar.html "
+                f"and unpack it in {self.data_dir} (tar xzf {archive}).",
+            )
+
+    def prepare_data(self) -> None:
+        if self.download:
+            cls = self._dataset_class()
+            cls(str(self.data_dir), train=True, download=True)
+            cls(str(self.data_dir), train=False, download=True)
+
+    def transforms(self, train: bool):
+        """The training (augmenting) or evaluation transform."""
+        from torchvision import transforms as T
+
+        normalise = [T.ToTensor(), T.Normalize(self.mean, self.std)]
+        if not train:
+            return T.Compose(normalise)
+        return T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), *normalise])
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        self._check_present()
+        cls = self._dataset_class()
+        root = str(self.data_dir)
+        train_aug = cls(root, train=True, transform=self.transforms(train=True))
+        train_eval = _with_transform(train_aug, self.transforms(train=False))
+        train_idx, val_idx = self._holdout(len(train_aug), self.val_size, self.split_seed)
+        self.splits = {
+            "train": Subset(train_aug, train_idx),
+            "val": Subset(train_eval, val_idx),
+            "test": cls(root, train=False, transform=self.transforms(train=False)),
+        }
+
+
+class CIFAR100DataModule(CIFAR10DataModule):
+    """CIFAR-100 through torchvision: ``[B, 3, 32, 32]``, labels ``0..99``.
+
+    Expects ``<data_dir>/cifar-100-python/`` (``train``, ``test``, ``meta``). Everything else as
+    :class:`CIFAR10DataModule` (same arguments), with CIFAR-100's mean and std.
+    """
+
+    name = "CIFAR-100"
+    num_classes = 100
+    mean = (0.5071, 0.4865, 0.4409)
+    std = (0.2673, 0.2564, 0.2762)
+
+    def _dataset_class(self):
+        from torchvision import datasets
+
+        return datasets.CIFAR100
+
+
+class ImageNetDataModule(_ClassificationDataModule):
+    """ImageNet-1k from an ImageFolder layout: ``[B, 3, 224, 224]`` normalised images.
+
+    Expects ``<data_dir>/imagenet/train/<class>/*.JPEG`` and ``<data_dir>/imagenet/val/<class>/``
+    (the validation images sorted into one folder per class, the same classes as ``train``).
+    ImageNet cannot be downloaded automatically (it needs a licence); nothing is fetched. Training
+    augmentation as the GLIF recipe: RandomResizedCrop(224, scale (0.2, 1)) and flips;
+    evaluation: resize 256, centre crop 224. The validation split (model selection) is
+    ``val_size`` images held out of ``train``; ``test`` uses the official ``val`` folder.
+
+    Args:
+        data_dir: data root, the folder that holds ``imagenet/train/`` and ``imagenet/val/``.
+        batch_size: training batch size (50 per GPU in the paper).
+        eval_batch_size: validation/test batch size; ``None``: ``batch_size``.
+        val_size: training images held out for validation.
+        split_seed: seed of the held-out split.
+        num_workers: DataLoader worker processes.
+    """
+
+    name = "ImageNet"
+    num_classes = 1000
+    in_channels = 3
+    image_size = 224
+    mean = (0.485, 0.456, 0.406)
+    std = (0.229, 0.224, 0.225)
+
+    def __init__(
+        self,
+        data_dir: str = "data",
+        batch_size: int = 50,
+        eval_batch_size: int | None = None,
+        val_size: int = 10000,
+        split_seed: int = 0,
+        num_workers: int = 8,
+    ) -> None:
+        super().__init__(batch_size, num_workers, eval_batch_size)
+        self.data_dir = Path(data_dir)
+        self.val_size = val_size
+        self.split_seed = split_seed
+
+    def transforms(self, train: bool):
+        """The training (augmenting) or evaluation transform."""
+        from torchvision import transforms as T
+
+        normalise = [T.ToTensor(), T.Normalize(self.mean, self.std)]
+        if train:
+            crop = [T.RandomResizedCrop(224, scale=(0.2, 1.0)), T.RandomHorizontalFlip()]
+        else:
+            crop = [T.Resize(256), T.CenterCrop(224)]
+        return T.Compose([*crop, *normalise])
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        root = self.data_dir / "imagenet"
+        missing = [f"{s}/" for s in ("train", "val") if not (root / s).is_dir()]
+        if missing:
+            # Not a DatasetNotFoundError: that one offers a download, and ImageNet has none.
+            raise FileNotFoundError(
+                f"ImageNet was not found in {root}: {' and '.join(missing)} missing. Expected "
+                "layout: train/<class>/*.JPEG and val/<class>/*.JPEG under it (the validation "
+                "images sorted into the same class folders). ImageNet cannot be downloaded "
+                "automatically: get ILSVRC2012 from https://image-net.org, arrange it so, and "
+                "point --data.init_args.data_dir at the folder that holds imagenet/."
+            )
+        from torchvision.datasets import ImageFolder
+
+        train_aug = ImageFolder(str(root / "train"), transform=self.transforms(train=True))
+        train_eval = _with_transform(train_aug, self.transforms(train=False))
+        train_idx, val_idx = self._holdout(len(train_aug), self.val_size, self.split_seed)
+        self.splits = {
+            "train": Subset(train_aug, train_idx),
+            "val": Subset(train_eval, val_idx),
+            "test": ImageFolder(str(root / "val"), transform=self.transforms(train=False)),
+        }

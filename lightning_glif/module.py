@@ -1,0 +1,234 @@
+"""The LightningModule: classification training around any spiking backbone."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from pytorch_lightning import LightningModule
+from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
+from pytorch_lightning.trainer.states import TrainerFn
+from torch import nn
+from torchmetrics import MaxMetric, MetricCollection
+from torchmetrics.classification import MulticlassAccuracy
+
+from lightning_glif.neurons.base import SpikingNeuron
+
+
+def _built_by_cli() -> bool:
+    """True while LightningCLI instantiates the module (it passes the resolved config)."""
+    try:
+        from pytorch_lightning.core.mixins.hparams_mixin import _given_hyperparameters
+    except ImportError:  # pragma: no cover - only if Lightning moves its private context
+        return False
+    return _given_hyperparameters.get() is not None
+
+
+class SpikingClassifier(LightningModule):
+    """Trains a spiking backbone for classification; the backbone is an argument, not a subclass.
+
+    The backbone maps a batch to per-step logits ``[T, B, num_classes]``; :meth:`forward` averages
+    them over T, and the loss is the cross-entropy of that average (GLIF_SPEC section 6).
+    Logged per epoch: ``train/loss``, ``train/acc``, ``val/loss``, ``val/acc``, ``val/acc_best``,
+    ``test/loss``, ``test/acc`` (top-1), ``<stage>/acc_top5`` when there are more than 5
+    classes, and the learning rate of each parameter group (``lr/weights``, ``lr/gates``, ...).
+
+    Optimisation follows the paper unless configured otherwise: the optimizer receives three
+    parameter groups (see :meth:`parameter_groups`): ``weights`` (everything outside the
+    neurons, at the optimizer's own weight decay), ``neuron`` (every parameter of a
+    :class:`~lightning_glif.neurons.base.SpikingNeuron`, weight decay ``neuron_weight_decay``)
+    and ``gates`` (the neurons' gate latents, also at ``neuron_weight_decay``, learning rate
+    times ``gate_lr_factor``). Empty groups are left out.
+
+    Args:
+        backbone: the spiking network, e.g. a
+            :class:`~lightning_glif.models.convnet.SpikingConvNet`; returns ``[T, B, K]``.
+        num_classes: K; must match the backbone's output and the data.
+        optimizer: factory called with the parameter groups. Default: the paper's SGD, lr 0.1,
+            momentum 0.9, weight decay 4e-5.
+        lr_scheduler: factory called with the optimizer. ``None``: the paper's cosine schedule
+            from the initial learning rates to 0 over the whole run (``trainer.max_epochs``
+            epochs, or all the run's optimizer steps when ``lr_interval`` is ``"step"``).
+        lr_interval: step the scheduler after every ``"epoch"`` (the paper) or every ``"step"``.
+        gate_lr_factor: learning-rate factor of the gate latents (0.1 on CIFAR, 1 on ImageNet).
+        neuron_weight_decay: weight decay of every neuron parameter (0 in the paper).
+
+    Checkpoints written under ``train.py`` hold the whole configuration, so
+    ``SpikingClassifier.load_from_checkpoint(path)`` rebuilds the backbone. A module built in
+    Python saves only its plain arguments: pass the backbone again,
+    ``load_from_checkpoint(path, backbone=...)``.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int = 10,
+        optimizer: OptimizerCallable = lambda params: torch.optim.SGD(
+            params, lr=0.1, momentum=0.9, weight_decay=4e-5
+        ),
+        lr_scheduler: LRSchedulerCallable | None = None,
+        lr_interval: Literal["epoch", "step"] = "epoch",
+        gate_lr_factor: float = 0.1,
+        neuron_weight_decay: float = 0.0,
+    ) -> None:
+        super().__init__()
+        # Under LightningCLI the hyperparameters are the resolved config, with the backbone and
+        # the optimizer as class_path dicts: the checkpoint then rebuilds the whole model
+        # (`train.py test --ckpt_path ...`, `SpikingClassifier.load_from_checkpoint`). Built
+        # from Python they are live objects, which a checkpoint must not pickle.
+        objects = [] if _built_by_cli() else ["backbone", "optimizer", "lr_scheduler"]
+        self.save_hyperparameters(ignore=objects)
+        if lr_interval not in ("epoch", "step"):
+            raise ValueError(f"lr_interval must be 'epoch' or 'step', got {lr_interval!r}.")
+        self.backbone = backbone
+        self.num_classes = num_classes
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
+        self.lr_interval = lr_interval
+        self.gate_lr_factor = gate_lr_factor
+        self.neuron_weight_decay = neuron_weight_decay
+
+        self.train_metrics = self._accuracy_metrics("train")
+        self.val_metrics = self._accuracy_metrics("val")
+        self.test_metrics = self._accuracy_metrics("test")
+        self.val_acc_best = MaxMetric()
+        # Saved with the weights, so a resumed run keeps its best validation accuracy.
+        self.val_acc_best.persistent(True)
+
+    def _accuracy_metrics(self, stage: str) -> MetricCollection:
+        metrics = {"acc": MulticlassAccuracy(self.num_classes, top_k=1, average="micro")}
+        if self.num_classes > 5:
+            metrics["acc_top5"] = MulticlassAccuracy(self.num_classes, top_k=5, average="micro")
+        return MetricCollection(metrics, prefix=f"{stage}/")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits averaged over time, ``[B, num_classes]``."""
+        logits = self.backbone(x)
+        if logits.dim() != 3 or logits.shape[-1] != self.num_classes:
+            raise ValueError(
+                f"the backbone {type(self.backbone).__name__} must return per-step logits "
+                f"[T, B, num_classes={self.num_classes}], got shape {tuple(logits.shape)}; check "
+                "that model.num_classes and the backbone's num_classes agree."
+            )
+        return logits.mean(0)
+
+    def _step(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x, y = batch
+        logits = self(x)
+        return F.cross_entropy(logits, y), logits, y
+
+    def on_train_epoch_start(self) -> None:
+        # The learning rate each parameter group starts the epoch with (lr/weights, lr/gates, ...).
+        for i, group in enumerate(self.trainer.optimizers[0].param_groups):
+            self.log(f"lr/{group.get('name', i)}", group["lr"], on_step=False, on_epoch=True)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        loss, logits, y = self._step(batch)
+        self.train_metrics.update(logits.detach(), y)
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True)
+        self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        loss, logits, y = self._step(batch)
+        self.val_metrics.update(logits, y)
+        self.log("val/loss", loss, on_step=False, on_epoch=True, sync_dist=True)
+        self.log_dict(self.val_metrics, on_step=False, on_epoch=True, prog_bar=True)
+
+    def on_validation_epoch_end(self) -> None:
+        # The best of the training run: not the sanity check's untrained model, not `validate`.
+        if self.trainer.sanity_checking or self.trainer.state.fn != TrainerFn.FITTING:
+            return
+        self.val_acc_best.update(self.val_metrics["acc"].compute())
+        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        loss, logits, y = self._step(batch)
+        self.test_metrics.update(logits, y)
+        self.log("test/loss", loss, on_step=False, on_epoch=True, sync_dist=True)
+        self.log_dict(self.test_metrics, on_step=False, on_epoch=True)
+
+    def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        """Time-averaged logits ``[B, num_classes]`` of a batch ``x`` or ``(x, y)``."""
+        x = batch[0] if isinstance(batch, list | tuple) else batch
+        return self(x)
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
+        data_classes = getattr(datamodule, "num_classes", None)
+        if data_classes is not None and data_classes != self.num_classes:
+            raise ValueError(
+                f"the data has {data_classes} classes but the model was built for "
+                f"num_classes={self.num_classes}: set model.num_classes to {data_classes}."
+            )
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """The optimizer's parameter groups: ``weights``, ``neuron`` and ``gates``.
+
+        Membership is by identity: a parameter belongs to ``neuron`` if any
+        :class:`SpikingNeuron` module owns it, and to ``gates`` if a neuron yields it from
+        ``gate_parameters()``. The ``gates`` group carries ``lr_factor``, applied to the
+        optimizer's learning rate in :meth:`configure_optimizers`. Frozen parameters are left out.
+        """
+        neuron_ids: set[int] = set()
+        gate_ids: set[int] = set()
+        for module in self.modules():
+            if isinstance(module, SpikingNeuron):
+                neuron_ids.update(id(p) for p in module.parameters())
+                gate_ids.update(id(p) for p in module.gate_parameters())
+        members: dict[str, list[nn.Parameter]] = {"weights": [], "neuron": [], "gates": []}
+        for p in self.parameters():
+            if not p.requires_grad:
+                continue
+            name = "gates" if id(p) in gate_ids else "neuron" if id(p) in neuron_ids else "weights"
+            members[name].append(p)
+        groups = [
+            {"name": "weights", "params": members["weights"]},
+            {
+                "name": "neuron",
+                "params": members["neuron"],
+                "weight_decay": self.neuron_weight_decay,
+            },
+            {
+                "name": "gates",
+                "params": members["gates"],
+                "weight_decay": self.neuron_weight_decay,
+                "lr_factor": self.gate_lr_factor,
+            },
+        ]
+        return [g for g in groups if g["params"]]
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = self.optimizer_factory(self.parameter_groups())
+        for group in optimizer.param_groups:
+            # Before the scheduler exists: it takes each group's current lr as its initial lr.
+            group["lr"] = group["lr"] * group.pop("lr_factor", 1.0)
+        if self.lr_scheduler_factory is not None:
+            scheduler = self.lr_scheduler_factory(optimizer)
+        else:
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+                optimizer, T_max=self._schedule_length(), eta_min=0.0
+            )
+        schedule = {"scheduler": scheduler, "interval": self.lr_interval}
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            schedule["monitor"] = "val/loss"
+        return {"optimizer": optimizer, "lr_scheduler": schedule}
+
+    def _schedule_length(self) -> int:
+        """Scheduler steps in the whole run, for the default cosine schedule."""
+        if self.lr_interval == "step":
+            steps = self.trainer.estimated_stepping_batches
+            if steps == float("inf"):
+                raise ValueError(
+                    "the default cosine schedule needs a finite run: set trainer.max_epochs or "
+                    "trainer.max_steps, or give model.lr_scheduler."
+                )
+            return max(1, int(steps))
+        epochs = self.trainer.max_epochs
+        if epochs is None or epochs < 0:
+            raise ValueError(
+                "the default cosine schedule runs over trainer.max_epochs, which is not set: set "
+                "it, use model.lr_interval=step with trainer.max_steps, or give model.lr_scheduler."
+            )
+        return max(1, epochs)

@@ -1,0 +1,392 @@
+"""The observability callbacks: what they log is read back from the TensorBoard event files and
+compared with the model's values and with rates and operation counts computed by hand."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+from pytorch_lightning import LightningModule, Trainer
+from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.strategies import DDPStrategy
+from tensorboard.backend.event_processing import event_accumulator as ea
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from lightning_glif.callbacks import FiringRateMonitor, GateMonitor, SynapticOpsMonitor
+from lightning_glif.callbacks.synops import synaptic_events
+from lightning_glif.models.layers import TimeDistributed
+from lightning_glif.neurons import GLIF, GLIFf
+from lightning_glif.neurons.base import SpikingNeuron
+from train import cli_main
+
+T = 4
+# The monitors as a user configures them, replacing conf/default.yaml's callbacks list.
+MONITORS = """
+trainer:
+  callbacks:
+    - class_path: lightning_glif.callbacks.GateMonitor
+      init_args:
+        every_n_steps: 2
+    - class_path: lightning_glif.callbacks.FiringRateMonitor
+    - class_path: lightning_glif.callbacks.SynapticOpsMonitor
+"""
+
+
+def read_events(run_dir) -> ea.EventAccumulator:
+    """Every scalar, histogram and image of the run directory (no sampling)."""
+    keep_all = {ea.SCALARS: 0, ea.HISTOGRAMS: 0, ea.IMAGES: 0}
+    events = ea.EventAccumulator(str(run_dir), size_guidance=keep_all)
+    events.Reload()
+    return events
+
+
+def last_scalar(events: ea.EventAccumulator, tag: str) -> float:
+    return events.Scalars(tag)[-1].value
+
+
+def tiny_fit(root) -> tuple:
+    """Two short epochs of the default run (small convnet) with the three monitors, configured
+    from YAML as a user would; returns the CLI (its model is the trained one) and the run dir."""
+    config = root / "monitors.yaml"
+    config.write_text(MONITORS)
+    cli = cli_main(
+        [
+            "fit", "--config", str(config),
+            "--trainer.default_root_dir", str(root),
+            "--trainer.max_epochs", "2",
+            "--trainer.limit_train_batches", "3",
+            "--trainer.limit_val_batches", "2",
+            "--trainer.enable_progress_bar", "false",
+            "--trainer.enable_model_summary", "false",
+            "--model.backbone.init_args.channels", "[8, 16]",
+        ]
+    )  # fmt: skip
+    return cli, cli.trainer.log_dir
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    cli, run_dir = tiny_fit(tmp_path_factory.mktemp("fit"))
+    return cli, read_events(run_dir)
+
+
+# -- GateMonitor ---------------------------------------------------------------------------------
+def test_gate_and_membrane_tags_exist_for_every_glif_layer(fitted):
+    cli, events = fitted
+    tags = events.Tags()
+    layers = [n for n, m in cli.model.named_modules() if isinstance(m, GLIF)]
+    assert layers == ["backbone.features.0.2", "backbone.features.1.2"]
+    for layer in layers:
+        for gate in ("alpha", "beta", "gamma"):
+            assert f"gates/{layer}/{gate}" in tags["histograms"]
+            assert f"gates/{layer}/{gate}_mean" in tags["scalars"]
+        for name in ("tau", "v_threshold", "v_leak", "v_reset"):
+            assert f"membrane/{layer}/{name}" in tags["histograms"]
+            assert f"membrane/{layer}/{name}_mean" in tags["scalars"]
+        for t in range(T):
+            assert f"membrane/{layer}/conductance/t{t}" in tags["histograms"]
+            assert f"membrane/{layer}/conductance_mean/t{t}" in tags["scalars"]
+    for image in ("gates/evolution", "gates/distributions"):
+        assert len(events.Images(image)) == 2  # one per epoch
+    # At the start, every 2 steps and at the end (2 epochs of 3 steps): steps 0, 2, 4, 6.
+    steps = [e.step for e in events.Histograms(f"gates/{layers[0]}/alpha")]
+    assert steps == [0, 2, 4, 6]
+
+
+def test_last_alpha_histogram_equals_the_models_values(fitted):
+    cli, events = fitted
+    monitor = next(c for c in cli.trainer.callbacks if isinstance(c, GateMonitor))
+    for name, module in cli.model.named_modules():
+        if not isinstance(module, GLIF):
+            continue
+        last = events.Histograms(f"gates/{name}/alpha")[-1]
+        assert last.step == cli.trainer.global_step == 6
+        alpha = module.values().alpha.detach().double().numpy()
+        h = last.histogram_value
+        assert (h.num, h.min, h.max) == (alpha.size, alpha.min(), alpha.max())
+        assert h.sum == pytest.approx(alpha.sum(), rel=1e-12)
+        assert h.sum_squares == pytest.approx(alpha @ alpha, rel=1e-12)
+        counts, _ = np.histogram(alpha, bins=monitor.bins)
+        assert sum(h.bucket) == alpha.size
+        assert [c for c in h.bucket if c] == [c for c in counts.tolist() if c]
+        mean = events.Scalars(f"gates/{name}/alpha_mean")[-1]
+        assert mean.step == 6 and mean.value == pytest.approx(alpha.mean(), rel=1e-6)
+        # the evolution holds the initial values (epoch 0) and one mean per epoch
+        assert monitor.epochs == [0, 1, 2]
+        assert monitor.means[name]["alpha"][-1] == pytest.approx(alpha.mean(), rel=1e-6)
+
+
+def test_gate_monitor_state_survives_a_checkpoint():
+    monitor = GateMonitor()
+    monitor.epochs, monitor.means = [0, 1], {"net.0": {"alpha": [0.5, 0.6]}}
+    restored = GateMonitor()
+    restored.load_state_dict(monitor.state_dict())
+    assert restored.epochs == [0, 1] and restored.means == {"net.0": {"alpha": [0.5, 0.6]}}
+
+
+# -- FiringRateMonitor and SynapticOpsMonitor on the default model -------------------------------
+def test_firing_and_synops_tags_on_the_default_model(fitted):
+    cli, events = fitted
+    tags = events.Tags()
+    neurons = [n for n, m in cli.model.named_modules() if isinstance(m, SpikingNeuron)]
+    for stage in ("train", "val"):
+        assert f"spikes/{stage}/rate" in tags["scalars"]
+        for layer in neurons:
+            for what in ("rate", "dead", "saturated"):
+                values = [e.value for e in events.Scalars(f"spikes/{stage}/{layer}/{what}")]
+                assert len(values) == 2 and all(0 <= v <= 1 for v in values)
+            assert f"spikes/{stage}/{layer}/channel_rate" in tags["histograms"]
+    # conv3x3 1->8 on 8x8 images: 8 * 8 * 8 outputs x 9 inputs, run once for all T (static input)
+    first = "synops/val/backbone.features.0.0.module/mac"
+    assert last_scalar(events, first) == last_scalar(events, "synops/val/mac") == 8 * 8 * 8 * 9
+    for layer in ("backbone.features.1.0.module", "backbone.classifier"):
+        assert f"synops/val/{layer}/ac" in tags["scalars"]
+    ac, mac = last_scalar(events, "synops/val/ac"), last_scalar(events, "synops/val/mac")
+    assert ac > 0
+    energy = last_scalar(events, "energy/val/uJ")
+    assert energy == pytest.approx((ac * 0.9 + mac * 4.6) * 1e-6, rel=1e-6)
+
+
+# -- known inputs ----------------------------------------------------------------------------------
+class Threshold(SpikingNeuron):
+    """Fires wherever its input exceeds 0.5, so its spikes are a known input pattern."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        return (x > 0.5).to(x.dtype)
+
+
+class Probe(LightningModule):
+    """``[B, T, C]`` -> Threshold neuron -> linear readout, in ``dtype``; validation only."""
+
+    def __init__(self, channels: int = 4, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        self.neuron = Threshold(channels, T)
+        self.readout = TimeDistributed(nn.Linear(channels, 3, bias=False))
+        self.dtype_ = dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        spikes = self.neuron(x.transpose(0, 1).to(self.dtype_))
+        return self.readout(spikes.float())
+
+    def validation_step(self, batch, batch_idx) -> None:
+        self(batch[0])
+
+
+def known_inputs(samples: int = 8) -> torch.Tensor:
+    """``[N, T, 4]``: channel 0 never fires, channel 1 always fires, channels 2 and 3 fire on the
+    even samples only."""
+    x = torch.zeros(samples, T, 4)
+    x[:, :, 1] = 1.0
+    x[0::2, :, 2:] = 1.0
+    return x
+
+
+class PerRankData(Dataset):
+    """Four samples per process: ``known_inputs``' even samples on rank 0 (channels 1, 2, 3 fire
+    throughout), its odd samples on rank 1 (only channel 1 fires)."""
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        return known_inputs(8)[2 * i + rank], torch.tensor(0.0)
+
+
+def validate(
+    tmp_path, model, x, batch_size=2, mac_layers=None, **trainer_args
+) -> ea.EventAccumulator:
+    """``trainer.validate`` on ``x`` (a tensor of inputs or a Dataset) with both counting
+    monitors; the run's events."""
+    logger = TensorBoardLogger(tmp_path, name="probe", version=0)
+    synops = SynapticOpsMonitor(stages=["val"], mac_layers=mac_layers)
+    trainer = Trainer(
+        logger=logger,
+        callbacks=[FiringRateMonitor(stages=["val"]), synops],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        **trainer_args,
+    )
+    if isinstance(x, torch.Tensor):
+        x = TensorDataset(x, torch.zeros(len(x)))
+    data = DataLoader(x, batch_size=batch_size)
+    trainer.validate(model, data, verbose=False)
+    return read_events(logger.log_dir)
+
+
+def test_firing_rate_of_a_known_input(tmp_path):
+    x = known_inputs()
+    events = validate(tmp_path, Probe(), x, accelerator="cpu", devices=1)
+    # by hand: channel rates 0, 1, 0.5, 0.5 -> layer rate 0.5; one dead and one saturated channel
+    assert last_scalar(events, "spikes/val/neuron/rate") == pytest.approx(0.5)
+    assert last_scalar(events, "spikes/val/neuron/dead") == pytest.approx(0.25)
+    assert last_scalar(events, "spikes/val/neuron/saturated") == pytest.approx(0.25)
+    assert last_scalar(events, "spikes/val/rate") == pytest.approx(0.5)
+    h = events.Histograms("spikes/val/neuron/channel_rate")[-1].histogram_value
+    assert (h.num, h.min, h.max, h.sum) == (4, 0.0, 1.0, 2.0)
+    # the readout is the first synaptic layer: dense MACs, T x 3 outputs x 4 inputs per sample
+    assert last_scalar(events, "synops/val/readout.module/mac") == T * 3 * 4
+
+
+def test_counts_are_exact_under_bf16(tmp_path):
+    # 257 samples in one batch, T=4: a channel that always fires gives 1028 spikes per call,
+    # which bf16 cannot hold (nearest: 1024, 1032); the monitor sums in float32 and counts int64.
+    x = torch.zeros(257, T, 4)
+    x[:, :, 1] = 1.0
+    x[:, 0, 2] = 1.0  # channel 2 fires at the first step only: rate 1/4
+    assert torch.ones(1028, dtype=torch.bfloat16).sum().item() != 1028
+    events = validate(
+        tmp_path, Probe(dtype=torch.bfloat16), x, batch_size=257, precision="bf16-mixed"
+    )
+    assert last_scalar(events, "spikes/val/neuron/rate") == pytest.approx((1 + 0.25) / 4)
+    assert last_scalar(events, "spikes/val/neuron/saturated") == pytest.approx(0.25)
+    assert last_scalar(events, "spikes/val/neuron/dead") == pytest.approx(0.5)  # channels 0, 3
+
+
+@pytest.mark.slow
+def test_ddp_ranks_log_the_global_rate(tmp_path):
+    """Two CPU processes (gloo) see different data (PerRankData). Rank 0 alone would log rate
+    0.75 and 3 saturated channels, rank 1 rate 0.25 and 3 dead ones; the global figures are those
+    of all 8 samples: rate 0.5, one dead and one saturated channel, and the readout's ACs are
+    the global spikes x 3 / the global samples."""
+    x = known_inputs(8)
+    events = validate(
+        tmp_path,
+        Probe(),
+        PerRankData(),
+        mac_layers=[],
+        accelerator="cpu",
+        devices=2,
+        # a collective that one rank misses fails within a minute instead of hanging for 30
+        strategy=DDPStrategy(
+            start_method="spawn", process_group_backend="gloo", timeout=timedelta(seconds=60)
+        ),
+        use_distributed_sampler=False,  # each rank reads its own samples
+    )
+    assert last_scalar(events, "spikes/val/neuron/rate") == pytest.approx(0.5)
+    assert last_scalar(events, "spikes/val/neuron/dead") == pytest.approx(0.25)
+    assert last_scalar(events, "spikes/val/neuron/saturated") == pytest.approx(0.25)
+    h = events.Histograms("spikes/val/neuron/channel_rate")[-1].histogram_value
+    assert (h.num, h.min, h.max, h.sum) == (4, 0.0, 1.0, 2.0)
+    # 64 spikes in 8 samples (rank 0 alone: 48 in 4), each reaching the 3 readout units
+    spikes_per_sample = (x > 0.5).sum().item() / len(x)
+    assert spikes_per_sample == 8
+    assert last_scalar(events, "synops/val/readout.module/ac") == pytest.approx(8 * 3)
+    assert last_scalar(events, "energy/val/uJ") == pytest.approx(8 * 3 * 0.9e-6)
+
+
+# -- synaptic operations -------------------------------------------------------------------------
+class ConvProbe(LightningModule):
+    """``[B, T, 2, 3, 3]`` binary input -> conv1x1 (identity weights: the MAC layer) -> Threshold
+    -> conv3x3 with zero padding 1 (AC layer)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = TimeDistributed(nn.Conv2d(2, 2, 1, bias=False))
+        nn.init.eye_(self.embed.module.weight.view(2, 2))
+        self.neuron = Threshold(2, T)
+        self.conv = TimeDistributed(nn.Conv2d(2, 4, 3, padding=1, bias=False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(self.neuron(self.embed(x.transpose(0, 1))))
+
+    def validation_step(self, batch, batch_idx) -> None:
+        self(batch[0])
+
+
+def test_synaptic_ops_and_energy_of_a_hand_computed_net(tmp_path):
+    x = torch.zeros(3, T, 2, 3, 3)
+    x[0, :, 0, 0, 0] = 1  # a corner: 2 x 2 windows of the padded 3x3 conv cover it
+    x[1, :, 1, 0, 1] = 1  # an edge: 2 x 3 windows
+    x[2, :, 0, 1, 1] = 1  # the centre: 3 x 3 windows
+    x[2, 0, 1, 2, 2] = 1  # a corner, at one step only
+    events = validate(tmp_path, ConvProbe(), x, batch_size=2, accelerator="cpu", devices=1)
+    # every covering window reaches 4 output channels
+    ac = (T * (4 + 6 + 9) + 4) * 4 / 3
+    mac = T * (2 * 9) * 2  # conv1x1: 2 channels x 9 positions per step, fan-in 2
+    assert last_scalar(events, "synops/val/conv.module/ac") == pytest.approx(ac)
+    assert last_scalar(events, "synops/val/embed.module/mac") == pytest.approx(mac)
+    assert last_scalar(events, "synops/val/ac") == pytest.approx(ac)
+    assert last_scalar(events, "synops/val/mac") == pytest.approx(mac)
+    uj = (ac * 0.9 + mac * 4.6) * 1e-6
+    assert last_scalar(events, "energy/val/uJ") == pytest.approx(uj, rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    "conv",
+    [
+        nn.Conv2d(4, 6, 3, stride=2, padding=1),
+        nn.Conv2d(4, 6, (3, 2), dilation=2, padding=2, groups=2),
+        nn.Conv2d(4, 4, 3, padding=1, groups=4, padding_mode="circular"),
+        nn.Conv1d(3, 5, 5, padding="same", padding_mode="reflect"),
+        nn.Conv3d(2, 3, 3, stride=(1, 2, 2)),
+    ],
+)
+def test_synaptic_events_equal_a_brute_force_count(conv):
+    torch.manual_seed(0)
+    x = (torch.rand(3, conv.in_channels, *[7] * len(conv.kernel_size)) > 0.6).float()
+    # brute force: the same conv with every weight 1 on the spikes counts every (spike, synapse)
+    ones = type(conv)(
+        conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
+        padding=conv.padding, dilation=conv.dilation, groups=conv.groups, bias=False,
+        padding_mode=conv.padding_mode,
+    )  # fmt: skip
+    nn.init.ones_(ones.weight)
+    assert synaptic_events(conv, x).item() == ones(x).sum().item()
+    linear = nn.Linear(conv.in_channels, 7)
+    flat = x.movedim(1, -1)
+    assert synaptic_events(linear, flat).item() == flat.count_nonzero().item() * 7
+
+
+class Mixed(LightningModule):
+    """A layer-wise GLIF with a pinned gate and a GLIF_f, trained on noise for two steps."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.glif = GLIF(3, T, granularity="layer", gamma=1.0)
+        self.gliff = GLIFf(3, T)
+
+    def training_step(self, batch, batch_idx) -> torch.Tensor:
+        return self.gliff(self.glif(batch[0].transpose(0, 1))).mean()
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_gate_monitor_on_layer_wise_glif_and_gliff(tmp_path):
+    logger = TensorBoardLogger(tmp_path, name="mixed", version=0)
+    trainer = Trainer(
+        logger=logger,
+        callbacks=[GateMonitor(every_n_steps=1, figure_every_n_epochs=0)],
+        max_epochs=2,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        accelerator="cpu",
+    )
+    x = torch.rand(4, T, 3) * 2
+    model = Mixed()
+    trainer.fit(model, DataLoader(TensorDataset(x), batch_size=2))
+    events = read_events(logger.log_dir)
+    tags = events.Tags()
+    assert "gates/gliff/alpha" not in tags["histograms"]  # GLIF_f has no gates
+    assert "membrane/gliff/tau" in tags["histograms"]
+    assert [e.step for e in events.Histograms("gates/glif/gamma")] == [0, 1, 2, 3, 4]
+    assert events.Scalars("gates/glif/gamma_mean")[-1].value == 1.0  # pinned
+    alpha = model.glif.values().alpha.item()  # a layer-wise gate: one value
+    last = events.Histograms("gates/glif/alpha")[-1].histogram_value
+    assert (last.num, last.min, last.max) == (1, alpha, alpha)
+    g = model.glif.values().conductance  # [T] layer-wise
+    for t in range(T):
+        assert events.Scalars(f"membrane/glif/conductance_mean/t{t}")[-1].value == pytest.approx(
+            g[t].item()
+        )
+    # figure_every_n_epochs=0: the images only after the last epoch
+    assert [e.step for e in events.Images("gates/distributions")] == [4]
+    assert [e.step for e in events.Images("gates/evolution")] == [4]

@@ -1,0 +1,359 @@
+"""The Tonic DataModules on fabricated data in each dataset's real on-disk format, offline.
+
+Each test writes a few recordings under ``tmp_path`` in the layout Tonic reads (N-MNIST ``.bin``
+with the 5-byte event encoding, DVS Gesture ``.npy``, SHD ``.h5``; for CIFAR10-DVS empty
+``.aedat4`` files plus a patched ``read_aedat4``, the one function that decodes them) and runs
+the real loading code: Tonic's dataset class, the binning, the disk cache and the DataLoader.
+
+Tonic's own existence check (archive present and thousands of files) would fail on so few files
+and start a download; the DataModules never let it run (they check for the extracted files
+themselves, see ``_NeverDownload``), and ``no_network`` below makes any download attempt fail.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import tonic
+import torch
+
+from lightning_glif.data.errors import CorruptFileError, DatasetNotFoundError
+from lightning_glif.data.frames import EventsToFrames
+from lightning_glif.data.neuromorphic import (
+    CIFAR10DVSDataModule,
+    DVSGestureDataModule,
+    NMNISTDataModule,
+    SHDDataModule,
+)
+
+RNG_SEED = 0
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any attempt of Tonic to download fails the test."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"a download was attempted: {args} {kwargs}")
+
+    monkeypatch.setattr(tonic.dataset, "download_and_extract_archive", refuse)
+
+
+def random_events(rng: np.random.Generator, n: int, width: int, height: int, duration: int):
+    """``n`` events (x, y, t µs, p) with sorted times in ``[0, duration)``."""
+    return (
+        rng.integers(0, width, n),
+        rng.integers(0, height, n),
+        np.sort(rng.integers(0, duration, n)),
+        rng.integers(0, 2, n),
+    )
+
+
+# -- N-MNIST --------------------------------------------------------------------------------
+def write_nmnist_bin(path: Path, x, y, t, p) -> None:
+    """The inverse of Tonic's N-MNIST decoder: per event x, y, then p (bit 23) | t (23 bits)."""
+    x, y, t, p = (np.asarray(a, dtype=np.uint32) for a in (x, y, t, p))
+    assert t.max(initial=0) < 2**23, "longer recordings need overflow events (y = 240)"
+    word = (p << 23) | t
+    raw = np.stack([x, y, word >> 16 & 0xFF, word >> 8 & 0xFF, word & 0xFF], axis=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    raw.astype(np.uint8).tofile(path)
+
+
+def make_nmnist(root: Path, per_class: int = 5, classes=(3, 7), test_per_class: int = 1):
+    rng = np.random.default_rng(RNG_SEED)
+    for folder, n in (("Train", per_class), ("Test", test_per_class)):
+        for c in classes:
+            for i in range(n):
+                events = random_events(rng, 200, 34, 34, 300_000)
+                write_nmnist_bin(root / "NMNIST" / folder / str(c) / f"{i:05d}.bin", *events)
+
+
+def test_nmnist_bin_round_trip(tmp_path: Path) -> None:
+    """The fabricated file decodes to the events written: the writer matches Tonic's reader."""
+    x, y, t, p = [1, 33, 0], [2, 0, 33], [0, 5, 2**23 - 1], [1, 0, 1]
+    write_nmnist_bin(tmp_path / "a.bin", x, y, t, p)
+    events = tonic.io.read_mnist_file(str(tmp_path / "a.bin"), dtype=tonic.datasets.NMNIST.dtype)
+    assert events["x"].tolist() == x and events["y"].tolist() == y
+    assert events["t"].tolist() == t and events["p"].tolist() == p
+
+
+def test_nmnist_batch(tmp_path: Path) -> None:
+    make_nmnist(tmp_path)
+    dm = NMNISTDataModule(str(tmp_path), time_steps=5, batch_size=4, val_fraction=0.2)
+    dm.setup("fit")
+    frames, labels = next(iter(dm.train_dataloader()))
+    assert frames.shape == (4, 5, 2, 34, 34) and frames.dtype == torch.float32
+    assert labels.dtype == torch.int64 and set(labels.tolist()) <= {3, 7}
+    assert dm.frame_shape == (5, 2, 34, 34)
+    assert len(dm.datasets["train"]) == 8 and len(dm.datasets["val"]) == 2
+    # the validation recordings come from Train/, one per class; the test set is not touched
+    val = dm.split_sources("val")
+    assert all("/Train/" in s for s in val) and {Path(s).parent.name for s in val} == {"3", "7"}
+    assert "test" not in dm.datasets
+    dm.setup("test")
+    frames, labels = next(iter(dm.test_dataloader()))
+    assert frames.shape == (2, 5, 2, 34, 34) and labels.tolist() == [3, 7]
+
+
+def test_nmnist_frames_are_exact(tmp_path: Path) -> None:
+    """Frames are [T, P, H, W] (y is the row) with Tonic's binning: T equal windows of
+    (t_last - t_first) // T, the last event falling off the end."""
+    x, y, t, p = [1, 3, 5, 0], [2, 4, 6, 0], [0, 100, 200, 400], [1, 0, 1, 0]
+    for digit in (0, 1):
+        write_nmnist_bin(tmp_path / "NMNIST" / "Test" / str(digit) / "a.bin", x, y, t, p)
+    dm = NMNISTDataModule(str(tmp_path), time_steps=2, batch_size=2)
+    dm.setup("test")
+    frames, labels = next(iter(dm.test_dataloader()))
+    expected = torch.zeros(2, 2, 34, 34)
+    expected[0, 1, 2, 1] = expected[0, 0, 4, 3] = expected[1, 1, 6, 5] = 1
+    assert torch.equal(frames[0], expected) and torch.equal(frames[1], expected)
+    assert labels.tolist() == [0, 1]
+
+
+def test_cache_path_holds_binning_parameters(tmp_path: Path) -> None:
+    """A changed T or binning reads a new cache, never the frames of the old one."""
+    make_nmnist(tmp_path, per_class=0, test_per_class=2)
+    shapes = {}
+    for t, binning in ((2, "time"), (3, "time"), (3, "events")):
+        dm = NMNISTDataModule(str(tmp_path), time_steps=t, binning=binning, batch_size=4)
+        dm.setup("test")
+        shapes[t, binning] = next(iter(dm.test_dataloader()))[0].shape[1]
+    assert shapes == {(2, "time"): 2, (3, "time"): 3, (3, "events"): 3}
+    keys = sorted(p.name for p in (tmp_path / "cache" / "NMNIST").iterdir())
+    assert keys == ["T2-time-34x34p2", "T3-events-34x34p2", "T3-time-34x34p2"]
+
+
+def test_interrupted_cache_is_rebuilt(tmp_path: Path) -> None:
+    """A leftover temporary file is ignored and a truncated cache file is rebuilt, so the
+    frames served are the same as from a clean cache."""
+    make_nmnist(tmp_path, per_class=0, test_per_class=3)
+
+    def test_frames() -> torch.Tensor:
+        dm = NMNISTDataModule(str(tmp_path), time_steps=4, batch_size=8)
+        dm.setup("test")
+        return next(iter(dm.test_dataloader()))[0]
+
+    clean = test_frames()
+    (cache,) = (tmp_path / "cache" / "NMNIST" / "T4-time-34x34p2").iterdir()
+    files = sorted(cache.glob("*.hdf5"))
+    assert [f.name for f in files] == [f"{i}_0.hdf5" for i in range(6)]
+    half = files[1].read_bytes()[: files[1].stat().st_size // 2]
+    files[1].write_bytes(half)  # what a run killed mid-write leaves with a non-atomic cache
+    files[2].unlink()
+    (cache / "2_0.hdf5.tmp-12345-deadbeef").write_bytes(half)  # an atomic write cut short
+    assert torch.equal(test_frames(), clean)
+    assert files[1].stat().st_size > len(half) and files[2].exists()
+
+
+def test_missing_dataset_gives_one_clear_error(tmp_path: Path) -> None:
+    dm = NMNISTDataModule(str(tmp_path / "nowhere"))
+    with pytest.raises(DatasetNotFoundError) as err:
+        dm.setup("fit")
+    message = str(err.value)
+    assert str(tmp_path / "nowhere" / "NMNIST") in message
+    assert "Train/*/*.bin" in message and "--data.init_args.download true" in message
+    assert "download: true" in message and tonic.datasets.NMNIST.train_url in message
+    assert isinstance(err.value, FileNotFoundError)
+    assert not (tmp_path / "nowhere").exists()  # nothing created, nothing downloaded
+
+
+def test_archive_without_extracted_files_is_named(tmp_path: Path) -> None:
+    (tmp_path / "NMNIST").mkdir()
+    (tmp_path / "NMNIST" / "test.zip").write_bytes(b"")
+    with pytest.raises(DatasetNotFoundError, match="found test.zip, but not its extracted"):
+        NMNISTDataModule(str(tmp_path)).setup("test")
+
+
+def test_download_flag_lets_tonic_fetch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With download=True the missing split goes through Tonic's own download (faked here)."""
+    calls = []
+
+    def fake_download(url, location, filename, md5):
+        calls.append(filename)
+        rng = np.random.default_rng(1)
+        for c in (0, 1):
+            path = Path(location) / "Test" / str(c) / "x.bin"
+            write_nmnist_bin(path, *random_events(rng, 50, 34, 34, 1000))
+        (Path(location) / filename).write_bytes(b"")
+
+    monkeypatch.setattr(tonic.dataset, "download_and_extract_archive", fake_download)
+    dm = NMNISTDataModule(str(tmp_path), time_steps=2, download=True)
+    dm.setup("test")
+    assert calls == ["test.zip"]
+    assert next(iter(dm.test_dataloader()))[0].shape == (2, 2, 2, 34, 34)
+
+
+def test_truncated_bin_names_the_file(tmp_path: Path) -> None:
+    make_nmnist(tmp_path, per_class=0, test_per_class=1)
+    bad = tmp_path / "NMNIST" / "Test" / "7" / "00000.bin"
+    bad.write_bytes(bad.read_bytes()[:-2])
+    dm = NMNISTDataModule(str(tmp_path), time_steps=2)
+    dm.setup("test")
+    with pytest.raises(CorruptFileError, match="not a multiple") as err:
+        next(iter(dm.test_dataloader()))
+    assert str(bad) in str(err.value)
+
+
+def test_datasets_pickle_for_worker_processes(tmp_path: Path) -> None:
+    """Spawned DataLoader workers receive the dataset pickled (Tonic subclass included)."""
+    make_nmnist(tmp_path, per_class=0, test_per_class=1)
+    dm = NMNISTDataModule(str(tmp_path), time_steps=2)
+    dm.setup("test")
+    copy = pickle.loads(pickle.dumps(dm.datasets["test"]))
+    assert torch.equal(copy[0][0], dm.datasets["test"][0][0])
+    assert type(copy.dataset.events).__name__ == "NMNIST"
+
+
+# -- DVS Gesture ----------------------------------------------------------------------------
+def make_gesture(root: Path, users=(1, 2, 3, 4, 5), test_users=(24,), labels=(0, 10)):
+    """Tonic's preprocessed layout: user folders of ``<label>.npy``, rows x, y, p, t in ms."""
+    rng = np.random.default_rng(RNG_SEED)
+    for folder, us in (("ibmGestureTrain", users), ("ibmGestureTest", test_users)):
+        for u in us:
+            for label in labels:
+                x, y, t, p = random_events(rng, 300, 128, 128, 6000)
+                path = root / "DVSGesture" / folder / f"user{u:02d}_fluorescent" / f"{label}.npy"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                np.save(path, np.stack([x, y, p, t], axis=1).astype(np.float64))
+
+
+def test_gesture_batch_resized(tmp_path: Path) -> None:
+    make_gesture(tmp_path)
+    dm = DVSGestureDataModule(
+        str(tmp_path), time_steps=4, batch_size=3, resize=32, crop_padding=2, val_fraction=0.2
+    )
+    dm.setup()
+    frames, labels = next(iter(dm.train_dataloader()))
+    assert frames.shape == (3, 4, 2, 32, 32) and frames.dtype == torch.float32
+    assert labels.dtype == torch.int64 and set(labels.tolist()) <= {0, 10}
+    sizes = {name: len(dataset) for name, dataset in dm.datasets.items()}
+    assert sizes == {"train": 8, "val": 2, "test": 2}
+    assert dm.num_classes == 11 and dm.image_size == 32
+
+
+def test_gesture_truncated_npy_names_the_file(tmp_path: Path) -> None:
+    make_gesture(tmp_path, users=(), test_users=(24,))
+    bad = tmp_path / "DVSGesture" / "ibmGestureTest" / "user24_fluorescent" / "10.npy"
+    bad.write_bytes(bad.read_bytes()[:1000])
+    dm = DVSGestureDataModule(str(tmp_path), time_steps=2)
+    dm.setup("test")
+    with pytest.raises(CorruptFileError) as err:
+        list(dm.test_dataloader())
+    assert str(bad) in str(err.value)
+
+
+# -- SHD ------------------------------------------------------------------------------------
+def write_shd(path: Path, labels: list[int], rng: np.random.Generator) -> None:
+    """The Heidelberg layout: ragged spike times (s) and units per recording, plus labels."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as f:
+        times = f.create_dataset("spikes/times", (len(labels),), dtype=h5py.vlen_dtype("f4"))
+        units = f.create_dataset("spikes/units", (len(labels),), dtype=h5py.vlen_dtype("u2"))
+        for i in range(len(labels)):
+            n = int(rng.integers(50, 150))
+            times[i] = np.sort(rng.uniform(0, 0.8, n)).astype(np.float32)
+            units[i] = rng.integers(0, 700, n).astype(np.uint16)
+        f["labels"] = np.asarray(labels, dtype=np.uint16)
+        f["extra/speaker"] = np.zeros(len(labels), dtype=np.uint16)
+        f["extra/keys"] = np.array([f"digit-{k}".encode() for k in range(20)])
+
+
+def test_shd_batch(tmp_path: Path) -> None:
+    rng = np.random.default_rng(RNG_SEED)
+    write_shd(tmp_path / "SHD" / "shd_train.h5", [0, 19] * 5, rng)
+    write_shd(tmp_path / "SHD" / "shd_test.h5", [5, 6, 7], rng)
+    dm = SHDDataModule(str(tmp_path), time_steps=20, batch_size=4, val_fraction=0.2)
+    dm.setup()
+    frames, labels = next(iter(dm.train_dataloader()))
+    assert frames.shape == (4, 20, 1, 700) and frames.dtype == torch.float32
+    assert labels.dtype == torch.int64 and set(labels.tolist()) <= {0, 19}
+    frames, labels = next(iter(dm.test_dataloader()))
+    assert labels.tolist() == [5, 6, 7] and dm.frame_shape == (20, 1, 700)
+    assert dm.split_sources("test")[1].endswith("shd_test.h5 (sample 1)")
+
+
+def test_shd_truncated_h5_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "SHD" / "shd_test.h5"
+    write_shd(path, [1, 2], np.random.default_rng(0))
+    path.write_bytes(path.read_bytes()[:600])
+    with pytest.raises(CorruptFileError) as err:
+        SHDDataModule(str(tmp_path)).setup("test")
+    assert str(path) in str(err.value)
+
+
+# -- CIFAR10-DVS ----------------------------------------------------------------------------
+def fake_read_aedat4(path: str) -> np.ndarray:
+    """Stands in for the aedat decoder: events in its dtype, the file's number in x."""
+    number = int(Path(path).stem.rsplit("_", 1)[1])
+    rng = np.random.default_rng(number)
+    # A new dtype per call: Tonic renames the fields of the returned array's dtype in place.
+    dtype = np.dtype([("t", "<u8"), ("x", "<u2"), ("y", "<u2"), ("on", "?")])
+    events = np.zeros(400, dtype=dtype)
+    events["t"] = np.sort(rng.integers(0, 1_000_000, 400))
+    events["x"] = number
+    events["y"] = rng.integers(0, 128, 400)
+    events["on"] = rng.random(400) < 0.5
+    return events
+
+
+def make_cifar10dvs(root: Path, classes=("airplane", "truck"), per_class: int = 12) -> None:
+    """Empty .aedat4 files in the class folders; their content comes from the fake reader."""
+    for name in classes:
+        folder = root / "CIFAR10DVS" / name
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            (folder / f"cifar10_{name}_{i}.aedat4").touch()
+
+
+def test_cifar10dvs_recipe_and_fixed_split(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(tonic.datasets.cifar10dvs, "read_aedat4", fake_read_aedat4)
+    make_cifar10dvs(tmp_path)
+    dm = CIFAR10DVSDataModule(str(tmp_path), batch_size=4, val_fraction=0.2)
+    dm.setup("fit")
+    frames, labels = next(iter(dm.train_dataloader()))
+    assert frames.shape == (4, 16, 2, 48, 48) and frames.dtype == torch.float32
+    assert set(labels.tolist()) <= {0, 9}  # airplane, truck
+    # per class, sorted file names 0, 1, 10, 11, 2, ..., 9: the first floor(0.9 * 12) = 10 train
+    test = sorted(Path(s).name for s in dm.split_sources("test"))
+    assert test == [f"cifar10_{c}_{i}.aedat4" for c in ("airplane", "truck") for i in (8, 9)]
+    train_val = dm.split_sources("train") + dm.split_sources("val")
+    assert len(train_val) == 20 and not set(train_val) & set(dm.split_sources("test"))
+    assert len(dm.split_sources("val")) == 4  # 20% of the 20, two per class
+
+
+def test_cifar10dvs_without_aedat_package_says_so(tmp_path: Path, monkeypatch):
+    def missing_package(path):
+        raise ModuleNotFoundError("No module named 'aedat'", name="aedat")
+
+    monkeypatch.setattr(tonic.datasets.cifar10dvs, "read_aedat4", missing_package)
+    make_cifar10dvs(tmp_path, per_class=10)
+    dm = CIFAR10DVSDataModule(str(tmp_path), val_fraction=0.2)
+    dm.setup("test")
+    with pytest.raises(ModuleNotFoundError, match="pip install aedat"):
+        dm.datasets["test"][0]
+
+
+def test_cifar10dvs_missing_names_layout(tmp_path: Path) -> None:
+    with pytest.raises(DatasetNotFoundError) as err:
+        CIFAR10DVSDataModule(str(tmp_path)).setup("fit")
+    assert "airplane/*.aedat4" in str(err.value) and str(tmp_path / "CIFAR10DVS") in str(err.value)
+
+
+# -- binning edge cases ---------------------------------------------------------------------
+def test_empty_and_unsorted_recordings_bin_to_the_right_shape() -> None:
+    to_frames = EventsToFrames((34, 34, 2), time_steps=3)
+    empty = np.zeros(0, dtype=tonic.io.events_struct)
+    frames = to_frames(empty)
+    assert frames.shape == (3, 2, 34, 34) and frames.dtype == np.int16 and not frames.any()
+    events = tonic.io.make_structured_array(
+        np.array([1, 2, 3]), np.array([0, 0, 0]), np.array([300, 0, 150]), np.array([1, 1, 1])
+    )
+    frames = to_frames(events)
+    assert frames[0, 1, 0, 2] == 1 and frames[1, 1, 0, 3] == 1  # sorted before slicing
+    audio = np.zeros(0, dtype=tonic.datasets.SHD.dtype)
+    assert EventsToFrames((700, 1, 1), time_steps=4)(audio).shape == (4, 1, 700)
