@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import pickle
+import re
 import sys
 from pathlib import Path
 
@@ -34,11 +35,14 @@ EXPERIMENTS = sorted((CONF / "experiment").glob("*.yaml"))
 NEURONS = sorted((CONF / "neuron").glob("*.yaml"))
 ALL = sorted(CONF.rglob("*.yaml"))
 
-# The experiments' fast_dev_run at T=2 (data with its own time steps follows), ImageNet at 64x64.
+# The experiments' fast_dev_run at T=2 (data with its own time steps follows), ImageNet at 64x64;
+# row digits keep T=8 (one step per pixel row at least).
 SMALL_T = ["--model.backbone.init_args.time_steps", "2"]
 SMALLER = {
     "cifar10dvs_widenet7b_t16": ([*SMALL_T, "--data.init_args.time_steps", "2"], None),
+    "event_digits": ([*SMALL_T, "--data.init_args.time_steps", "2"], None),
     "imagenet_resnet18ms_t6": (SMALL_T, 64),
+    "row_digits": ([], None),
 }
 
 
@@ -66,11 +70,15 @@ class FabricatedData(LightningDataModule):
 
 def sample_shape(datamodule, side: int | None = None) -> tuple[int, ...]:
     """The shape of one sample of ``datamodule`` (built, never set up: no files are read)."""
-    frames = getattr(datamodule, "frame_shape", None)  # event data: (T, P, H, W)
+    frames = getattr(datamodule, "frame_shape", None)  # Tonic event data: (T, P, H, W)
     if frames is not None:
         return tuple(frames)
+    steps = getattr(datamodule, "time_steps", None)  # other sequences: (T, ...)
+    if hasattr(datamodule, "in_features"):  # (T, F)
+        return (steps, datamodule.in_features)
     side = side or datamodule.image_size
-    return (datamodule.in_channels, side, side)
+    image = (datamodule.in_channels, side, side)
+    return image if steps is None else (steps, *image)
 
 
 def stack_for(path: Path) -> list[str]:
@@ -139,12 +147,14 @@ def test_experiment_configs_run(path, tmp_path):
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
 def test_experiment_config_builds_what_its_name_says(path, tmp_path):
-    """The full-size model is built; its T, classes and logger name agree with the file name."""
+    """The full-size model is built; its T, classes and logger name agree with the file name
+    (``<name>_t<T>``; a name without ``_t<T>`` states T as the backbone's time_steps)."""
     cli = build(path, tmp_path)
     stated = yaml.safe_load(path.read_text())
     backbone = cli.model.backbone
     assert type(backbone).__name__ == stated["model"]["backbone"]["class_path"].rsplit(".", 1)[1]
-    time_steps = int(path.stem.rsplit("_t", 1)[1])
+    named = re.search(r"_t(\d+)$", path.stem)
+    time_steps = int(named[1]) if named else stated["model"]["backbone"]["init_args"]["time_steps"]
     neurons = [m for m in backbone.modules() if isinstance(m, SpikingNeuron)]
     assert neurons and {n.time_steps for n in neurons} == {time_steps}
     assert type(neurons[0]).__name__ == "GLIF"  # the paper's neuron unless an overlay says else

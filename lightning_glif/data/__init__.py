@@ -14,13 +14,21 @@ from .neuromorphic import (
     SHDDataModule,
 )
 from .sequential import RowDigitsDataModule
-from .vision import CIFAR10DataModule, CIFAR100DataModule, ImageNetDataModule
+from .vision import (
+    CIFAR10DataModule,
+    CIFAR100DataModule,
+    FashionMNISTDataModule,
+    ImageNetDataModule,
+    MNISTDataModule,
+)
 
 __all__ = [
     "DigitsDataModule",
     "RowDigitsDataModule",
     "EventDigits",
     "EventDigitsDataModule",
+    "MNISTDataModule",
+    "FashionMNISTDataModule",
     "CIFAR10DataModule",
     "CIFAR100DataModule",
     "ImageNetDataModule",

@@ -7,14 +7,17 @@ import torch
 from pytorch_lightning import LightningDataModule
 from torch.utils.data import DataLoader, TensorDataset
 
+from .splits import stratified_split
+
 
 class DigitsDataModule(LightningDataModule):
     """scikit-learn's 1,797 handwritten digits as ``[B, 1, 8, 8]`` float images in ``[0, 1]``.
 
-    The split is stratified by class and fixed by ``split_seed``: with the default fractions it
-    is 1,257 train / 270 validation / 270 test images, the same on every machine (``indices``
-    holds the rows of ``load_digits()`` in each split). Labels are ``int64`` in ``0..9``.
-    ``predict`` runs on the test split.
+    The split is stratified by class and fixed by ``split_seed``
+    (:func:`~lightning_glif.data.splits.stratified_split`, shared with the row and event digits):
+    with the default fractions it is 1,257 train / 270 validation / 270 test images, the same on
+    every machine (``indices`` holds the rows of ``load_digits()`` in each split). Labels are
+    ``int64`` in ``0..9``. ``predict`` runs on the test split.
 
     Args:
         batch_size: images per batch (all splits).
@@ -56,25 +59,15 @@ class DigitsDataModule(LightningDataModule):
         if self.splits:
             return
         from sklearn.datasets import load_digits
-        from sklearn.model_selection import train_test_split
 
         digits = load_digits()
         images = torch.from_numpy(digits.images.astype(np.float32) / 16.0).unsqueeze(1)
         labels = torch.from_numpy(digits.target.astype(np.int64))
-        index = np.arange(len(labels))
-        held_out = self.val_fraction + self.test_fraction
-        train, rest = train_test_split(
-            index, test_size=held_out, stratify=digits.target, random_state=self.split_seed
+        self.indices = stratified_split(
+            digits.target, self.val_fraction, self.test_fraction, self.split_seed
         )
-        val, test = train_test_split(
-            rest,
-            test_size=self.test_fraction / held_out,
-            stratify=digits.target[rest],
-            random_state=self.split_seed,
-        )
-        for name, idx in (("train", train), ("val", val), ("test", test)):
-            self.indices[name] = np.sort(idx)
-            rows = torch.from_numpy(self.indices[name])
+        for name, idx in self.indices.items():
+            rows = torch.from_numpy(idx)
             self.splits[name] = TensorDataset(images[rows], labels[rows])
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:

@@ -1,4 +1,5 @@
-"""CIFAR-10, CIFAR-100 and ImageNet DataModules: offline first, with a held-out validation split.
+"""MNIST, Fashion-MNIST, CIFAR-10, CIFAR-100 and ImageNet DataModules: offline first, with a
+held-out validation split.
 
 Nothing is downloaded unless asked: a missing dataset is one error that names the dataset, the
 folder looked at, the layout expected there and how to get it. The validation split (model
@@ -11,22 +12,13 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from pytorch_lightning import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from lightning_glif.data.errors import DatasetNotFoundError
-
-# dataset: (folder under data_dir, the archive that unpacks to it, the files torchvision reads)
-_CIFAR_LAYOUT = {
-    "CIFAR-10": (
-        "cifar-10-batches-py",
-        "cifar-10-python.tar.gz",
-        [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta"],
-    ),
-    "CIFAR-100": ("cifar-100-python", "cifar-100-python.tar.gz", ["train", "test", "meta"]),
-}
 
 
 def _with_transform(dataset, transform):
@@ -78,7 +70,153 @@ class _ClassificationDataModule(LightningDataModule):
         return self._loader("test", train=False)
 
 
-class CIFAR10DataModule(_ClassificationDataModule):
+class _TorchvisionDataModule(_ClassificationDataModule):
+    """A torchvision dataset with a train and a test part, read offline or downloaded on request.
+
+    A subclass names the dataset and what lies on disk (:meth:`expected`); this class checks that
+    it is there (one :class:`DatasetNotFoundError` otherwise), holds ``val_size`` training images
+    out with ``split_seed``, and builds the transforms: an optional RandomCrop (``crop_padding``)
+    and horizontal flip for training, then the per-dataset mean/std normalisation.
+    """
+
+    name: ClassVar[str]  # display name, e.g. "CIFAR-10"
+    dataset: ClassVar[str]  # the torchvision.datasets class that reads it
+    num_classes: ClassVar[int]
+    in_channels: ClassVar[int]
+    image_size: ClassVar[int]
+    mean: ClassVar[tuple[float, ...]]
+    std: ClassVar[tuple[float, ...]]
+    crop_padding: ClassVar[int]  # training RandomCrop(image_size, padding); 0: no crop
+    hflip: ClassVar[bool]  # training horizontal flips
+
+    def __init__(
+        self,
+        data_dir: str = "data",
+        download: bool = False,
+        batch_size: int = 64,
+        eval_batch_size: int | None = None,
+        val_size: int = 5000,
+        split_seed: int = 0,
+        num_workers: int = 4,
+    ) -> None:
+        super().__init__(batch_size, num_workers, eval_batch_size)
+        self.data_dir = Path(data_dir)
+        self.download = download
+        self.val_size = val_size
+        self.split_seed = split_seed
+
+    def _dataset_class(self):
+        from torchvision import datasets
+
+        return getattr(datasets, self.dataset)
+
+    def expected(self) -> tuple[Path, list[str], str, str]:
+        """``(folder, files, layout, manual)``: the folder torchvision reads, the files it needs
+        there (relative to it), a note on the layout, and the manual steps that produce it."""
+        raise NotImplementedError
+
+    def _check_present(self) -> None:
+        folder, files, layout, manual = self.expected()
+        missing = [f for f in files if not (folder / f).is_file()]
+        if missing:
+            raise DatasetNotFoundError(
+                self.name, folder, missing, layout="\n".join([*files, layout]), manual=manual
+            )
+
+    def prepare_data(self) -> None:
+        if self.download:
+            cls = self._dataset_class()
+            cls(str(self.data_dir), train=True, download=True)
+            cls(str(self.data_dir), train=False, download=True)
+
+    def transforms(self, train: bool):
+        """The training (augmenting) or evaluation transform."""
+        from torchvision import transforms as T
+
+        augment = []
+        if train and self.crop_padding:
+            augment.append(T.RandomCrop(self.image_size, padding=self.crop_padding))
+        if train and self.hflip:
+            augment.append(T.RandomHorizontalFlip())
+        return T.Compose([*augment, T.ToTensor(), T.Normalize(self.mean, self.std)])
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        self._check_present()
+        cls = self._dataset_class()
+        root = str(self.data_dir)
+        train_aug = cls(root, train=True, transform=self.transforms(train=True))
+        train_eval = _with_transform(train_aug, self.transforms(train=False))
+        train_idx, val_idx = self._holdout(len(train_aug), self.val_size, self.split_seed)
+        self.splits = {
+            "train": Subset(train_aug, train_idx),
+            "val": Subset(train_eval, val_idx),
+            "test": cls(root, train=False, transform=self.transforms(train=False)),
+        }
+
+
+class MNISTDataModule(_TorchvisionDataModule):
+    """MNIST through torchvision: ``[B, 1, 28, 28]`` normalised images, labels ``0..9``.
+
+    Expects ``<data_dir>/MNIST/raw/`` with the four unpacked idx files torchvision reads
+    (``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``,
+    ``t10k-labels-idx1-ubyte``). Training augmentation: RandomCrop(28, padding 2), no flips (a
+    mirrored digit is another symbol); then MNIST's mean/std. The validation split is
+    ``val_size`` of the 60,000 training images (fixed by ``split_seed``), without augmentation;
+    ``test`` uses the 10,000 official test images.
+
+    Args:
+        data_dir: data root, the folder that holds ``MNIST/``.
+        download: fetch and unpack the four files into ``<data_dir>/MNIST/raw/`` if they are
+            missing (11 MB; Fashion-MNIST: 30 MB).
+        batch_size: training batch size.
+        eval_batch_size: validation/test batch size; ``None``: ``batch_size``.
+        val_size: training images held out for validation.
+        split_seed: seed of the held-out split.
+        num_workers: DataLoader worker processes.
+    """
+
+    name = "MNIST"
+    dataset = "MNIST"
+    num_classes = 10
+    in_channels = 1
+    image_size = 28
+    mean = (0.1307,)
+    std = (0.3081,)
+    crop_padding = 2
+    hflip = False
+
+    def expected(self) -> tuple[Path, list[str], str, str]:
+        folder = self.data_dir / self.dataset  # torchvision reads <root>/<class name>/raw/
+        # What torchvision checks (existence only) and where it downloads from.
+        source = self._dataset_class()
+        files = [f"raw/{name.removesuffix('.gz')}" for name, _ in source.resources]
+        urls = [source.mirrors[0] + name for name, _ in source.resources]
+        manual = "\n".join(
+            [f"download into {folder / 'raw'}:", *urls, "and unpack them there (gunzip *.gz)."]
+        )
+        return folder, files, "(the idx files unpacked, without .gz)", manual
+
+
+class FashionMNISTDataModule(MNISTDataModule):
+    """Fashion-MNIST through torchvision: ``[B, 1, 28, 28]``, labels ``0..9`` (T-shirt/top ..
+    ankle boot).
+
+    Expects ``<data_dir>/FashionMNIST/raw/`` with the same four idx file names as MNIST.
+    Training augmentation: RandomCrop(28, padding 2) and horizontal flips (clothes stay clothes
+    when mirrored); then Fashion-MNIST's mean/std. Everything else as :class:`MNISTDataModule`
+    (same arguments; ``data_dir`` holds ``FashionMNIST/``).
+    """
+
+    name = "Fashion-MNIST"
+    dataset = "FashionMNIST"
+    mean = (0.2860,)
+    std = (0.3530,)
+    hflip = True
+
+
+class CIFAR10DataModule(_TorchvisionDataModule):
     """CIFAR-10 through torchvision: ``[B, 3, 32, 32]`` normalised images, labels ``0..9``.
 
     Expects ``<data_dir>/cifar-10-batches-py/`` (``data_batch_1`` .. ``data_batch_5``,
@@ -100,75 +238,29 @@ class CIFAR10DataModule(_ClassificationDataModule):
     """
 
     name = "CIFAR-10"
+    dataset = "CIFAR10"
     num_classes = 10
     in_channels = 3
     image_size = 32
     mean = (0.4914, 0.4822, 0.4465)
     std = (0.2470, 0.2435, 0.2616)
+    crop_padding = 4
+    hflip = True
+    folder = "cifar-10-batches-py"  # what the archive unpacks to
+    archive = "cifar-10-python.tar.gz"
+    files: ClassVar[list[str]] = [
+        *(f"data_batch_{i}" for i in range(1, 6)),
+        "test_batch",
+        "batches.meta",
+    ]
 
-    def __init__(
-        self,
-        data_dir: str = "data",
-        download: bool = False,
-        batch_size: int = 64,
-        eval_batch_size: int | None = None,
-        val_size: int = 5000,
-        split_seed: int = 0,
-        num_workers: int = 4,
-    ) -> None:
-        super().__init__(batch_size, num_workers, eval_batch_size)
-        self.data_dir = Path(data_dir)
-        self.download = download
-        self.val_size = val_size
-        self.split_seed = split_seed
-
-    def _dataset_class(self):
-        from torchvision import datasets
-
-        return datasets.CIFAR10
-
-    def _check_present(self) -> None:
-        folder, archive, files = _CIFAR_LAYOUT[self.name]
-        missing = [f for f in files if not (self.data_dir / folder / f).is_file()]
-        if missing:
-            raise DatasetNotFoundError(
-                self.name,
-                self.data_dir / folder,
-                missing,
-                layout="\n".join(files) + "\n(the python version of the dataset, unpacked)",
-                manual=f"download {archive} from https://www.cs.toronto.edu/~kriz/cifar.html "
-                f"and unpack it in {self.data_dir} (tar xzf {archive}).",
-            )
-
-    def prepare_data(self) -> None:
-        if self.download:
-            cls = self._dataset_class()
-            cls(str(self.data_dir), train=True, download=True)
-            cls(str(self.data_dir), train=False, download=True)
-
-    def transforms(self, train: bool):
-        """The training (augmenting) or evaluation transform."""
-        from torchvision import transforms as T
-
-        normalise = [T.ToTensor(), T.Normalize(self.mean, self.std)]
-        if not train:
-            return T.Compose(normalise)
-        return T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), *normalise])
-
-    def setup(self, stage: str | None = None) -> None:
-        if self.splits:
-            return
-        self._check_present()
-        cls = self._dataset_class()
-        root = str(self.data_dir)
-        train_aug = cls(root, train=True, transform=self.transforms(train=True))
-        train_eval = _with_transform(train_aug, self.transforms(train=False))
-        train_idx, val_idx = self._holdout(len(train_aug), self.val_size, self.split_seed)
-        self.splits = {
-            "train": Subset(train_aug, train_idx),
-            "val": Subset(train_eval, val_idx),
-            "test": cls(root, train=False, transform=self.transforms(train=False)),
-        }
+    def expected(self) -> tuple[Path, list[str], str, str]:
+        manual = (
+            f"download {self.archive} from https://www.cs.toronto.edu/~kriz/cifar.html "
+            f"and unpack it in {self.data_dir} (tar xzf {self.archive})."
+        )
+        folder = self.data_dir / self.folder
+        return folder, list(self.files), "(the python version of the dataset, unpacked)", manual
 
 
 class CIFAR100DataModule(CIFAR10DataModule):
@@ -179,14 +271,13 @@ class CIFAR100DataModule(CIFAR10DataModule):
     """
 
     name = "CIFAR-100"
+    dataset = "CIFAR100"
     num_classes = 100
     mean = (0.5071, 0.4865, 0.4409)
     std = (0.2673, 0.2564, 0.2762)
-
-    def _dataset_class(self):
-        from torchvision import datasets
-
-        return datasets.CIFAR100
+    folder = "cifar-100-python"
+    archive = "cifar-100-python.tar.gz"
+    files: ClassVar[list[str]] = ["train", "test", "meta"]
 
 
 class ImageNetDataModule(_ClassificationDataModule):
