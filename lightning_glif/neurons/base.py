@@ -7,7 +7,8 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from .functional import MembraneCoefficients, membrane_sequence
+from .functional import MembraneCoefficients
+from .fused import BACKENDS, Backend, membrane
 from .surrogate import Rectangular, Surrogate
 
 
@@ -27,6 +28,10 @@ class SpikingNeuron(nn.Module):
         surrogate: gradient stand-in for the spike; ``None`` means ``Rectangular(width=1.0)``,
             the GLIF authors' choice.
         detach_reset: cut the gradient through the spike in the reset terms.
+        backend: ``"auto"``: the fused op of :mod:`lightning_glif.neurons.fused` (C kernel on CPU,
+            Triton on CUDA) wherever it applies, else the reference loop; ``"fused"``: the fused
+            op or a RuntimeError saying why not; ``"reference"``: the PyTorch loop
+            :func:`~lightning_glif.neurons.functional.membrane_sequence`. Same spikes either way.
     """
 
     def __init__(
@@ -35,6 +40,7 @@ class SpikingNeuron(nn.Module):
         time_steps: int,
         surrogate: Surrogate | None = None,
         detach_reset: bool = False,
+        backend: Backend = "auto",
     ) -> None:
         super().__init__()
         if int(num_features) < 1 or int(time_steps) < 1:
@@ -46,6 +52,9 @@ class SpikingNeuron(nn.Module):
         self.time_steps = int(time_steps)
         self.surrogate = surrogate if surrogate is not None else Rectangular()
         self.detach_reset = bool(detach_reset)
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}.")
+        self.backend = backend
 
     def coefficients(self) -> MembraneCoefficients:
         """The coefficients of the membrane recurrence, differentiable w.r.t. the parameters."""
@@ -58,11 +67,8 @@ class SpikingNeuron(nn.Module):
         loses the small leaks and resets); the spikes come back in the input dtype.
         """
         self.check_input(x)
-        compute = torch.promote_types(x.dtype, torch.float32)
         with torch.autocast(x.device.type, enabled=False):
-            c = self.coefficients()
-            spikes = membrane_sequence(x.to(compute), c, self.surrogate, self.detach_reset)
-        return spikes.to(x.dtype)
+            return membrane(x, self.coefficients(), self.surrogate, self.detach_reset, self.backend)
 
     def gate_parameters(self) -> Iterator[nn.Parameter]:
         """Trainable gate latents (trained at their own learning-rate factor). None by default."""

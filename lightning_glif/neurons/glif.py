@@ -12,6 +12,7 @@ from torch import nn
 
 from .base import SpikingNeuron
 from .functional import GLIFValues, MembraneCoefficients, glif_coefficients, gliff_coefficients
+from .fused import Backend
 from .surrogate import Surrogate
 
 GATES = ("alpha", "beta", "gamma")
@@ -41,8 +42,9 @@ class _SigmoidMembrane(SpikingNeuron):
         granularity: Granularity,
         surrogate: Surrogate | None,
         detach_reset: bool,
+        backend: Backend,
     ) -> None:
-        super().__init__(num_features, time_steps, surrogate, detach_reset)
+        super().__init__(num_features, time_steps, surrogate, detach_reset, backend)
         if granularity not in ("channel", "layer"):
             raise ValueError(f"granularity must be 'channel' or 'layer', got {granularity!r}.")
         self.granularity = granularity
@@ -107,6 +109,8 @@ class GLIF(_SigmoidMembrane):
         learn_membrane: train tau, thresholds, leak, reset and conductance (else frozen).
         surrogate: gradient stand-in for the spike; ``None`` means ``Rectangular(width=1.0)``.
         detach_reset: cut the gradient through the spike in the reset path (the authors keep it).
+        backend: ``"auto"`` (fused op where it applies), ``"fused"`` or ``"reference"`` (the
+            PyTorch loop); see :class:`~lightning_glif.neurons.base.SpikingNeuron`.
     """
 
     def __init__(
@@ -127,8 +131,9 @@ class GLIF(_SigmoidMembrane):
         learn_membrane: bool = True,
         surrogate: Surrogate | None = None,
         detach_reset: bool = False,
+        backend: Backend = "auto",
     ) -> None:
-        super().__init__(num_features, time_steps, granularity, surrogate, detach_reset)
+        super().__init__(num_features, time_steps, granularity, surrogate, detach_reset, backend)
         modes = {"alpha": alpha, "beta": beta, "gamma": gamma}
         self.gate_modes = {g: self._check_mode(g, m) for g, m in modes.items()}
         inits = self._gate_inits(gate_init)
@@ -217,8 +222,9 @@ class GLIFf(_SigmoidMembrane):
         learn_membrane: bool = True,
         surrogate: Surrogate | None = None,
         detach_reset: bool = False,
+        backend: Backend = "auto",
     ) -> None:
-        super().__init__(num_features, time_steps, granularity, surrogate, detach_reset)
+        super().__init__(num_features, time_steps, granularity, surrogate, detach_reset, backend)
         self._register_membrane(tau, v_threshold, v_leak, v_reset, conductance, learn_membrane)
 
     def values(self) -> GLIFValues:

@@ -13,6 +13,7 @@ from torch import nn
 
 from .base import SpikingNeuron
 from .functional import MembraneCoefficients, lif_coefficients
+from .fused import Backend
 from .surrogate import Surrogate
 
 Reset = Literal["hard", "soft"]
@@ -41,6 +42,8 @@ class LIF(SpikingNeuron):
         reset: ``"hard"`` (to 0) or ``"soft"`` (subtract the threshold).
         detach_reset: cut the gradient through the spike in the reset.
         surrogate: gradient stand-in for the spike; ``None`` means ``Rectangular(width=1.0)``.
+        backend: ``"auto"`` (fused op where it applies), ``"fused"`` or ``"reference"`` (the
+            PyTorch loop); see :class:`~lightning_glif.neurons.base.SpikingNeuron`.
     """
 
     def __init__(
@@ -53,8 +56,9 @@ class LIF(SpikingNeuron):
         reset: Reset = "hard",
         detach_reset: bool = False,
         surrogate: Surrogate | None = None,
+        backend: Backend = "auto",
     ) -> None:
-        super().__init__(num_features, time_steps, surrogate, detach_reset)
+        super().__init__(num_features, time_steps, surrogate, detach_reset, backend)
         lif_coefficients(torch.tensor(0.5), torch.tensor(0.5), torch.ones(1), reset)  # validates
         self.reset = reset
         self.register_buffer("decay", torch.tensor(_check_open_unit(decay, "LIF decay")))
@@ -86,6 +90,8 @@ class PLIF(SpikingNeuron):
         granularity: ``"layer"`` (one time constant per layer, as in the paper) or ``"channel"``.
         detach_reset: cut the gradient through the spike in the reset.
         surrogate: gradient stand-in for the spike; ``None`` means ``Rectangular(width=1.0)``.
+        backend: ``"auto"`` (fused op where it applies), ``"fused"`` or ``"reference"`` (the
+            PyTorch loop); see :class:`~lightning_glif.neurons.base.SpikingNeuron`.
     """
 
     def __init__(
@@ -99,8 +105,9 @@ class PLIF(SpikingNeuron):
         granularity: Literal["channel", "layer"] = "layer",
         detach_reset: bool = False,
         surrogate: Surrogate | None = None,
+        backend: Backend = "auto",
     ) -> None:
-        super().__init__(num_features, time_steps, surrogate, detach_reset)
+        super().__init__(num_features, time_steps, surrogate, detach_reset, backend)
         lif_coefficients(torch.tensor(0.5), torch.tensor(0.5), torch.ones(1), reset)  # validates
         if granularity not in ("channel", "layer"):
             raise ValueError(f"granularity must be 'channel' or 'layer', got {granularity!r}.")

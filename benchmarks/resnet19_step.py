@@ -1,0 +1,155 @@
+"""End to end: one ResNet-19 training step (T=6, batch 8, CIFAR-sized input) with the fused and the
+reference GLIF; images per second and peak memory.
+
+    python benchmarks/resnet19_step.py                 # ~2-3 min on 2 cores
+    python benchmarks/resnet19_step.py --steps 5 --repeats 3
+
+Each backend runs in its own child process (so that peak memory is its own), alternately
+``--repeats`` times; a child builds the net, takes one warm-up step, then times ``--steps``
+SGD steps (forward, cross-entropy on the time-averaged logits, backward, update) and reports the
+median. Peak memory: on CPU the growth of the peak resident set over the process before the first
+step; on CUDA ``max_memory_allocated``. "saved MB" is what autograd keeps for the backward
+in one forward pass (``saved_tensors_hooks``); "of which neurons s" is the forward+backward time
+of the 17 neurons alone on inputs of the shapes they see in the step (the part of the step the
+neuron backend can change; the rest is mostly convolutions).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import machine_note, markdown_table, saved_bytes, sync  # noqa: E402
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def child(args) -> dict:
+    from lightning_glif.models.resnet import ResNet19
+    from lightning_glif.neurons import GLIF
+
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    net = ResNet19(partial(GLIF, backend=args.backend), args.time_steps).to(device)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    images = torch.randn(args.batch, 3, 32, 32, device=device)
+    labels = torch.randint(0, 10, (args.batch,), device=device)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(net(images).mean(0), labels)
+        loss.backward()
+        opt.step()
+
+    before = rss_mb()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    step()
+    times = []
+    for _ in range(args.steps):
+        sync(device)
+        t0 = time.perf_counter()
+        step()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) / 2**20
+    else:  # ru_maxrss is in KiB on Linux
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before
+    opt.zero_grad(set_to_none=True)
+    saved = saved_bytes(lambda: net(images)) / 2**20
+    return {"step_s": statistics.median(times), "peak_mb": peak, "saved_mb": saved,
+            "neurons_s": neuron_seconds(net, images, device)}
+
+
+def neuron_seconds(net, images, device) -> float:
+    """Forward+backward time of the net's neurons alone, on inputs of the shapes they see in a
+    step (median of 3 per neuron, summed): the share of the step the neuron backend can change."""
+    from lightning_glif.neurons import SpikingNeuron
+
+    neurons = [m for m in net.modules() if isinstance(m, SpikingNeuron)]
+    shapes = {}
+
+    def record(module, args):  # returns None: the inputs stay as they are
+        shapes[module] = args[0].shape
+
+    hooks = [m.register_forward_pre_hook(record) for m in neurons]
+    with torch.no_grad():
+        net(images)
+    for h in hooks:
+        h.remove()
+    total = 0.0
+    for m in neurons:
+        x = torch.randn(shapes[m], device=device).mul_(0.5).add_(0.3).requires_grad_()
+        grad = torch.randn(shapes[m], device=device)
+        runs = []
+        for _ in range(3):
+            sync(device)
+            t0 = time.perf_counter()
+            m(x).backward(grad)
+            sync(device)
+            runs.append(time.perf_counter() - t0)
+        total += statistics.median(runs)
+    return total
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--time-steps", type=int, default=6)
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per child process")
+    parser.add_argument("--repeats", type=int, default=2, help="child processes per backend")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--backend", help=argparse.SUPPRESS)
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.child:
+        print(json.dumps(child(args)))
+        return
+    device = torch.device(args.device)
+    print(f"# ResNet-19 training step ({machine_note(device)})\n")
+    results: dict[str, list[dict]] = {"fused": [], "reference": []}
+    for _ in range(args.repeats):
+        for backend in results:
+            cmd = [sys.executable, __file__, "--child", "--backend", backend,
+                   "--batch", str(args.batch), "--time-steps", str(args.time_steps),
+                   "--steps", str(args.steps), "--device", args.device]
+            cmd += ["--threads", str(args.threads)] if args.threads else []
+            out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True)
+            results[backend].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    med = {b: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for b, rs in results.items()}
+    ref = med["reference"]["step_s"]
+    rows = []
+    for backend, r in med.items():
+        rows.append([f"GLIF {backend}", f"{r['step_s']:.3f}", f"{args.batch / r['step_s']:.2f}",
+                     f"{ref / r['step_s']:.2f}", f"{r['neurons_s']:.3f}", f"{r['peak_mb']:.0f}",
+                     f"{r['saved_mb']:.0f}"])
+    print(f"T={args.time_steps}, batch {args.batch}, 3x32x32, SGD; median over "
+          f"{args.repeats} processes x {args.steps} steps\n")
+    peak = "peak MB (CUDA allocated)" if device.type == "cuda" else "peak RSS growth MB"
+    header = ["neuron", "step s", "images/s", "speed-up", "of which neurons s", peak, "saved MB"]
+    print(markdown_table(header, rows))
+    print(f"\nfused / reference step time = {med['fused']['step_s'] / ref:.3f} "
+          f"(goal: speed-up >= 1.5)\n({machine_note(device)} at the end)")
+
+
+if __name__ == "__main__":
+    main()
