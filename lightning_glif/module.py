@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import random
 from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from pytorch_lightning import LightningModule
@@ -57,7 +59,10 @@ class SpikingClassifier(LightningModule):
     Checkpoints written under ``train.py`` hold the whole configuration, so
     ``SpikingClassifier.load_from_checkpoint(path)`` rebuilds the backbone. A module built in
     Python saves only its plain arguments: pass the backbone again,
-    ``load_from_checkpoint(path, backbone=...)``.
+    ``load_from_checkpoint(path, backbone=...)``. Checkpoints also hold the RNG states (restored
+    only when training resumes, so a resumed run draws what an uninterrupted one would) and a
+    line naming the backbone and neuron (the error when a different model loads them says both).
+    They load with ``weights_only=True``.
     """
 
     def __init__(
@@ -104,7 +109,14 @@ class SpikingClassifier(LightningModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class logits averaged over time, ``[B, num_classes]``."""
-        logits = self.backbone(x)
+        try:
+            logits = self.backbone(x)
+        except (ValueError, RuntimeError) as error:
+            # A shape error (ours, or torch's from a conv/linear): say which layer, by module name.
+            layer = self._raising_layer(error)
+            if type(error) not in (ValueError, RuntimeError) or layer is None:
+                raise
+            raise type(error)(f"layer {layer}: {error}") from error
         if logits.dim() != 3 or logits.shape[-1] != self.num_classes:
             raise ValueError(
                 f"the backbone {type(self.backbone).__name__} must return per-step logits "
@@ -112,6 +124,18 @@ class SpikingClassifier(LightningModule):
                 "that model.num_classes and the backbone's num_classes agree."
             )
         return logits.mean(0)
+
+    def _raising_layer(self, error: BaseException) -> str | None:
+        """Module name of the innermost submodule whose code raised ``error``: read from the
+        traceback, so the forward pass carries no hooks for it."""
+        names = {id(m): n for n, m in self.named_modules() if m is not self}
+        layer, tb = None, error.__traceback__
+        while tb is not None:
+            owner = tb.tb_frame.f_locals.get("self")
+            if owner is not None and id(owner) in names:
+                layer = f"'{names[id(owner)]}' ({type(owner).__name__})"
+            tb = tb.tb_next
+        return layer
 
     def _step(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x, y = batch
@@ -126,7 +150,8 @@ class SpikingClassifier(LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         loss, logits, y = self._step(batch)
         self.train_metrics.update(logits.detach(), y)
-        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True)
+        # Reduced over DDP ranks once per epoch (at the epoch's end, not every step).
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
         self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
         return loss
 
@@ -153,6 +178,72 @@ class SpikingClassifier(LightningModule):
         """Time-averaged logits ``[B, num_classes]`` of a batch ``x`` or ``(x, y)``."""
         x = batch[0] if isinstance(batch, list | tuple) else batch
         return self(x)
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # What the weights belong to, for the mismatch error of another model loading them.
+        checkpoint["model_description"] = self._describe()
+        # The RNG states, so a resumed run draws what the uninterrupted one would have (the
+        # shuffle of the next epoch above all). Tensors and ints: loadable with weights_only.
+        np_state = np.random.get_state()
+        checkpoint["rng_states"] = {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+            "python": random.getstate(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Lightning calls this just before load_state_dict: keep what the checkpoint was made
+        # with for its error message.
+        self._checkpoint_made_with = _describe_checkpoint(checkpoint)
+        states = checkpoint.get("rng_states")
+        # Only when resuming training: loading weights for evaluation leaves the RNGs alone.
+        if states is None or self._trainer is None or self.trainer.state.fn != TrainerFn.FITTING:
+            return
+        torch.set_rng_state(states["torch"])
+        if states["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(states["cuda"])
+        name, keys, *rest = states["numpy"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+        version, internal, gauss = states["python"]
+        random.setstate((version, tuple(internal), gauss))
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False):
+        """``nn.Module.load_state_dict``, with one clear error, not a wall of missing keys,
+        when the weights do not fit this model (another neuron or backbone, other widths)."""
+        made = getattr(self, "_checkpoint_made_with", None) or "another model"
+        self._checkpoint_made_with = None
+        saved, own = state_dict, self.state_dict()
+        missing = [k for k in own if k not in saved]
+        unexpected = [k for k in saved if k not in own]
+        reshaped = [
+            f"{k} {tuple(saved[k].shape)} vs {tuple(v.shape)}"
+            for k, v in own.items()
+            if k in saved and hasattr(saved[k], "shape") and saved[k].shape != v.shape
+        ]
+        if not reshaped and not ((missing or unexpected) and strict):
+            return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        this = self._describe()
+        problems = [
+            f"{len(lst)} {what} (e.g. {', '.join(lst[:3])})"
+            for lst, what in (
+                (missing, "weights of this model missing from the checkpoint"),
+                (unexpected, "weights in the checkpoint that this model lacks"),
+                (reshaped, "weights of another shape, checkpoint vs model"),
+            )
+            if lst
+        ]
+        raise RuntimeError(
+            f"the checkpoint does not fit this model: it was made with {made}, this model is "
+            f"{this}. {'; '.join(problems)}. Build the model as the checkpoint was built (the "
+            "same backbone, neuron and widths): with the CLI, pass the run's config.yaml or drop "
+            "the options that change them; in Python, SpikingClassifier.load_from_checkpoint(path)."
+        )
+
+    def _describe(self) -> str:
+        neurons = sorted({type(m).__name__ for m in self.modules() if isinstance(m, SpikingNeuron)})
+        return f"backbone {type(self.backbone).__name__} with neuron {'/'.join(neurons) or 'none'}"
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
@@ -232,3 +323,17 @@ class SpikingClassifier(LightningModule):
                 "it, use model.lr_interval=step with trainer.max_steps, or give model.lr_scheduler."
             )
         return max(1, epochs)
+
+
+def _describe_checkpoint(checkpoint: dict[str, Any]) -> str:
+    """``backbone X with neuron Y``: as saved with the weights, else from the saved config."""
+    if "model_description" in checkpoint:
+        return str(checkpoint["model_description"])
+    backbone = checkpoint.get("hyper_parameters", {}).get("backbone")
+    if not isinstance(backbone, dict):  # built in Python: the backbone was not saved
+        return "a backbone built in Python (not recorded in the checkpoint)"
+    neuron = backbone.get("init_args", {}).get("neuron")
+    if isinstance(neuron, dict):
+        neuron = neuron.get("class_path")
+    bb = str(backbone.get("class_path")).rsplit(".", 1)[-1]
+    return f"backbone {bb} with neuron {str(neuron).rsplit('.', 1)[-1]}"

@@ -118,7 +118,9 @@ OVERLAYS = [CONF / "debug.yaml"]
 
 
 def test_every_config_is_covered():
-    covered = {DEFAULT, *OVERLAYS, *EXPERIMENTS, *NEURONS}
+    multinode = CONF / "multinode.yaml"  # GPUs only: parsed in tests/test_reliability.py
+    ablation_grids = set((CONF / "ablation").glob("*.yaml"))  # ablate.py grids: test_ablation.py
+    covered = {DEFAULT, *OVERLAYS, *EXPERIMENTS, *NEURONS, multinode, *ablation_grids}
     assert set(ALL) == covered, "a config in conf/ is not exercised by the tests below"
     assert {p.stem for p in NEURONS} == {"glif", "lif", "plif", "gliff"}
 
@@ -133,6 +135,7 @@ def test_default_run_has_checkpoints_and_the_monitors():
     assert [c["class_path"].rsplit(".", 1)[1] for c in callbacks] == [
         "ModelCheckpoint",
         "ModelCheckpoint",
+        "NonFiniteGuard",
         "GateMonitor",
         "FiringRateMonitor",
         "SynapticOpsMonitor",
