@@ -278,16 +278,16 @@ def test_cifar_splits_and_transforms(cls, tmp_path, monkeypatch):
 
     dm = cls(data_dir=str(tmp_path), batch_size=4, val_size=10, split_seed=3, num_workers=0)
     dm.setup("fit")
-    assert {k: len(v) for k, v in dm.splits.items()} == {"train": 30, "val": 10, "test": 6}
-    assert not set(dm.splits["train"].indices) & set(dm.splits["val"].indices)
+    assert {k: len(v) for k, v in dm.datasets.items()} == {"train": 30, "val": 10, "test": 6}
+    assert not set(dm.datasets["train"].indices) & set(dm.datasets["val"].indices)
     again = cls(data_dir=str(tmp_path), val_size=10, split_seed=3)
     again.setup("fit")
-    assert again.splits["val"].indices == dm.splits["val"].indices
+    assert again.datasets["val"].indices == dm.datasets["val"].indices
 
     x, y = next(iter(dm.train_dataloader()))
     assert x.shape == (4, 3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
     # Validation images are only normalised, not augmented.
-    val = dm.splits["val"]
+    val = dm.datasets["val"]
     raw = torch.from_numpy(val.dataset.data[val.indices[0]]).permute(2, 0, 1).float() / 255
     mean, std = torch.tensor(dm.mean).view(3, 1, 1), torch.tensor(dm.std).view(3, 1, 1)
     assert torch.allclose(val[0][0], (raw - mean) / std, atol=1e-6)

@@ -45,7 +45,7 @@ def small_fit_args(root) -> list[str]:
 def test_digits_split_is_fixed_stratified_and_disjoint():
     dm = DigitsDataModule(batch_size=16)
     dm.setup("fit")
-    sizes = {name: len(ds) for name, ds in dm.splits.items()}
+    sizes = {name: len(ds) for name, ds in dm.datasets.items()}
     assert sizes == {"train": 1257, "val": 270, "test": 270}
 
     x, y = next(iter(dm.train_dataloader()))
@@ -57,7 +57,7 @@ def test_digits_split_is_fixed_stratified_and_disjoint():
     assert np.array_equal(np.sort(rows), np.arange(1797))
     # Stratified: every class in val and test, 27 images each (+-1).
     for name in ("val", "test"):
-        counts = torch.bincount(dm.splits[name].tensors[1], minlength=10)
+        counts = torch.bincount(dm.datasets[name].tensors[1], minlength=10)
         assert counts.min() >= 26 and counts.max() <= 28
 
     # Fixed by split_seed, whatever the global RNG state.
@@ -226,7 +226,7 @@ def test_fit_test_predict_and_reload(tmp_path):
     last = run / "checkpoints" / "last.ckpt"
     dm = DigitsDataModule()
     dm.setup("predict")
-    x = dm.splits["test"].tensors[0][:64]
+    x = dm.datasets["test"].tensors[0][:64]
     trained = cli.model.eval()
     reloaded = SpikingClassifier.load_from_checkpoint(last).eval()
     assert reloaded.backbone.features[1][0].module.out_channels == 16  # rebuilt from the ckpt

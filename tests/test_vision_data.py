@@ -53,15 +53,15 @@ def test_mnist_like_splits_batches_and_normalisation(cls, tmp_path):
     dm = cls(data_dir=str(tmp_path), batch_size=4, val_size=4, split_seed=1, num_workers=0)
     dm.setup("fit")
 
-    assert {k: len(v) for k, v in dm.splits.items()} == {"train": 8, "val": 4, "test": 5}
-    train, val = dm.splits["train"].indices, dm.splits["val"].indices
+    assert {k: len(v) for k, v in dm.datasets.items()} == {"train": 8, "val": 4, "test": 5}
+    train, val = dm.datasets["train"].indices, dm.datasets["val"].indices
     assert sorted(train + val) == list(range(12))  # held out of train, nothing lost
     again = cls(data_dir=str(tmp_path), val_size=4, split_seed=1)
     again.setup("fit")
-    assert again.splits["val"].indices == val
+    assert again.datasets["val"].indices == val
     other = cls(data_dir=str(tmp_path), val_size=4, split_seed=2)
     other.setup("fit")
-    assert other.splits["val"].indices != val
+    assert other.datasets["val"].indices != val
 
     x, y = next(iter(dm.train_dataloader()))
     assert x.shape == (4, 1, 28, 28) and x.dtype == torch.float32 and y.dtype == torch.int64
@@ -70,7 +70,7 @@ def test_mnist_like_splits_batches_and_normalisation(cls, tmp_path):
     def normalised(pixels: np.ndarray) -> torch.Tensor:
         return (torch.from_numpy(pixels).float() / 255 - dm.mean[0]) / dm.std[0]
 
-    image, label = dm.splits["val"][0]
+    image, label = dm.datasets["val"][0]
     assert torch.allclose(image[0], normalised(written["train_images"][val[0]]), atol=1e-6)
     assert label == val[0] % 10
     x, y = next(iter(dm.test_dataloader()))
@@ -138,7 +138,7 @@ def test_mnist_downloads_only_when_asked(tmp_path, monkeypatch):
     dm.prepare_data()
     assert calls == [True, False]
     dm.setup("fit")
-    assert {k: len(v) for k, v in dm.splits.items()} == {"train": 10, "val": 2, "test": 3}
+    assert {k: len(v) for k, v in dm.datasets.items()} == {"train": 10, "val": 2, "test": 3}
 
 
 def write_image_folder(root: Path, counts: dict[str, int], size: tuple[int, int]) -> None:
@@ -158,19 +158,19 @@ def test_imagenet_image_folder_batches(tmp_path):
     dm = ImageNetDataModule(data_dir=str(tmp_path), batch_size=2, val_size=3, num_workers=0)
     dm.setup("fit")
 
-    assert {k: len(v) for k, v in dm.splits.items()} == {"train": 4, "val": 3, "test": 3}
-    assert sorted(dm.splits["train"].indices + dm.splits["val"].indices) == list(range(7))
-    assert dm.splits["test"].classes == ["n01440764", "n01443537"]
+    assert {k: len(v) for k, v in dm.datasets.items()} == {"train": 4, "val": 3, "test": 3}
+    assert sorted(dm.datasets["train"].indices + dm.datasets["val"].indices) == list(range(7))
+    assert dm.datasets["test"].classes == ["n01440764", "n01443537"]
 
     x, y = next(iter(dm.train_dataloader()))
     assert x.shape == (2, 3, 224, 224) and x.dtype == torch.float32 and y.dtype == torch.int64
     x, y = next(iter(dm.test_dataloader()))
     assert x.shape == (2, 3, 224, 224) and y.tolist() == [0, 1]
     # Evaluation (resize 256, centre crop 224) is deterministic; its output is normalised.
-    assert torch.equal(dm.splits["val"][0][0], dm.splits["val"][0][0])
+    assert torch.equal(dm.datasets["val"][0][0], dm.datasets["val"][0][0])
     mean = torch.tensor(dm.mean).view(3, 1, 1)
     std = torch.tensor(dm.std).view(3, 1, 1)
-    pixels = dm.splits["test"][0][0] * std + mean
+    pixels = dm.datasets["test"][0][0] * std + mean
     assert pixels.min() >= -1e-5 and pixels.max() <= 1 + 1e-5
 
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from pytorch_lightning import LightningDataModule
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
+from .loaders import SplitDataModule
 from .splits import stratified_split
 
 
-class DigitsDataModule(LightningDataModule):
+class DigitsDataModule(SplitDataModule):
     """scikit-learn's 1,797 handwritten digits as ``[B, 1, 8, 8]`` float images in ``[0, 1]``.
 
     The split is stratified by class and fixed by ``split_seed``
@@ -52,11 +52,10 @@ class DigitsDataModule(LightningDataModule):
         self.test_fraction = test_fraction
         self.split_seed = split_seed
         self.num_workers = num_workers
-        self.splits: dict[str, TensorDataset] = {}
         self.indices: dict[str, np.ndarray] = {}  # rows of load_digits() in each split
 
     def setup(self, stage: str | None = None) -> None:
-        if self.splits:
+        if self.datasets:
             return
         from sklearn.datasets import load_digits
 
@@ -68,25 +67,4 @@ class DigitsDataModule(LightningDataModule):
         )
         for name, idx in self.indices.items():
             rows = torch.from_numpy(idx)
-            self.splits[name] = TensorDataset(images[rows], labels[rows])
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            self.splits[split],
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+            self.datasets[name] = TensorDataset(images[rows], labels[rows])

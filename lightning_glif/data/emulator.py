@@ -29,12 +29,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pytorch_lightning import LightningDataModule
 from scipy import ndimage
 from tonic.io import events_struct, make_structured_array
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from .frames import Binning, EventsToFrames
+from .loaders import SplitDataModule
 from .splits import stratified_split
 
 log = logging.getLogger(__name__)
@@ -294,7 +294,7 @@ class _Frames(Dataset):
         return self.frames[index].float(), self.labels[index]
 
 
-class EventDigitsDataModule(LightningDataModule):
+class EventDigitsDataModule(SplitDataModule):
     """Emulated event digits (:class:`EventDigits`) as frames ``[B, T, 2, 34, 34]`` float32 (event
     counts; channel 0 = OFF, 1 = ON) and int64 labels; no download.
 
@@ -343,7 +343,6 @@ class EventDigitsDataModule(LightningDataModule):
         self.split_seed = split_seed
         self.emulator = {"seed": seed, "threshold": threshold, "noise_rate": noise_rate}
         self.num_workers = num_workers
-        self.datasets: dict[str, _Frames] = {}
 
     def prepare_data(self) -> None:
         """Generate and cache the events (once per data root and emulator settings)."""
@@ -361,24 +360,3 @@ class EventDigitsDataModule(LightningDataModule):
         for name, index in splits.items():
             index = torch.from_numpy(index)
             self.datasets[name] = _Frames(frames[index], labels[index])
-
-    def _loader(self, name: str, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            self.datasets[name],
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)

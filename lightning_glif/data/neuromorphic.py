@@ -20,11 +20,11 @@ from typing import Any, ClassVar, NamedTuple
 import h5py
 import numpy as np
 import tonic
-from pytorch_lightning import LightningDataModule
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset, Subset
 
 from .errors import CorruptFileError, DatasetNotFoundError
 from .frames import AtomicDiskCache, Binning, EventsToFrames, FrameAugment
+from .loaders import SplitDataModule
 from .splits import holdout_split, per_class_head_split
 
 log = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ class _Split(NamedTuple):
     archive: str  # the archive Tonic downloads for it
 
 
-class EventDataModule(LightningDataModule):
+class EventDataModule(SplitDataModule):
     """Shared machinery of the Tonic DataModules; use one of its subclasses.
 
     ``setup`` checks that the files of the needed splits are there (else one
@@ -185,7 +185,6 @@ class EventDataModule(LightningDataModule):
             (self.image_size, resize or w) if h > 1 else (w,)
         )
         self._sources: dict[str, SourceFrames] = {}
-        self.datasets: dict[str, Dataset] = {}
 
     # -- where the data is ------------------------------------------------------------------
     @property
@@ -298,28 +297,6 @@ class EventDataModule(LightningDataModule):
         index = dataset.indices if isinstance(dataset, Subset) else None
         cache = dataset.dataset if isinstance(dataset, Subset) else dataset
         return [cache.dataset.source(i) for i in (range(len(cache)) if index is None else index)]
-
-    # -- loaders ----------------------------------------------------------------------------
-    def _loader(self, name: str, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            self.datasets[name],
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
 
 
 class NMNISTDataModule(EventDataModule):

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from pytorch_lightning import LightningDataModule
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
+from .loaders import SplitDataModule
 from .splits import stratified_split
 
 
-class RowDigitsDataModule(LightningDataModule):
+class RowDigitsDataModule(SplitDataModule):
     """Digits as sequences ``[B, T, 8]`` float32 in ``[0, 1]``: step ``t`` is pixel row
     ``t * 8 // T`` (top to bottom) of the 8x8 image, so ``T = 8`` shows one row per step and
     ``T = 16`` holds each row for two steps. Labels are int64 in ``0..9``; no download.
@@ -56,7 +56,6 @@ class RowDigitsDataModule(LightningDataModule):
         self.test_fraction = test_fraction
         self.split_seed = split_seed
         self.num_workers = num_workers
-        self.datasets: dict[str, TensorDataset] = {}
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
@@ -73,24 +72,3 @@ class RowDigitsDataModule(LightningDataModule):
         for name, index in splits.items():
             index = torch.from_numpy(index)
             self.datasets[name] = TensorDataset(rows[index], labels[index])
-
-    def _loader(self, name: str, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            self.datasets[name],
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import ClassVar
 
 import torch
-from pytorch_lightning import LightningDataModule
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Subset
 
 from lightning_glif.data.errors import DatasetNotFoundError
+from lightning_glif.data.loaders import SplitDataModule
 
 
 def _with_transform(dataset, transform):
@@ -28,15 +28,16 @@ def _with_transform(dataset, transform):
     return view
 
 
-class _ClassificationDataModule(LightningDataModule):
-    """Shared loaders: a train split, the val split held out of it, and the official test split."""
+class _ClassificationDataModule(SplitDataModule):
+    """A train split, the val split held out of it, and the official test split."""
+
+    drop_last_train = True
 
     def __init__(self, batch_size: int, num_workers: int, eval_batch_size: int | None) -> None:
         super().__init__()
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
-        self.splits: dict[str, Dataset] = {}
 
     @staticmethod
     def _holdout(n: int, val_size: int, seed: int) -> tuple[list[int], list[int]]:
@@ -45,29 +46,6 @@ class _ClassificationDataModule(LightningDataModule):
             raise ValueError(f"val_size must be in (0, {n}) for {n} training images: {val_size}.")
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
         return sorted(order[val_size:]), sorted(order[:val_size])
-
-    def _loader(self, split: str, train: bool) -> DataLoader:
-        return DataLoader(
-            self.splits[split],
-            batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
-            drop_last=train,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", train=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", train=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", train=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", train=False)
 
 
 class _TorchvisionDataModule(_ClassificationDataModule):
@@ -141,7 +119,7 @@ class _TorchvisionDataModule(_ClassificationDataModule):
         return T.Compose([*augment, T.ToTensor(), T.Normalize(self.mean, self.std)])
 
     def setup(self, stage: str | None = None) -> None:
-        if self.splits:
+        if self.datasets:
             return
         self._check_present()
         cls = self._dataset_class()
@@ -149,7 +127,7 @@ class _TorchvisionDataModule(_ClassificationDataModule):
         train_aug = cls(root, train=True, transform=self.transforms(train=True))
         train_eval = _with_transform(train_aug, self.transforms(train=False))
         train_idx, val_idx = self._holdout(len(train_aug), self.val_size, self.split_seed)
-        self.splits = {
+        self.datasets = {
             "train": Subset(train_aug, train_idx),
             "val": Subset(train_eval, val_idx),
             "test": cls(root, train=False, transform=self.transforms(train=False)),
@@ -332,7 +310,7 @@ class ImageNetDataModule(_ClassificationDataModule):
         return T.Compose([*crop, *normalise])
 
     def setup(self, stage: str | None = None) -> None:
-        if self.splits:
+        if self.datasets:
             return
         root = self.data_dir / "imagenet"
         missing = [f"{s}/" for s in ("train", "val") if not (root / s).is_dir()]
@@ -350,7 +328,7 @@ class ImageNetDataModule(_ClassificationDataModule):
         train_aug = ImageFolder(str(root / "train"), transform=self.transforms(train=True))
         train_eval = _with_transform(train_aug, self.transforms(train=False))
         train_idx, val_idx = self._holdout(len(train_aug), self.val_size, self.split_seed)
-        self.splits = {
+        self.datasets = {
             "train": Subset(train_aug, train_idx),
             "val": Subset(train_eval, val_idx),
             "test": ImageFolder(str(root / "val"), transform=self.transforms(train=False)),
