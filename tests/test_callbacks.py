@@ -14,6 +14,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.strategies import DDPStrategy
 from tensorboard.backend.event_processing import event_accumulator as ea
 from torch import nn
+from torch.multiprocessing.spawn import ProcessExitedException
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from lightning_glif.callbacks import FiringRateMonitor, GateMonitor, SynapticOpsMonitor
@@ -256,19 +257,31 @@ def test_ddp_ranks_log_the_global_rate(tmp_path):
     of all 8 samples: rate 0.5, one dead and one saturated channel, and the readout's ACs are
     the global spikes x 3 / the global samples."""
     x = known_inputs(8)
-    events = validate(
-        tmp_path,
-        Probe(),
-        PerRankData(),
-        mac_layers=[],
-        accelerator="cpu",
-        devices=2,
-        # a collective that one rank misses fails within a minute instead of hanging for 30
-        strategy=DDPStrategy(
-            start_method="spawn", process_group_backend="gloo", timeout=timedelta(seconds=60)
-        ),
-        use_distributed_sampler=False,  # each rank reads its own samples
-    )
+    for attempt in range(3):
+        try:
+            events = validate(
+                tmp_path / f"attempt{attempt}",
+                Probe(),
+                PerRankData(),
+                mac_layers=[],
+                accelerator="cpu",
+                devices=2,
+                # a collective that one rank misses fails within a minute instead of hanging
+                strategy=DDPStrategy(
+                    start_method="spawn",
+                    process_group_backend="gloo",
+                    timeout=timedelta(seconds=60),
+                ),
+                use_distributed_sampler=False,  # each rank reads its own samples
+            )
+            break
+        except ProcessExitedException as err:
+            # A spawned gloo worker sometimes aborts while the interpreter exits ("terminate
+            # called without an active exception", about 1 run in 10 on a 2-core CPU, also with
+            # a plain threshold neuron): a teardown race outside the monitors. Rerun from
+            # scratch; any other failure, or three aborts in a row, fails the test.
+            if err.signal_name != "SIGABRT" or attempt == 2:
+                raise
     assert last_scalar(events, "spikes/val/neuron/rate") == pytest.approx(0.5)
     assert last_scalar(events, "spikes/val/neuron/dead") == pytest.approx(0.25)
     assert last_scalar(events, "spikes/val/neuron/saturated") == pytest.approx(0.25)
