@@ -188,3 +188,14 @@ def test_spiking_mlp_learns_row_digits() -> None:
     with torch.no_grad():
         accuracy = (net(rows).mean(0).argmax(1) == labels).float().mean().item()
     assert accuracy > 0.4
+
+
+@pytest.mark.parametrize(
+    "cls", ["DigitsDataModule", "RowDigitsDataModule", "EventDigitsDataModule"]
+)
+@pytest.mark.parametrize("fractions", [(0.0, 0.15), (0.15, 1.0), (0.6, 0.5)])
+def test_bad_split_fractions_fail_at_construction(cls, fractions):
+    import lightning_glif.data as data
+
+    with pytest.raises(ValueError, match=rf"{cls}: val_fraction and test_fraction must be in"):
+        getattr(data, cls)(val_fraction=fractions[0], test_fraction=fractions[1])

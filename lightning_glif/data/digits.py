@@ -7,7 +7,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from .loaders import SplitDataModule
-from .splits import stratified_split
+from .splits import check_fractions, stratified_split
 
 
 class DigitsDataModule(SplitDataModule):
@@ -41,12 +41,7 @@ class DigitsDataModule(SplitDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__()
-        held_out = val_fraction + test_fraction
-        if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and held_out < 1):
-            raise ValueError(
-                "DigitsDataModule: val_fraction and test_fraction must be in (0, 1) and sum to "
-                f"less than 1, got {val_fraction} and {test_fraction}."
-            )
+        check_fractions(type(self).__name__, val_fraction, test_fraction)
         self.batch_size = batch_size
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction

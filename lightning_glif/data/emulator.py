@@ -35,7 +35,7 @@ from torch.utils.data import Dataset
 
 from .frames import Binning, EventsToFrames
 from .loaders import SplitDataModule
-from .splits import stratified_split
+from .splits import check_fractions, stratified_split
 
 log = logging.getLogger(__name__)
 
@@ -334,6 +334,7 @@ class EventDigitsDataModule(SplitDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__()
+        check_fractions(type(self).__name__, val_fraction, test_fraction)
         self.data_dir = data_dir
         self.time_steps = time_steps
         self.batch_size = batch_size

@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from .loaders import SplitDataModule
-from .splits import stratified_split
+from .splits import check_fractions, stratified_split
 
 
 class RowDigitsDataModule(SplitDataModule):
@@ -50,6 +50,7 @@ class RowDigitsDataModule(SplitDataModule):
                 f"RowDigitsDataModule: time_steps must be a multiple of 8 (one or more steps per "
                 f"row of the 8x8 digits), got {time_steps}."
             )
+        check_fractions(type(self).__name__, val_fraction, test_fraction)
         self.time_steps = time_steps
         self.batch_size = batch_size
         self.val_fraction = val_fraction

@@ -30,6 +30,16 @@ def holdout_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.nd
     return np.sort(kept), np.sort(held_out)
 
 
+def check_fractions(owner: str, val_fraction: float, test_fraction: float) -> None:
+    """Raise a ValueError naming ``owner`` unless both held-out shares are in (0, 1) and leave
+    some training data; called where the fractions are configured, so a bad config fails early."""
+    if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise ValueError(
+            f"{owner}: val_fraction and test_fraction must be in (0, 1) and sum to less than 1, "
+            f"got {val_fraction} and {test_fraction}."
+        )
+
+
 def stratified_split(
     labels: np.ndarray, val_fraction: float, test_fraction: float, seed: int
 ) -> dict[str, np.ndarray]:

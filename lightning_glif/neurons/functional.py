@@ -154,6 +154,12 @@ def gliff_coefficients(v: GLIFValues) -> MembraneCoefficients:
     )
 
 
+def check_reset(reset: str) -> None:
+    """Raise a ValueError unless ``reset`` is ``"hard"`` or ``"soft"``."""
+    if reset not in ("hard", "soft"):
+        raise ValueError(f"reset must be 'hard' or 'soft', got {reset!r}.")
+
+
 def lif_coefficients(
     decay: torch.Tensor,
     v_threshold: torch.Tensor,
@@ -170,8 +176,7 @@ def lif_coefficients(
     ``lambda`` is the decay factor (SpikingJelly's ``1 - 1/tau``); ``b = 1`` for LIF with
     ``decay_input=False``, ``b = 1 - lambda`` for PLIF (Fang et al., ICCV 2021).
     """
-    if reset not in ("hard", "soft"):
-        raise ValueError(f"reset must be 'hard' or 'soft', got {reset!r}.")
+    check_reset(reset)
     zero = torch.zeros_like(decay)
     hard = reset == "hard"
     return MembraneCoefficients(

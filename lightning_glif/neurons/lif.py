@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .base import SpikingNeuron
-from .functional import MembraneCoefficients, lif_coefficients
+from .functional import MembraneCoefficients, check_reset, lif_coefficients
 from .fused import Backend
 from .surrogate import Surrogate
 
@@ -59,7 +59,7 @@ class LIF(SpikingNeuron):
         backend: Backend = "auto",
     ) -> None:
         super().__init__(num_features, time_steps, surrogate, detach_reset, backend)
-        lif_coefficients(torch.tensor(0.5), torch.tensor(0.5), torch.ones(1), reset)  # validates
+        check_reset(reset)
         self.reset = reset
         self.register_buffer("decay", torch.tensor(_check_open_unit(decay, "LIF decay")))
         self.register_buffer("v_threshold", torch.tensor(float(v_threshold)))
@@ -108,7 +108,7 @@ class PLIF(SpikingNeuron):
         backend: Backend = "auto",
     ) -> None:
         super().__init__(num_features, time_steps, surrogate, detach_reset, backend)
-        lif_coefficients(torch.tensor(0.5), torch.tensor(0.5), torch.ones(1), reset)  # validates
+        check_reset(reset)
         if granularity not in ("channel", "layer"):
             raise ValueError(f"granularity must be 'channel' or 'layer', got {granularity!r}.")
         self.reset = reset
