@@ -37,7 +37,7 @@ from lightning_glif.callbacks import (  # noqa: E402
     GateMonitor,
     SynapticOpsMonitor,
 )
-from train import cli_main  # noqa: E402
+from lightning_glif.cli import cli_main  # noqa: E402
 
 MONITORS = (GateMonitor, FiringRateMonitor, SynapticOpsMonitor)
 

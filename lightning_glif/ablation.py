@@ -82,7 +82,7 @@ def run_one(run_dir: Path) -> dict[str, Any]:
     from pytorch_lightning.callbacks import ModelCheckpoint
 
     from lightning_glif.callbacks import FiringRateMonitor
-    from train import cli_main
+    from lightning_glif.cli import cli_main
 
     spec = json.loads((run_dir / "run.json").read_text())
     if "ABLATION_THREADS" in os.environ:

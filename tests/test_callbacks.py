@@ -22,7 +22,7 @@ from lightning_glif.callbacks.synops import synaptic_events
 from lightning_glif.models.layers import TimeDistributed
 from lightning_glif.neurons import GLIF, GLIFf
 from lightning_glif.neurons.base import SpikingNeuron
-from train import cli_main
+from lightning_glif.cli import cli_main
 
 T = 4
 # The monitors as a user configures them, replacing conf/default.yaml's callbacks list.

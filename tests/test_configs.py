@@ -27,7 +27,7 @@ from lightning_glif.data.errors import DatasetNotFoundError
 from lightning_glif.data.vision import CIFAR10DataModule, CIFAR100DataModule, ImageNetDataModule
 from lightning_glif.module import SpikingClassifier
 from lightning_glif.neurons.base import SpikingNeuron
-from train import cli_main
+from lightning_glif.cli import cli_main
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 DEFAULT = CONF / "default.yaml"

@@ -27,7 +27,7 @@ from lightning_glif.models.tdbn import TdBatchNorm
 from lightning_glif.module import SpikingClassifier
 from lightning_glif.neurons import GLIF, LIF
 from lightning_glif.neurons.base import SpikingNeuron
-from train import cli_main
+from lightning_glif.cli import cli_main
 
 ROOT = Path(__file__).resolve().parents[1]
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]

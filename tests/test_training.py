@@ -17,7 +17,7 @@ from lightning_glif.models.convnet import SpikingConvNet
 from lightning_glif.module import SpikingClassifier
 from lightning_glif.neurons import GLIF, LIF, PLIF
 from lightning_glif.neurons.base import SpikingNeuron
-from train import cli_main
+from lightning_glif.cli import cli_main
 
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 
