@@ -26,7 +26,7 @@ class AuthorsGLIF(nn.Module):
     every step the sigmoid of every latent is recomputed and viewed as ``[1, C, 1, 1]``, the
     previous spike is read back from a preallocated output (and cloned for each reset term),
     and the new spikes are written into that output in place. Their surrogate backward crashes
-    at the latest commit (GLIF_SPEC section 8), so the box surrogate is ours."""
+    at the latest commit (docs/GLIF_SPEC.md section 8), so the box surrogate is ours."""
 
     def __init__(self, channels: int, time_steps: int) -> None:
         super().__init__()

@@ -1,14 +1,16 @@
-"""Neuron ablations: a grid of neuron variants, each a full ``train.py`` run in its own process.
+"""Neuron ablations: a grid of neuron variants, each a full ``fit`` run in its own process.
 
 ``ablate.py`` is the command line; this module holds the parent (:func:`run_grid`, the tables and
 the plot) and the child (``python -m lightning_glif.ablation RUN_DIR``), which trains one
-variant through :func:`train.cli_main` with the arguments stored in ``RUN_DIR/run.json``, tests
-the best-val checkpoint and writes ``RUN_DIR/result.json`` (atomically) when it succeeds.
+variant through :func:`lightning_glif.cli.cli_main` with the arguments stored in
+``RUN_DIR/run.json``, tests the checkpoint selected on ``run.json``'s metric and writes
+``RUN_DIR/result.json`` (atomically) when it succeeds.
 
 A run directory ``OUT/<variant>/seed<k>/`` holds ``variant.yaml`` (the neuron overlay),
-``run.json`` (the ``train.py fit`` arguments), ``train.log`` (the child's output), the
-TensorBoard logs and checkpoints, and ``result.json``, the completion marker: a run with one is
-never touched again, a run without one is cleared and redone.
+``run.json`` (the ``fit`` arguments and the selection metric and mode), ``train.log`` (the
+child's output), the TensorBoard logs and checkpoints (``selected/``: the child's own, on the
+selection metric), and ``result.json``, the completion marker: a run with one is never touched
+again, a run without one is cleared and redone.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from statistics import mean, stdev
 from typing import Any
 
 import yaml
+
+from lightning_glif import tags
 
 ROOT = Path(__file__).resolve().parent.parent
 GATES = ("alpha", "beta", "gamma")
@@ -76,10 +80,16 @@ def _atomic_write(path: Path, text: str) -> None:
 
 # -- child: one variant, one seed ----------------------------------------------------------------
 def run_one(run_dir: Path) -> dict[str, Any]:
-    """Train (``fit``) with ``run.json``'s arguments, test the best-val checkpoint, return and
-    write ``result.json``."""
+    """Train (``fit``) with ``run.json``'s arguments, test the checkpoint that is best on
+    ``run.json``'s ``monitor`` and ``mode``, return and write ``result.json``.
+
+    The child adds its own callbacks and reads its figures from them, whatever the configs hold:
+    a checkpoint on the selection metric (in ``RUN_DIR/selected/``) and a firing-rate monitor
+    of the test stage (the rate reported is the test split's at the selected checkpoint, like
+    the accuracy). The synaptic operations, the energy and the gates are read back from the
+    run's event files (the configs' ``SynapticOpsMonitor`` and ``GateMonitor``).
+    """
     import torch
-    from pytorch_lightning.callbacks import ModelCheckpoint
 
     from lightning_glif.callbacks import FiringRateMonitor
     from lightning_glif.cli import cli_main
@@ -87,17 +97,20 @@ def run_one(run_dir: Path) -> dict[str, Any]:
     spec = json.loads((run_dir / "run.json").read_text())
     if "ABLATION_THREADS" in os.environ:
         torch.set_num_threads(int(os.environ["ABLATION_THREADS"]))
+    selected = _selection_checkpoint(run_dir / "selected", spec["monitor"], spec["mode"])
+    firing = FiringRateMonitor(stages=("test",), histograms=False)
     start = time.perf_counter()
-    cli = cli_main(["fit", *spec["args"]])
+    cli = cli_main(["fit", *spec["args"]], callbacks=[selected, firing])
     trainer = cli.trainer
-    best = next(
-        c for c in trainer.callbacks if isinstance(c, ModelCheckpoint) and c.monitor == "val/acc"
-    )
-    # The firing rate reported is the test split's at the best checkpoint, like the accuracy.
-    for c in trainer.callbacks:
-        if isinstance(c, FiringRateMonitor) and "test" not in c.stages:
-            c.stages = (*c.stages, "test")
-    tested = trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best.best_model_path)
+    # Before the test run, which starts its metrics afresh.
+    val_acc_best = trainer.callback_metrics.get(tags.best("val", "acc"))
+    if not selected.best_model_path:
+        raise RuntimeError(
+            f"no checkpoint was selected on {spec['monitor']!r}: the fit never logged it. Check "
+            "the ablation's --monitor against the metrics the model logs, and that validation "
+            "runs (trainer.limit_val_batches > 0)."
+        )
+    tested = trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=selected.best_model_path)
     wall = time.perf_counter() - start
     trainer.logger.finalize("success")  # flush the events before reading them back
 
@@ -110,19 +123,35 @@ def run_one(run_dir: Path) -> dict[str, Any]:
         "variant": spec["variant"],
         "seed": spec["seed"],
         "status": "ok",
-        "val_acc_best": float(best.best_model_score),
-        "test_acc": float(tested[0]["test/acc"]),
-        "firing_rate": last("spikes/test/rate"),
-        "synops_ac": last("synops/test/ac"),
-        "energy_uJ": last("energy/test/uJ"),
+        "val_acc_best": None if val_acc_best is None else float(val_acc_best),
+        "test_acc": float(tested[0][tags.metric("test", "acc")]),
+        "firing_rate": firing.last.get("test", {}).get(tags.firing("test")),
+        "synops_ac": last(tags.synops("test", "ac")),
+        "energy_uJ": last(tags.energy("test")),
         "wall_s": wall,
-        "best_ckpt": str(Path(best.best_model_path).relative_to(run_dir)),
+        "selected_on": spec["monitor"],
+        "selected_score": float(selected.best_model_score),
+        "best_ckpt": str(Path(selected.best_model_path).relative_to(run_dir)),
     }
+    gate_layers = tags.layers(scalars, "gates")
     for g in GATES:  # final value of each layer's mean gate, averaged over the layers
-        tags = [t for t in scalars if t.startswith("gates/") and t.endswith(f"/{g}_mean")]
-        result[f"{g}_mean"] = mean(last(t) for t in tags) if tags else None
+        means = [last(tags.observable("gates", layer, g, "mean")) for layer in gate_layers]
+        means = [m for m in means if m is not None]
+        result[f"{g}_mean"] = mean(means) if means else None
     _atomic_write(run_dir / "result.json", json.dumps(result, indent=2))
     return result
+
+
+def _selection_checkpoint(dirpath: Path, monitor: str, mode: str):
+    """A ``ModelCheckpoint`` keeping the best epoch on ``monitor``, under a class of its own:
+    Lightning refuses two stateful callbacks with one state key, and ``ModelCheckpoint``'s is its
+    class name with the monitor and mode, which a config's checkpoint on the same metric shares."""
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    class SelectionCheckpoint(ModelCheckpoint):
+        pass
+
+    return SelectionCheckpoint(dirpath=dirpath, monitor=monitor, mode=mode, save_top_k=1)
 
 
 # -- parent: the grid ----------------------------------------------------------------------------
@@ -148,9 +177,16 @@ def run_grid(
     jobs: int = 1,
     train_args: list[str] | None = None,
     log=print,
+    monitor: str = tags.SELECTION,
+    mode: str = tags.SELECTION_MODE,
 ) -> list[dict[str, Any]]:
     """Run every (variant, seed) without a ``result.json`` (``jobs`` at a time) and write
-    ``results.csv``, ``results.md`` and ``results.png`` into ``out``; return the rows."""
+    ``results.csv``, ``results.md`` and ``results.png`` into ``out``; return the rows.
+
+    Each run tests its best epoch on ``monitor`` (``mode`` ``"max"`` or ``"min"``), recorded
+    in its ``run.json``."""
+    if mode not in ("max", "min"):
+        raise ValueError(f"mode must be 'max' or 'min', got {mode!r}.")
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     threads = max(1, (os.cpu_count() or 1) // jobs)
@@ -174,7 +210,7 @@ def run_grid(
             args += ["--config", str(run_dir / "variant.yaml")]
             args += ["--trainer.default_root_dir", str(run_dir), "--seed_everything", str(seed)]
             args += list(train_args or [])
-            spec = {"variant": name, "seed": seed, "args": args}
+            spec = {"variant": name, "seed": seed, "args": args, "monitor": monitor, "mode": mode}
             (run_dir / "run.json").write_text(json.dumps(spec, indent=2))
             todo.append((name, seed, run_dir))
 
@@ -271,5 +307,85 @@ def _plot(ranked: list[str], ok: dict[str, list[dict]], path: Path) -> None:
     plt.close(fig)
 
 
-if __name__ == "__main__":
+# -- the command line (ablate.py, the lightning-glif-ablate console script) ----------------------
+USAGE = """Neuron ablation: train a grid of neuron variants on one base config and compare them.
+
+    python ablate.py                                  # the default grid on row digits
+    python ablate.py --variants glif_soft,lif,a1b0g1 --seeds 0,1,2 --jobs 2
+    python ablate.py --config conf/experiment/event_digits.yaml --out runs/ablation_events
+    python ablate.py --out runs/tiny -- --trainer.max_epochs 2   # extra fit arguments
+
+The variants are conf/ablation/default.yaml (name -> neuron class_path/init_args; --grid for
+another file). Each (variant, seed) is one `fit` run in its own process (conf/default.yaml, each
+--config, the variant's neuron, --seed_everything <seed>, then the arguments after --), followed
+by a test of its checkpoint selected on --monitor. Outputs in --out: <variant>/seed<k>/
+(TensorBoard logs, checkpoints, variant.yaml, train.log, result.json; `tensorboard --logdir OUT`
+compares them all), results.csv (one row per run), results.md and results.png. Resumable: a rerun
+skips runs with a result.json and redoes the others; a failed run is a "failed" row and does not
+stop the grid.
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``ablate.py``: parse the command line, run the grid, print ``results.md``."""
+    import argparse
+
+    from lightning_glif.cli import CONF_DIR, resolve_config_paths
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    train_args: list[str] = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, train_args = argv[:i], argv[i + 1 :]
+    parser = argparse.ArgumentParser(
+        description=USAGE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Arguments after `--` go to every fit run, e.g. `-- --trainer.max_epochs 5`.",
+    )
+    parser.add_argument(
+        "--config", action="append", default=None, metavar="FILE",
+        help="base config(s), read after conf/default.yaml in order "
+        "(default: conf/experiment/row_digits.yaml)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--grid",
+        default=str(CONF_DIR / "ablation" / "default.yaml"),
+        help="YAML file with a 'variants:' mapping (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--variants",
+        default="",
+        help="comma-separated subset of the grid's variants (default: all)",
+    )
+    parser.add_argument("--seeds", default="0", help="comma-separated seeds (default: 0)")
+    parser.add_argument("--out", default="runs/ablation", help="output directory")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once, one process each")
+    parser.add_argument(
+        "--monitor", default=tags.SELECTION, help="metric the tested checkpoint is selected on"
+    )
+    parser.add_argument(
+        "--mode", choices=("max", "min"), default=tags.SELECTION_MODE, help="best --monitor is"
+    )
+    parser.add_argument("--list", action="store_true", help="print the variants and exit")
+    args = parser.parse_args(argv)
+
+    names = [n for n in args.variants.split(",") if n]
+    variants = load_variants(args.grid, names or None)
+    if args.list:
+        for name, neuron in variants.items():
+            print(f"{name}: {neuron['class_path']} {neuron.get('init_args', {})}")
+        return 0
+    configs = args.config or [str(CONF_DIR / "experiment" / "row_digits.yaml")]
+    configs = resolve_config_paths([a for c in configs for a in ("--config", c)])[1::2]
+    seeds = [int(s) for s in args.seeds.split(",") if s]
+    out = Path(args.out)
+    rows = run_grid(
+        configs, variants, seeds, out, args.jobs, train_args, monitor=args.monitor, mode=args.mode
+    )
+    print((out / "results.md").read_text())
+    print(f"[ablate] wrote {out}/results.csv, results.md, results.png")
+    return int(any(r["status"] != "ok" for r in rows))
+
+
+if __name__ == "__main__":  # the child of run_grid: python -m lightning_glif.ablation RUN_DIR
     run_one(Path(sys.argv[1]))

@@ -38,13 +38,23 @@ import difflib
 import importlib
 import inspect
 import re
+import sys
 from pathlib import Path
 
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
+from lightning_glif.callbacks.run_state import RunState
+from lightning_glif.config_links import (
+    CLASS_KEYS,
+    LINKED,
+    ConfigConflict,
+    check_data_values,
+    reset_carried_options,
+)
 from lightning_glif.module import SpikingClassifier
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "conf" / "default.yaml"
+CONF_DIR = Path(__file__).resolve().parent / "conf"
+DEFAULT_CONFIG = CONF_DIR / "default.yaml"
 DESCRIPTION = (
     "Train and evaluate spiking classifiers (lightning-glif). Every run reads conf/default.yaml "
     "(a GLIF convnet on the embedded 8x8 digits), then each --config in order, then --key value "
@@ -121,16 +131,53 @@ class RunConfig(SaveConfigCallback):
 
 
 class GLIFCLI(LightningCLI):
-    """LightningCLI with the project's shared values linked once, and resuming in place."""
+    """LightningCLI with the values the data knows set once, configs that do not leak into other
+    classes, and resuming in place."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        # The classifier's metrics and the backbone's readout must agree on the classes.
-        parser.link_arguments("model.num_classes", "model.backbone.init_args.num_classes")
         # One run directory: the logger (and so the checkpoints and the saved config) lives
         # under trainer.default_root_dir.
         parser.link_arguments("trainer.default_root_dir", "trainer.logger.init_args.save_dir")
+        # What the data knows, set once, by the data module (config_links.py): jsonargparse
+        # skips a link whose source attribute the data module lacks (static images have no
+        # time_steps: the backbone keeps its own) or whose target the backbone lacks.
+        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+        for name in LINKED:
+            parser.link_arguments(
+                f"data.{name}", f"model.backbone.init_args.{name}", apply_on="instantiate"
+            )
+
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        super().parse_arguments(parser, args)
+        sub = self.config.get("subcommand")
+        self._explicit = None
+        if isinstance(args, list):
+            # What was given, without the signatures' defaults (jsonargparse cannot tell them
+            # apart after parsing). conf/default.yaml is read as given: it names the default
+            # classes and sets nothing a signature already sets, and without it a config that
+            # only renames the logger (every experiment) would not parse.
+            at = args.index(sub) + 1 if sub in args else 0
+            given = parser.parse_args(
+                [*args[:at], "--config", str(DEFAULT_CONFIG), *args[at:]], defaults=False
+            )
+            self._explicit = given.get(sub) if sub else given
 
     def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        # A checkpoint's model config (merged by LightningCLI from `--ckpt_path FILE`) is what
+        # was trained: its options are given, not carried over.
+        from_checkpoint = bool(config.get("ckpt_path")) and Path(config.ckpt_path).is_file()
+        if self._explicit is not None:
+            for key in CLASS_KEYS:
+                if not (from_checkpoint and key.startswith("model.")):
+                    reset_carried_options(config, self._explicit, key)
+        try:
+            check_data_values(config, self._explicit)
+        except ConfigConflict as conflict:
+            self.parser.error(str(conflict))
+        self._resume_in_place()
+
+    def _resume_in_place(self) -> None:
         """``fit --ckpt_path last``: point the logger at the run to continue (the latest
         ``version_<n>`` with a ``checkpoints/last.ckpt``, unless a version is given), so that
         Lightning finds its ``last.ckpt`` in the checkpoint directory and the run goes on there."""
@@ -153,12 +200,33 @@ class GLIFCLI(LightningCLI):
         self.save_config_kwargs["resuming"] = True
 
 
-def cli_main(args: list[str] | None = None, run: bool = True) -> GLIFCLI:
+def resolve_config_paths(args: list[str]) -> list[str]:
+    """``--config conf/...`` names the shipped configs from any directory: a relative path that
+    does not exist where the command runs is looked up in the installed ``lightning_glif/conf``."""
+    out = list(args)
+    for i, arg in enumerate(out):
+        if arg == "--config" and i + 1 < len(out):
+            j, path = i + 1, out[i + 1]
+        elif arg.startswith("--config="):
+            j, path = i, arg.split("=", 1)[1]
+        else:
+            continue
+        shipped = CONF_DIR.parent / path
+        if path.startswith("conf/") and not Path(path).exists() and shipped.is_file():
+            out[j] = str(shipped) if j != i else f"--config={shipped}"
+    return out
+
+
+def cli_main(
+    args: list[str] | None = None, run: bool = True, callbacks: list | None = None
+) -> GLIFCLI:
     """Run the CLI on ``args`` (``None``: the command line) and return it.
 
     ``run=False`` only parses and builds: ``args`` then has no subcommand, and the returned
     CLI holds ``model``, ``datamodule`` and ``trainer`` (for notebooks and tests).
+    ``callbacks`` are added to the trainer's configured ones (the ablation adds its own).
     """
+    args = resolve_config_paths(sys.argv[1:] if args is None else args)
     defaults = {"default_config_files": [str(DEFAULT_CONFIG)]}
     if run:
         parser_kwargs = {s: defaults for s in ("fit", "validate", "test", "predict")}
@@ -173,10 +241,17 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> GLIFCLI:
         parser_class=GLIFParser,
         save_config_callback=RunConfig,
         save_config_kwargs={"overwrite": False},
+        # Always on, whatever the config lists: RNG states and the model check of checkpoints.
+        trainer_defaults={"callbacks": [RunState(), *(callbacks or [])]},
         run=run,
         args=args,
     )
 
 
-if __name__ == "__main__":
+def main() -> None:
+    """The ``lightning-glif`` console script (``python train.py`` runs the same)."""
     cli_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import random
 from typing import Any, Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from pytorch_lightning import LightningModule
@@ -15,11 +13,21 @@ from torch import nn
 from torchmetrics import MaxMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from lightning_glif import tags
 from lightning_glif.neurons.base import SpikingNeuron
 
 
 def _built_by_cli() -> bool:
-    """True while LightningCLI instantiates the module (it passes the resolved config)."""
+    """True while LightningCLI instantiates the module.
+
+    The one place that relies on a private name of Lightning: the ContextVar
+    ``pytorch_lightning.core.mixins.hparams_mixin._given_hyperparameters`` (Lightning 2.6.x; the
+    CLI sets it, with the resolved config, in ``pytorch_lightning.cli._InstantiatorFn``). If it
+    moves, this returns False under the CLI too: the checkpoints then lack the backbone's
+    config, so ``SpikingClassifier.load_from_checkpoint(path)`` and ``test --ckpt_path`` without
+    the run's config no longer rebuild the model (tests/test_training.py
+    ``test_built_by_cli_reads_lightnings_context`` and ``test_fit_test_predict_and_reload`` fail).
+    """
     try:
         from pytorch_lightning.core.mixins.hparams_mixin import _given_hyperparameters
     except ImportError:  # pragma: no cover - only if Lightning moves its private context
@@ -32,9 +40,10 @@ class SpikingClassifier(LightningModule):
 
     The backbone maps a batch to per-step logits ``[T, B, num_classes]``; :meth:`forward` averages
     them over T, and the loss is the cross-entropy of that average (GLIF_SPEC section 6).
-    Logged per epoch: ``train/loss``, ``train/acc``, ``val/loss``, ``val/acc``, ``val/acc_best``,
-    ``test/loss``, ``test/acc`` (top-1), ``<stage>/acc_top5`` when there are more than 5
-    classes, and the learning rate of each parameter group (``lr/weights``, ``lr/gates``, ...).
+    Logged per epoch (names from :mod:`lightning_glif.tags`): ``train/loss``, ``train/acc``,
+    ``val/loss``, ``val/acc``, ``val/acc_best``, ``test/loss``, ``test/acc`` (top-1), and
+    ``<stage>/acc_top5`` when there are more than 5 classes. The learning rate of each parameter
+    group is Lightning's ``LearningRateMonitor``'s (``lr-SGD/weights``, ``lr-SGD/gates``, ...).
 
     Optimisation follows the paper unless configured otherwise: the optimizer receives three
     parameter groups (see :meth:`parameter_groups`): ``weights`` (everything outside the
@@ -56,13 +65,12 @@ class SpikingClassifier(LightningModule):
         gate_lr_factor: learning-rate factor of the gate latents (0.1 on CIFAR, 1 on ImageNet).
         neuron_weight_decay: weight decay of every neuron parameter (0 in the paper).
 
-    Checkpoints written under ``train.py`` hold the whole configuration, so
+    Checkpoints written under the CLI hold the whole configuration, so
     ``SpikingClassifier.load_from_checkpoint(path)`` rebuilds the backbone. A module built in
     Python saves only its plain arguments: pass the backbone again,
-    ``load_from_checkpoint(path, backbone=...)``. Checkpoints also hold the RNG states (restored
-    only when training resumes, so a resumed run draws what an uninterrupted one would) and a
-    line naming the backbone and neuron (the error when a different model loads them says both).
-    They load with ``weights_only=True``.
+    ``load_from_checkpoint(path, backbone=...)``. They load with ``weights_only=True``. The RNG
+    states and the check that a checkpoint fits the model are
+    :class:`~lightning_glif.callbacks.RunState`'s, which the CLI adds to every run.
     """
 
     def __init__(
@@ -80,7 +88,7 @@ class SpikingClassifier(LightningModule):
         super().__init__()
         # Under LightningCLI the hyperparameters are the resolved config, with the backbone and
         # the optimizer as class_path dicts: the checkpoint then rebuilds the whole model
-        # (`train.py test --ckpt_path ...`, `SpikingClassifier.load_from_checkpoint`). Built
+        # (`test --ckpt_path ...`, `SpikingClassifier.load_from_checkpoint`). Built
         # from Python they are live objects, which a checkpoint must not pickle.
         objects = [] if _built_by_cli() else ["backbone", "optimizer", "lr_scheduler"]
         self.save_hyperparameters(ignore=objects)
@@ -94,18 +102,31 @@ class SpikingClassifier(LightningModule):
         self.gate_lr_factor = gate_lr_factor
         self.neuron_weight_decay = neuron_weight_decay
 
-        self.train_metrics = self._accuracy_metrics("train")
-        self.val_metrics = self._accuracy_metrics("val")
-        self.test_metrics = self._accuracy_metrics("test")
+        self.train_metrics = self._accuracy_metrics()
+        self.val_metrics = self._accuracy_metrics()
+        self.test_metrics = self._accuracy_metrics()
         self.val_acc_best = MaxMetric()
         # Saved with the weights, so a resumed run keeps its best validation accuracy.
         self.val_acc_best.persistent(True)
 
-    def _accuracy_metrics(self, stage: str) -> MetricCollection:
+    def _accuracy_metrics(self) -> MetricCollection:
+        """Top-1 (``acc``) and, above 5 classes, top-5 (``acc_top5``) accuracy of one stage."""
         metrics = {"acc": MulticlassAccuracy(self.num_classes, top_k=1, average="micro")}
         if self.num_classes > 5:
             metrics["acc_top5"] = MulticlassAccuracy(self.num_classes, top_k=5, average="micro")
-        return MetricCollection(metrics, prefix=f"{stage}/")
+        return MetricCollection(metrics)
+
+    def _log_accuracy(self, stage: str, metrics: MetricCollection, **kwargs: Any) -> None:
+        """Log the metric objects (Lightning computes and resets them per epoch) under their
+        tags. ``copy_state=False``: the members of a compute group share the leader's states, as
+        when Lightning logs a MetricCollection itself."""
+        named = metrics.items(keep_base=True, copy_state=False)
+        self.log_dict(
+            {tags.metric(stage, name): metric for name, metric in named},
+            on_step=False,
+            on_epoch=True,
+            **kwargs,
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class logits averaged over time, ``[B, num_classes]``."""
@@ -142,108 +163,40 @@ class SpikingClassifier(LightningModule):
         logits = self(x)
         return F.cross_entropy(logits, y), logits, y
 
-    def on_train_epoch_start(self) -> None:
-        # The learning rate each parameter group starts the epoch with (lr/weights, lr/gates, ...).
-        for i, group in enumerate(self.trainer.optimizers[0].param_groups):
-            self.log(f"lr/{group.get('name', i)}", group["lr"], on_step=False, on_epoch=True)
-
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         loss, logits, y = self._step(batch)
         self.train_metrics.update(logits.detach(), y)
         # Reduced over DDP ranks once per epoch (at the epoch's end, not every step).
-        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
-        self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
+        self.log(
+            tags.metric("train", "loss"), loss, on_step=False, on_epoch=True, prog_bar=True,
+            sync_dist=True,
+        )  # fmt: skip
+        self._log_accuracy("train", self.train_metrics)
         return loss
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         loss, logits, y = self._step(batch)
         self.val_metrics.update(logits, y)
-        self.log("val/loss", loss, on_step=False, on_epoch=True, sync_dist=True)
-        self.log_dict(self.val_metrics, on_step=False, on_epoch=True, prog_bar=True)
+        self.log(tags.metric("val", "loss"), loss, on_step=False, on_epoch=True, sync_dist=True)
+        self._log_accuracy("val", self.val_metrics, prog_bar=True)
 
     def on_validation_epoch_end(self) -> None:
         # The best of the training run: not the sanity check's untrained model, not `validate`.
         if self.trainer.sanity_checking or self.trainer.state.fn != TrainerFn.FITTING:
             return
         self.val_acc_best.update(self.val_metrics["acc"].compute())
-        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
+        self.log(tags.best("val", "acc"), self.val_acc_best.compute(), prog_bar=True)
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
         loss, logits, y = self._step(batch)
         self.test_metrics.update(logits, y)
-        self.log("test/loss", loss, on_step=False, on_epoch=True, sync_dist=True)
-        self.log_dict(self.test_metrics, on_step=False, on_epoch=True)
+        self.log(tags.metric("test", "loss"), loss, on_step=False, on_epoch=True, sync_dist=True)
+        self._log_accuracy("test", self.test_metrics)
 
     def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         """Time-averaged logits ``[B, num_classes]`` of a batch ``x`` or ``(x, y)``."""
         x = batch[0] if isinstance(batch, list | tuple) else batch
         return self(x)
-
-    # -- checkpoints ------------------------------------------------------------------------------
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # What the weights belong to, for the mismatch error of another model loading them.
-        checkpoint["model_description"] = self._describe()
-        # The RNG states, so a resumed run draws what the uninterrupted one would have (the
-        # shuffle of the next epoch above all). Tensors and ints: loadable with weights_only.
-        np_state = np.random.get_state()
-        checkpoint["rng_states"] = {
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
-            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
-            "python": random.getstate(),
-        }
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Lightning calls this just before load_state_dict: keep what the checkpoint was made
-        # with for its error message.
-        self._checkpoint_made_with = _describe_checkpoint(checkpoint)
-        states = checkpoint.get("rng_states")
-        # Only when resuming training: loading weights for evaluation leaves the RNGs alone.
-        if states is None or self._trainer is None or self.trainer.state.fn != TrainerFn.FITTING:
-            return
-        torch.set_rng_state(states["torch"])
-        if states["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(states["cuda"])
-        name, keys, *rest = states["numpy"]
-        np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
-        version, internal, gauss = states["python"]
-        random.setstate((version, tuple(internal), gauss))
-
-    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False):
-        """``nn.Module.load_state_dict``, with one clear error, not a wall of missing keys,
-        when the weights do not fit this model (another neuron or backbone, other widths)."""
-        made = getattr(self, "_checkpoint_made_with", None) or "another model"
-        self._checkpoint_made_with = None
-        saved, own = state_dict, self.state_dict()
-        missing = [k for k in own if k not in saved]
-        unexpected = [k for k in saved if k not in own]
-        reshaped = [
-            f"{k} {tuple(saved[k].shape)} vs {tuple(v.shape)}"
-            for k, v in own.items()
-            if k in saved and hasattr(saved[k], "shape") and saved[k].shape != v.shape
-        ]
-        if not reshaped and not ((missing or unexpected) and strict):
-            return super().load_state_dict(state_dict, strict=strict, assign=assign)
-        this = self._describe()
-        problems = [
-            f"{len(lst)} {what} (e.g. {', '.join(lst[:3])})"
-            for lst, what in (
-                (missing, "weights of this model missing from the checkpoint"),
-                (unexpected, "weights in the checkpoint that this model lacks"),
-                (reshaped, "weights of another shape, checkpoint vs model"),
-            )
-            if lst
-        ]
-        raise RuntimeError(
-            f"the checkpoint does not fit this model: it was made with {made}, this model is "
-            f"{this}. {'; '.join(problems)}. Build the model as the checkpoint was built (the "
-            "same backbone, neuron and widths): with the CLI, pass the run's config.yaml or drop "
-            "the options that change them; in Python, SpikingClassifier.load_from_checkpoint(path)."
-        )
-
-    def _describe(self) -> str:
-        neurons = sorted({type(m).__name__ for m in self.modules() if isinstance(m, SpikingNeuron)})
-        return f"backbone {type(self.backbone).__name__} with neuron {'/'.join(neurons) or 'none'}"
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
@@ -251,7 +204,8 @@ class SpikingClassifier(LightningModule):
         if data_classes is not None and data_classes != self.num_classes:
             raise ValueError(
                 f"the data has {data_classes} classes but the model was built for "
-                f"num_classes={self.num_classes}: set model.num_classes to {data_classes}."
+                f"num_classes={self.num_classes}: build the model and its backbone with "
+                f"num_classes={data_classes} (the CLI copies it from the data)."
             )
 
     def parameter_groups(self) -> list[dict[str, Any]]:
@@ -303,7 +257,7 @@ class SpikingClassifier(LightningModule):
             )
         schedule = {"scheduler": scheduler, "interval": self.lr_interval}
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            schedule["monitor"] = "val/loss"
+            schedule["monitor"] = tags.metric("val", "loss")
         return {"optimizer": optimizer, "lr_scheduler": schedule}
 
     def _schedule_length(self) -> int:
@@ -323,17 +277,3 @@ class SpikingClassifier(LightningModule):
                 "it, use model.lr_interval=step with trainer.max_steps, or give model.lr_scheduler."
             )
         return max(1, epochs)
-
-
-def _describe_checkpoint(checkpoint: dict[str, Any]) -> str:
-    """``backbone X with neuron Y``: as saved with the weights, else from the saved config."""
-    if "model_description" in checkpoint:
-        return str(checkpoint["model_description"])
-    backbone = checkpoint.get("hyper_parameters", {}).get("backbone")
-    if not isinstance(backbone, dict):  # built in Python: the backbone was not saved
-        return "a backbone built in Python (not recorded in the checkpoint)"
-    neuron = backbone.get("init_args", {}).get("neuron")
-    if isinstance(neuron, dict):
-        neuron = neuron.get("class_path")
-    bb = str(backbone.get("class_path")).rsplit(".", 1)[-1]
-    return f"backbone {bb} with neuron {str(neuron).rsplit('.', 1)[-1]}"

@@ -15,8 +15,8 @@ import yaml
 
 from ablate import main
 from lightning_glif.ablation import load_variants, read_scalars
+from lightning_glif.cli import CONF_DIR
 
-ROOT = Path(__file__).resolve().parent.parent
 TINY = [
     "--",
     "--trainer.max_epochs", "2",
@@ -79,6 +79,19 @@ def test_tiny_grid_writes_reports(grid):
             p.name for p in run.iterdir()
         }
         assert list(run.rglob("events.out.tfevents*")) and list(run.rglob("*.ckpt"))
+        # The selection is explicit: recorded in run.json, done by the child's own checkpoint.
+        spec = json.loads((run / "run.json").read_text())
+        assert (spec["monitor"], spec["mode"]) == ("val/acc", "max")
+        result = json.loads((run / "result.json").read_text())
+        assert result["selected_on"] == "val/acc" and result["best_ckpt"].startswith("selected/")
+        assert [p.name for p in (run / "selected").iterdir()] == [Path(result["best_ckpt"]).name]
+        # selected on val/acc (max): its score is the run's best validation accuracy
+        assert result["selected_score"] == pytest.approx(result["val_acc_best"])
+        # the firing rate is the child's test-stage monitor's, the one logged at the test
+        scalars = read_scalars(run)
+        assert [v for _, v in scalars["spikes/test/rate"]] == [
+            pytest.approx(result["firing_rate"], rel=1e-6)
+        ]
 
 
 @pytest.mark.slow
@@ -119,15 +132,15 @@ def test_failed_variant_is_reported_and_does_not_stop_the_grid(grid):
 
 
 def test_default_grid_has_the_issue_variants():
-    variants = load_variants(ROOT / "conf/ablation/default.yaml")
+    variants = load_variants(CONF_DIR / "ablation" / "default.yaml")
     corners = {f"a{a}b{b}g{g}" for a in (0, 1) for b in (0, 1) for g in (0, 1)}
     expected = {"glif_soft", "glif_hard", "glif_static", "gliff", "alpha_only", "beta_only"}
     expected |= {"gamma_only", "glif_layer", "glif_frozen_membrane", "lif", "plif"} | corners
     assert set(variants) == expected
     for name, neuron in variants.items():  # every variant builds its neuron
         module, cls = neuron["class_path"].rsplit(".", 1)
-        layer = getattr(importlib.import_module(module), cls)(4, 2, **neuron["init_args"])
+        layer = getattr(importlib.import_module(module), cls)(4, 2, **neuron.get("init_args", {}))
         spikes = layer(torch.randn(2, 3, 4))
         assert spikes.shape == (2, 3, 4), name
     with pytest.raises(ValueError, match="unknown variants"):
-        load_variants(ROOT / "conf/ablation/default.yaml", ["nope"])
+        load_variants(CONF_DIR / "ablation" / "default.yaml", ["nope"])

@@ -297,7 +297,7 @@ def test_widenet7b_classifier_input_and_time_mean():
         mean_then_linear = model.head.module(features.mean(0))  # the authors' readout
         per_step = model(x)
     torch.testing.assert_close(per_step.mean(0), mean_then_linear, rtol=1e-5, atol=1e-6)
-    assert WideNet7B(CountingFactory(), T, input_size=64).head.module.in_features == 128 * 16
+    assert WideNet7B(CountingFactory(), T, image_size=64).head.module.in_features == 128 * 16
 
 
 def test_sew_block_adds_spikes_to_its_input():
@@ -337,7 +337,7 @@ def test_resnet_rejects_mismatched_stage_lists():
         # 64x64: the last stage must keep more than 1x1, else a conv there sees only its centre
         # tap, a shift before it is absorbed by the next norm and that bias gets a zero gradient
         (lambda f: ResNet18MS(f, T, num_classes=10), (B, 3, 64, 64)),
-        (lambda f: WideNet7B(f, T, input_size=32), (B, T, 2, 32, 32)),
+        (lambda f: WideNet7B(f, T, image_size=32), (B, T, 2, 32, 32)),
         (lambda f: SpikingVGG(f, T), (B, 3, 32, 32)),
     ],
     ids=["resnet19", "resnet18ms", "widenet7b", "vgg11"],
@@ -360,7 +360,7 @@ def test_every_parameter_gets_a_gradient(make, shape):
     [
         (lambda n: ResNet19(n, T), (B, 3, 8, 8), 10, 17),
         (lambda n: ResNet18MS(n, T), (B, 3, 32, 32), 1000, 17),
-        (lambda n: WideNet7B(n, T, input_size=32), (B, T, 2, 32, 32), 10, 16),
+        (lambda n: WideNet7B(n, T, image_size=32), (B, T, 2, 32, 32), 10, 16),
         (lambda n: SpikingVGG(n, T), (B, 3, 32, 32), 10, 8),
     ],
     ids=["resnet19", "resnet18ms", "widenet7b", "vgg11"],

@@ -3,9 +3,9 @@ compared with the model's values and with rates and operation counts computed by
 
 from __future__ import annotations
 
+import sys
 from datetime import timedelta
 
-import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -17,12 +17,11 @@ from torch import nn
 from torch.multiprocessing.spawn import ProcessExitedException
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from lightning_glif.callbacks import FiringRateMonitor, GateMonitor, SynapticOpsMonitor
+from lightning_glif.callbacks import FiringRateMonitor, SynapticOpsMonitor
 from lightning_glif.callbacks.synops import synaptic_events
-from lightning_glif.models.layers import TimeDistributed
-from lightning_glif.neurons import GLIF, GLIFf
-from lightning_glif.neurons.base import SpikingNeuron
 from lightning_glif.cli import cli_main
+from lightning_glif.models.layers import TimeDistributed
+from lightning_glif.neurons.base import SpikingNeuron
 
 T = 4
 # The monitors as a user configures them, replacing conf/default.yaml's callbacks list.
@@ -35,6 +34,12 @@ trainer:
     - class_path: lightning_glif.callbacks.FiringRateMonitor
     - class_path: lightning_glif.callbacks.SynapticOpsMonitor
 """
+
+
+@pytest.fixture(autouse=True)
+def _plain_argv(monkeypatch):
+    # LightningCLI warns when it gets args while sys.argv holds pytest's own arguments.
+    monkeypatch.setattr(sys, "argv", ["train.py"])
 
 
 def read_events(run_dir) -> ea.EventAccumulator:
@@ -75,60 +80,6 @@ def fitted(tmp_path_factory):
     return cli, read_events(run_dir)
 
 
-# -- GateMonitor ---------------------------------------------------------------------------------
-def test_gate_and_membrane_tags_exist_for_every_glif_layer(fitted):
-    cli, events = fitted
-    tags = events.Tags()
-    layers = [n for n, m in cli.model.named_modules() if isinstance(m, GLIF)]
-    assert layers == ["backbone.features.0.2", "backbone.features.1.2"]
-    for layer in layers:
-        for gate in ("alpha", "beta", "gamma"):
-            assert f"gates/{layer}/{gate}" in tags["histograms"]
-            assert f"gates/{layer}/{gate}_mean" in tags["scalars"]
-        for name in ("tau", "v_threshold", "v_leak", "v_reset"):
-            assert f"membrane/{layer}/{name}" in tags["histograms"]
-            assert f"membrane/{layer}/{name}_mean" in tags["scalars"]
-        for t in range(T):
-            assert f"membrane/{layer}/conductance/t{t}" in tags["histograms"]
-            assert f"membrane/{layer}/conductance_mean/t{t}" in tags["scalars"]
-    for image in ("gates/evolution", "gates/distributions"):
-        assert len(events.Images(image)) == 2  # one per epoch
-    # At the start, every 2 steps and at the end (2 epochs of 3 steps): steps 0, 2, 4, 6.
-    steps = [e.step for e in events.Histograms(f"gates/{layers[0]}/alpha")]
-    assert steps == [0, 2, 4, 6]
-
-
-def test_last_alpha_histogram_equals_the_models_values(fitted):
-    cli, events = fitted
-    monitor = next(c for c in cli.trainer.callbacks if isinstance(c, GateMonitor))
-    for name, module in cli.model.named_modules():
-        if not isinstance(module, GLIF):
-            continue
-        last = events.Histograms(f"gates/{name}/alpha")[-1]
-        assert last.step == cli.trainer.global_step == 6
-        alpha = module.values().alpha.detach().double().numpy()
-        h = last.histogram_value
-        assert (h.num, h.min, h.max) == (alpha.size, alpha.min(), alpha.max())
-        assert h.sum == pytest.approx(alpha.sum(), rel=1e-12)
-        assert h.sum_squares == pytest.approx(alpha @ alpha, rel=1e-12)
-        counts, _ = np.histogram(alpha, bins=monitor.bins)
-        assert sum(h.bucket) == alpha.size
-        assert [c for c in h.bucket if c] == [c for c in counts.tolist() if c]
-        mean = events.Scalars(f"gates/{name}/alpha_mean")[-1]
-        assert mean.step == 6 and mean.value == pytest.approx(alpha.mean(), rel=1e-6)
-        # the evolution holds the initial values (epoch 0) and one mean per epoch
-        assert monitor.epochs == [0, 1, 2]
-        assert monitor.means[name]["alpha"][-1] == pytest.approx(alpha.mean(), rel=1e-6)
-
-
-def test_gate_monitor_state_survives_a_checkpoint():
-    monitor = GateMonitor()
-    monitor.epochs, monitor.means = [0, 1], {"net.0": {"alpha": [0.5, 0.6]}}
-    restored = GateMonitor()
-    restored.load_state_dict(monitor.state_dict())
-    assert restored.epochs == [0, 1] and restored.means == {"net.0": {"alpha": [0.5, 0.6]}}
-
-
 # -- FiringRateMonitor and SynapticOpsMonitor on the default model -------------------------------
 def test_firing_and_synops_tags_on_the_default_model(fitted):
     cli, events = fitted
@@ -150,6 +101,23 @@ def test_firing_and_synops_tags_on_the_default_model(fitted):
     assert ac > 0
     energy = last_scalar(events, "energy/val/uJ")
     assert energy == pytest.approx((ac * 0.9 + mac * 4.6) * 1e-6, rel=1e-6)
+
+
+def test_monitors_keep_the_scalars_of_their_last_report(fitted):
+    """``last[stage]`` is what the monitor logged at the stage's last epoch: the same tags, the
+    same values (the event files hold float32)."""
+    cli, events = fitted
+    firing = next(c for c in cli.trainer.callbacks if isinstance(c, FiringRateMonitor))
+    synops = next(c for c in cli.trainer.callbacks if isinstance(c, SynapticOpsMonitor))
+    assert set(firing.last) == {"train", "val"} and set(synops.last) == {"val"}  # their stages
+    scalar_tags = events.Tags()["scalars"]
+    for monitor, groups in ((firing, {"spikes"}), (synops, {"synops", "energy"})):
+        for stage, scalars in monitor.last.items():
+            logged = {t for t in scalar_tags if t.split("/")[:2] in ([g, stage] for g in groups)}
+            assert set(scalars) == logged
+            for tag, value in scalars.items():
+                assert events.Scalars(tag)[-1].step == cli.trainer.global_step
+                assert value == pytest.approx(last_scalar(events, tag), rel=1e-6), tag
 
 
 # -- known inputs ----------------------------------------------------------------------------------
@@ -201,14 +169,15 @@ class PerRankData(Dataset):
 
 def validate(
     tmp_path, model, x, batch_size=2, mac_layers=None, **trainer_args
-) -> ea.EventAccumulator:
+) -> tuple[ea.EventAccumulator, FiringRateMonitor, SynapticOpsMonitor]:
     """``trainer.validate`` on ``x`` (a tensor of inputs or a Dataset) with both counting
-    monitors; the run's events."""
+    monitors; the run's events and the two monitors."""
     logger = TensorBoardLogger(tmp_path, name="probe", version=0)
+    firing = FiringRateMonitor(stages=["val"])
     synops = SynapticOpsMonitor(stages=["val"], mac_layers=mac_layers)
     trainer = Trainer(
         logger=logger,
-        callbacks=[FiringRateMonitor(stages=["val"]), synops],
+        callbacks=[firing, synops],
         enable_progress_bar=False,
         enable_model_summary=False,
         enable_checkpointing=False,
@@ -218,21 +187,35 @@ def validate(
         x = TensorDataset(x, torch.zeros(len(x)))
     data = DataLoader(x, batch_size=batch_size)
     trainer.validate(model, data, verbose=False)
-    return read_events(logger.log_dir)
+    return read_events(logger.log_dir), firing, synops
 
 
 def test_firing_rate_of_a_known_input(tmp_path):
     x = known_inputs()
-    events = validate(tmp_path, Probe(), x, accelerator="cpu", devices=1)
+    events, firing, synops = validate(tmp_path, Probe(), x, accelerator="cpu", devices=1)
     # by hand: channel rates 0, 1, 0.5, 0.5 -> layer rate 0.5; one dead and one saturated channel
-    assert last_scalar(events, "spikes/val/neuron/rate") == pytest.approx(0.5)
-    assert last_scalar(events, "spikes/val/neuron/dead") == pytest.approx(0.25)
-    assert last_scalar(events, "spikes/val/neuron/saturated") == pytest.approx(0.25)
-    assert last_scalar(events, "spikes/val/rate") == pytest.approx(0.5)
+    expected = {
+        "spikes/val/neuron/rate": 0.5,
+        "spikes/val/neuron/dead": 0.25,
+        "spikes/val/neuron/saturated": 0.25,
+        "spikes/val/rate": 0.5,
+    }
+    for tag, value in expected.items():
+        assert last_scalar(events, tag) == pytest.approx(value), tag
+    # ... and the same figures, exactly, for a caller that reads the monitor
+    assert firing.last == {"val": expected}
     h = events.Histograms("spikes/val/neuron/channel_rate")[-1].histogram_value
     assert (h.num, h.min, h.max, h.sum) == (4, 0.0, 1.0, 2.0)
     # the readout is the first synaptic layer: dense MACs, T x 3 outputs x 4 inputs per sample
     assert last_scalar(events, "synops/val/readout.module/mac") == T * 3 * 4
+    assert synops.last == {
+        "val": {
+            "synops/val/readout.module/mac": T * 3 * 4,
+            "synops/val/ac": 0.0,
+            "synops/val/mac": T * 3 * 4,
+            "energy/val/uJ": pytest.approx(T * 3 * 4 * 4.6e-6),
+        }
+    }
 
 
 def test_counts_are_exact_under_bf16(tmp_path):
@@ -242,7 +225,7 @@ def test_counts_are_exact_under_bf16(tmp_path):
     x[:, :, 1] = 1.0
     x[:, 0, 2] = 1.0  # channel 2 fires at the first step only: rate 1/4
     assert torch.ones(1028, dtype=torch.bfloat16).sum().item() != 1028
-    events = validate(
+    events, _, _ = validate(
         tmp_path, Probe(dtype=torch.bfloat16), x, batch_size=257, precision="bf16-mixed"
     )
     assert last_scalar(events, "spikes/val/neuron/rate") == pytest.approx((1 + 0.25) / 4)
@@ -259,7 +242,7 @@ def test_ddp_ranks_log_the_global_rate(tmp_path):
     x = known_inputs(8)
     for attempt in range(3):
         try:
-            events = validate(
+            events, _, _ = validate(
                 tmp_path / f"attempt{attempt}",
                 Probe(),
                 PerRankData(),
@@ -319,7 +302,7 @@ def test_synaptic_ops_and_energy_of_a_hand_computed_net(tmp_path):
     x[1, :, 1, 0, 1] = 1  # an edge: 2 x 3 windows
     x[2, :, 0, 1, 1] = 1  # the centre: 3 x 3 windows
     x[2, 0, 1, 2, 2] = 1  # a corner, at one step only
-    events = validate(tmp_path, ConvProbe(), x, batch_size=2, accelerator="cpu", devices=1)
+    events, _, _ = validate(tmp_path, ConvProbe(), x, batch_size=2, accelerator="cpu", devices=1)
     # every covering window reaches 4 output channels
     ac = (T * (4 + 6 + 9) + 4) * 4 / 3
     mac = T * (2 * 9) * 2  # conv1x1: 2 channels x 9 positions per step, fan-in 2
@@ -355,51 +338,3 @@ def test_synaptic_events_equal_a_brute_force_count(conv):
     linear = nn.Linear(conv.in_channels, 7)
     flat = x.movedim(1, -1)
     assert synaptic_events(linear, flat).item() == flat.count_nonzero().item() * 7
-
-
-class Mixed(LightningModule):
-    """A layer-wise GLIF with a pinned gate and a GLIF_f, trained on noise for two steps."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.glif = GLIF(3, T, granularity="layer", gamma=1.0)
-        self.gliff = GLIFf(3, T)
-
-    def training_step(self, batch, batch_idx) -> torch.Tensor:
-        return self.gliff(self.glif(batch[0].transpose(0, 1))).mean()
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(self.parameters(), lr=0.1)
-
-
-def test_gate_monitor_on_layer_wise_glif_and_gliff(tmp_path):
-    logger = TensorBoardLogger(tmp_path, name="mixed", version=0)
-    trainer = Trainer(
-        logger=logger,
-        callbacks=[GateMonitor(every_n_steps=1, figure_every_n_epochs=0)],
-        max_epochs=2,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        accelerator="cpu",
-    )
-    x = torch.rand(4, T, 3) * 2
-    model = Mixed()
-    trainer.fit(model, DataLoader(TensorDataset(x), batch_size=2))
-    events = read_events(logger.log_dir)
-    tags = events.Tags()
-    assert "gates/gliff/alpha" not in tags["histograms"]  # GLIF_f has no gates
-    assert "membrane/gliff/tau" in tags["histograms"]
-    assert [e.step for e in events.Histograms("gates/glif/gamma")] == [0, 1, 2, 3, 4]
-    assert events.Scalars("gates/glif/gamma_mean")[-1].value == 1.0  # pinned
-    alpha = model.glif.values().alpha.item()  # a layer-wise gate: one value
-    last = events.Histograms("gates/glif/alpha")[-1].histogram_value
-    assert (last.num, last.min, last.max) == (1, alpha, alpha)
-    g = model.glif.values().conductance  # [T] layer-wise
-    for t in range(T):
-        assert events.Scalars(f"membrane/glif/conductance_mean/t{t}")[-1].value == pytest.approx(
-            g[t].item()
-        )
-    # figure_every_n_epochs=0: the images only after the last epoch
-    assert [e.step for e in events.Images("gates/distributions")] == [4]
-    assert [e.step for e in events.Images("gates/evolution")] == [4]

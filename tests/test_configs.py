@@ -9,7 +9,6 @@ images (the MS-ResNet ends in a global average pool).
 
 from __future__ import annotations
 
-import inspect
 import pickle
 import re
 import sys
@@ -23,24 +22,27 @@ import yaml
 from pytorch_lightning import LightningDataModule
 from torch.utils.data import DataLoader, TensorDataset
 
+from lightning_glif.cli import cli_main
+from lightning_glif.config_links import import_class, signature_defaults
 from lightning_glif.data.errors import DatasetNotFoundError
 from lightning_glif.data.vision import CIFAR10DataModule, CIFAR100DataModule, ImageNetDataModule
 from lightning_glif.module import SpikingClassifier
 from lightning_glif.neurons.base import SpikingNeuron
-from lightning_glif.cli import cli_main
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "lightning_glif" / "conf"  # shipped in the package; ROOT/conf links to it
 DEFAULT = CONF / "default.yaml"
 EXPERIMENTS = sorted((CONF / "experiment").glob("*.yaml"))
 NEURONS = sorted((CONF / "neuron").glob("*.yaml"))
+RECIPES = sorted((CONF / "recipe").glob("*.yaml"))
 ALL = sorted(CONF.rglob("*.yaml"))
 
-# The experiments' fast_dev_run at T=2 (data with its own time steps follows), ImageNet at 64x64;
-# row digits keep T=8 (one step per pixel row at least).
+# The experiments' fast_dev_run at T=2 (the data's own T where it has one: the model follows it),
+# ImageNet at 64x64; row digits keep T=8 (one step per pixel row at least).
 SMALL_T = ["--model.backbone.init_args.time_steps", "2"]
 SMALLER = {
-    "cifar10dvs_widenet7b_t16": ([*SMALL_T, "--data.init_args.time_steps", "2"], None),
-    "event_digits": ([*SMALL_T, "--data.init_args.time_steps", "2"], None),
+    "cifar10dvs_widenet7b_t16": (["--data.init_args.time_steps", "2"], None),
+    "event_digits": (["--data.init_args.time_steps", "2"], None),
     "imagenet_resnet18ms_t6": (SMALL_T, 64),
     "row_digits": ([], None),
 }
@@ -79,6 +81,11 @@ def sample_shape(datamodule, side: int | None = None) -> tuple[int, ...]:
     side = side or datamodule.image_size
     image = (datamodule.in_channels, side, side)
     return image if steps is None else (steps, *image)
+
+
+def class_name(spec: str | dict) -> str:
+    """The class a config names, as ``class_path`` or as a plain string."""
+    return (spec if isinstance(spec, str) else spec["class_path"]).rsplit(".", 1)[1]
 
 
 def stack_for(path: Path) -> list[str]:
@@ -120,7 +127,7 @@ OVERLAYS = [CONF / "debug.yaml"]
 def test_every_config_is_covered():
     multinode = CONF / "multinode.yaml"  # GPUs only: parsed in tests/test_reliability.py
     ablation_grids = set((CONF / "ablation").glob("*.yaml"))  # ablate.py grids: test_ablation.py
-    covered = {DEFAULT, *OVERLAYS, *EXPERIMENTS, *NEURONS, multinode, *ablation_grids}
+    covered = {DEFAULT, *OVERLAYS, *EXPERIMENTS, *NEURONS, *RECIPES, multinode, *ablation_grids}
     assert set(ALL) == covered, "a config in conf/ is not exercised by the tests below"
     assert {p.stem for p in NEURONS} == {"glif", "lif", "plif", "gliff"}
 
@@ -135,6 +142,7 @@ def test_default_run_has_checkpoints_and_the_monitors():
     assert [c["class_path"].rsplit(".", 1)[1] for c in callbacks] == [
         "ModelCheckpoint",
         "ModelCheckpoint",
+        "LearningRateMonitor",
         "NonFiniteGuard",
         "GateMonitor",
         "FiringRateMonitor",
@@ -151,13 +159,14 @@ def test_experiment_configs_run(path, tmp_path):
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
 def test_experiment_config_builds_what_its_name_says(path, tmp_path):
     """The full-size model is built; its T, classes and logger name agree with the file name
-    (``<name>_t<T>``; a name without ``_t<T>`` states T as the backbone's time_steps)."""
+    (``<name>_t<T>``; without ``_t<T>`` in the name, T is the data's own)."""
     cli = build(path, tmp_path)
     stated = yaml.safe_load(path.read_text())
     backbone = cli.model.backbone
-    assert type(backbone).__name__ == stated["model"]["backbone"]["class_path"].rsplit(".", 1)[1]
+    assert type(backbone).__name__ == class_name(stated["model"]["backbone"])
     named = re.search(r"_t(\d+)$", path.stem)
-    time_steps = int(named[1]) if named else stated["model"]["backbone"]["init_args"]["time_steps"]
+    # without _t<T> in the name, T is the data's (and linked into the model from there)
+    time_steps = int(named[1]) if named else cli.datamodule.time_steps
     neurons = [m for m in backbone.modules() if isinstance(m, SpikingNeuron)]
     assert neurons and {n.time_steps for n in neurons} == {time_steps}
     assert type(neurons[0]).__name__ == "GLIF"  # the paper's neuron unless an overlay says else
@@ -169,27 +178,21 @@ def test_experiment_config_builds_what_its_name_says(path, tmp_path):
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
 def test_experiment_configs_inherit_nothing_by_accident(path, tmp_path):
-    """Changing a class_path keeps the earlier config's init_args that the new class also takes.
-
-    So every init_arg of an experiment's backbone and data must be either stated in the
-    experiment file or the new class's own default, not a value left over from default.yaml
-    (e.g. the digits' in_channels=1 on a CIFAR net). The neuron is inherited on purpose.
-    """
-    config = build(path, tmp_path).config
+    """A config that names a class starts from that class's defaults: every init_arg of an
+    experiment's backbone and data is stated in the experiment file, linked from the data, or the
+    class's own default, never a value left over from default.yaml (the digits' in_channels=1
+    on a CIFAR net, their val_fraction on N-MNIST). The neuron is inherited on purpose."""
+    cli = build(path, tmp_path)
+    config = cli.config
     stated = yaml.safe_load(path.read_text())
-    linked = {"num_classes": config.model.num_classes}
+    linked = cli.datamodule.shared_values()
     for section, resolved in (
         ("backbone", config.model.backbone),
         ("data", config.data),
     ):
         spec = stated["model"]["backbone"] if section == "backbone" else stated["data"]
-        module, name = resolved.class_path.rsplit(".", 1)
-        cls = getattr(__import__(module, fromlist=[name]), name)
-        defaults = {
-            k: p.default
-            for k, p in inspect.signature(cls).parameters.items()
-            if p.default is not inspect.Parameter.empty
-        }
+        spec = spec if isinstance(spec, dict) else {"class_path": spec}
+        defaults = signature_defaults(import_class(resolved.class_path))
         for key, value in vars(resolved.init_args).items():
             if key in spec.get("init_args", {}) or key == "neuron":
                 continue

@@ -136,6 +136,19 @@ def test_event_digits_datamodule(event_digits_root: str) -> None:
     assert frames.shape[1:] == (5, 2, 34, 34)
 
 
+def test_event_digits_emulate_the_digits_as_before(event_digits_root: str) -> None:
+    """The shared float32 digits reach the emulator as the float64 ``images / 16`` it always
+    computed with (exact in both), so the events of a sample are unchanged."""
+    dataset = EventDigits(event_digits_root)
+    assert dataset.images.dtype == np.float64
+    assert np.array_equal(dataset.images, DIGITS.images / 16.0)
+    assert dataset.targets.tolist() == DIGITS.target.tolist()
+    for i in (0, 130, 1796):  # in the first, second and last chunk of 128
+        (expected,) = emulate_digits(DIGITS.images[i : i + 1] / 16.0, first_index=i)
+        events, label = dataset[i]
+        assert np.array_equal(events, expected) and label == DIGITS.target[i]
+
+
 # -- row digits and the spiking MLP ---------------------------------------------------------
 def test_row_digits_sequences() -> None:
     dm = RowDigitsDataModule(batch_size=32)

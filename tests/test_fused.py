@@ -7,6 +7,7 @@ Tests marked ``compile`` use the C kernel, which the first of them builds (about
 in ``~/.cache/lightning_glif``).
 """
 
+import ctypes
 import os
 import subprocess
 import sys
@@ -279,6 +280,36 @@ def test_missing_compiler_warns_once_and_falls_back(monkeypatch):
     m.backend = "fused"
     with pytest.raises(RuntimeError, match="could not be built"):
         m(x)
+
+
+# ---------------------------------------------------------------- the kernel library's ABI
+@compile_
+def test_abi_version_is_written_once_and_passed_to_the_compiler(tmp_path):
+    # cpu.ABI_VERSION reaches the C code only through -DMEMBRANE_ABI_VERSION (also hashed)
+    assert f"-DMEMBRANE_ABI_VERSION={cpu.ABI_VERSION}" in cpu.COMMON_FLAGS
+    assert cpu.load().membrane_abi_version() == cpu.ABI_VERSION
+    cc = cpu._compiler()
+    flags = [f for f in cpu.COMMON_FLAGS if not f.startswith("-DMEMBRANE_ABI_VERSION")]
+    source = str(cpu.SOURCES[0])
+    # without the macro, membrane.c refuses to build, saying why
+    done = subprocess.run([cc, *flags, "-fsyntax-only", source], capture_output=True, text=True)
+    assert done.returncode != 0 and "MEMBRANE_ABI_VERSION is not defined" in done.stderr
+    # with it, the library reports what it was given
+    lib = tmp_path / "abi7.so"
+    cmd = [cc, "-O0", *flags, "-DMEMBRANE_ABI_VERSION=7", source, "-o", str(lib), "-lm"]
+    subprocess.run(cmd, check=True, capture_output=True)
+    assert ctypes.CDLL(str(lib)).membrane_abi_version() == 7
+
+
+@compile_
+def test_a_library_of_another_abi_is_refused(monkeypatch):
+    cpu.load()  # the cached library, built with the current ABI_VERSION
+    monkeypatch.setattr(cpu, "_lib", None)
+    monkeypatch.setattr(cpu, "_error", None)
+    monkeypatch.setattr(cpu, "ABI_VERSION", cpu.ABI_VERSION + 1)
+    with pytest.warns(RuntimeWarning, match=r"reports ABI version \d+, this package needs"):
+        assert cpu.load() is None
+    assert "delete it to rebuild" in cpu.build_error()
 
 
 # ---------------------------------------------------------------- Triton kernels

@@ -84,7 +84,7 @@ def test_nmnist_bin_round_trip(tmp_path: Path) -> None:
 
 def test_nmnist_batch(tmp_path: Path) -> None:
     make_nmnist(tmp_path)
-    dm = NMNISTDataModule(str(tmp_path), time_steps=5, batch_size=4, val_fraction=0.2)
+    dm = NMNISTDataModule(data_dir=str(tmp_path), time_steps=5, batch_size=4, val_fraction=0.2)
     dm.setup("fit")
     frames, labels = next(iter(dm.train_dataloader()))
     assert frames.shape == (4, 5, 2, 34, 34) and frames.dtype == torch.float32
@@ -106,7 +106,7 @@ def test_nmnist_frames_are_exact(tmp_path: Path) -> None:
     x, y, t, p = [1, 3, 5, 0], [2, 4, 6, 0], [0, 100, 200, 400], [1, 0, 1, 0]
     for digit in (0, 1):
         write_nmnist_bin(tmp_path / "NMNIST" / "Test" / str(digit) / "a.bin", x, y, t, p)
-    dm = NMNISTDataModule(str(tmp_path), time_steps=2, batch_size=2)
+    dm = NMNISTDataModule(data_dir=str(tmp_path), time_steps=2, batch_size=2)
     dm.setup("test")
     frames, labels = next(iter(dm.test_dataloader()))
     expected = torch.zeros(2, 2, 34, 34)
@@ -120,7 +120,7 @@ def test_cache_path_holds_binning_parameters(tmp_path: Path) -> None:
     make_nmnist(tmp_path, per_class=0, test_per_class=2)
     shapes = {}
     for t, binning in ((2, "time"), (3, "time"), (3, "events")):
-        dm = NMNISTDataModule(str(tmp_path), time_steps=t, binning=binning, batch_size=4)
+        dm = NMNISTDataModule(data_dir=str(tmp_path), time_steps=t, binning=binning, batch_size=4)
         dm.setup("test")
         shapes[t, binning] = next(iter(dm.test_dataloader()))[0].shape[1]
     assert shapes == {(2, "time"): 2, (3, "time"): 3, (3, "events"): 3}
@@ -134,7 +134,7 @@ def test_interrupted_cache_is_rebuilt(tmp_path: Path) -> None:
     make_nmnist(tmp_path, per_class=0, test_per_class=3)
 
     def test_frames() -> torch.Tensor:
-        dm = NMNISTDataModule(str(tmp_path), time_steps=4, batch_size=8)
+        dm = NMNISTDataModule(data_dir=str(tmp_path), time_steps=4, batch_size=8)
         dm.setup("test")
         return next(iter(dm.test_dataloader()))[0]
 
@@ -151,7 +151,7 @@ def test_interrupted_cache_is_rebuilt(tmp_path: Path) -> None:
 
 
 def test_missing_dataset_gives_one_clear_error(tmp_path: Path) -> None:
-    dm = NMNISTDataModule(str(tmp_path / "nowhere"))
+    dm = NMNISTDataModule(data_dir=str(tmp_path / "nowhere"))
     with pytest.raises(DatasetNotFoundError) as err:
         dm.setup("fit")
     message = str(err.value)
@@ -166,7 +166,7 @@ def test_archive_without_extracted_files_is_named(tmp_path: Path) -> None:
     (tmp_path / "NMNIST").mkdir()
     (tmp_path / "NMNIST" / "test.zip").write_bytes(b"")
     with pytest.raises(DatasetNotFoundError, match="found test.zip, but not its extracted"):
-        NMNISTDataModule(str(tmp_path)).setup("test")
+        NMNISTDataModule(data_dir=str(tmp_path)).setup("test")
 
 
 def test_download_flag_lets_tonic_fetch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -182,7 +182,7 @@ def test_download_flag_lets_tonic_fetch(tmp_path: Path, monkeypatch: pytest.Monk
         (Path(location) / filename).write_bytes(b"")
 
     monkeypatch.setattr(tonic.dataset, "download_and_extract_archive", fake_download)
-    dm = NMNISTDataModule(str(tmp_path), time_steps=2, download=True)
+    dm = NMNISTDataModule(data_dir=str(tmp_path), time_steps=2, download=True)
     dm.setup("test")
     assert calls == ["test.zip"]
     assert next(iter(dm.test_dataloader()))[0].shape == (2, 2, 2, 34, 34)
@@ -192,7 +192,7 @@ def test_truncated_bin_names_the_file(tmp_path: Path) -> None:
     make_nmnist(tmp_path, per_class=0, test_per_class=1)
     bad = tmp_path / "NMNIST" / "Test" / "7" / "00000.bin"
     bad.write_bytes(bad.read_bytes()[:-2])
-    dm = NMNISTDataModule(str(tmp_path), time_steps=2)
+    dm = NMNISTDataModule(data_dir=str(tmp_path), time_steps=2)
     dm.setup("test")
     with pytest.raises(CorruptFileError, match="not a multiple") as err:
         next(iter(dm.test_dataloader()))
@@ -202,7 +202,7 @@ def test_truncated_bin_names_the_file(tmp_path: Path) -> None:
 def test_datasets_pickle_for_worker_processes(tmp_path: Path) -> None:
     """Spawned DataLoader workers receive the dataset pickled (Tonic subclass included)."""
     make_nmnist(tmp_path, per_class=0, test_per_class=1)
-    dm = NMNISTDataModule(str(tmp_path), time_steps=2)
+    dm = NMNISTDataModule(data_dir=str(tmp_path), time_steps=2)
     dm.setup("test")
     copy = pickle.loads(pickle.dumps(dm.datasets["test"]))
     assert torch.equal(copy[0][0], dm.datasets["test"][0][0])
@@ -225,7 +225,12 @@ def make_gesture(root: Path, users=(1, 2, 3, 4, 5), test_users=(24,), labels=(0,
 def test_gesture_batch_resized(tmp_path: Path) -> None:
     make_gesture(tmp_path)
     dm = DVSGestureDataModule(
-        str(tmp_path), time_steps=4, batch_size=3, resize=32, crop_padding=2, val_fraction=0.2
+        data_dir=str(tmp_path),
+        time_steps=4,
+        batch_size=3,
+        resize=32,
+        crop_padding=2,
+        val_fraction=0.2,
     )
     dm.setup()
     frames, labels = next(iter(dm.train_dataloader()))
@@ -240,7 +245,7 @@ def test_gesture_truncated_npy_names_the_file(tmp_path: Path) -> None:
     make_gesture(tmp_path, users=(), test_users=(24,))
     bad = tmp_path / "DVSGesture" / "ibmGestureTest" / "user24_fluorescent" / "10.npy"
     bad.write_bytes(bad.read_bytes()[:1000])
-    dm = DVSGestureDataModule(str(tmp_path), time_steps=2)
+    dm = DVSGestureDataModule(data_dir=str(tmp_path), time_steps=2)
     dm.setup("test")
     with pytest.raises(CorruptFileError) as err:
         list(dm.test_dataloader())
@@ -267,7 +272,7 @@ def test_shd_batch(tmp_path: Path) -> None:
     rng = np.random.default_rng(RNG_SEED)
     write_shd(tmp_path / "SHD" / "shd_train.h5", [0, 19] * 5, rng)
     write_shd(tmp_path / "SHD" / "shd_test.h5", [5, 6, 7], rng)
-    dm = SHDDataModule(str(tmp_path), time_steps=20, batch_size=4, val_fraction=0.2)
+    dm = SHDDataModule(data_dir=str(tmp_path), time_steps=20, batch_size=4, val_fraction=0.2)
     dm.setup()
     frames, labels = next(iter(dm.train_dataloader()))
     assert frames.shape == (4, 20, 1, 700) and frames.dtype == torch.float32
@@ -282,7 +287,7 @@ def test_shd_truncated_h5_names_the_file(tmp_path: Path) -> None:
     write_shd(path, [1, 2], np.random.default_rng(0))
     path.write_bytes(path.read_bytes()[:600])
     with pytest.raises(CorruptFileError) as err:
-        SHDDataModule(str(tmp_path)).setup("test")
+        SHDDataModule(data_dir=str(tmp_path)).setup("test")
     assert str(path) in str(err.value)
 
 
@@ -313,7 +318,7 @@ def make_cifar10dvs(root: Path, classes=("airplane", "truck"), per_class: int = 
 def test_cifar10dvs_recipe_and_fixed_split(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(tonic.datasets.cifar10dvs, "read_aedat4", fake_read_aedat4)
     make_cifar10dvs(tmp_path)
-    dm = CIFAR10DVSDataModule(str(tmp_path), batch_size=4, val_fraction=0.2)
+    dm = CIFAR10DVSDataModule(data_dir=str(tmp_path), batch_size=4, val_fraction=0.2)
     dm.setup("fit")
     frames, labels = next(iter(dm.train_dataloader()))
     assert frames.shape == (4, 16, 2, 48, 48) and frames.dtype == torch.float32
@@ -332,7 +337,7 @@ def test_cifar10dvs_without_aedat_package_says_so(tmp_path: Path, monkeypatch):
 
     monkeypatch.setattr(tonic.datasets.cifar10dvs, "read_aedat4", missing_package)
     make_cifar10dvs(tmp_path, per_class=10)
-    dm = CIFAR10DVSDataModule(str(tmp_path), val_fraction=0.2)
+    dm = CIFAR10DVSDataModule(data_dir=str(tmp_path), val_fraction=0.2)
     dm.setup("test")
     with pytest.raises(ModuleNotFoundError, match="pip install aedat"):
         dm.datasets["test"][0]
@@ -340,7 +345,7 @@ def test_cifar10dvs_without_aedat_package_says_so(tmp_path: Path, monkeypatch):
 
 def test_cifar10dvs_missing_names_layout(tmp_path: Path) -> None:
     with pytest.raises(DatasetNotFoundError) as err:
-        CIFAR10DVSDataModule(str(tmp_path)).setup("fit")
+        CIFAR10DVSDataModule(data_dir=str(tmp_path)).setup("fit")
     assert "airplane/*.aedat4" in str(err.value) and str(tmp_path / "CIFAR10DVS") in str(err.value)
 
 
@@ -357,3 +362,71 @@ def test_empty_and_unsorted_recordings_bin_to_the_right_shape() -> None:
     assert frames[0, 1, 0, 2] == 1 and frames[1, 1, 0, 3] == 1  # sorted before slicing
     audio = np.zeros(0, dtype=tonic.datasets.SHD.dtype)
     assert EventsToFrames((700, 1, 1), time_steps=4)(audio).shape == (4, 1, 700)
+
+
+# -- the options, as the CLI reads them -----------------------------------------------------
+COMMON = {
+    "data_dir": "data",
+    "binning": "time",
+    "val_fraction": 0.1,
+    "split_seed": 0,
+    "num_workers": 0,
+    "download": False,
+}
+IMAGE = {"resize": None, "crop_padding": 0, "hflip": False}
+OPTIONS = {
+    NMNISTDataModule: {**COMMON, **IMAGE, "time_steps": 10, "batch_size": 64},
+    CIFAR10DVSDataModule: {
+        **COMMON,
+        **IMAGE,
+        "time_steps": 16,
+        "batch_size": 32,
+        "binning": "events",
+        "resize": 48,
+        "crop_padding": 4,
+        "train_fraction": 0.9,
+    },
+    # no hflip: left- and right-hand gestures are different classes
+    DVSGestureDataModule: {
+        **COMMON,
+        "time_steps": 16,
+        "batch_size": 16,
+        "resize": None,
+        "crop_padding": 0,
+    },
+    SHDDataModule: {**COMMON, "time_steps": 100, "batch_size": 64},  # no image options
+}
+
+
+@pytest.mark.parametrize("cls", list(OPTIONS), ids=lambda c: c.__name__)
+def test_cli_shows_every_option_with_its_dataset_default_and_doc(cls) -> None:
+    """The common options are declared once (EventDataModule); jsonargparse, which builds the
+    CLI, follows each subclass's ``**kwargs`` there and must show the subclass's defaults."""
+    from jsonargparse import ArgumentError, ArgumentParser
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(cls, "data")
+    assert parser.get_defaults().data.as_dict() == OPTIONS[cls]
+    helps = {a.dest: a.help for a in parser._actions if a.dest.startswith("data.")}
+    assert set(helps) == {f"data.{name}" for name in OPTIONS[cls]}
+    assert all(text and len(text) > 10 for text in helps.values()), helps
+    # the options the class removed are refused by the parser, not silently ignored
+    for name in {"hflip", *IMAGE} - set(OPTIONS[cls]):
+        with pytest.raises(ArgumentError, match=f"unrecognized arguments: --data.{name}"):
+            parser.parse_args([f"--data.{name}", "1"])
+    built = parser.instantiate(parser.parse_args([])).data
+    assert type(built) is cls and built.time_steps == OPTIONS[cls]["time_steps"]
+    assert built.batch_size == OPTIONS[cls]["batch_size"]
+
+
+@pytest.mark.parametrize(
+    "cls, option, reason",
+    [
+        (SHDDataModule, "resize", "its 700 channels are not an image"),
+        (SHDDataModule, "hflip", "its 700 channels are not an image"),
+        (DVSGestureDataModule, "hflip", "left- and right-hand gestures are different classes"),
+    ],
+)
+def test_removed_option_is_one_clear_error(cls, option, reason) -> None:
+    with pytest.raises(TypeError, match=f"{cls.__name__} has no option {option}: {reason}"):
+        cls(**{option: 1})

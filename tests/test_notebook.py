@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import nbformat
@@ -14,6 +15,7 @@ NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "inspect_run.ipyn
 
 @pytest.mark.slow
 def test_inspect_run_notebook_executes(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["train.py"])  # not pytest's arguments, for LightningCLI
     cli, run_dir = tiny_fit(tmp_path)
     monkeypatch.setenv("LIGHTNING_GLIF_RUN_DIR", str(run_dir))
     notebook = nbformat.read(NOTEBOOK, as_version=4)

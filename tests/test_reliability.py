@@ -20,14 +20,14 @@ from pytorch_lightning import Callback, Trainer
 from pytorch_lightning.callbacks import ModelCheckpoint
 from torch import nn
 
-from lightning_glif.callbacks import NonFiniteGuard, NonFiniteLossError
+from lightning_glif.callbacks import NonFiniteGuard, NonFiniteLossError, RunState
+from lightning_glif.cli import cli_main
 from lightning_glif.data.digits import DigitsDataModule
 from lightning_glif.models.convnet import SpikingConvNet
 from lightning_glif.models.tdbn import TdBatchNorm
 from lightning_glif.module import SpikingClassifier
 from lightning_glif.neurons import GLIF, LIF
 from lightning_glif.neurons.base import SpikingNeuron
-from lightning_glif.cli import cli_main
 
 ROOT = Path(__file__).resolve().parents[1]
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
@@ -461,7 +461,8 @@ def test_wrong_input_shape_names_the_layer_and_both_shapes():
 
 @pytest.fixture(scope="module")
 def glif_checkpoint(tmp_path_factory) -> Path:
-    """A checkpoint of a small GLIF convnet."""
+    """A checkpoint of a small GLIF convnet, with RunState's description of the model (as every
+    CLI run writes)."""
     path = tmp_path_factory.mktemp("ckpt") / "glif.ckpt"
     model = SpikingClassifier(SpikingConvNet(GLIF, time_steps=2, channels=(4, 8)))
     trainer = Trainer(
@@ -473,16 +474,29 @@ def glif_checkpoint(tmp_path_factory) -> Path:
         enable_progress_bar=False,
         enable_model_summary=False,
         accelerator="cpu",
+        callbacks=[RunState()],
     )
     trainer.fit(model, datamodule=DigitsDataModule(batch_size=16))
     trainer.save_checkpoint(path)
     return path
 
 
-def test_a_checkpoint_of_another_neuron_is_a_clear_mismatch(glif_checkpoint):
+def test_a_checkpoint_of_another_neuron_is_a_clear_mismatch(glif_checkpoint, tmp_path):
+    """Under a Trainer (RunState, which the CLI adds to every run) the mismatch is one error
+    naming both models; tests/test_run_state.py checks that no weight is loaded first."""
     lif = SpikingConvNet(LIF, time_steps=2, channels=(4, 8))
+    trainer = Trainer(
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        accelerator="cpu",
+        callbacks=[RunState()],
+        default_root_dir=tmp_path,
+    )
     with pytest.raises(RuntimeError) as error:
-        SpikingClassifier.load_from_checkpoint(glif_checkpoint, backbone=lif, weights_only=True)
+        trainer.test(
+            SpikingClassifier(lif), datamodule=DigitsDataModule(), ckpt_path=glif_checkpoint
+        )
     message = str(error.value)
     assert "made with backbone SpikingConvNet with neuron GLIF" in message
     assert "this model is backbone SpikingConvNet with neuron LIF" in message
@@ -491,9 +505,19 @@ def test_a_checkpoint_of_another_neuron_is_a_clear_mismatch(glif_checkpoint):
     # strict=False is honoured: the matching weights load, Lightning warns about the rest.
     with pytest.warns(UserWarning, match="not in the checkpoint"):
         SpikingClassifier.load_from_checkpoint(glif_checkpoint, backbone=lif, strict=False)
+    # Plain Python, without a Trainer, has no RunState: torch's own error (all the keys).
+    with pytest.raises(RuntimeError, match=r"Error\(s\) in loading state_dict"):
+        SpikingClassifier.load_from_checkpoint(glif_checkpoint, backbone=lif, weights_only=True)
 
     wider = SpikingConvNet(GLIF, time_steps=2, channels=(4, 16))
-    trainer = Trainer(max_epochs=2, logger=False, enable_progress_bar=False, accelerator="cpu")
+    trainer = Trainer(
+        max_epochs=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        accelerator="cpu",
+        callbacks=[RunState()],
+    )
     with pytest.raises(RuntimeError, match=r"weights of another shape, checkpoint vs model"):
         trainer.fit(
             SpikingClassifier(wider), datamodule=DigitsDataModule(), ckpt_path=glif_checkpoint
@@ -505,3 +529,5 @@ def test_a_checkpoint_of_another_neuron_is_a_clear_mismatch(glif_checkpoint):
     )
     assert isinstance(same.backbone, SpikingConvNet)
     assert any(isinstance(m, SpikingNeuron) for m in same.modules())
+    saved = torch.load(glif_checkpoint, weights_only=True)["state_dict"]
+    assert all(torch.equal(v, saved[k]) for k, v in same.state_dict().items())

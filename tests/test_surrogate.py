@@ -1,9 +1,12 @@
-"""Surrogate gradients: the hand-written backward equals autograd of each primitive."""
+"""Surrogate gradients: the hand-written backward equals autograd of each primitive; and the codes
+that tell the fused kernels which derivative to compute."""
+
+import math
 
 import pytest
 import torch
 
-from lightning_glif.neurons import ATan, Rectangular, Sigmoid, Triangle
+from lightning_glif.neurons import ATan, Rectangular, Sigmoid, Surrogate, Triangle
 
 SURROGATES = [Rectangular(), Rectangular(width=0.5), ATan(), ATan(alpha=5.0), Sigmoid(),
               Sigmoid(alpha=10.0), Triangle(), Triangle(width=0.3)]
@@ -49,3 +52,51 @@ def test_primitive_is_a_smoothed_step_of_unit_area(surrogate):
 def test_bad_width_is_rejected():
     with pytest.raises(ValueError, match="width > 0"):
         Rectangular(width=0)
+
+
+# ---------------------------------------------------------------- codes for the fused kernels
+def kernel_derivative(code, v: torch.Tensor) -> torch.Tensor:
+    """dH/dv as the kernels compute it from ``(kind, p, q)`` (membrane_body.h, written again)."""
+    kind, p, q = code
+    if kind == 0:
+        return (v.abs() < p).to(v.dtype) * q
+    if kind == 1:
+        return p / (1 + (q * v) ** 2)
+    if kind == 2:
+        s = 1 / (1 + torch.exp(-p * v))
+        return p * s * (1 - s)
+    return torch.clamp(1 - v.abs() * q, min=0.0) * q
+
+
+def test_kernel_codes_by_hand():
+    assert Rectangular(width=0.5).kernel_code() == (0, 0.25, 2.0)
+    assert ATan(alpha=2.0).kernel_code() == (1, 1.0, math.pi)
+    assert Sigmoid(alpha=4.0).kernel_code() == (2, 4.0, 0.0)
+    assert Triangle(width=0.8).kernel_code() == (3, 0.8, 1.25)
+
+
+@pytest.mark.parametrize("surrogate", SURROGATES, ids=repr)
+def test_kernel_code_means_the_surrogates_derivative(surrogate):
+    v = torch.linspace(-3, 3, 6001, dtype=torch.float64)
+    torch.testing.assert_close(
+        kernel_derivative(surrogate.kernel_code(), v), surrogate.derivative(v), rtol=1e-12,
+        atol=1e-12,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("cls", [Rectangular, ATan, Sigmoid, Triangle])
+def test_subclasses_have_no_kernel_code(cls):
+    # a subclass may redefine the derivative, which the kernel would silently ignore
+    class Shifted(cls):
+        def derivative(self, v):
+            return super().derivative(v - 0.1)
+
+    assert cls().kernel_code() is not None and Shifted().kernel_code() is None
+
+
+def test_a_new_surrogate_has_no_kernel_code():
+    class Box(Surrogate):
+        def derivative(self, v):
+            return (v.abs() < 0.5).to(v.dtype)
+
+    assert Box().kernel_code() is None

@@ -12,12 +12,12 @@ import yaml
 from pytorch_lightning import Trainer
 from torch import nn
 
+from lightning_glif.cli import cli_main
 from lightning_glif.data.digits import DigitsDataModule
 from lightning_glif.models.convnet import SpikingConvNet
 from lightning_glif.module import SpikingClassifier
 from lightning_glif.neurons import GLIF, LIF, PLIF
 from lightning_glif.neurons.base import SpikingNeuron
-from lightning_glif.cli import cli_main
 
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 
@@ -174,6 +174,22 @@ def test_parameter_groups_are_configurable_and_skip_empty_groups():
     assert [g["name"] for g in lif.configure_optimizers()["optimizer"].param_groups] == ["weights"]
 
 
+def test_built_by_cli_reads_lightnings_context():
+    """The module's one use of a private Lightning name (``_built_by_cli``): under LightningCLI
+    the backbone is saved as config (the checkpoint rebuilds it), from Python it is not."""
+    from pytorch_lightning.core.mixins.hparams_mixin import _given_hyperparameters_context
+
+    from lightning_glif.module import _built_by_cli
+
+    assert not _built_by_cli()
+    assert "backbone" not in SpikingClassifier(SpikingConvNet(LIF, time_steps=2)).hparams
+    config = {"backbone": {"class_path": "lightning_glif.models.convnet.SpikingConvNet"}}
+    with _given_hyperparameters_context(config, "pytorch_lightning.cli.instantiate_module"):
+        assert _built_by_cli()
+        model = SpikingClassifier(SpikingConvNet(LIF, time_steps=2))
+    assert model.hparams["backbone"] == config["backbone"]
+
+
 def test_loss_is_cross_entropy_of_time_averaged_logits():
     class Fixed(nn.Module):
         def __init__(self, logits):
@@ -214,9 +230,11 @@ def test_fit_test_predict_and_reload(tmp_path):
     metrics = cli.trainer.callback_metrics
     for name in ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_top5", "val/acc_best"):
         assert name in metrics, name
-    # Epoch 2 of a 2-epoch cosine starts at half the initial rates; gates at a tenth of those.
-    assert metrics["lr/weights"] == pytest.approx(0.05) and metrics["lr/neuron"] == 0.05
-    assert metrics["lr/gates"] == pytest.approx(0.005)
+    # Epoch 2 of a 2-epoch cosine starts at half the initial rates; gates at a tenth of those
+    # (LearningRateMonitor's names for the optimizer's named parameter groups).
+    assert metrics["lr-SGD/weights"] == pytest.approx(0.05) and metrics["lr-SGD/neuron"] == 0.05
+    assert metrics["lr-SGD/gates"] == pytest.approx(0.005)
+    assert not [name for name in metrics if name.startswith("lr/")]  # the module logs none
     assert torch.isfinite(metrics["train/loss"])
     assert metrics["val/acc_best"] >= metrics["val/acc"]
     best = cli.trainer.checkpoint_callback
@@ -289,9 +307,14 @@ def test_help_names_the_main_options(capsys):
 
 
 def test_mismatched_classes_are_a_clear_error(tmp_path):
-    args = ["--trainer.default_root_dir", str(tmp_path), "--trainer.fast_dev_run", "1", *QUIET]
-    with pytest.raises(ValueError, match="the data has 10 classes but the model was built for"):
-        cli_main(["fit", *args, "--model.num_classes", "7"])
+    # The CLI copies num_classes from the data into the model; a model built in Python can
+    # still disagree with its data.
+    model = SpikingClassifier(SpikingConvNet(LIF, time_steps=2, num_classes=7), num_classes=7)
+    trainer = Trainer(
+        fast_dev_run=1, default_root_dir=tmp_path, enable_progress_bar=False, accelerator="cpu"
+    )
+    with pytest.raises(ValueError, match="the data has 10 classes but the model was built for "):
+        trainer.fit(model, datamodule=DigitsDataModule())
 
 
 def test_cosine_can_step_per_batch(tmp_path):

@@ -56,6 +56,10 @@ def test_mnist_like_splits_batches_and_normalisation(cls, tmp_path):
     assert {k: len(v) for k, v in dm.datasets.items()} == {"train": 8, "val": 4, "test": 5}
     train, val = dm.datasets["train"].indices, dm.datasets["val"].indices
     assert sorted(train + val) == list(range(12))  # held out of train, nothing lost
+    # The fixed split of published configs: the first val_size of torch's seeded permutation.
+    order = torch.randperm(12, generator=torch.Generator().manual_seed(1)).tolist()
+    assert val == sorted(order[:4]) and train == sorted(order[4:])
+    assert all(type(i) is int for i in val)
     again = cls(data_dir=str(tmp_path), val_size=4, split_seed=1)
     again.setup("fit")
     assert again.datasets["val"].indices == val
@@ -160,6 +164,8 @@ def test_imagenet_image_folder_batches(tmp_path):
 
     assert {k: len(v) for k, v in dm.datasets.items()} == {"train": 4, "val": 3, "test": 3}
     assert sorted(dm.datasets["train"].indices + dm.datasets["val"].indices) == list(range(7))
+    order = torch.randperm(7, generator=torch.Generator().manual_seed(0)).tolist()  # split_seed
+    assert dm.datasets["val"].indices == sorted(order[:3])
     assert dm.datasets["test"].classes == ["n01440764", "n01443537"]
 
     x, y = next(iter(dm.train_dataloader()))
@@ -172,6 +178,12 @@ def test_imagenet_image_folder_batches(tmp_path):
     std = torch.tensor(dm.std).view(3, 1, 1)
     pixels = dm.datasets["test"][0][0] * std + mean
     assert pixels.min() >= -1e-5 and pixels.max() <= 1 + 1e-5
+
+
+def test_val_size_beyond_the_training_images_names_it(tmp_path):
+    write_mnist(tmp_path, "MNIST", n_train=12, n_test=5)
+    with pytest.raises(ValueError, match=r"val_size must be in \(0, 12\) for 12 samples, got 12"):
+        MNISTDataModule(data_dir=str(tmp_path), val_size=12).setup("fit")
 
 
 def test_imagenet_names_the_missing_part(tmp_path):

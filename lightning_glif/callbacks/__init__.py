@@ -1,13 +1,17 @@
-"""Observability callbacks: GLIF's gates, the layers' firing, synaptic operations and energy;
-and :class:`NonFiniteGuard`, which stops training at the first non-finite loss.
+"""Callbacks: the observability monitors (the neurons' gates, the layers' firing, synaptic
+operations and energy), :class:`NonFiniteGuard`, which stops training at the first non-finite
+loss, and :class:`RunState`, which carries the RNG states and the model's description in every
+checkpoint and checks that a checkpoint fits the model.
 
-Add them to ``trainer.callbacks`` (conf/default.yaml has all four); they write to the run's
-TensorBoard logger. ``notebooks/inspect_run.ipynb`` plots what they logged.
+The monitors and the guard go in ``trainer.callbacks`` (conf/default.yaml has them); the
+monitors write to the run's TensorBoard logger, and ``notebooks/inspect_run.ipynb`` plots what
+they logged. The CLI adds :class:`RunState` to every run.
 """
 
 from lightning_glif.callbacks.finite import NonFiniteGuard, NonFiniteLossError
 from lightning_glif.callbacks.firing import FiringRateMonitor
 from lightning_glif.callbacks.gates import GateMonitor
+from lightning_glif.callbacks.run_state import RunState
 from lightning_glif.callbacks.synops import SynapticOpsMonitor
 
 __all__ = [
@@ -15,5 +19,6 @@ __all__ = [
     "GateMonitor",
     "NonFiniteGuard",
     "NonFiniteLossError",
+    "RunState",
     "SynapticOpsMonitor",
 ]

@@ -1,4 +1,4 @@
-"""Matplotlib figures of GLIF's values per layer (drawn off-screen, no pyplot state).
+"""Matplotlib figures of the neurons' values per layer (drawn off-screen, no pyplot state).
 
 Layers are coloured by depth (their order in ``named_modules()``), from dark to light. Drawn
 once per epoch, so kept cheap: no layout engine and three ticks per axis (tick labels are most
@@ -14,6 +14,7 @@ from matplotlib import colormaps
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 MAX_LEGEND = 8  # more layers than this: a depth colour bar instead of a legend
@@ -49,21 +50,34 @@ def _panels(n: int) -> tuple[Figure, Sequence]:
 
 def _finish(figure: Figure, axes: Sequence, layers: Sequence[str]) -> Figure:
     if len(layers) <= MAX_LEGEND:
-        axes[-1].legend(_short_names(layers), fontsize=7, loc="upper left", bbox_to_anchor=(1, 1))
+        # One handle per layer in its colour: the last panel may lack a layer's line, so its
+        # lines cannot label the layers.
+        handles = [Line2D([], [], color=c) for c in _layer_colors(len(layers))]
+        axes[-1].legend(
+            handles, _short_names(layers), fontsize=7, loc="upper left", bbox_to_anchor=(1, 1)
+        )
     else:
         mappable = ScalarMappable(Normalize(0, len(layers) - 1), colormaps["viridis"])
         figure.colorbar(mappable, ax=list(axes), label="layer (depth)", fraction=0.03)
     return figure
 
 
+def quantities(values: Mapping[str, Mapping[str, object]]) -> list[str]:
+    """The quantity names of ``{layer: {quantity: ...}}``, each once, in first-seen order (GLIF:
+    alpha, beta, gamma), so that the panels follow what the neurons report."""
+    return list(dict.fromkeys(q for per_layer in values.values() for q in per_layer))
+
+
 def evolution_figure(epochs: Sequence[int], means: Mapping[str, Mapping[str, Sequence[float]]]):
-    """Mean gate of each layer against epoch: one panel per gate.
+    """Mean gate of each layer against epoch: one panel per gate (the gates of ``means``, in
+    first-seen order); layers without any are left out.
 
     Args:
         epochs: the x values, ``[E]``.
         means: ``{layer: {gate: [E] means}}``.
     """
-    gates = [g for g in ("alpha", "beta", "gamma") if any(g in m for m in means.values())]
+    means = {layer: m for layer, m in means.items() if m}
+    gates = quantities(means)
     layers = list(means)
     figure, axes = _panels(len(gates))
     colors = _layer_colors(len(layers))
@@ -95,14 +109,16 @@ def distribution_figure(
 
     Args:
         values: ``{layer: {quantity: array}}`` (any shape; all elements are counted).
-        quantities: the panels, in order; those no layer has are left out.
+        quantities: the panels, in order (e.g. :func:`quantities` of ``values``); those no
+            layer has are left out, and so are the layers that have none of them.
         bins: bins per panel, shared by its layers, over the range of the panel's values.
     """
-    quantities = [q for q in quantities if any(q in v for v in values.values())]
+    panels = [q for q in quantities if any(q in v for v in values.values())]
+    values = {layer: v for layer, v in values.items() if any(q in v for q in panels)}
     layers = list(values)
-    figure, axes = _panels(len(quantities))
+    figure, axes = _panels(len(panels))
     colors = _layer_colors(len(layers))
-    for ax, quantity in zip(axes, quantities, strict=True):
+    for ax, quantity in zip(axes, panels, strict=True):
         edges = _edges([v[quantity] for v in values.values() if quantity in v], bins)
         for layer, color in zip(layers, colors, strict=True):
             if quantity in values[layer]:

@@ -10,7 +10,8 @@ import torch
 from pytorch_lightning import LightningModule, Trainer
 from torch import nn
 
-from lightning_glif.callbacks.hooks import ForwardHookMonitor, Stage, log_scalars
+from lightning_glif import tags
+from lightning_glif.callbacks.hooks import ForwardHookMonitor, Stage
 from lightning_glif.callbacks.tensorboard import summary_writer
 from lightning_glif.neurons.base import SpikingNeuron
 
@@ -31,9 +32,11 @@ class FiringRateMonitor(ForwardHookMonitor):
       step and sample of the epoch;
     - ``spikes/<stage>/rate``: the rate over all the layers' neurons together.
 
-    ``<stage>`` is ``train``, ``val`` or ``test``; the step is ``trainer.global_step``. Under
-    bf16/fp16 autocast the spikes are summed in float32 (exact while one forward call gives a
-    channel fewer than 2**24 spikes) and accumulated in int64, so the counts stay exact.
+    ``<stage>`` is ``train``, ``val`` or ``test``; the step is ``trainer.global_step``. The
+    scalars of a stage's latest epoch are also in ``last[stage]``
+    (:class:`~lightning_glif.callbacks.hooks.ForwardHookMonitor`). Under bf16/fp16 autocast the
+    spikes are summed in float32 (exact while one forward call gives a channel fewer than 2**24
+    spikes) and accumulated in int64, so the counts stay exact.
 
     Args:
         stages: the loops to monitor.
@@ -104,15 +107,17 @@ class FiringRateMonitor(ForwardHookMonitor):
         for name, counts, per_channel in zip(names, per_layer, elements, strict=True):
             if per_channel == 0:  # the layer did not run in this stage
                 continue
-            prefix = f"spikes/{stage}/{name}"
-            scalars[f"{prefix}/rate"] = counts.sum().item() / (per_channel * counts.numel())
-            scalars[f"{prefix}/dead"] = (counts == 0).double().mean().item()
-            scalars[f"{prefix}/saturated"] = (counts == per_channel).double().mean().item()
+            rate = counts.sum().item() / (per_channel * counts.numel())
+            scalars[tags.firing(stage, "rate", name)] = rate
+            scalars[tags.firing(stage, "dead", name)] = (counts == 0).double().mean().item()
+            saturated = (counts == per_channel).double().mean().item()
+            scalars[tags.firing(stage, "saturated", name)] = saturated
             all_spikes += counts.sum().item()
             all_elements += per_channel * counts.numel()
             if writer is not None:
                 rates = counts.double().numpy() / per_channel
-                writer.add_histogram(f"{prefix}/channel_rate", rates, step, bins=edges)
+                tag = tags.firing(stage, "channel_rate", name)
+                writer.add_histogram(tag, rates, step, bins=edges)
         if all_elements:
-            scalars[f"spikes/{stage}/rate"] = all_spikes / all_elements
-            log_scalars(trainer, scalars, step)
+            scalars[tags.firing(stage)] = all_spikes / all_elements
+            self.publish(trainer, stage, scalars)

@@ -1,54 +1,61 @@
-"""How GLIF's gates and membrane parameters evolve during training, in TensorBoard."""
+"""How each neuron layer's gates and membrane parameters evolve during training, in TensorBoard."""
 
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import torch
 from pytorch_lightning import Callback, LightningModule, Trainer
 
+from lightning_glif import tags
 from lightning_glif.callbacks.hooks import log_scalars
 from lightning_glif.callbacks.tensorboard import add_figure, summary_writer
-from lightning_glif.neurons import GLIF, GLIFf
+from lightning_glif.neurons import Observable, SpikingNeuron
 
-GATES = ("alpha", "beta", "gamma")
+#: ``{layer: {name: Observable}}``, the values as float32 CPU tensors.
+Snapshot = dict[str, dict[str, Observable]]
 
 
 class GateMonitor(Callback):
-    """Logs the values of every GLIF (and GLIF_f) layer, as its ``values()`` returns them.
+    """Logs what every neuron layer reports in its
+    :meth:`~lightning_glif.neurons.SpikingNeuron.observables` (GLIF: its gates and membrane
+    values; LIF, PLIF: decay and threshold; a new neuron: whatever it reports there).
 
-    Layers are found by type and keyed by module name. At the start of training, every
-    ``every_n_steps`` optimizer steps and at the end of training, on global rank 0 (the
-    parameters are the same on every rank), at step ``trainer.global_step``:
+    Layers are every :class:`~lightning_glif.neurons.SpikingNeuron`, keyed by module name. At
+    the start of training, every ``every_n_steps`` optimizer steps and at the end of training,
+    on global rank 0 (the parameters are the same on every rank), at step
+    ``trainer.global_step``, for each observable ``<name>`` of group ``<group>`` (``gates`` or
+    ``membrane``; tags from :func:`lightning_glif.tags.observable`):
 
-    - ``gates/<layer>/<gate>``: histogram over channels of alpha, beta, gamma (GLIF only), and
-      ``gates/<layer>/<gate>_mean`` their means (scalars);
-    - ``membrane/<layer>/<name>``: histograms of tau, v_threshold, v_leak, v_reset, and
-      ``membrane/<layer>/<name>_mean``; the conductance per time step ``t`` as
-      ``membrane/<layer>/conductance/t<t>`` (histogram over channels) and
-      ``membrane/<layer>/conductance_mean/t<t>``.
+    - ``<group>/<layer>/<name>``: histogram over channels (e.g. ``gates/<layer>/alpha``);
+    - ``<group>/<layer>/<name>_mean`` and ``<group>/<layer>/<name>_std``: the mean over
+      channels and their population standard deviation (numpy's default ``ddof=0``, so 0 for a
+      layer-wise scalar);
+    - for a per-step observable (GLIF's conductance ``[T, C]``), the same for each time step
+      ``k``: ``membrane/<layer>/conductance/t<k>``, ``membrane/<layer>/conductance_mean/t<k>``,
+      ``membrane/<layer>/conductance_std/t<k>``.
 
     Every histogram has ``bins`` equal bins over the range of its values (numpy's
     ``histogram(values, bins)``; its min, max, sum and count are stored exactly).
 
-    Images: ``gates/evolution`` (mean gate per layer against the epochs so far, epoch 0 being
-    the initial values) and ``gates/distributions`` (each gate's distribution over channels, one
-    outline per layer: the paper's figure of bell-shaped gate distributions; the membrane
-    parameters' are in the histograms), every ``figure_every_n_epochs`` epochs and after the
-    last. The evolution is kept as three floats per layer per epoch, saved in checkpoints so
-    that a resumed run continues it.
+    Images: ``gates/evolution`` (the mean of each ``gates`` observable per layer against the
+    epochs so far, epoch 0 being the initial values) and ``gates/distributions`` (each gate's
+    distribution over channels, one outline per layer: the paper's figure of bell-shaped gate
+    distributions; the membrane parameters' are in the histograms), every
+    ``figure_every_n_epochs`` epochs and after the last. The evolution is kept as one float per
+    gate per layer per epoch, saved in checkpoints so that a resumed run continues it.
 
     Cost on a CPU core (benchmarks/callback_overhead.py): a set of histograms ~7 ms for two
-    layers, a pair of images ~0.1 s. Nothing next to a CIFAR epoch, but 15% of an epoch of the
-    default digits run (0.7 s), whose config therefore draws them only after the last epoch.
+    GLIF layers, a pair of images ~0.1 s. Nothing next to a CIFAR epoch, but 15% of an epoch of
+    the default digits run (0.7 s), whose config therefore draws them only after the last epoch.
 
     Args:
         every_n_steps: log the histograms and scalars every this many optimizer steps
             (0: only at the start and at the end of training).
         bins: bins of each histogram, over the range of its values.
-        membrane: log the membrane parameters too, not only the gates.
+        membrane: log the ``membrane`` observables too, not only the gates.
         figures: log the images at all.
         figure_every_n_epochs: draw the images every this many training epochs, and after the
             last one (0: only after the last one).
@@ -73,28 +80,28 @@ class GateMonitor(Callback):
         self.figures = figures
         self.figure_every_n_epochs = figure_every_n_epochs
         self.epochs: list[int] = []
-        self.means: dict[str, dict[str, list[float]]] = {}
-        self._layers: dict[str, GLIF | GLIFf] = {}
+        self.means: dict[str, dict[str, list[float]]] = {}  # {layer: {gate: [mean per epoch]}}
+        self._layers: dict[str, SpikingNeuron] = {}
         self._last_step: int | None = None  # step of the last histograms
         self._last_figure: int | None = None  # epoch of the last images
 
-    def snapshot(self) -> dict[str, dict[str, np.ndarray]]:
-        """``{layer: {quantity: values}}`` of every monitored layer, as float32 numpy arrays of
-        the shapes of :class:`~lightning_glif.neurons.GLIFValues` (gates absent for GLIF_f)."""
-        out: dict[str, dict[str, np.ndarray]] = {}
+    def snapshot(self) -> Snapshot:
+        """``{layer: {name: observable}}`` of every monitored layer, each value detached as a
+        float32 CPU tensor (the shapes of the neuron's :meth:`observables`)."""
+        out: Snapshot = {}
         with torch.no_grad():
-            for name, module in self._layers.items():
-                values = module.values()
-                out[name] = {
-                    f.name: getattr(values, f.name).detach().float().cpu().numpy()
-                    for f in fields(values)
-                    if getattr(values, f.name) is not None
+            for layer, module in self._layers.items():
+                out[layer] = {
+                    name: replace(obs, value=obs.value.detach().float().cpu())
+                    for name, obs in module.observables().items()
                 }
         return out
 
     # -- when -----------------------------------------------------------------------------------
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._layers = {n: m for n, m in pl_module.named_modules() if isinstance(m, GLIF | GLIFf)}
+        self._layers = {
+            n: m for n, m in pl_module.named_modules() if isinstance(m, SpikingNeuron)
+        }
         snapshot = self._log(trainer)
         if snapshot is not None and not self.epochs:
             self._record(0, snapshot)
@@ -128,9 +135,9 @@ class GateMonitor(Callback):
         self.means = state_dict.get("means", {})
 
     # -- what -----------------------------------------------------------------------------------
-    def _log(self, trainer: Trainer) -> dict[str, dict[str, np.ndarray]] | None:
+    def _log(self, trainer: Trainer) -> Snapshot | None:
         """Log histograms and scalars at the current step (once per step) on rank 0 and return
-        the snapshot; ``None`` on other ranks or when there is no GLIF layer."""
+        the snapshot; ``None`` on other ranks or when there is no neuron layer."""
         if not trainer.is_global_zero or not self._layers:
             return None
         snapshot = self.snapshot()
@@ -140,46 +147,60 @@ class GateMonitor(Callback):
             self._write(trainer, snapshot, step)
         return snapshot
 
-    def _write(self, trainer: Trainer, snapshot: dict, step: int) -> None:
+    def _write(self, trainer: Trainer, snapshot: Snapshot, step: int) -> None:
         writer = summary_writer(trainer, type(self).__name__)
         scalars: dict[str, float] = {}
-        for layer, values in snapshot.items():
-            for name, v in values.items():
-                group = "gates" if name in GATES else "membrane"
-                if group == "membrane" and not self.membrane:
+        for layer, observables in snapshot.items():
+            for name, obs in observables.items():
+                if obs.group == "membrane" and not self.membrane:
                     continue
-                prefix = f"{group}/{layer}"
-                if name == "conductance":  # [T, C] or [T]: one series per time step
-                    per_step = v.reshape(v.shape[0], -1)
-                    series = {f"conductance/t{t}": g for t, g in enumerate(per_step)}
-                    means = {f"conductance_mean/t{t}": g.mean() for t, g in enumerate(per_step)}
-                else:
-                    series = {name: v.reshape(-1)}
-                    means = {f"{name}_mean": v.mean()}
-                scalars.update({f"{prefix}/{k}": float(m) for k, m in means.items()})
-                if writer is not None:
-                    for k, values_ in series.items():
-                        writer.add_histogram(f"{prefix}/{k}", values_, step, bins=self.bins)
+                v = obs.value.numpy()
+                # [T, C] or [T]: one series per time step; else one series (k = None)
+                series = enumerate(v.reshape(v.shape[0], -1)) if obs.per_step else [(None, v)]
+                for k, values in series:
+                    # Statistics in float64: a constant float32 layer then has exactly its value
+                    # as mean and 0 as std. np.std: the population std (ddof=0).
+                    wide = values.astype(np.float64)
+                    for stat, value in (("mean", wide.mean()), ("std", wide.std())):
+                        scalars[tags.observable(obs.group, layer, name, stat, k)] = float(value)
+                    if writer is not None:
+                        tag = tags.observable(obs.group, layer, name, step=k)
+                        writer.add_histogram(tag, values.reshape(-1), step, bins=self.bins)
         log_scalars(trainer, scalars, step)
 
-    def _record(self, epoch: int, snapshot: dict[str, dict[str, np.ndarray]]) -> None:
-        self.epochs.append(epoch)
-        for layer, values in snapshot.items():
-            per_layer = self.means.setdefault(layer, {})
-            for gate in GATES:
-                if gate in values:
-                    per_layer.setdefault(gate, []).append(float(values[gate].mean()))
+    @staticmethod
+    def _gates(snapshot: Snapshot) -> dict[str, dict[str, np.ndarray]]:
+        """``{layer: {gate: values}}``: the ``gates`` observables of the layers that have any
+        (a layer without gates would take a colour and a legend entry and draw nothing)."""
+        gates = {
+            layer: {n: o.value.numpy() for n, o in obs.items() if o.group == "gates"}
+            for layer, obs in snapshot.items()
+        }
+        return {layer: g for layer, g in gates.items() if g}
 
-    def _log_figures(self, trainer: Trainer, snapshot: dict, epoch: int) -> None:
+    def _record(self, epoch: int, snapshot: Snapshot) -> None:
+        self.epochs.append(epoch)
+        for layer, gates in self._gates(snapshot).items():
+            per_layer = self.means.setdefault(layer, {})
+            for gate, values in gates.items():
+                per_layer.setdefault(gate, []).append(float(values.astype(np.float64).mean()))
+
+    def _log_figures(self, trainer: Trainer, snapshot: Snapshot, epoch: int) -> None:
         self._last_figure = epoch
         writer = summary_writer(trainer, type(self).__name__)
         if writer is None:
             return
-        from lightning_glif.callbacks.figures import distribution_figure, evolution_figure
+        from lightning_glif.callbacks.figures import (
+            distribution_figure,
+            evolution_figure,
+            quantities,
+        )
 
         step = trainer.global_step
         if any(self.means.values()):
-            add_figure(writer, "gates/evolution", evolution_figure(self.epochs, self.means), step)
-        gates = {layer: {g: v[g] for g in GATES if g in v} for layer, v in snapshot.items()}
-        if any(gates.values()):
-            add_figure(writer, "gates/distributions", distribution_figure(gates, GATES), step)
+            evolution = evolution_figure(self.epochs, self.means)
+            add_figure(writer, tags.GATE_EVOLUTION, evolution, step)
+        gates = self._gates(snapshot)
+        if gates:
+            distributions = distribution_figure(gates, quantities(gates))
+            add_figure(writer, tags.GATE_DISTRIBUTIONS, distributions, step)

@@ -30,14 +30,20 @@ class ForwardHookMonitor(Callback):
     check), so a forward pass a user runs by hand, or a stage that is not monitored, is not
     counted. Each monitored epoch starts from zeroed
     accumulators (:meth:`reset`) and ends with :meth:`report`, where subclasses sum their
-    accumulators over the DDP ranks with :meth:`all_sum` and log on global rank 0. Hooks run
-    under ``torch.no_grad`` and should only add to accumulators that live on the device: no
-    host synchronisation per step.
+    accumulators over the DDP ranks with :meth:`all_sum` and, on global rank 0, hand the
+    scalars to :meth:`publish`, which logs them and keeps them in :attr:`last`. Hooks run under
+    ``torch.no_grad`` and should only add to accumulators that live on the device: no host
+    synchronisation per step.
 
     Subclasses implement :meth:`select`, :meth:`reset`, :meth:`observe` and :meth:`report`.
 
     Args:
         stages: the loops to monitor, any of ``"train"``, ``"val"``, ``"test"``.
+
+    Attributes:
+        last: per stage, the scalars of its latest report, ``{tag: value}`` (tags from
+            :mod:`lightning_glif.tags`), so callers read them without parsing event files.
+            Filled on global rank 0 only; replaced, not merged, at each report of the stage.
     """
 
     def __init__(self, stages: Sequence[Stage]) -> None:
@@ -52,6 +58,7 @@ class ForwardHookMonitor(Callback):
         self._stage: str | None = None
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self.samples: dict[str, int] = {}
+        self.last: dict[str, dict[str, float]] = {}
 
     # -- what subclasses define ------------------------------------------------------------------
     def select(self, pl_module: LightningModule) -> dict[str, nn.Module]:
@@ -73,6 +80,11 @@ class ForwardHookMonitor(Callback):
         raise NotImplementedError
 
     # -- shared machinery ------------------------------------------------------------------------
+    def publish(self, trainer: Trainer, stage: str, scalars: dict[str, float]) -> None:
+        """Log ``scalars`` at the global step and keep them as ``last[stage]`` (rank 0)."""
+        self.last[stage] = dict(scalars)
+        log_scalars(trainer, scalars, trainer.global_step)
+
     @staticmethod
     def all_sum(trainer: Trainer, tensor: torch.Tensor) -> torch.Tensor:
         """``tensor`` summed over all processes (every rank must call this, in the same order)."""

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from pytorch_lightning import LightningModule, Trainer
 from torch import nn
 
-from lightning_glif.callbacks.hooks import ForwardHookMonitor, Stage, log_scalars
+from lightning_glif import tags
+from lightning_glif.callbacks.hooks import ForwardHookMonitor, Stage
 
 SYNAPTIC = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -75,6 +76,9 @@ class SynapticOpsMonitor(ForwardHookMonitor):
     - ``synops/<stage>/<layer>/ac`` or ``.../mac``: operations of that layer per sample;
     - ``synops/<stage>/ac`` and ``synops/<stage>/mac``: totals per sample;
     - ``energy/<stage>/uJ``: energy per sample in microjoules.
+
+    The scalars of a stage's latest epoch are also in ``last[stage]``
+    (:class:`~lightning_glif.callbacks.hooks.ForwardHookMonitor`).
 
     Args:
         stages: the loops to monitor (the papers report inference: ``"val"``, ``"test"``).
@@ -148,9 +152,9 @@ class SynapticOpsMonitor(ForwardHookMonitor):
         scalars: dict[str, float] = {}
         for name, ac, mac in zip(names, acs, macs, strict=True):
             kind, ops = ("mac", mac) if name in mac_layers else ("ac", ac)
-            scalars[f"synops/{stage}/{name}/{kind}"] = ops / samples
+            scalars[tags.synops(stage, kind, name)] = ops / samples
         ac, mac = sum(acs) / samples, sum(macs) / samples
-        scalars[f"synops/{stage}/ac"] = ac
-        scalars[f"synops/{stage}/mac"] = mac
-        scalars[f"energy/{stage}/uJ"] = (ac * self.energy_ac + mac * self.energy_mac) * 1e-6
-        log_scalars(trainer, scalars, trainer.global_step)
+        scalars[tags.synops(stage, "ac")] = ac
+        scalars[tags.synops(stage, "mac")] = mac
+        scalars[tags.energy(stage)] = (ac * self.energy_ac + mac * self.energy_mac) * 1e-6
+        self.publish(trainer, stage, scalars)

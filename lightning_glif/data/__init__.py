@@ -4,6 +4,7 @@ Every module yields ``(inputs, labels int64)``: static images ``[B, C, H, W]`` o
 ``[B, T, ...]`` float32. Nothing downloads unless ``download=True`` is passed.
 """
 
+from .base import SplitDataModule
 from .digits import DigitsDataModule
 from .emulator import EventDigits, EventDigitsDataModule
 from .errors import CorruptFileError, DatasetNotFoundError
@@ -23,6 +24,7 @@ from .vision import (
 )
 
 __all__ = [
+    "SplitDataModule",
     "DigitsDataModule",
     "RowDigitsDataModule",
     "EventDigits",

@@ -2,12 +2,32 @@
 
 from __future__ import annotations
 
+from functools import cache
+
 import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from .loaders import SplitDataModule
+from .base import SplitDataModule
 from .splits import check_fractions, stratified_split
+
+
+@cache
+def load_digit_images() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 1,797 digits, read once per process: ``(images, labels)``, images float32
+    ``[N, 8, 8]`` in ``[0, 1]`` (the 0..16 pixel counts / 16, exact in float32), labels int64
+    ``0..9``, in ``load_digits()`` row order.
+
+    The one reader of the digits for the static, row and event digits, so all three see the same
+    data. Both arrays are shared by every caller and read-only (writing raises): copy to change.
+    """
+    from sklearn.datasets import load_digits  # on first use: slow to import
+
+    digits = load_digits()
+    images = (digits.images / 16.0).astype(np.float32)
+    labels = digits.target.astype(np.int64)
+    images.flags.writeable = labels.flags.writeable = False
+    return images, labels
 
 
 class DigitsDataModule(SplitDataModule):
@@ -40,25 +60,21 @@ class DigitsDataModule(SplitDataModule):
         split_seed: int = 0,
         num_workers: int = 0,
     ) -> None:
-        super().__init__()
+        super().__init__(batch_size, num_workers)
         check_fractions(type(self).__name__, val_fraction, test_fraction)
-        self.batch_size = batch_size
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction
         self.split_seed = split_seed
-        self.num_workers = num_workers
         self.indices: dict[str, np.ndarray] = {}  # rows of load_digits() in each split
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
-        from sklearn.datasets import load_digits
-
-        digits = load_digits()
-        images = torch.from_numpy(digits.images.astype(np.float32) / 16.0).unsqueeze(1)
-        labels = torch.from_numpy(digits.target.astype(np.int64))
+        pixels, targets = load_digit_images()
+        images = torch.tensor(pixels).unsqueeze(1)  # a copy: the shared arrays are read-only
+        labels = torch.tensor(targets)
         self.indices = stratified_split(
-            digits.target, self.val_fraction, self.test_fraction, self.split_seed
+            targets, self.val_fraction, self.test_fraction, self.split_seed
         )
         for name, idx in self.indices.items():
             rows = torch.from_numpy(idx)

@@ -33,8 +33,9 @@ from scipy import ndimage
 from tonic.io import events_struct, make_structured_array
 from torch.utils.data import Dataset
 
+from .base import SplitDataModule
+from .digits import load_digit_images
 from .frames import Binning, EventsToFrames
-from .loaders import SplitDataModule
 from .splits import check_fractions, stratified_split
 
 log = logging.getLogger(__name__)
@@ -214,11 +215,10 @@ class EventDigits:
         transform: Callable | None = None,
         target_transform: Callable | None = None,
     ) -> None:
-        from sklearn.datasets import load_digits
-
-        digits = load_digits()
-        self.images = digits.images / 16.0
-        self.targets = digits.target.astype(np.int64)
+        images, self.targets = load_digit_images()  # shared, read-only
+        # float64, as the emulator has always computed (k / 16 is exact in both precisions, so
+        # the events do not change); float32 input would change scipy's zoom and the events.
+        self.images = images.astype(np.float64)
         self.params = {"seed": seed, "threshold": threshold, "noise_rate": noise_rate}
         self.transform = transform
         self.target_transform = target_transform
@@ -333,17 +333,15 @@ class EventDigitsDataModule(SplitDataModule):
         noise_rate: float = 0.1,
         num_workers: int = 0,
     ) -> None:
-        super().__init__()
+        super().__init__(batch_size, num_workers)
         check_fractions(type(self).__name__, val_fraction, test_fraction)
         self.data_dir = data_dir
         self.time_steps = time_steps
-        self.batch_size = batch_size
         self.to_frames = EventsToFrames(EventDigits.sensor_size, time_steps, binning)
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction
         self.split_seed = split_seed
         self.emulator = {"seed": seed, "threshold": threshold, "noise_rate": noise_rate}
-        self.num_workers = num_workers
 
     def prepare_data(self) -> None:
         """Generate and cache the events (once per data root and emulator settings)."""
@@ -354,7 +352,7 @@ class EventDigitsDataModule(SplitDataModule):
             return
         dataset = EventDigits(self.data_dir, transform=self.to_frames, **self.emulator)
         frames = torch.from_numpy(np.stack([dataset[i][0] for i in range(len(dataset))]))
-        labels = torch.from_numpy(dataset.targets)
+        labels = torch.tensor(dataset.targets)  # a copy: the shared labels are read-only
         splits = stratified_split(
             dataset.targets, self.val_fraction, self.test_fraction, self.split_seed
         )

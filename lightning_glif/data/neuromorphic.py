@@ -22,10 +22,10 @@ import numpy as np
 import tonic
 from torch.utils.data import Dataset, Subset
 
+from .base import SplitDataModule
 from .errors import CorruptFileError, DatasetNotFoundError
 from .frames import AtomicDiskCache, Binning, EventsToFrames, FrameAugment
-from .loaders import SplitDataModule
-from .splits import holdout_split, per_class_head_split
+from .splits import per_class_head_split, stratified_holdout
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ class _Split(NamedTuple):
 
 
 class EventDataModule(SplitDataModule):
-    """Shared machinery of the Tonic DataModules; use one of its subclasses.
+    """Shared machinery and options of the Tonic DataModules; use one of its subclasses.
 
     ``setup`` checks that the files of the needed splits are there (else one
     :class:`~lightning_glif.data.errors.DatasetNotFoundError`), opens them with Tonic, bins each
@@ -140,6 +140,28 @@ class EventDataModule(SplitDataModule):
     before the cache is in that path, so changing ``time_steps``, ``binning`` or ``resize`` (or
     the set of source files) never reads a stale cache; old caches stay until deleted.
     The training augmentation runs after the cache. Files are read in sorted path order.
+
+    The options common to all Tonic modules are declared here, once. A subclass's ``__init__``
+    lists only its own options and those whose default differs, and passes the rest on with
+    ``**kwargs`` (jsonargparse follows it here, so ``--help`` and configs show all of them with
+    the subclass's defaults). An option that makes no sense for a dataset is passed explicitly
+    in the subclass's ``super().__init__`` call, which removes it from its options.
+
+    Args:
+        time_steps: frames per recording ``T``.
+        data_dir: data root; the dataset lives in ``<data_dir>/<Tonic name>``, the frame cache
+            in ``<data_dir>/cache/<Tonic name>``.
+        batch_size: recordings per batch.
+        binning: ``"time"`` (T equal time windows) or ``"events"`` (T equal event counts).
+        resize: side of the frames after a bilinear resize (before the cache); ``None``: the
+            sensor's size.
+        crop_padding: training augmentation: zero-pad by this many pixels and crop back at a
+            random position (0: off).
+        hflip: training augmentation: random horizontal flips.
+        val_fraction: share of the training recordings held out for validation (stratified).
+        split_seed: seed of that held-out split.
+        num_workers: DataLoader worker processes.
+        download: download and extract the dataset if it is missing.
     """
 
     name: ClassVar[str]  # display name
@@ -148,43 +170,53 @@ class EventDataModule(SplitDataModule):
     splits: ClassVar[dict[str, _Split]]
     layout: ClassVar[str]
     num_classes: ClassVar[int]
-    in_channels: ClassVar[int] = 2
     # a quick test of a file before Tonic reads it: raises ValueError on a broken one
     file_check: ClassVar[Callable[[str], None] | None] = None
 
     def __init__(
         self,
         *,
-        data_dir: str,
         time_steps: int,
-        batch_size: int,
-        binning: Binning,
-        val_fraction: float,
-        split_seed: int,
-        num_workers: int,
-        download: bool,
+        data_dir: str = "data",
+        batch_size: int = 64,
+        binning: Binning = "time",
         resize: int | None = None,
         crop_padding: int = 0,
         hflip: bool = False,
+        val_fraction: float = 0.1,
+        split_seed: int = 0,
+        num_workers: int = 0,
+        download: bool = False,
     ) -> None:
-        super().__init__()
+        super().__init__(batch_size, num_workers)
         if not 0 < val_fraction < 1:
             raise ValueError(f"{type(self).__name__}: val_fraction must be in (0, 1).")
         self.data_dir = data_dir
         self.time_steps = time_steps
-        self.batch_size = batch_size
         self.val_fraction = val_fraction
         self.split_seed = split_seed
-        self.num_workers = num_workers
         self.download = download
-        w, h, _ = self.tonic_class.sensor_size
+        w, h, p = self.tonic_class.sensor_size
+        image = h > 1  # SHD's sensor is a row of 700 channels, not an image
         self.to_frames = EventsToFrames(self.tonic_class.sensor_size, time_steps, binning, resize)
-        self.image_size = (resize or h) if h > 1 else None
+        # in_channels and image_size only for image-like frames (see shared_values).
+        self.in_channels = p if image else None
+        self.image_size = (resize or h) if image else None
         self.train_augment = FrameAugment(self.image_size, crop_padding, hflip)
-        self.frame_shape: tuple[int, ...] = (time_steps, self.in_channels) + (
-            (self.image_size, resize or w) if h > 1 else (w,)
+        self.frame_shape: tuple[int, ...] = (time_steps, p) + (
+            (self.image_size, resize or w) if image else (w,)
         )
         self._sources: dict[str, SourceFrames] = {}
+
+    def _refuse(self, kwargs: dict[str, Any], names: tuple[str, ...], why: str) -> None:
+        """A clear TypeError for an option the subclass removed (Python would only say
+        "multiple values for keyword argument")."""
+        given = [name for name in names if name in kwargs]
+        if given:
+            raise TypeError(
+                f"{type(self).__name__} has no option {', '.join(given)}: {why}. Remove it from "
+                "the data's init_args."
+            )
 
     # -- where the data is ------------------------------------------------------------------
     @property
@@ -258,7 +290,7 @@ class EventDataModule(SplitDataModule):
         parts: dict[str, tuple[str, np.ndarray | None]] = {}
         if "train" in self._sources:
             labels = self._sources["train"].labels
-            kept, held = holdout_split(labels, self.val_fraction, self.split_seed)
+            kept, held = stratified_holdout(labels, self.val_fraction, self.split_seed)
             parts.update(train=("train", kept), val=("train", held))
         if "test" in self._sources:
             parts["test"] = ("test", None)
@@ -309,20 +341,10 @@ class NMNISTDataModule(EventDataModule):
         Train/0/*.bin ... Train/9/*.bin
         Test/0/*.bin  ... Test/9/*.bin
 
+    The options are those of :class:`EventDataModule` (``resize`` ``None``: 34), with:
+
     Args:
-        data_dir: data root; the dataset lives in ``<data_dir>/NMNIST``, the frame cache in
-            ``<data_dir>/cache/NMNIST``.
         time_steps: frames per recording ``T``.
-        batch_size: recordings per batch.
-        binning: ``"time"`` (T equal time windows) or ``"events"`` (T equal event counts).
-        resize: side of the frames after a bilinear resize (before the cache); ``None``: 34.
-        crop_padding: training augmentation: zero-pad by this many pixels and crop back at a
-            random position (0: off).
-        hflip: training augmentation: random horizontal flips.
-        val_fraction: share of the training recordings held out for validation.
-        split_seed: seed of that held-out split.
-        num_workers: DataLoader worker processes.
-        download: download and extract the dataset if it is missing.
     """
 
     name = "N-MNIST"
@@ -339,33 +361,8 @@ Train/0/*.bin ... Train/9/*.bin    (60,000 recordings; the folder name is the la
 Test/0/*.bin  ... Test/9/*.bin     (10,000 recordings)
 """
 
-    def __init__(
-        self,
-        data_dir: str = "data",
-        time_steps: int = 10,
-        batch_size: int = 64,
-        binning: Binning = "time",
-        resize: int | None = None,
-        crop_padding: int = 0,
-        hflip: bool = False,
-        val_fraction: float = 0.1,
-        split_seed: int = 0,
-        num_workers: int = 0,
-        download: bool = False,
-    ) -> None:
-        super().__init__(
-            data_dir=data_dir,
-            time_steps=time_steps,
-            batch_size=batch_size,
-            binning=binning,
-            val_fraction=val_fraction,
-            split_seed=split_seed,
-            num_workers=num_workers,
-            download=download,
-            resize=resize,
-            crop_padding=crop_padding,
-            hflip=hflip,
-        )
+    def __init__(self, *, time_steps: int = 10, **kwargs: Any) -> None:
+        super().__init__(time_steps=time_steps, **kwargs)
 
     def manual(self) -> str:
         c = self.tonic_class
@@ -394,21 +391,17 @@ class CIFAR10DVSDataModule(EventDataModule):
 
         airplane/*.aedat4  automobile/*.aedat4  ...  truck/*.aedat4
 
+    The options are those of :class:`EventDataModule` (``hflip`` is not in the GLIF recipe),
+    with the recipe's defaults and one more:
+
     Args:
-        data_dir: data root; the dataset lives in ``<data_dir>/CIFAR10DVS``, the frame cache in
-            ``<data_dir>/cache/CIFAR10DVS``.
         time_steps: frames per recording ``T``.
         batch_size: recordings per batch.
         binning: ``"events"`` (T equal event counts, the recipe) or ``"time"``.
         resize: side of the frames after a bilinear resize (before the cache); ``None``: 128.
         crop_padding: training augmentation: zero-pad by this many pixels and crop back at a
             random position (0: off).
-        hflip: training augmentation: random horizontal flips (not in the GLIF recipe).
         train_fraction: share of each class (in sorted file order) in the training set.
-        val_fraction: share of the training set held out for validation.
-        split_seed: seed of that held-out split (the train/test split has no randomness).
-        num_workers: DataLoader worker processes.
-        download: download and extract the dataset if it is missing.
     """
 
     name = "CIFAR10-DVS"
@@ -424,34 +417,25 @@ dog/*.aedat4  frog/*.aedat4  horse/*.aedat4  ship/*.aedat4  truck/*.aedat4
 
     def __init__(
         self,
-        data_dir: str = "data",
+        *,
         time_steps: int = 16,
         batch_size: int = 32,
         binning: Binning = "events",
         resize: int | None = 48,
         crop_padding: int = 4,
-        hflip: bool = False,
         train_fraction: float = 0.9,
-        val_fraction: float = 0.1,
-        split_seed: int = 0,
-        num_workers: int = 0,
-        download: bool = False,
+        **kwargs: Any,
     ) -> None:
         if not 0 < train_fraction < 1:
             raise ValueError("CIFAR10DVSDataModule: train_fraction must be in (0, 1).")
         self.train_fraction = train_fraction
         super().__init__(
-            data_dir=data_dir,
             time_steps=time_steps,
             batch_size=batch_size,
             binning=binning,
-            val_fraction=val_fraction,
-            split_seed=split_seed,
-            num_workers=num_workers,
-            download=download,
             resize=resize,
             crop_padding=crop_padding,
-            hflip=hflip,
+            **kwargs,
         )
 
     def manual(self) -> str:
@@ -467,7 +451,7 @@ unzip it there, then unzip each class archive in place: {classes}
     def _partition(self) -> dict[str, tuple[str, np.ndarray | None]]:
         labels = self._sources["all"].labels
         head, tail = per_class_head_split(labels, self.train_fraction)
-        kept, held = holdout_split(labels[head], self.val_fraction, self.split_seed)
+        kept, held = stratified_holdout(labels[head], self.val_fraction, self.split_seed)
         return {"train": ("all", head[kept]), "val": ("all", head[held]), "test": ("all", tail)}
 
 
@@ -482,20 +466,12 @@ class DVSGestureDataModule(EventDataModule):
         ibmGestureTrain/user01_fluorescent/0.npy ... 10.npy    (file name = label)
         ibmGestureTest/user24_fluorescent/0.npy ...
 
+    The options are those of :class:`EventDataModule` except ``hflip`` (``resize`` ``None``:
+    128; e.g. 64 or 32), with:
+
     Args:
-        data_dir: data root; the dataset lives in ``<data_dir>/DVSGesture``, the frame cache in
-            ``<data_dir>/cache/DVSGesture``.
         time_steps: frames per recording ``T``.
         batch_size: recordings per batch.
-        binning: ``"time"`` (T equal time windows) or ``"events"`` (T equal event counts).
-        resize: side of the frames after a bilinear resize (before the cache), e.g. 64 or 32;
-            ``None``: 128.
-        crop_padding: training augmentation: zero-pad by this many pixels and crop back at a
-            random position (0: off).
-        val_fraction: share of the training recordings held out for validation.
-        split_seed: seed of that held-out split.
-        num_workers: DataLoader worker processes.
-        download: download and extract the dataset if it is missing.
     """
 
     name = "DVS128 Gesture"
@@ -511,31 +487,9 @@ ibmGestureTrain/user<NN>_<lighting>/<label>.npy   (users 01-23; label 0-10)
 ibmGestureTest/user<NN>_<lighting>/<label>.npy    (users 24-29)
 """
 
-    def __init__(
-        self,
-        data_dir: str = "data",
-        time_steps: int = 16,
-        batch_size: int = 16,
-        binning: Binning = "time",
-        resize: int | None = None,
-        crop_padding: int = 0,
-        val_fraction: float = 0.1,
-        split_seed: int = 0,
-        num_workers: int = 0,
-        download: bool = False,
-    ) -> None:
-        super().__init__(
-            data_dir=data_dir,
-            time_steps=time_steps,
-            batch_size=batch_size,
-            binning=binning,
-            val_fraction=val_fraction,
-            split_seed=split_seed,
-            num_workers=num_workers,
-            download=download,
-            resize=resize,
-            crop_padding=crop_padding,
-        )
+    def __init__(self, *, time_steps: int = 16, batch_size: int = 16, **kwargs: Any) -> None:
+        self._refuse(kwargs, ("hflip",), "left- and right-hand gestures are different classes")
+        super().__init__(time_steps=time_steps, batch_size=batch_size, hflip=False, **kwargs)
 
     def manual(self) -> str:
         c = self.tonic_class
@@ -559,23 +513,17 @@ class SHDDataModule(EventDataModule):
 
         shd_train.h5  shd_test.h5
 
+    The options are those of :class:`EventDataModule` except ``resize``, ``crop_padding`` and
+    ``hflip`` (the 700 channels are not an image), with:
+
     Args:
-        data_dir: data root; the dataset lives in ``<data_dir>/SHD``, the frame cache in
-            ``<data_dir>/cache/SHD``.
         time_steps: frames per recording ``T``.
-        batch_size: recordings per batch.
-        binning: ``"time"`` (T equal time windows) or ``"events"`` (T equal spike counts).
-        val_fraction: share of the training recordings held out for validation.
-        split_seed: seed of that held-out split.
-        num_workers: DataLoader worker processes.
-        download: download and extract the dataset if it is missing.
     """
 
     name = "SHD"
     tonic_class = tonic.datasets.SHD
     offline_class = _Offline.SHD
     num_classes = 20
-    in_channels = 1
     in_features = 700
     splits = {
         "train": _Split({"train": True}, "shd_train.h5", "shd_train.h5.zip"),
@@ -586,27 +534,11 @@ shd_train.h5   (HDF5: spikes/times, spikes/units, labels, extra/speaker, extra/k
 shd_test.h5
 """
 
-    def __init__(
-        self,
-        data_dir: str = "data",
-        time_steps: int = 100,
-        batch_size: int = 64,
-        binning: Binning = "time",
-        val_fraction: float = 0.1,
-        split_seed: int = 0,
-        num_workers: int = 0,
-        download: bool = False,
-    ) -> None:
-        super().__init__(
-            data_dir=data_dir,
-            time_steps=time_steps,
-            batch_size=batch_size,
-            binning=binning,
-            val_fraction=val_fraction,
-            split_seed=split_seed,
-            num_workers=num_workers,
-            download=download,
+    def __init__(self, *, time_steps: int = 100, **kwargs: Any) -> None:
+        self._refuse(
+            kwargs, ("resize", "crop_padding", "hflip"), "its 700 channels are not an image"
         )
+        super().__init__(time_steps=time_steps, resize=None, crop_padding=0, hflip=False, **kwargs)
 
     def manual(self) -> str:
         c = self.tonic_class

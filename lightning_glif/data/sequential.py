@@ -6,11 +6,11 @@ must carry what it saw earlier in its membrane (leak, gates, reset) to tell the 
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from .loaders import SplitDataModule
+from .base import SplitDataModule
+from .digits import load_digit_images
 from .splits import check_fractions, stratified_split
 
 
@@ -44,7 +44,7 @@ class RowDigitsDataModule(SplitDataModule):
         split_seed: int = 0,
         num_workers: int = 0,
     ) -> None:
-        super().__init__()
+        super().__init__(batch_size, num_workers)
         if time_steps < 8 or time_steps % 8:
             raise ValueError(
                 f"RowDigitsDataModule: time_steps must be a multiple of 8 (one or more steps per "
@@ -52,24 +52,18 @@ class RowDigitsDataModule(SplitDataModule):
             )
         check_fractions(type(self).__name__, val_fraction, test_fraction)
         self.time_steps = time_steps
-        self.batch_size = batch_size
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction
         self.split_seed = split_seed
-        self.num_workers = num_workers
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
-        from sklearn.datasets import load_digits
-
-        digits = load_digits()
-        rows = torch.from_numpy(digits.images.astype(np.float32) / 16.0)  # [N, 8 rows, 8 pixels]
+        pixels, targets = load_digit_images()
+        rows = torch.tensor(pixels)  # [N, 8 rows, 8 pixels], a copy of the read-only arrays
         rows = rows.repeat_interleave(self.time_steps // 8, dim=1)  # [N, T, 8]
-        labels = torch.from_numpy(digits.target.astype(np.int64))
-        splits = stratified_split(
-            digits.target, self.val_fraction, self.test_fraction, self.split_seed
-        )
+        labels = torch.tensor(targets)
+        splits = stratified_split(targets, self.val_fraction, self.test_fraction, self.split_seed)
         for name, index in splits.items():
             index = torch.from_numpy(index)
             self.datasets[name] = TensorDataset(rows[index], labels[index])

@@ -1,8 +1,12 @@
-"""Fixed, seeded index splits shared by the data modules. All return sorted index arrays."""
+"""Fixed, seeded index splits: the one home of every train/val/test split of the data modules.
+
+All return sorted index arrays.
+"""
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 from sklearn.model_selection import train_test_split
 
 
@@ -19,7 +23,13 @@ def _split(
         ) from err
 
 
-def holdout_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+# Two hold-out algorithms, each the fixed split of published configs, so neither can replace the
+# other without moving those splits: a stratified fraction (the digits and the event data, via
+# scikit-learn) and a fixed count drawn from torch's permutation (the torchvision and ImageNet
+# modules, whose train/val indices reproduction runs and tests rely on).
+def stratified_holdout(
+    labels: np.ndarray, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Split ``range(len(labels))`` into ``(kept, held_out)``, stratified by label.
 
     ``held_out`` holds ``ceil(fraction * n)`` indices (scikit-learn's rounding), drawn with
@@ -28,6 +38,24 @@ def holdout_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.nd
     labels = np.asarray(labels)
     kept, held_out = _split(np.arange(len(labels)), labels, fraction, seed)
     return np.sort(kept), np.sort(held_out)
+
+
+def random_holdout(
+    n: int, size: int, seed: int, name: str = "size"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split ``range(n)`` into ``(kept, held_out)`` with ``size`` held-out indices, not stratified.
+
+    ``held_out`` is the first ``size`` entries of ``torch.randperm(n)`` under
+    ``torch.Generator().manual_seed(seed)``, ``kept`` the rest: the same on every machine.
+    ``name`` is the option that set ``size``, for the error message.
+    """
+    if not 0 < size < n:
+        raise ValueError(
+            f"{name} must be in (0, {n}) for {n} samples, got {size}: hold out at least one "
+            f"sample and keep at least one (a {name} between 1 and {n - 1})."
+        )
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).numpy()
+    return np.sort(order[size:]), np.sort(order[:size])
 
 
 def check_fractions(owner: str, val_fraction: float, test_fraction: float) -> None:

@@ -14,11 +14,11 @@ import copy
 from pathlib import Path
 from typing import ClassVar
 
-import torch
 from torch.utils.data import Subset
 
-from lightning_glif.data.errors import DatasetNotFoundError
-from lightning_glif.data.loaders import SplitDataModule
+from .base import SplitDataModule
+from .errors import DatasetNotFoundError
+from .splits import random_holdout
 
 
 def _with_transform(dataset, transform):
@@ -32,20 +32,14 @@ class _ClassificationDataModule(SplitDataModule):
     """A train split, the val split held out of it, and the official test split."""
 
     drop_last_train = True
+    val_size: int
+    split_seed: int
 
-    def __init__(self, batch_size: int, num_workers: int, eval_batch_size: int | None) -> None:
-        super().__init__()
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size or batch_size
-        self.num_workers = num_workers
-
-    @staticmethod
-    def _holdout(n: int, val_size: int, seed: int) -> tuple[list[int], list[int]]:
-        """Indices ``(train, val)`` of ``n`` training images: ``val_size`` of them, seeded."""
-        if not 0 < val_size < n:
-            raise ValueError(f"val_size must be in (0, {n}) for {n} training images: {val_size}.")
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-        return sorted(order[val_size:]), sorted(order[:val_size])
+    def _holdout(self, n: int) -> tuple[list[int], list[int]]:
+        """Indices ``(train, val)`` of ``n`` training images: ``val_size`` of them, seeded
+        (:func:`~lightning_glif.data.splits.random_holdout`)."""
+        train, val = random_holdout(n, self.val_size, self.split_seed, name="val_size")
+        return train.tolist(), val.tolist()  # Subset indices as Python ints, as before
 
 
 class _TorchvisionDataModule(_ClassificationDataModule):
@@ -126,7 +120,7 @@ class _TorchvisionDataModule(_ClassificationDataModule):
         root = str(self.data_dir)
         train_aug = cls(root, train=True, transform=self.transforms(train=True))
         train_eval = _with_transform(train_aug, self.transforms(train=False))
-        train_idx, val_idx = self._holdout(len(train_aug), self.val_size, self.split_seed)
+        train_idx, val_idx = self._holdout(len(train_aug))
         self.datasets = {
             "train": Subset(train_aug, train_idx),
             "val": Subset(train_eval, val_idx),
@@ -327,7 +321,7 @@ class ImageNetDataModule(_ClassificationDataModule):
 
         train_aug = ImageFolder(str(root / "train"), transform=self.transforms(train=True))
         train_eval = _with_transform(train_aug, self.transforms(train=False))
-        train_idx, val_idx = self._holdout(len(train_aug), self.val_size, self.split_seed)
+        train_idx, val_idx = self._holdout(len(train_aug))
         self.datasets = {
             "train": Subset(train_aug, train_idx),
             "val": Subset(train_eval, val_idx),

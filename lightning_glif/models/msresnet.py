@@ -1,4 +1,5 @@
-"""Membrane-shortcut spiking ResNet-18/34 for ImageNet (MS-ResNet style, GLIF_SPEC section 5).
+"""Membrane-shortcut spiking ResNet-18/34 for ImageNet (MS-ResNet style; docs/GLIF_SPEC.md
+section 5).
 
 The residual stream carries real-valued membrane input, not spikes: each block is
 pre-activation (neuron -> conv -> tdBN -> neuron -> conv -> tdBN) and its output is added to the

@@ -1,4 +1,4 @@
-"""Spiking ResNet-19 and ResNet-18 for CIFAR (GLIF_SPEC section 5), time-first throughout.
+"""Spiking ResNet-19 and ResNet-18 for CIFAR (docs/GLIF_SPEC.md section 5), time-first throughout.
 
 Both nets: direct encoding (the image repeated T times), a conv3x3 stem, post-activation spiking
 basic blocks, global average pooling and a bias-free linear head applied at every time step.
@@ -18,7 +18,8 @@ from lightning_glif.models.tdbn import TdBatchNorm
 
 NeuronFactory = Callable[[int, int], nn.Module]
 
-#: tdBN's alpha in the two norms that feed a residual addition (tdBN paper, GLIF_SPEC section 4).
+#: tdBN's alpha in the two norms that feed a residual addition (tdBN paper; docs/GLIF_SPEC.md
+#: section 4).
 RESIDUAL_ALPHA = 2**-0.5
 
 
@@ -183,7 +184,7 @@ class SpikingResNet(nn.Module):
 
 
 class ResNet19(SpikingResNet):
-    """Spiking ResNet-19 for CIFAR (tdBN paper layout, GLIF_SPEC section 5).
+    """Spiking ResNet-19 for CIFAR (tdBN paper layout, docs/GLIF_SPEC.md section 5).
 
     ``[B, 3, 32, 32]`` -> per-step logits ``[T, B, num_classes]``. Stem conv3x3(3->128); stages
     of 128, 256, 512 channels with 3, 3, 2 basic blocks and first strides 1, 2, 2 (32x32 -> 8x8);
@@ -223,7 +224,7 @@ class ResNet19(SpikingResNet):
 
 
 class ResNet18(SpikingResNet):
-    """Spiking ResNet-18 for CIFAR (GLIF_SPEC section 5).
+    """Spiking ResNet-18 for CIFAR (docs/GLIF_SPEC.md section 5).
 
     ``[B, 3, 32, 32]`` -> per-step logits ``[T, B, num_classes]``. Stem conv3x3(3->64), no
     max-pool; stages of 64, 128, 256, 512 channels with 2 basic blocks each; average pool;

@@ -1,4 +1,4 @@
-"""7B-wideNet for CIFAR10-DVS: a spike-element-wise (SEW) ResNet, GLIF_SPEC section 5."""
+"""7B-wideNet for CIFAR10-DVS: a spike-element-wise (SEW) ResNet, docs/GLIF_SPEC.md section 5."""
 
 from __future__ import annotations
 
@@ -75,8 +75,8 @@ class WideNet7B(nn.Module):
         time_steps: T, the number of event frames (16 in the paper).
         num_classes: K, the number of output logits.
         in_channels: channels of a frame (2 polarities).
-        input_size: height = width of the frames; sets the classifier's input width
-            ``128 * (input_size // 16) ** 2``.
+        image_size: height = width of the frames; sets the classifier's input width
+            ``128 * (image_size // 16) ** 2``.
     """
 
     def __init__(
@@ -85,11 +85,11 @@ class WideNet7B(nn.Module):
         time_steps: int,
         num_classes: int = 10,
         in_channels: int = 2,
-        input_size: int = 48,
+        image_size: int = 48,
     ) -> None:
         super().__init__()
-        if input_size < 16:
-            raise ValueError(f"input_size must be at least 16 (four 2x2 pools), got {input_size}.")
+        if image_size < 16:
+            raise ValueError(f"image_size must be at least 16 (four 2x2 pools), got {image_size}.")
         self.time_steps = int(time_steps)
         self.num_classes = int(num_classes)
 
@@ -108,7 +108,7 @@ class WideNet7B(nn.Module):
             SEWBlock(neuron, time_steps, 128),
             pool(),
         )
-        side = input_size
+        side = image_size
         for _ in range(4):
             side //= 2
         self.head = TimeDistributed(nn.Linear(128 * side * side, num_classes))

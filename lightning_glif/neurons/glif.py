@@ -4,13 +4,15 @@
 from __future__ import annotations
 
 import math
+from abc import abstractmethod
 from collections.abc import Iterator
+from dataclasses import fields
 from typing import Literal
 
 import torch
 from torch import nn
 
-from .base import SpikingNeuron
+from .base import MembraneNeuron, Observable
 from .functional import GLIFValues, MembraneCoefficients, glif_coefficients, gliff_coefficients
 from .fused import Backend
 from .surrogate import Surrogate
@@ -32,7 +34,7 @@ def _logit(value: float, what: str) -> float:
     return math.log(value / (1.0 - value))
 
 
-class _SigmoidMembrane(SpikingNeuron):
+class _SigmoidMembrane(MembraneNeuron):
     """Shared by GLIF and GLIF_f: membrane parameters stored as latents, used as sigmoid(latent)."""
 
     def __init__(
@@ -78,6 +80,24 @@ class _SigmoidMembrane(SpikingNeuron):
         names = ("tau", "v_threshold", "v_leak", "v_reset", "conductance")
         return {n: torch.sigmoid(getattr(self, f"{n}_latent")) for n in names}
 
+    @abstractmethod
+    def values(self) -> GLIFValues:
+        """The constrained values the forward pass uses (GLIF and GLIFf define it)."""
+
+    def observables(self) -> dict[str, Observable]:
+        """What :meth:`values` returns: the gates alpha, beta, gamma (group ``"gates"``; GLIF
+        only), tau, v_threshold, v_leak, v_reset and the conductance, one value set per time
+        step (group ``"membrane"``)."""
+        values = self.values()
+        out: dict[str, Observable] = {}
+        for f in fields(values):
+            value = getattr(values, f.name)
+            if value is None:  # GLIF_f has no gates
+                continue
+            group = "gates" if f.name in GATES else "membrane"
+            out[f.name] = Observable(group, value, per_step=f.name == "conductance")
+        return out
+
 
 class GLIF(_SigmoidMembrane):
     """Gated Leaky Integrate-and-Fire neuron (Yao et al., NeurIPS 2022).
@@ -110,7 +130,7 @@ class GLIF(_SigmoidMembrane):
         surrogate: gradient stand-in for the spike; ``None`` means ``Rectangular(width=1.0)``.
         detach_reset: cut the gradient through the spike in the reset path (the authors keep it).
         backend: ``"auto"`` (fused op where it applies), ``"fused"`` or ``"reference"`` (the
-            PyTorch loop); see :class:`~lightning_glif.neurons.base.SpikingNeuron`.
+            PyTorch loop); see :class:`~lightning_glif.neurons.base.MembraneNeuron`.
     """
 
     def __init__(

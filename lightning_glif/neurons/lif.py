@@ -11,7 +11,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from .base import SpikingNeuron
+from .base import MembraneNeuron, Observable
 from .functional import MembraneCoefficients, check_reset, lif_coefficients
 from .fused import Backend
 from .surrogate import Surrogate
@@ -26,7 +26,7 @@ def _check_open_unit(value: float, what: str) -> float:
     return value
 
 
-class LIF(SpikingNeuron):
+class LIF(MembraneNeuron):
     """Leaky integrate-and-fire with a fixed decay and threshold.
 
     ``u[t] = decay * (u[t-1] - reset) + x[t]``. Equal to SpikingJelly's
@@ -36,14 +36,16 @@ class LIF(SpikingNeuron):
     Args:
         num_features: channels ``C`` (dim 2 of the input).
         time_steps: ``T`` (dim 0 of the input).
-        decay: membrane decay factor per step, in (0, 1) (SpikingJelly's ``1 - 1/tau``;
-            0.5 is its default ``tau=2``).
+        decay: membrane decay factor per step, in (0, 1) (SpikingJelly's ``1 - 1/tau``). The
+            default 0.25 is GLIF's initial ``tau``, so a default LIF is GLIF's corner
+            ``alpha=1, beta=0, gamma=1`` at initialisation, the ablations' baseline (0.5 is
+            SpikingJelly's ``tau=2``).
         v_threshold: firing threshold (0.5 matches the tdBN normalisation of the backbones).
         reset: ``"hard"`` (to 0) or ``"soft"`` (subtract the threshold).
         detach_reset: cut the gradient through the spike in the reset.
         surrogate: gradient stand-in for the spike; ``None`` means ``Rectangular(width=1.0)``.
         backend: ``"auto"`` (fused op where it applies), ``"fused"`` or ``"reference"`` (the
-            PyTorch loop); see :class:`~lightning_glif.neurons.base.SpikingNeuron`.
+            PyTorch loop); see :class:`~lightning_glif.neurons.base.MembraneNeuron`.
     """
 
     def __init__(
@@ -51,7 +53,7 @@ class LIF(SpikingNeuron):
         num_features: int,
         time_steps: int,
         *,
-        decay: float = 0.5,
+        decay: float = 0.25,
         v_threshold: float = 0.5,
         reset: Reset = "hard",
         detach_reset: bool = False,
@@ -68,6 +70,13 @@ class LIF(SpikingNeuron):
     def coefficients(self) -> MembraneCoefficients:
         return lif_coefficients(self.decay, self.v_threshold, self.gain, self.reset)
 
+    def observables(self) -> dict[str, Observable]:
+        """The decay factor and the threshold (group ``"membrane"``, scalars)."""
+        return {
+            "decay": Observable("membrane", self.decay),
+            "v_threshold": Observable("membrane", self.v_threshold),
+        }
+
     def extra_repr(self) -> str:
         return (
             f"{super().extra_repr()}, decay={self.decay.item():.4g}, "
@@ -75,7 +84,7 @@ class LIF(SpikingNeuron):
         )
 
 
-class PLIF(SpikingNeuron):
+class PLIF(MembraneNeuron):
     """Parametric LIF (Fang et al., ICCV 2021): a learnable time constant, input decayed too.
 
     ``k = sigmoid(w) = 1/tau`` is learnt; ``u[t] = (1 - k) (u[t-1] - reset) + k x[t]``
@@ -91,7 +100,7 @@ class PLIF(SpikingNeuron):
         detach_reset: cut the gradient through the spike in the reset.
         surrogate: gradient stand-in for the spike; ``None`` means ``Rectangular(width=1.0)``.
         backend: ``"auto"`` (fused op where it applies), ``"fused"`` or ``"reference"`` (the
-            PyTorch loop); see :class:`~lightning_glif.neurons.base.SpikingNeuron`.
+            PyTorch loop); see :class:`~lightning_glif.neurons.base.MembraneNeuron`.
     """
 
     def __init__(
@@ -122,6 +131,14 @@ class PLIF(SpikingNeuron):
         k = torch.sigmoid(self.rate_latent)
         gain = k.expand(self.time_steps, *k.shape)
         return lif_coefficients(1 - k, self.v_threshold, gain, self.reset)
+
+    def observables(self) -> dict[str, Observable]:
+        """The learnt decay factor ``1 - k`` (as the recurrence uses it) and the threshold
+        (group ``"membrane"``)."""
+        return {
+            "decay": Observable("membrane", self.coefficients().decay),
+            "v_threshold": Observable("membrane", self.v_threshold),
+        }
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, reset={self.reset!r}, granularity={self.granularity!r}"

@@ -4,7 +4,8 @@ Forward, every surrogate is the step ``H(v) = 1[v > 0]`` (a spike when the membr
 threshold strictly, as in the GLIF authors' code). Backward, ``dH/dv`` is replaced by the
 derivative of a smooth *primitive*: each surrogate below defines that primitive and its
 closed-form derivative side by side, so a test can check the hand-written backward against
-autograd of the primitive.
+autograd of the primitive. Each also says whether (and how) the fused kernels of
+:mod:`lightning_glif.neurons.fused` implement its derivative: :meth:`Surrogate.kernel_code`.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ class Surrogate(nn.Module):
     """Base: a spike function with a smooth stand-in for its gradient.
 
     Subclasses define :meth:`primitive` (the smooth function whose slope is used) and
-    :meth:`derivative` (its closed form, used by the backward pass).
+    :meth:`derivative` (its closed form, used by the backward pass). A new surrogate runs the
+    reference loop (its :meth:`kernel_code` is ``None``); the four below also run fused.
     """
 
     def forward(self, v: torch.Tensor) -> torch.Tensor:
@@ -46,6 +48,18 @@ class Surrogate(nn.Module):
 
     def derivative(self, v: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def kernel_code(self) -> tuple[int, float, float] | None:
+        """``(kind, p, q)``: which derivative the fused kernels compute and its two constants
+        (the table in ``fused/membrane_body.h``, mirrored by ``fused/triton_kernels.py``), or
+        ``None`` when they do not implement this surrogate (then the reference loop runs).
+
+        The built-ins return their code for their exact type only: a subclass that redefines
+        :meth:`derivative` (or ``forward``) would otherwise be silently run with its parent's
+        kernel. A subclass that keeps its parent's spike and derivative (one that only adds a
+        method, say) opts in by overriding this method to return the parent's code.
+        """
+        return None
 
 
 class Rectangular(Surrogate):
@@ -69,6 +83,11 @@ class Rectangular(Surrogate):
     def derivative(self, v: torch.Tensor) -> torch.Tensor:
         return (v.abs() < self.width / 2).to(v.dtype) / self.width
 
+    def kernel_code(self) -> tuple[int, float, float] | None:
+        if type(self) is not Rectangular:  # exact type only: see Surrogate.kernel_code
+            return None
+        return 0, self.width / 2, 1 / self.width
+
     def extra_repr(self) -> str:
         return f"width={self.width}"
 
@@ -91,6 +110,11 @@ class ATan(Surrogate):
 
     def derivative(self, v: torch.Tensor) -> torch.Tensor:
         return (self.alpha / 2) / (1 + (math.pi / 2 * self.alpha * v) ** 2)
+
+    def kernel_code(self) -> tuple[int, float, float] | None:
+        if type(self) is not ATan:  # exact type only: see Surrogate.kernel_code
+            return None
+        return 1, self.alpha / 2, math.pi / 2 * self.alpha
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}"
@@ -116,6 +140,11 @@ class Sigmoid(Surrogate):
         s = torch.sigmoid(self.alpha * v)
         return self.alpha * s * (1 - s)
 
+    def kernel_code(self) -> tuple[int, float, float] | None:
+        if type(self) is not Sigmoid:  # exact type only: see Surrogate.kernel_code
+            return None
+        return 2, self.alpha, 0.0
+
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}"
 
@@ -140,6 +169,11 @@ class Triangle(Surrogate):
 
     def derivative(self, v: torch.Tensor) -> torch.Tensor:
         return torch.clamp(1 - v.abs() / self.width, min=0.0) / self.width
+
+    def kernel_code(self) -> tuple[int, float, float] | None:
+        if type(self) is not Triangle:  # exact type only: see Surrogate.kernel_code
+            return None
+        return 3, self.width, 1 / self.width
 
     def extra_repr(self) -> str:
         return f"width={self.width}"

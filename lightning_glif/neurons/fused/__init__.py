@@ -1,4 +1,5 @@
-"""Fused multi-step membrane op: the default engine of every neuron (``SpikingNeuron.forward``).
+"""Fused multi-step membrane op: the default engine of every membrane neuron
+(``MembraneNeuron.forward``).
 
 Why hand-written: the membrane recurrence of :mod:`lightning_glif.neurons.functional` is a chain
 of tiny element-wise ops per time step; run as PyTorch ops, each is its own pass over memory and
@@ -11,15 +12,15 @@ only (4 bytes per element and step in float32, 2 in bf16/fp16 on CUDA) plus the 
 coefficients.
 
 Engines: CPU tensors -> the C kernel of :mod:`.cpu`; CUDA tensors -> the Triton kernels of
-:mod:`.triton_kernels`. Everything they do not cover (a surrogate other than the four built-in
-ones, another device, float64 on CUDA, odd coefficient shapes) runs the reference loop
+:mod:`.triton_kernels`. Everything they do not cover (a surrogate whose
+:meth:`~lightning_glif.neurons.surrogate.Surrogate.kernel_code` is ``None``: any but the four
+built-in ones, another device, float64 on CUDA, odd coefficient shapes) runs the reference loop
 :func:`~lightning_glif.neurons.functional.membrane_sequence`, which is also what the fused
 engines are tested against: spikes bit-identical, gradients within float tolerance.
 """
 
 from __future__ import annotations
 
-import math
 from types import ModuleType
 from typing import Literal
 
@@ -27,31 +28,21 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from ..functional import MembraneCoefficients, membrane_sequence
-from ..surrogate import ATan, Rectangular, Sigmoid, Surrogate, Triangle
+from ..surrogate import Surrogate
 
 Backend = Literal["auto", "fused", "reference"]
 BACKENDS: tuple[str, ...] = ("auto", "fused", "reference")
 
 
-def surrogate_code(surrogate: Surrogate) -> tuple[int, float, float] | None:
-    """``(kind, p, q)`` telling the kernels which surrogate derivative to use (see
-    ``membrane_body.h``), or ``None`` for a surrogate they do not implement. Exact types only:
-    a subclass may change the derivative."""
-    kind = type(surrogate)
-    if kind is Rectangular:
-        return 0, surrogate.width / 2, 1 / surrogate.width
-    if kind is ATan:
-        return 1, surrogate.alpha / 2, math.pi / 2 * surrogate.alpha
-    if kind is Sigmoid:
-        return 2, surrogate.alpha, 0.0
-    if kind is Triangle:
-        return 3, surrogate.width, 1 / surrogate.width
-    return None
+def _kernel_code(surrogate: Surrogate) -> tuple[int, float, float] | None:
+    """The surrogate's code for the kernels; ``None`` also for a spike function that is not a
+    :class:`Surrogate` at all (a plain callable has no kernel)."""
+    return surrogate.kernel_code() if isinstance(surrogate, Surrogate) else None
 
 
 def _engine(x: torch.Tensor, c: MembraneCoefficients, surrogate: Surrogate):
     """``(engine module, compute dtype, None)`` or ``(None, None, why not)``."""
-    if surrogate_code(surrogate) is None:
+    if _kernel_code(surrogate) is None:
         return None, None, f"no fused kernel for the surrogate {type(surrogate).__name__}"
     if x.dim() < 3 or x.numel() == 0 or not x.is_floating_point():
         return None, None, f"input of shape {tuple(x.shape)} and dtype {x.dtype}"
@@ -127,7 +118,7 @@ def _fused(engine, x, c, surrogate, detach_reset, compute) -> torch.Tensor:
     if not (half and engine.READS_HALF_PRECISION):
         x = x.to(compute)
     return FusedMembrane.apply(
-        x.contiguous(), coef, gain, engine, surrogate_code(surrogate), detach_reset
+        x.contiguous(), coef, gain, engine, _kernel_code(surrogate), detach_reset
     )
 
 
@@ -151,4 +142,4 @@ class FusedMembrane(torch.autograd.Function):
         return grad_x, grad_coef, grad_gain, None, None, None
 
 
-__all__ = ["BACKENDS", "Backend", "FusedMembrane", "fused_available", "membrane", "surrogate_code"]
+__all__ = ["BACKENDS", "Backend", "FusedMembrane", "fused_available", "membrane"]

@@ -31,6 +31,9 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 SOURCES = (HERE / "membrane.c", HERE / "membrane_body.h")
+#: The calling convention of the kernel's functions; bump it when their signatures change. The
+#: only place it is written: passed to the compiler (COMMON_FLAGS, so also part of the cache hash)
+#: as MEMBRANE_ABI_VERSION, which membrane_abi_version() returns, and checked by load().
 ABI_VERSION = 1
 
 # Tried in order until one builds: native vector width first, then portable, then without the
@@ -45,6 +48,7 @@ FLAG_SETS = (
 # floor/min/selects vectorise.
 COMMON_FLAGS = (
     "-std=c11", "-shared", "-fPIC", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math",
+    f"-DMEMBRANE_ABI_VERSION={ABI_VERSION}",
 )
 
 #: The input must arrive in the compute dtype (float32 or float64), bf16/fp16 converted first.
@@ -145,10 +149,15 @@ def load() -> ctypes.CDLL | None:
     with _lock:
         if _lib is None and _error is None:
             try:
-                lib = ctypes.CDLL(str(_build()))
+                path = _build()
+                lib = ctypes.CDLL(str(path))
                 _declare(lib)
                 if lib.membrane_abi_version() != ABI_VERSION:
-                    raise RuntimeError("stale kernel library in the cache")
+                    raise RuntimeError(
+                        f"the kernel library {path} reports ABI version "
+                        f"{lib.membrane_abi_version()}, this package needs {ABI_VERSION}: "
+                        "delete it to rebuild"
+                    )
                 _lib = lib
             except (RuntimeError, OSError) as e:
                 _error = str(e)

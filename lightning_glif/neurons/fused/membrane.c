@@ -64,5 +64,9 @@ static inline float exp_f32(float x)
 #undef FN
 #undef EXP
 
-int membrane_abi_version(void) { return 1; }
+/* Written once, in cpu.py (ABI_VERSION), which passes it as -DMEMBRANE_ABI_VERSION=<n>. */
+#ifndef MEMBRANE_ABI_VERSION
+#error "MEMBRANE_ABI_VERSION is not defined: build through lightning_glif.neurons.fused.cpu, or pass -DMEMBRANE_ABI_VERSION=<cpu.ABI_VERSION>"
+#endif
+int membrane_abi_version(void) { return MEMBRANE_ABI_VERSION; }
 int membrane_linear_slices(void) { return LINEAR_SLICES; }

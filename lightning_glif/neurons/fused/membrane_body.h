@@ -24,7 +24,7 @@ ALWAYS_INLINE real FN(step)(real a, real h, real l, real r, real b, real x, real
     return a * u * (1 - h * o) - l - r * o + b * x;
 }
 
-/* dH/dv of the built-in surrogates (surrogate.py); cpu.py sets (p, q) from their parameters. */
+/* dH/dv of the built-in surrogates: (kind, p, q) is their Surrogate.kernel_code() (surrogate.py). */
 ALWAYS_INLINE real FN(surrogate)(int kind, real p, real q, real v)
 {
     if (kind == 0) /* Rectangular: p = width / 2, q = 1 / width */

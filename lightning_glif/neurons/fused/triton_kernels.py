@@ -29,7 +29,8 @@ READS_HALF_PRECISION = True
 
 @triton.jit
 def _surrogate(v, KIND: tl.constexpr, p, q):
-    """dH/dv of the built-in surrogates; (KIND, p, q) as in ``membrane_body.h``."""
+    """dH/dv of the built-in surrogates; (KIND, p, q) from ``Surrogate.kernel_code``, as in
+    ``membrane_body.h``."""
     if KIND == 0:
         d = tl.where(tl.abs(v) < p, q, 0.0)
     elif KIND == 1:
@@ -54,21 +55,37 @@ def _offsets(C, S, BS, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _forward_kernel(x_ptr, out_ptr, coef_ptr, gain_ptr, T, N, C, S, BS, BLOCK: tl.constexpr):
-    c, off, mask = _offsets(C, S, BS, BLOCK)
+def _coefficients(coef_ptr, C, c):
+    """Channel ``c``'s decay, hard, leak, soft and v_threshold from ``coef`` ``[5, C]``."""
     a = tl.load(coef_ptr + c)
     h = tl.load(coef_ptr + C + c)
     l = tl.load(coef_ptr + 2 * C + c)
     r = tl.load(coef_ptr + 3 * C + c)
     th = tl.load(coef_ptr + 4 * C + c)
+    return a, h, l, r, th
+
+
+@triton.jit
+def _step(u, o, x, a, h, l, r, b, th):
+    """One step of the recurrence, ``(u[t], o[t])`` from ``u[t-1], o[t-1]`` and ``x[t]``: the one
+    place the kernels write it (the forward, and the backward's recompute, which must round
+    exactly as the forward did). Same operation order as ``functional.membrane_step``."""
+    u = a * u * (1.0 - h * o) - l - r * o + b * x
+    o = tl.where(u - th > 0.0, 1.0, 0.0)
+    return u, o
+
+
+@triton.jit
+def _forward_kernel(x_ptr, out_ptr, coef_ptr, gain_ptr, T, N, C, S, BS, BLOCK: tl.constexpr):
+    c, off, mask = _offsets(C, S, BS, BLOCK)
+    a, h, l, r, th = _coefficients(coef_ptr, C, c)
     u = tl.zeros([BLOCK], dtype=tl.float32)
     o = tl.zeros([BLOCK], dtype=tl.float32)
     at = off  # int64 offsets of step t, advanced by N per step (t * N may not fit in int32)
     for t in range(T):
         b = tl.load(gain_ptr + t * C + c)
         x = tl.load(x_ptr + at, mask=mask, other=0.0).to(tl.float32)
-        u = a * u * (1.0 - h * o) - l - r * o + b * x  # order of functional.membrane_step
-        o = tl.where(u - th > 0.0, 1.0, 0.0)
+        u, o = _step(u, o, x, a, h, l, r, b, th)
         tl.store(out_ptr + at, o.to(out_ptr.dtype.element_ty), mask=mask)
         at += N
 
@@ -80,11 +97,7 @@ def _backward_kernel(
     KIND: tl.constexpr, KEEP_RESET: tl.constexpr, BLOCK: tl.constexpr,
 ):
     c, off, mask = _offsets(C, S, BS, BLOCK)
-    a = tl.load(coef_ptr + c)
-    h = tl.load(coef_ptr + C + c)
-    l = tl.load(coef_ptr + 2 * C + c)
-    r = tl.load(coef_ptr + 3 * C + c)
-    th = tl.load(coef_ptr + 4 * C + c)
+    a, h, l, r, th = _coefficients(coef_ptr, C, c)
     # Recompute the membrane, exactly as the forward did; keep it in the scratch buffer.
     u = tl.zeros([BLOCK], dtype=tl.float32)
     o = tl.zeros([BLOCK], dtype=tl.float32)
@@ -92,8 +105,7 @@ def _backward_kernel(
     for t in range(T):
         b = tl.load(gain_ptr + t * C + c)
         x = tl.load(x_ptr + at, mask=mask, other=0.0).to(tl.float32)
-        u = a * u * (1.0 - h * o) - l - r * o + b * x
-        o = tl.where(u - th > 0.0, 1.0, 0.0)
+        u, o = _step(u, o, x, a, h, l, r, b, th)
         tl.store(scratch_ptr + at, u, mask=mask)
         at += N
     # BPTT, t = T-1 .. 0; u holds u[t], gn = dL/du[t+1].

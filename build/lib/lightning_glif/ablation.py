@@ -1,0 +1,391 @@
+"""Neuron ablations: a grid of neuron variants, each a full ``fit`` run in its own process.
+
+``ablate.py`` is the command line; this module holds the parent (:func:`run_grid`, the tables and
+the plot) and the child (``python -m lightning_glif.ablation RUN_DIR``), which trains one
+variant through :func:`lightning_glif.cli.cli_main` with the arguments stored in
+``RUN_DIR/run.json``, tests the checkpoint selected on ``run.json``'s metric and writes
+``RUN_DIR/result.json`` (atomically) when it succeeds.
+
+A run directory ``OUT/<variant>/seed<k>/`` holds ``variant.yaml`` (the neuron overlay),
+``run.json`` (the ``fit`` arguments and the selection metric and mode), ``train.log`` (the
+child's output), the TensorBoard logs and checkpoints (``selected/``: the child's own, on the
+selection metric), and ``result.json``, the completion marker: a run with one is never touched
+again, a run without one is cleared and redone.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from statistics import mean, stdev
+from typing import Any
+
+import yaml
+
+from lightning_glif import tags
+
+ROOT = Path(__file__).resolve().parent.parent
+GATES = ("alpha", "beta", "gamma")
+COLUMNS = [
+    "variant", "seed", "status", "val_acc_best", "test_acc", "alpha_mean", "beta_mean",
+    "gamma_mean", "firing_rate", "synops_ac", "energy_uJ", "wall_s", "error",
+]  # fmt: skip
+
+
+def load_variants(grid: str | Path, names: list[str] | None = None) -> dict[str, dict]:
+    """The ``variants`` mapping (name -> neuron class_path/init_args) of a grid YAML file,
+    restricted to ``names`` (in that order) when given."""
+    data = yaml.safe_load(Path(grid).read_text()) or {}
+    variants = data.get("variants")
+    if not isinstance(variants, dict) or not variants:
+        raise ValueError(f"{grid}: expected a top-level 'variants:' mapping name -> neuron.")
+    for name, neuron in variants.items():
+        if not isinstance(neuron, dict) or "class_path" not in neuron:
+            raise ValueError(f"{grid}: variant {name!r} needs a class_path (and init_args).")
+    if names:
+        unknown = [n for n in names if n not in variants]
+        if unknown:
+            raise ValueError(f"unknown variants {unknown}; {grid} has: {', '.join(variants)}.")
+        variants = {n: variants[n] for n in names}
+    return variants
+
+
+def read_scalars(run_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar of every TensorBoard event file under ``run_dir``: tag -> [(step, value)]."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    scalars: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    for events in sorted(Path(run_dir).rglob("events.out.tfevents*")):
+        acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            scalars[tag] += [(e.step, e.value) for e in acc.Scalars(tag)]
+    return dict(scalars)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+# -- child: one variant, one seed ----------------------------------------------------------------
+def run_one(run_dir: Path) -> dict[str, Any]:
+    """Train (``fit``) with ``run.json``'s arguments, test the checkpoint that is best on
+    ``run.json``'s ``monitor`` and ``mode``, return and write ``result.json``.
+
+    The child adds its own callbacks and reads its figures from them, whatever the configs hold:
+    a checkpoint on the selection metric (in ``RUN_DIR/selected/``) and a firing-rate monitor
+    of the test stage (the rate reported is the test split's at the selected checkpoint, like
+    the accuracy). The synaptic operations, the energy and the gates are read back from the
+    run's event files (the configs' ``SynapticOpsMonitor`` and ``GateMonitor``).
+    """
+    import torch
+
+    from lightning_glif.callbacks import FiringRateMonitor
+    from lightning_glif.cli import cli_main
+
+    spec = json.loads((run_dir / "run.json").read_text())
+    if "ABLATION_THREADS" in os.environ:
+        torch.set_num_threads(int(os.environ["ABLATION_THREADS"]))
+    selected = _selection_checkpoint(run_dir / "selected", spec["monitor"], spec["mode"])
+    firing = FiringRateMonitor(stages=("test",), histograms=False)
+    start = time.perf_counter()
+    cli = cli_main(["fit", *spec["args"]], callbacks=[selected, firing])
+    trainer = cli.trainer
+    # Before the test run, which starts its metrics afresh.
+    val_acc_best = trainer.callback_metrics.get(tags.best("val", "acc"))
+    if not selected.best_model_path:
+        raise RuntimeError(
+            f"no checkpoint was selected on {spec['monitor']!r}: the fit never logged it. Check "
+            "the ablation's --monitor against the metrics the model logs, and that validation "
+            "runs (trainer.limit_val_batches > 0)."
+        )
+    tested = trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=selected.best_model_path)
+    wall = time.perf_counter() - start
+    trainer.logger.finalize("success")  # flush the events before reading them back
+
+    scalars = read_scalars(run_dir)
+
+    def last(tag: str) -> float | None:
+        return scalars[tag][-1][1] if tag in scalars else None
+
+    result: dict[str, Any] = {
+        "variant": spec["variant"],
+        "seed": spec["seed"],
+        "status": "ok",
+        "val_acc_best": None if val_acc_best is None else float(val_acc_best),
+        "test_acc": float(tested[0][tags.metric("test", "acc")]),
+        "firing_rate": firing.last.get("test", {}).get(tags.firing("test")),
+        "synops_ac": last(tags.synops("test", "ac")),
+        "energy_uJ": last(tags.energy("test")),
+        "wall_s": wall,
+        "selected_on": spec["monitor"],
+        "selected_score": float(selected.best_model_score),
+        "best_ckpt": str(Path(selected.best_model_path).relative_to(run_dir)),
+    }
+    gate_layers = tags.layers(scalars, "gates")
+    for g in GATES:  # final value of each layer's mean gate, averaged over the layers
+        means = [last(tags.observable("gates", layer, g, "mean")) for layer in gate_layers]
+        means = [m for m in means if m is not None]
+        result[f"{g}_mean"] = mean(means) if means else None
+    _atomic_write(run_dir / "result.json", json.dumps(result, indent=2))
+    return result
+
+
+def _selection_checkpoint(dirpath: Path, monitor: str, mode: str):
+    """A ``ModelCheckpoint`` keeping the best epoch on ``monitor``, under a class of its own:
+    Lightning refuses two stateful callbacks with one state key, and ``ModelCheckpoint``'s is its
+    class name with the monitor and mode, which a config's checkpoint on the same metric shares."""
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    class SelectionCheckpoint(ModelCheckpoint):
+        pass
+
+    return SelectionCheckpoint(dirpath=dirpath, monitor=monitor, mode=mode, save_top_k=1)
+
+
+# -- parent: the grid ----------------------------------------------------------------------------
+def _launch(run_dir: Path, threads: int) -> tuple[int, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    env["ABLATION_THREADS"] = str(threads)
+    with open(run_dir / "train.log", "w") as log:
+        proc = subprocess.run(
+            [sys.executable, "-m", "lightning_glif.ablation", str(run_dir)],
+            stdout=log, stderr=subprocess.STDOUT, env=env, check=False,
+        )  # fmt: skip
+    tail = (run_dir / "train.log").read_text(errors="replace").strip().splitlines()[-15:]
+    return proc.returncode, "\n".join(tail)
+
+
+def run_grid(
+    configs: list[str],
+    variants: dict[str, dict],
+    seeds: list[int],
+    out: Path,
+    jobs: int = 1,
+    train_args: list[str] | None = None,
+    log=print,
+    monitor: str = tags.SELECTION,
+    mode: str = tags.SELECTION_MODE,
+) -> list[dict[str, Any]]:
+    """Run every (variant, seed) without a ``result.json`` (``jobs`` at a time) and write
+    ``results.csv``, ``results.md`` and ``results.png`` into ``out``; return the rows.
+
+    Each run tests its best epoch on ``monitor`` (``mode`` ``"max"`` or ``"min"``), recorded
+    in its ``run.json``."""
+    if mode not in ("max", "min"):
+        raise ValueError(f"mode must be 'max' or 'min', got {mode!r}.")
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    rows: dict[tuple[str, int], dict[str, Any]] = {}
+    todo = []
+    for name, neuron in variants.items():
+        for seed in seeds:
+            run_dir = out / name / f"seed{seed}"
+            if (run_dir / "result.json").exists():
+                log(f"[ablate] skip {name} seed {seed}: finished ({run_dir}/result.json)")
+                rows[name, seed] = json.loads((run_dir / "result.json").read_text())
+                continue
+            if run_dir.exists():  # interrupted or failed before: start it again from scratch
+                shutil.rmtree(run_dir)
+            run_dir.mkdir(parents=True)
+            overlay = {"model": {"backbone": {"init_args": {"neuron": neuron}}}}
+            (run_dir / "variant.yaml").write_text(
+                f"# ablation variant {name!r}\n" + yaml.safe_dump(overlay, sort_keys=False)
+            )
+            args = [a for c in configs for a in ("--config", str(Path(c).resolve()))]
+            args += ["--config", str(run_dir / "variant.yaml")]
+            args += ["--trainer.default_root_dir", str(run_dir), "--seed_everything", str(seed)]
+            args += list(train_args or [])
+            spec = {"variant": name, "seed": seed, "args": args, "monitor": monitor, "mode": mode}
+            (run_dir / "run.json").write_text(json.dumps(spec, indent=2))
+            todo.append((name, seed, run_dir))
+
+    def work(item):
+        name, seed, run_dir = item
+        log(f"[ablate] run {name} seed {seed} -> {run_dir}")
+        t0 = time.perf_counter()
+        code, tail = _launch(run_dir, threads)
+        if code == 0 and (run_dir / "result.json").exists():
+            row = json.loads((run_dir / "result.json").read_text())
+            log(f"[ablate] done {name} seed {seed}: test acc {row['test_acc']:.4f}")
+        else:
+            row = {"variant": name, "seed": seed, "status": "failed", "error": tail,
+                   "wall_s": time.perf_counter() - t0}  # fmt: skip
+            log(f"[ablate] FAILED {name} seed {seed} (exit {code}); see {run_dir}/train.log")
+        rows[name, seed] = row
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        list(pool.map(work, todo))
+    ordered = [rows[n, s] for n in variants for s in seeds]
+    write_reports(ordered, out)
+    return ordered
+
+
+def _fmt(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
+    values = [v * scale for v in values if v is not None]
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{mean(values):.{digits}f} ± {stdev(values):.{digits}f}"
+
+
+def write_reports(rows: list[dict[str, Any]], out: Path) -> None:
+    """``results.csv`` (one row per run), ``results.md`` (mean ± std over seeds per variant,
+    best test accuracy first; failed runs listed below) and ``results.png``."""
+    with open(out / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: r.get(k, "") if r.get(k) is not None else "" for k in COLUMNS})
+
+    by_variant: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        by_variant[r["variant"]].append(r)
+    ok = {v: [r for r in rs if r["status"] == "ok"] for v, rs in by_variant.items()}
+    ranked = sorted((v for v in ok if ok[v]), key=lambda v: -mean(r["test_acc"] for r in ok[v]))
+    lines = [
+        "| variant | seeds | test acc (%) | best val acc (%) | alpha | beta | gamma "
+        "| firing rate | SOPs/sample (k) | wall (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for v in ranked:
+        rs = ok[v]
+
+        def col(k: str, scale: float = 1.0, d: int = 2, rs: list[dict] = rs) -> str:
+            return _fmt([r.get(k) for r in rs], scale, d)
+
+        lines.append(
+            f"| {v} | {len(rs)} | {col('test_acc', 100)} | {col('val_acc_best', 100)} "
+            f"| {col('alpha_mean')} | {col('beta_mean')} | {col('gamma_mean')} "
+            f"| {col('firing_rate', 1, 3)} | {col('synops_ac', 1e-3, 1)} | {col('wall_s', 1, 0)} |"
+        )
+    failed = [r for r in rows if r["status"] != "ok"]
+    if failed:
+        lines += ["", "Failed runs (see `<variant>/seed<k>/train.log`; rerun to retry):", ""]
+        for r in failed:
+            last = (r.get("error") or "").strip().splitlines()[-1:] or [""]
+            lines.append(f"- {r['variant']} seed {r['seed']}: {last[0]}")
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+    _plot(ranked, ok, out / "results.png")
+
+
+def _plot(ranked: list[str], ok: dict[str, list[dict]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    accs = [[100 * r["test_acc"] for r in ok[v]] for v in ranked]
+    means = [mean(a) for a in accs]
+    errs = [stdev(a) if len(a) > 1 else 0.0 for a in accs]
+    fig, ax = plt.subplots(figsize=(7, 0.35 * max(len(ranked), 1) + 1.2))
+    y = list(range(len(ranked)))[::-1]
+    ax.barh(y, means, xerr=errs, capsize=3, color="tab:blue", alpha=0.8)
+    ax.set_yticks(y, ranked)
+    if means:
+        lo = min(m - e for m, e in zip(means, errs, strict=True))
+        ax.set_xlim(max(0.0, math.floor(lo - 2)), 100)
+    ax.set_xlabel("test accuracy at the best-val checkpoint (%), mean ± std over seeds")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# -- the command line (ablate.py, the lightning-glif-ablate console script) ----------------------
+USAGE = """Neuron ablation: train a grid of neuron variants on one base config and compare them.
+
+    python ablate.py                                  # the default grid on row digits
+    python ablate.py --variants glif_soft,lif,a1b0g1 --seeds 0,1,2 --jobs 2
+    python ablate.py --config conf/experiment/event_digits.yaml --out runs/ablation_events
+    python ablate.py --out runs/tiny -- --trainer.max_epochs 2   # extra fit arguments
+
+The variants are conf/ablation/default.yaml (name -> neuron class_path/init_args; --grid for
+another file). Each (variant, seed) is one `fit` run in its own process (conf/default.yaml, each
+--config, the variant's neuron, --seed_everything <seed>, then the arguments after --), followed
+by a test of its checkpoint selected on --monitor. Outputs in --out: <variant>/seed<k>/
+(TensorBoard logs, checkpoints, variant.yaml, train.log, result.json; `tensorboard --logdir OUT`
+compares them all), results.csv (one row per run), results.md and results.png. Resumable: a rerun
+skips runs with a result.json and redoes the others; a failed run is a "failed" row and does not
+stop the grid.
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``ablate.py``: parse the command line, run the grid, print ``results.md``."""
+    import argparse
+
+    from lightning_glif.cli import CONF_DIR, resolve_config_paths
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    train_args: list[str] = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, train_args = argv[:i], argv[i + 1 :]
+    parser = argparse.ArgumentParser(
+        description=USAGE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Arguments after `--` go to every fit run, e.g. `-- --trainer.max_epochs 5`.",
+    )
+    parser.add_argument(
+        "--config", action="append", default=None, metavar="FILE",
+        help="base config(s), read after conf/default.yaml in order "
+        "(default: conf/experiment/row_digits.yaml)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--grid",
+        default=str(CONF_DIR / "ablation" / "default.yaml"),
+        help="YAML file with a 'variants:' mapping (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--variants",
+        default="",
+        help="comma-separated subset of the grid's variants (default: all)",
+    )
+    parser.add_argument("--seeds", default="0", help="comma-separated seeds (default: 0)")
+    parser.add_argument("--out", default="runs/ablation", help="output directory")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once, one process each")
+    parser.add_argument(
+        "--monitor", default=tags.SELECTION, help="metric the tested checkpoint is selected on"
+    )
+    parser.add_argument(
+        "--mode", choices=("max", "min"), default=tags.SELECTION_MODE, help="best --monitor is"
+    )
+    parser.add_argument("--list", action="store_true", help="print the variants and exit")
+    args = parser.parse_args(argv)
+
+    names = [n for n in args.variants.split(",") if n]
+    variants = load_variants(args.grid, names or None)
+    if args.list:
+        for name, neuron in variants.items():
+            print(f"{name}: {neuron['class_path']} {neuron.get('init_args', {})}")
+        return 0
+    configs = args.config or [str(CONF_DIR / "experiment" / "row_digits.yaml")]
+    configs = resolve_config_paths([a for c in configs for a in ("--config", c)])[1::2]
+    seeds = [int(s) for s in args.seeds.split(",") if s]
+    out = Path(args.out)
+    rows = run_grid(
+        configs, variants, seeds, out, args.jobs, train_args, monitor=args.monitor, mode=args.mode
+    )
+    print((out / "results.md").read_text())
+    print(f"[ablate] wrote {out}/results.csv, results.md, results.png")
+    return int(any(r["status"] != "ok" for r in rows))
+
+
+if __name__ == "__main__":  # the child of run_grid: python -m lightning_glif.ablation RUN_DIR
+    run_one(Path(sys.argv[1]))

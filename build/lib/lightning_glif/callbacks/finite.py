@@ -1,0 +1,191 @@
+"""Stop training at the first non-finite loss or gradient, naming the step and the layer."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from pytorch_lightning import Callback, LightningModule, Trainer
+
+from lightning_glif.neurons.base import MembraneNeuron, SpikingNeuron
+from lightning_glif.neurons.functional import membrane_sequence
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Raised by :class:`NonFiniteGuard`; the message names the step and the layer."""
+
+
+@dataclass
+class Diagnosis:
+    """What :meth:`NonFiniteGuard.diagnose` found.
+
+    Attributes:
+        culprit: ``"'name' (Type): what"`` of the first non-finite neuron layer, or ``None``.
+        unreplayed: layers (module names) whose parameters and input were finite but whose
+            membrane could not be replayed: only a
+            :class:`~lightning_glif.neurons.MembraneNeuron`'s recurrence is known to the guard.
+        unreplayed_types: their class names.
+        failure: ``"ExcType: message"`` if the re-run forward itself raised.
+    """
+
+    culprit: str | None = None
+    unreplayed: list[str] = field(default_factory=list)
+    unreplayed_types: set[str] = field(default_factory=set)
+    failure: str | None = None
+
+    def describe(self) -> str:
+        """The clause of the error message: the culprit, or why none was found."""
+        if self.culprit:
+            return f"the first non-finite neuron layer is {self.culprit}"
+        if self.failure:
+            return (
+                f"the diagnosis failed: {self.failure} (raised by the forward pass re-run on "
+                "this batch without gradients to find the layer; the neuron layers it reached "
+                "were finite), so no layer is named: run that forward by hand to see where it "
+                "breaks"
+            )
+        after = "the input data or the layers after the last neuron (the head, the logits)"
+        if not self.unreplayed:
+            return f"no neuron layer saw a non-finite value: {after} overflowed"
+        layers = ", ".join(f"'{n}'" for n in self.unreplayed)
+        kinds = ", ".join(sorted(self.unreplayed_types))
+        return (
+            "no neuron layer saw a non-finite parameter, input or replayed membrane, but the "
+            f"membrane of {layers} ({kinds}) cannot be replayed (not a MembraneNeuron): it may "
+            f"have overflowed inside with finite parameters and input, or {after} overflowed"
+        )
+
+
+class NonFiniteGuard(Callback):
+    """Raises :class:`NonFiniteLossError` when the training loss, or a gradient, is NaN or Inf.
+
+    Both checks run before the optimizer step, so the broken step never updates the weights and
+    no checkpoint is written after it: ``last.ckpt`` stays the last good one, to resume from
+    (``--ckpt_path last``) after lowering the learning rate or fixing the data. The error names
+    the global step, the epoch and batch, and the first neuron layer (in forward order, keyed by
+    module name) whose parameters (gates, tau, threshold, ...), input current or membrane are
+    non-finite, found by running that batch's forward once more without gradients. The membrane
+    is replayed for :class:`~lightning_glif.neurons.MembraneNeuron` layers (their recurrence is
+    known); of any other neuron only the parameters and the input are checked, and the message
+    says so. Should that forward itself raise, the message says the diagnosis failed, and why.
+
+    Why gradients too: a NaN membrane does not reach the loss, since ``NaN >= V_th`` is false and
+    the layer just stops spiking; its gates then turn NaN through the backward pass first.
+
+    Args:
+        check_gradients: also stop at a non-finite gradient (skipped under ``16-mixed``, whose
+            gradient scaler skips such steps by design).
+
+    Cost: one ``isfinite`` on the loss and one fused norm over the gradients per step (a device
+    sync each on a GPU).
+    """
+
+    def __init__(self, check_gradients: bool = True) -> None:
+        self.check_gradients = check_gradients
+        self._batch: Any = None
+        self._batch_idx = -1
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch, batch_idx):
+        self._batch, self._batch_idx = batch, batch_idx
+
+    def on_before_backward(
+        self, trainer: Trainer, pl_module: LightningModule, loss: torch.Tensor
+    ) -> None:
+        if not bool(torch.isfinite(loss.detach()).all()):
+            self._stop(trainer, pl_module, f"non-finite training loss ({loss.detach().item()})")
+
+    def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer):
+        if not self.check_gradients or trainer.precision == "16-mixed":
+            return
+        named = [(n, p.grad) for n, p in pl_module.named_parameters() if p.grad is not None]
+        if not named:
+            return
+        norms = torch._foreach_norm([g for _, g in named])
+        if bool(torch.isfinite(torch.stack(norms)).all()):
+            return
+        first = next(n for (n, _), norm in zip(named, norms, strict=True) if not norm.isfinite())
+        self._stop(trainer, pl_module, f"non-finite gradient (first: {first})")
+
+    def _stop(self, trainer: Trainer, pl_module: LightningModule, what: str) -> None:
+        where = self.diagnose(trainer, pl_module, self._batch).describe()
+        # The newest checkpoint: a last*.ckpt if a ModelCheckpoint writes one (conf/default.yaml).
+        paths = [
+            getattr(c, "last_model_path", "") or getattr(c, "best_model_path", "")
+            for c in trainer.checkpoint_callbacks
+        ]
+        paths = [p for p in paths if p]
+        last = next((p for p in paths if os.path.basename(p).startswith("last")), None)
+        last = last or (paths[0] if paths else "")
+        kept = f"; the last good checkpoint is kept: {last}" if last else ""
+        raise NonFiniteLossError(
+            f"{what} at global step {trainer.global_step} (epoch {trainer.current_epoch}, batch "
+            f"{self._batch_idx}): {where}. Training stopped before this step's update{kept}."
+        )
+
+    @staticmethod
+    def diagnose(trainer: Trainer | None, pl_module: LightningModule, batch: Any) -> Diagnosis:
+        """Run ``pl_module``'s forward on ``batch`` (``x`` or ``(x, y)``) once more without
+        gradients, checking each neuron's parameters and input (and, for a
+        :class:`~lightning_glif.neurons.MembraneNeuron`, its replayed membrane) as it is called;
+        the first culprit in forward order, and what could not be checked."""
+        names = {m: n for n, m in pl_module.named_modules() if isinstance(m, SpikingNeuron)}
+        result = Diagnosis()
+
+        def check(module: SpikingNeuron, args: tuple) -> None:
+            if result.culprit:
+                return
+            what = NonFiniteGuard._diagnose(module, args[0])
+            if what:
+                result.culprit = f"'{names[module]}' ({type(module).__name__}): {what}"
+            elif not isinstance(module, MembraneNeuron) and names[module] not in result.unreplayed:
+                result.unreplayed.append(names[module])
+                result.unreplayed_types.add(type(module).__name__)
+
+        hooks = [m.register_forward_pre_hook(check) for m in names]
+        x = batch[0] if isinstance(batch, list | tuple) else batch
+        context = trainer.precision_plugin.forward_context() if trainer else torch.no_grad()
+        try:
+            with torch.no_grad(), context:
+                pl_module(x)
+        except Exception as e:  # noqa: BLE001 - reported in the message; the NonFiniteLossError
+            # must still be raised, not this error of the re-run forward
+            result.failure = f"{type(e).__name__}: {e}"
+        finally:
+            for h in hooks:
+                h.remove()
+        return result
+
+    @staticmethod
+    def first_non_finite_layer(
+        trainer: Trainer | None, pl_module: LightningModule, batch: Any
+    ) -> str | None:
+        """``"'name' (Type): what"`` for the first neuron in forward order whose input, parameters
+        or (replayed) membrane are non-finite on ``batch`` (``x`` or ``(x, y)``), else ``None``.
+        :meth:`diagnose` says also what could not be checked."""
+        return NonFiniteGuard.diagnose(trainer, pl_module, batch).culprit
+
+    @staticmethod
+    def _diagnose(neuron: SpikingNeuron, x: torch.Tensor) -> str | None:
+        bad = [n for n, p in neuron.named_parameters() if not torch.isfinite(p).all()]
+        if bad:
+            gates = {id(p) for p in neuron.gate_parameters()}
+            kinds = [
+                "gate" if id(p) in gates else "parameter"
+                for n, p in neuron.named_parameters()
+                if n in bad
+            ]
+            return "non-finite " + ", ".join(f"{k} {n}" for k, n in zip(kinds, bad, strict=True))
+        if not torch.isfinite(x).all():
+            return f"non-finite input current (shape {tuple(x.shape)}), so a non-finite membrane"
+        if not isinstance(neuron, MembraneNeuron):
+            return None  # its state is its own forward's business: nothing to replay
+        with torch.autocast(x.device.type, enabled=False):
+            _, u = membrane_sequence(
+                x.float(), neuron.coefficients(), neuron.surrogate, return_membrane=True
+            )
+        if not torch.isfinite(u).all():
+            t = int((~torch.isfinite(u)).flatten(1).any(1).nonzero()[0])
+            return f"the membrane overflowed at time step {t} (finite input and parameters)"
+        return None

@@ -1,0 +1,189 @@
+"""Shared by the monitors that count what passes through modules: forward hooks that are active
+only inside the batches of chosen stages, per-epoch accumulators, one all-reduce per epoch."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import partial
+from typing import Any, Literal
+
+import torch
+from pytorch_lightning import Callback, LightningModule, Trainer
+from pytorch_lightning.utilities.data import extract_batch_size
+from torch import nn
+
+Stage = Literal["train", "val", "test"]
+STAGES: tuple[str, ...] = ("train", "val", "test")
+
+
+def log_scalars(trainer: Trainer, metrics: dict[str, float], step: int) -> None:
+    """Send scalars to every logger of the trainer (TensorBoard, CSV, ...) at ``step``."""
+    for logger in trainer.loggers:
+        logger.log_metrics(metrics, step)
+
+
+class ForwardHookMonitor(Callback):
+    """Base of the monitors that observe module outputs with forward hooks.
+
+    The hooks are registered when fitting, validation or testing starts and removed in
+    ``teardown``. They do nothing outside the batches of ``stages`` (and during the sanity
+    check), so a forward pass a user runs by hand, or a stage that is not monitored, is not
+    counted. Each monitored epoch starts from zeroed
+    accumulators (:meth:`reset`) and ends with :meth:`report`, where subclasses sum their
+    accumulators over the DDP ranks with :meth:`all_sum` and, on global rank 0, hand the
+    scalars to :meth:`publish`, which logs them and keeps them in :attr:`last`. Hooks run under
+    ``torch.no_grad`` and should only add to accumulators that live on the device: no host
+    synchronisation per step.
+
+    Subclasses implement :meth:`select`, :meth:`reset`, :meth:`observe` and :meth:`report`.
+
+    Args:
+        stages: the loops to monitor, any of ``"train"``, ``"val"``, ``"test"``.
+
+    Attributes:
+        last: per stage, the scalars of its latest report, ``{tag: value}`` (tags from
+            :mod:`lightning_glif.tags`), so callers read them without parsing event files.
+            Filled on global rank 0 only; replaced, not merged, at each report of the stage.
+    """
+
+    def __init__(self, stages: Sequence[Stage]) -> None:
+        stages = tuple(stages)
+        unknown = [s for s in stages if s not in STAGES]
+        if unknown or not stages:
+            raise ValueError(
+                f"{type(self).__name__}: stages must be a non-empty subset of {STAGES}, "
+                f"got {list(stages)}."
+            )
+        self.stages = stages
+        self._stage: str | None = None
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self.samples: dict[str, int] = {}
+        self.last: dict[str, dict[str, float]] = {}
+
+    # -- what subclasses define ------------------------------------------------------------------
+    def select(self, pl_module: LightningModule) -> dict[str, nn.Module]:
+        """The modules to hook, keyed by their name in ``pl_module.named_modules()``."""
+        raise NotImplementedError
+
+    def reset(self, stage: str, pl_module: LightningModule) -> None:
+        """Zero the accumulators of ``stage`` (on ``pl_module.device``)."""
+        raise NotImplementedError
+
+    def observe(
+        self, stage: str, name: str, module: nn.Module, inputs: tuple[Any, ...], output: Any
+    ) -> None:
+        """Add what one forward call of module ``name`` did to the accumulators of ``stage``."""
+        raise NotImplementedError
+
+    def report(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """Reduce the accumulators of ``stage`` over the ranks and log them (rank 0)."""
+        raise NotImplementedError
+
+    # -- shared machinery ------------------------------------------------------------------------
+    def publish(self, trainer: Trainer, stage: str, scalars: dict[str, float]) -> None:
+        """Log ``scalars`` at the global step and keep them as ``last[stage]`` (rank 0)."""
+        self.last[stage] = dict(scalars)
+        log_scalars(trainer, scalars, trainer.global_step)
+
+    @staticmethod
+    def all_sum(trainer: Trainer, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` summed over all processes (every rank must call this, in the same order)."""
+        if trainer.world_size > 1:
+            tensor = trainer.strategy.reduce(tensor, reduce_op="sum")
+        return tensor
+
+    def _hook(self, name: str, module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+        if self._stage is None:
+            return
+        with torch.no_grad():
+            self.observe(self._stage, name, module, inputs, output)
+
+    def _remove_hooks(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def _attach(self, pl_module: LightningModule) -> None:
+        """Hook the selected modules once per run (after ``configure_model`` and the move to the
+        device, so late-built layers are found and the accumulators live where the model is)."""
+        if self._handles:
+            return
+        for name, module in self.select(pl_module).items():
+            self._handles.append(module.register_forward_hook(partial(self._hook, name)))
+        for s in self.stages:
+            self._reset(s, pl_module)
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._attach(pl_module)
+
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._attach(pl_module)
+
+    def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._attach(pl_module)
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._remove_hooks()
+        self._stage = None
+
+    def _reset(self, stage: str, pl_module: LightningModule) -> None:
+        self.samples[stage] = 0
+        self.reset(stage, pl_module)
+
+    def _batch_start(self, trainer: Trainer, stage: str, batch: Any) -> None:
+        if stage in self.stages and not trainer.sanity_checking:
+            self._stage = stage
+            self.samples[stage] += extract_batch_size(batch)
+        else:
+            self._stage = None
+
+    def _epoch_start(self, pl_module: LightningModule, stage: str) -> None:
+        if stage in self.stages:
+            self._reset(stage, pl_module)
+
+    def _epoch_end(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._stage = None
+        if stage in self.stages and not trainer.sanity_checking:
+            self.report(trainer, pl_module, stage)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._batch_start(trainer, "train", batch)
+
+    def on_validation_batch_start(
+        self, trainer, pl_module, batch, batch_idx, dataloader_idx=0
+    ) -> None:
+        self._batch_start(trainer, "val", batch)
+
+    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        self._batch_start(trainer, "test", batch)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._stage = None
+
+    def on_validation_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
+    ) -> None:
+        self._stage = None
+
+    def on_test_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
+    ) -> None:
+        self._stage = None
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._epoch_start(pl_module, "train")
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        self._epoch_start(pl_module, "val")
+
+    def on_test_epoch_start(self, trainer, pl_module) -> None:
+        self._epoch_start(pl_module, "test")
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._epoch_end(trainer, pl_module, "train")
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        self._epoch_end(trainer, pl_module, "val")
+
+    def on_test_epoch_end(self, trainer, pl_module) -> None:
+        self._epoch_end(trainer, pl_module, "test")

@@ -1,0 +1,49 @@
+"""Writing to TensorBoard from a callback: the run's SummaryWriter and figures as images."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from pytorch_lightning import Trainer
+from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.utilities import rank_zero_warn
+
+
+def summary_writer(trainer: Trainer, owner: str) -> Any | None:
+    """The SummaryWriter of the trainer's first TensorBoardLogger, or ``None`` (warned once).
+
+    Only call it on global rank 0: other ranks hold a dummy experiment.
+
+    Args:
+        trainer: the running trainer.
+        owner: the callback's name, for the warning.
+    """
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            return logger.experiment
+    if trainer.fast_dev_run:  # it replaces the loggers on purpose
+        return None
+    rank_zero_warn(
+        f"{owner} writes TensorBoard histograms and images but the trainer has no "
+        "TensorBoardLogger (trainer.logger): nothing is logged. Add "
+        "pytorch_lightning.loggers.TensorBoardLogger or remove the callback."
+    )
+    return None
+
+
+def figure_to_image(figure: Any) -> np.ndarray:
+    """Render a matplotlib ``Figure`` off-screen to an RGB image ``[H, W, 3]`` (uint8).
+
+    Uses the Agg canvas directly, so no pyplot state or display backend is involved.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def add_figure(writer: Any, tag: str, figure: Any, step: int) -> None:
+    """Log ``figure`` as image ``tag`` at ``step`` (the Images tab of TensorBoard)."""
+    writer.add_image(tag, figure_to_image(figure), step, dataformats="HWC")

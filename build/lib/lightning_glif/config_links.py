@@ -1,0 +1,132 @@
+"""Values set once in a config: what the data knows is copied into the model, and a class named
+in a config starts from its own defaults.
+
+Why by hand and not with jsonargparse's ``link_arguments``: its links on instantiate overwrite a
+target inside a subclass (``model.backbone.init_args.num_classes``) without a word when the user
+gave another value, need the source on every data class (static images have no ``time_steps``)
+and the target on every backbone (``ResNet19`` has no ``image_size``). And jsonargparse carries
+a class's options over to the next class a later config names (the digits' ``val_fraction: 0.15``
+reaching N-MNIST, whose own default is 0.1). Both rules below use the values the user gave
+(configs after ``conf/default.yaml`` and ``--key value``), parsed once more without defaults.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from typing import Any
+
+from jsonargparse import Namespace
+
+#: The class choices whose options must not carry over from an earlier config's class.
+CLASS_KEYS = ("data", "model.backbone", "model.backbone.init_args.neuron")
+
+#: What a data module may know and the model must agree on (``DataModule.shared_values()``).
+LINKED = ("num_classes", "time_steps", "in_channels", "image_size", "in_features")
+
+
+class ConfigConflict(ValueError):
+    """A value given in a config or on the command line contradicts the data."""
+
+
+def import_class(class_path: str) -> type:
+    """The class named by a dotted ``class_path``."""
+    module, _, name = class_path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def _get(config: Namespace | None, key: str) -> Any:
+    node: Any = config
+    for part in key.split("."):
+        if not isinstance(node, Namespace) or part not in vars(node):
+            return None
+        node = vars(node)[part]
+    return node
+
+
+def _plain(value: Any) -> Any:
+    """A signature default as jsonargparse would hold it (tuples as lists)."""
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def signature_defaults(cls: type) -> dict[str, Any]:
+    """``{argument: default}`` of ``cls.__init__`` for the arguments that have one, following
+    ``**kwargs`` to the base classes' ``__init__`` as jsonargparse does (a subclass that only
+    changes some defaults forwards the rest)."""
+    defaults: dict[str, Any] = {}
+    for klass in cls.__mro__:
+        init = vars(klass).get("__init__")
+        if init is None:
+            continue
+        params = list(inspect.signature(init).parameters.values())[1:]  # without self
+        for p in params:
+            if p.default is not inspect.Parameter.empty:
+                defaults.setdefault(p.name, _plain(p.default))
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+            break
+    return defaults
+
+
+def reset_carried_options(config: Namespace, given: Namespace, key: str) -> None:
+    """Where the user named the class at ``key``, reset every option they did not give to that
+    class's own default (instead of a value carried over from an earlier config's class)."""
+    spec, named = _get(config, key), _get(given, key)
+    if not isinstance(spec, Namespace) or not isinstance(named, Namespace):
+        return
+    if "class_path" not in vars(named) or not isinstance(spec.get("init_args"), Namespace):
+        return
+    given_args = named.get("init_args")
+    given_args = vars(given_args) if isinstance(given_args, Namespace) else {}
+    defaults = signature_defaults(import_class(spec.class_path))
+    init_args = vars(spec.init_args)
+    for name in list(init_args):
+        if name not in given_args and name in defaults:
+            init_args[name] = defaults[name]
+
+
+def _set(config: Namespace, key: str, value: Any) -> None:
+    *parents, last = key.split(".")
+    node = config
+    for part in parents:
+        node = vars(node)[part]
+    vars(node)[last] = value
+
+
+def check_data_values(config: Namespace, given: Namespace | None) -> dict[str, Any]:
+    """Check the values the user gave against the data module's :meth:`shared_values`, and
+    write the data's into the backbone's config (so the run's saved ``config.yaml`` shows what
+    was built); return them. The CLI's links copy the same values when it instantiates.
+
+    Raises :class:`ConfigConflict` naming both values when the user gave the backbone or
+    ``model.num_classes`` a value that differs from the data's.
+    """
+    data, model = config.get("data"), config.get("model")
+    if not isinstance(data, Namespace) or not isinstance(model, Namespace):
+        return {}
+    init = data.get("init_args")
+    datamodule = import_class(data.class_path)(**(init.as_dict() if init else {}))
+    values = {k: v for k, v in datamodule.shared_values().items() if k in LINKED}
+    targets = {}
+    if "num_classes" in values:
+        targets["model.num_classes"] = values["num_classes"]
+    backbone = model.get("backbone")
+    if isinstance(backbone, Namespace) and backbone.get("class_path"):
+        accepted = inspect.signature(import_class(backbone.class_path)).parameters
+        for name, value in values.items():
+            if name in accepted:
+                targets[f"model.backbone.init_args.{name}"] = value
+    data_name = data.class_path.rsplit(".", 1)[-1]
+    for key, value in targets.items():
+        wanted = _get(given, key)
+        if wanted is not None and wanted != value:
+            name = key.rsplit(".", 1)[-1]
+            raise ConfigConflict(
+                f"{key} = {wanted!r} contradicts the data: {data_name} has {name} = {value!r}. "
+                f"{name} is set once, from the data module: drop {key} from your config or "
+                f"command line (or change the data's own option, where it has one)."
+            )
+        if key.startswith("model.backbone.") and isinstance(backbone.get("init_args"), Namespace):
+            _set(config, key, value)
+    return targets

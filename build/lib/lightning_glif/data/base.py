@@ -1,0 +1,97 @@
+"""The base of every DataModule of the project: batch options, the loaders over its in-memory
+splits, and the values it tells the model."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from pytorch_lightning import LightningDataModule
+from torch.utils.data import DataLoader, Dataset
+
+# What a DataModule may know about its inputs, in the names the model and the backbones use.
+SHARED_NAMES = ("num_classes", "time_steps", "in_channels", "image_size", "in_features")
+
+
+class SplitDataModule(LightningDataModule):
+    """A DataModule whose ``setup`` fills ``self.datasets`` with ``"train"``, ``"val"`` and
+    ``"test"`` splits; this class serves them. ``predict`` runs on the test split.
+
+    ``drop_last_train`` drops the last, smaller training batch (the paper's CIFAR/ImageNet
+    loaders).
+
+    Values for the model (:meth:`shared_values`): the CLI copies them into ``model.num_classes``
+    and into the backbone's arguments of the same names, so each is set once, by the data.
+    Subclasses only set the attributes (class or instance); an attribute that is absent or
+    ``None`` is not determined by the data and not shared:
+
+    - ``num_classes``: always;
+    - ``time_steps``: sequence and event data whose ``T`` is a data argument;
+    - ``in_channels`` and ``image_size`` (height = width after any resize): image-like inputs;
+    - ``in_features``: features per step of sequence data fed to an MLP.
+
+    Args:
+        batch_size: training batch size (>= 1).
+        num_workers: DataLoader worker processes (>= 0; 0 loads in the main process).
+        eval_batch_size: validation/test/predict batch size (>= 1); ``None``: ``batch_size``.
+    """
+
+    drop_last_train: ClassVar[bool] = False
+    num_classes: ClassVar[int]
+
+    def __init__(
+        self, batch_size: int, num_workers: int, eval_batch_size: int | None = None
+    ) -> None:
+        super().__init__()
+        owner = type(self).__name__
+        if batch_size < 1:
+            raise ValueError(f"{owner}: batch_size must be >= 1, got {batch_size}.")
+        if num_workers < 0:
+            raise ValueError(
+                f"{owner}: num_workers must be >= 0 (0 loads in the main process), "
+                f"got {num_workers}."
+            )
+        if eval_batch_size is not None and eval_batch_size < 1:
+            raise ValueError(
+                f"{owner}: eval_batch_size must be >= 1, or None to use batch_size, "
+                f"got {eval_batch_size}."
+            )
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.datasets: dict[str, Dataset] = {}
+
+    def shared_values(self) -> dict[str, int]:
+        """``{name: value}`` of the values this data determines, among :data:`SHARED_NAMES`
+        (``num_classes`` always), e.g. ``{"num_classes": 10, "in_channels": 1,
+        "image_size": 8}`` for the digits."""
+        if getattr(self, "num_classes", None) is None:
+            raise TypeError(
+                f"{type(self).__name__} must set the class attribute num_classes (the number of "
+                "labels it serves), which the model's classifier is built for."
+            )
+        values = {name: getattr(self, name, None) for name in SHARED_NAMES}
+        return {name: int(value) for name, value in values.items() if value is not None}
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            shuffle=train,
+            drop_last=train and self.drop_last_train,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", train=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", train=False)

@@ -1,0 +1,56 @@
+"""The two ways data can be wrong on disk: missing, or unreadable. Both name the path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A dataset is not where a DataModule looked for it, and downloading was not asked for.
+
+    The message says which dataset, which folder was looked at, what was missing there, the
+    layout expected, and how to get the data (the ``download`` flag or the manual steps).
+
+    Args:
+        dataset: the dataset's display name, e.g. ``"N-MNIST"``.
+        folder: the folder that was looked at (``<data_dir>/<Tonic class name>``).
+        missing: what was looked for and not found, one entry per line.
+        layout: the expected folder layout under ``folder``.
+        manual: the manual steps that produce that layout.
+    """
+
+    def __init__(
+        self, dataset: str, folder: Path, missing: list[str], layout: str, manual: str
+    ) -> None:
+        self.dataset = dataset
+        self.folder = Path(folder)
+        self.missing = list(missing)
+        lines = [
+            f"{dataset} was not found in {self.folder}. Looked for:",
+            *(f"  - {m}" for m in self.missing),
+            f"Expected layout under {self.folder}:",
+            *(f"  {line}" for line in layout.strip("\n").splitlines()),
+            "To get it, either let the DataModule download it: set `download: true` under the "
+            "data's init_args in your config (on the command line: --data.init_args.download "
+            "true), or do it by hand:",
+            *(f"  {line}" for line in manual.strip("\n").splitlines()),
+            "Or point `data_dir` (--data.init_args.data_dir) at the folder that holds "
+            f"{self.folder.name}/.",
+        ]
+        super().__init__("\n".join(lines))
+
+
+class CorruptFileError(ValueError):
+    """A data or cache file exists but cannot be read (truncated, or not the expected format).
+
+    Args:
+        path: the file.
+        reason: what was wrong, e.g. the reader's own error message.
+    """
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        self.path = Path(path)
+        super().__init__(
+            f"cannot read {self.path}: {reason}. The file is truncated or corrupt: delete it and "
+            "get it again (download it, or re-extract its archive)."
+        )

@@ -1,0 +1,95 @@
+"""Fixed, seeded index splits: the one home of every train/val/test split of the data modules.
+
+All return sorted index arrays.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.model_selection import train_test_split
+
+
+def _split(
+    index: np.ndarray, labels: np.ndarray, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's stratified ``train_test_split`` of ``index``, in its (shuffled) order."""
+    try:
+        return train_test_split(index, test_size=fraction, stratify=labels, random_state=seed)
+    except ValueError as err:
+        raise ValueError(
+            f"cannot hold out a stratified {fraction:.0%} of {len(labels)} samples with "
+            f"{len(np.unique(labels))} classes ({err}); use a larger dataset or another fraction."
+        ) from err
+
+
+# Two hold-out algorithms, each the fixed split of published configs, so neither can replace the
+# other without moving those splits: a stratified fraction (the digits and the event data, via
+# scikit-learn) and a fixed count drawn from torch's permutation (the torchvision and ImageNet
+# modules, whose train/val indices reproduction runs and tests rely on).
+def stratified_holdout(
+    labels: np.ndarray, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split ``range(len(labels))`` into ``(kept, held_out)``, stratified by label.
+
+    ``held_out`` holds ``ceil(fraction * n)`` indices (scikit-learn's rounding), drawn with
+    ``seed``; the same labels, fraction and seed give the same split on every machine.
+    """
+    labels = np.asarray(labels)
+    kept, held_out = _split(np.arange(len(labels)), labels, fraction, seed)
+    return np.sort(kept), np.sort(held_out)
+
+
+def random_holdout(
+    n: int, size: int, seed: int, name: str = "size"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split ``range(n)`` into ``(kept, held_out)`` with ``size`` held-out indices, not stratified.
+
+    ``held_out`` is the first ``size`` entries of ``torch.randperm(n)`` under
+    ``torch.Generator().manual_seed(seed)``, ``kept`` the rest: the same on every machine.
+    ``name`` is the option that set ``size``, for the error message.
+    """
+    if not 0 < size < n:
+        raise ValueError(
+            f"{name} must be in (0, {n}) for {n} samples, got {size}: hold out at least one "
+            f"sample and keep at least one (a {name} between 1 and {n - 1})."
+        )
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).numpy()
+    return np.sort(order[size:]), np.sort(order[:size])
+
+
+def check_fractions(owner: str, val_fraction: float, test_fraction: float) -> None:
+    """Raise a ValueError naming ``owner`` unless both held-out shares are in (0, 1) and leave
+    some training data; called where the fractions are configured, so a bad config fails early."""
+    if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise ValueError(
+            f"{owner}: val_fraction and test_fraction must be in (0, 1) and sum to less than 1, "
+            f"got {val_fraction} and {test_fraction}."
+        )
+
+
+def stratified_split(
+    labels: np.ndarray, val_fraction: float, test_fraction: float, seed: int
+) -> dict[str, np.ndarray]:
+    """Train / val / test indices, stratified by label: the split of ``DigitsDataModule``.
+
+    First ``val_fraction + test_fraction`` of the data is held out, then that part (in the order
+    scikit-learn returned it) is divided into val and test, both with ``seed``.
+    """
+    labels = np.asarray(labels)
+    held_out = val_fraction + test_fraction
+    train, rest = _split(np.arange(len(labels)), labels, held_out, seed)
+    val, test = _split(rest, labels[rest], test_fraction / held_out, seed)
+    return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
+
+
+def per_class_head_split(labels: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(head, tail)``: the first ``floor(fraction * n_c)`` indices of each class ``c`` in index
+    order, and the rest. No randomness: the CIFAR10-DVS split of the GLIF authors (0.9)."""
+    labels = np.asarray(labels)
+    head = np.zeros(len(labels), dtype=bool)
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        # 1e-9 keeps 0.9 * 1000 = 900.0000000000001 from becoming 899 or 901 either way.
+        head[members[: int(np.floor(fraction * len(members) + 1e-9))]] = True
+    return np.flatnonzero(head), np.flatnonzero(~head)

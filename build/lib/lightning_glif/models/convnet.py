@@ -1,0 +1,76 @@
+"""A small spiking convnet for tiny images: the default model, on the embedded 8x8 digits."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from lightning_glif.models.encoding import to_time_first
+from lightning_glif.models.layers import TimeDistributed
+from lightning_glif.models.tdbn import TdBatchNorm
+
+
+class SpikingConvNet(nn.Module):
+    """Conv-tdBN-neuron stages, an average pool after every stage but the first, a linear readout.
+
+    With the defaults on ``[B, 1, 8, 8]`` digits::
+
+        conv3x3(1->32)  + tdBN + neuron    [T, B, 32, 8, 8]
+        conv3x3(32->64) + tdBN + neuron    [T, B, 64, 8, 8] -> avgpool 2 -> [T, B, 64, 4, 4]
+        flatten -> Linear(64 * 4 * 4, num_classes)          -> [T, B, num_classes]
+
+    The input is a static batch ``[B, C, H, W]`` (repeated over ``time_steps``: direct encoding)
+    or a sequence batch ``[B, T, C, H, W]``. The output is the per-step logits
+    ``[T, B, num_classes]``; the classifier averages them over T.
+
+    Args:
+        neuron: factory called as ``neuron(channels, time_steps)`` after every tdBN (e.g. a GLIF
+            class, or ``functools.partial(GLIF, tau=0.5)``).
+        time_steps: simulation steps ``T``.
+        num_classes: outputs of the readout.
+        in_channels: channels of the input images.
+        image_size: height (= width) of the input images; sets the readout's input size.
+        channels: output channels of each conv stage. Stages after the first halve the
+            resolution with a 2x2 average pool after their neuron.
+    """
+
+    def __init__(
+        self,
+        neuron: Callable[[int, int], nn.Module],
+        time_steps: int = 4,
+        num_classes: int = 10,
+        in_channels: int = 1,
+        image_size: int = 8,
+        channels: Sequence[int] = (32, 64),
+    ) -> None:
+        super().__init__()
+        if not channels:
+            raise ValueError("SpikingConvNet needs at least one conv stage: channels is empty.")
+        size = image_size // 2 ** (len(channels) - 1)
+        if size < 1:
+            raise ValueError(
+                f"SpikingConvNet: {len(channels)} stages pool {image_size}x{image_size} images "
+                f"{len(channels) - 1} times, which leaves nothing; use fewer channels entries."
+            )
+        self.time_steps = time_steps
+        stages = []
+        c_in = in_channels
+        for i, c_out in enumerate(channels):
+            layers = [
+                TimeDistributed(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)),
+                TdBatchNorm(c_out),
+                neuron(c_out, time_steps),
+            ]
+            if i > 0:
+                layers.append(TimeDistributed(nn.AvgPool2d(2)))
+            stages.append(nn.Sequential(*layers))
+            c_in = c_out
+        self.features = nn.Sequential(*stages)
+        self.classifier = nn.Linear(c_in * size * size, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, C, H, W]`` or ``[B, T, C, H, W]`` -> per-step logits ``[T, B, num_classes]``."""
+        x = self.features(to_time_first(x, self.time_steps))
+        return self.classifier(x.flatten(2))

@@ -1,0 +1,268 @@
+"""Spiking ResNet-19 and ResNet-18 for CIFAR (docs/GLIF_SPEC.md section 5), time-first throughout.
+
+Both nets: direct encoding (the image repeated T times), a conv3x3 stem, post-activation spiking
+basic blocks, global average pooling and a bias-free linear head applied at every time step.
+``forward`` returns per-step logits ``[T, B, num_classes]``; the LightningModule averages over T.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from lightning_glif.models.encoding import to_time_first
+from lightning_glif.models.layers import TimeDistributed
+from lightning_glif.models.tdbn import TdBatchNorm
+
+NeuronFactory = Callable[[int, int], nn.Module]
+
+#: tdBN's alpha in the two norms that feed a residual addition (tdBN paper; docs/GLIF_SPEC.md
+#: section 4).
+RESIDUAL_ALPHA = 2**-0.5
+
+
+def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> TimeDistributed:
+    """Bias-free 3x3 convolution (padding 1) applied per frame of ``[T, B, C, H, W]``."""
+    return TimeDistributed(
+        nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+    )
+
+
+def conv1x1(in_channels: int, out_channels: int, stride: int = 1) -> TimeDistributed:
+    """Bias-free 1x1 convolution applied per frame of ``[T, B, C, H, W]``."""
+    return TimeDistributed(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False))
+
+
+def residual_shortcut(in_channels: int, out_channels: int, stride: int) -> nn.Module:
+    """The shortcut branch of a block: tdBN(1/sqrt2) on the identity, or conv1x1 + tdBN(1/sqrt2).
+
+    The identity carries a norm too (as in the GLIF authors' blocks), so both addends of the
+    residual sum are tdBN outputs scaled by ``1/sqrt(2) * V_th``.
+    """
+    if stride == 1 and in_channels == out_channels:
+        return TdBatchNorm(out_channels, alpha=RESIDUAL_ALPHA)
+    return nn.Sequential(
+        conv1x1(in_channels, out_channels, stride), TdBatchNorm(out_channels, alpha=RESIDUAL_ALPHA)
+    )
+
+
+def init_weights(model: nn.Module) -> None:
+    """The GLIF authors' initialisation: Kaiming-normal (fan_out, ReLU) convs, N(0, 0.01) linears.
+
+    Norms keep their defaults (weight 1, bias 0); neurons are left untouched.
+    """
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0.0, 0.01)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+class BasicBlock(nn.Module):
+    """Post-activation spiking basic block, spikes ``[T, B, C_in, H, W]`` -> ``[T, B, C, H', W']``.
+
+    ``SN(tdBN_a(conv3x3(SN(tdBN(conv3x3_s(x))))) + shortcut(x))`` with ``a = 1/sqrt(2)``, the
+    shortcut of :func:`residual_shortcut`, ``C = C_out`` and ``H' = H / s``. Two neurons.
+
+    Args:
+        neuron: factory called as ``neuron(channels, time_steps)``.
+        time_steps: T.
+        in_channels: C_in.
+        out_channels: C_out.
+        stride: stride s of the first convolution and of the projection shortcut.
+    """
+
+    def __init__(
+        self,
+        neuron: NeuronFactory,
+        time_steps: int,
+        in_channels: int,
+        out_channels: int,
+        stride: int = 1,
+    ) -> None:
+        super().__init__()
+        self.conv1 = conv3x3(in_channels, out_channels, stride)
+        self.bn1 = TdBatchNorm(out_channels)
+        self.sn1 = neuron(out_channels, time_steps)
+        self.conv2 = conv3x3(out_channels, out_channels)
+        self.bn2 = TdBatchNorm(out_channels, alpha=RESIDUAL_ALPHA)
+        self.shortcut = residual_shortcut(in_channels, out_channels, stride)
+        self.sn2 = neuron(out_channels, time_steps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.sn1(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.sn2(out + self.shortcut(x))
+
+
+class SpikingResNet(nn.Module):
+    """A CIFAR spiking ResNet of :class:`BasicBlock` stages; :class:`ResNet19` and :class:`ResNet18`
+    fix its layout.
+
+    Input ``[B, C, H, W]`` (repeated T times) or ``[B, T, C, H, W]``; output per-step logits
+    ``[T, B, num_classes]``. Layout: conv3x3(in->stem)+tdBN+SN, stages of basic blocks (the first
+    block of each stage has the stage's stride), global average pool, bias-free head.
+
+    Head: ``Linear(C_last, head_hidden) -> Linear(head_hidden, num_classes)`` with nothing in
+    between (no neuron, no nonlinearity: the GLIF authors' head, a factorised linear map), or a
+    single ``Linear(C_last, num_classes)`` when ``head_hidden`` is 0. ``None`` follows the
+    authors' rule: 256 hidden units when ``num_classes <= 50`` (CIFAR-10), none otherwise
+    (CIFAR-100).
+
+    Args:
+        neuron: factory called as ``neuron(channels, time_steps)`` once per spiking layer.
+        time_steps: T, the number of simulation steps.
+        num_classes: K, the number of output logits.
+        in_channels: channels of the input image.
+        stem_channels: output channels of the stem convolution.
+        stage_channels: output channels of each stage.
+        stage_blocks: number of blocks in each stage.
+        stage_strides: stride of the first block of each stage.
+        head_hidden: width of the head's hidden linear layer; 0 for none, None for the authors'
+            rule above.
+    """
+
+    def __init__(
+        self,
+        neuron: NeuronFactory,
+        time_steps: int,
+        num_classes: int,
+        in_channels: int,
+        stem_channels: int,
+        stage_channels: Sequence[int],
+        stage_blocks: Sequence[int],
+        stage_strides: Sequence[int],
+        head_hidden: int | None = None,
+    ) -> None:
+        super().__init__()
+        if not len(stage_channels) == len(stage_blocks) == len(stage_strides):
+            raise ValueError(
+                "stage_channels, stage_blocks and stage_strides need one entry per stage, got "
+                f"{list(stage_channels)}, {list(stage_blocks)}, {list(stage_strides)}."
+            )
+        self.time_steps = int(time_steps)
+        self.num_classes = int(num_classes)
+        self.stem = nn.Sequential(
+            conv3x3(in_channels, stem_channels),
+            TdBatchNorm(stem_channels),
+            neuron(stem_channels, time_steps),
+        )
+        blocks: list[nn.Module] = []
+        channels = stem_channels
+        for out_channels, n_blocks, stride in zip(
+            stage_channels, stage_blocks, stage_strides, strict=True
+        ):
+            for i in range(n_blocks):
+                blocks.append(
+                    BasicBlock(neuron, time_steps, channels, out_channels, stride if i == 0 else 1)
+                )
+                channels = out_channels
+        self.blocks = nn.Sequential(*blocks)
+        self.pool = TimeDistributed(nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1)))
+        if head_hidden is None:
+            head_hidden = 256 if num_classes <= 50 else 0
+        if head_hidden:
+            head = nn.Sequential(
+                nn.Linear(channels, head_hidden, bias=False),
+                nn.Linear(head_hidden, num_classes, bias=False),
+            )
+        else:
+            head = nn.Linear(channels, num_classes, bias=False)
+        self.head = TimeDistributed(head)
+        init_weights(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, C, H, W]`` or ``[B, T, C, H, W]`` -> per-step logits ``[T, B, num_classes]``."""
+        x = to_time_first(x, self.time_steps)
+        return self.head(self.pool(self.blocks(self.stem(x))))
+
+
+class ResNet19(SpikingResNet):
+    """Spiking ResNet-19 for CIFAR (tdBN paper layout, docs/GLIF_SPEC.md section 5).
+
+    ``[B, 3, 32, 32]`` -> per-step logits ``[T, B, num_classes]``. Stem conv3x3(3->128); stages
+    of 128, 256, 512 channels with 3, 3, 2 basic blocks and first strides 1, 2, 2 (32x32 -> 8x8);
+    average pool; bias-free head 512->256->10 on CIFAR-10, 512->100 on CIFAR-100 (see
+    :class:`SpikingResNet` for ``head_hidden``). 17 neurons: stem 1 + 8 blocks x 2 (the head has
+    none). Initialisation as the GLIF authors (:func:`init_weights`).
+
+    Args:
+        neuron: factory called as ``neuron(channels, time_steps)`` once per spiking layer, e.g.
+            ``lightning_glif.neurons.GLIF``.
+        time_steps: T, the number of simulation steps.
+        num_classes: K, the number of output logits (10 for CIFAR-10, 100 for CIFAR-100).
+        in_channels: channels of the input image.
+        head_hidden: width of the head's hidden linear layer; 0 for a single linear layer, None
+            for the authors' rule (256 when num_classes <= 50, else 0).
+    """
+
+    def __init__(
+        self,
+        neuron: NeuronFactory,
+        time_steps: int,
+        num_classes: int = 10,
+        in_channels: int = 3,
+        head_hidden: int | None = None,
+    ) -> None:
+        super().__init__(
+            neuron,
+            time_steps,
+            num_classes,
+            in_channels,
+            stem_channels=128,
+            stage_channels=(128, 256, 512),
+            stage_blocks=(3, 3, 2),
+            stage_strides=(1, 2, 2),
+            head_hidden=head_hidden,
+        )
+
+
+class ResNet18(SpikingResNet):
+    """Spiking ResNet-18 for CIFAR (docs/GLIF_SPEC.md section 5).
+
+    ``[B, 3, 32, 32]`` -> per-step logits ``[T, B, num_classes]``. Stem conv3x3(3->64), no
+    max-pool; stages of 64, 128, 256, 512 channels with 2 basic blocks each; average pool;
+    bias-free head as :class:`ResNet19` (512->256->10 or 512->100). Stem 1 + 8 blocks x 2 = 17
+    neurons.
+
+    The first-block strides default to the spec's ``(1, 2, 2, 2)`` (32x32 -> 4x4). The GLIF
+    authors' ``ResNet_18_stand_CW`` uses ``(1, 1, 2, 2)`` (32x32 -> 8x8, four times the compute
+    in stages 2-4); set ``stage_strides`` to that to match their code.
+
+    Args:
+        neuron: factory called as ``neuron(channels, time_steps)`` once per spiking layer, e.g.
+            ``lightning_glif.neurons.GLIF``.
+        time_steps: T, the number of simulation steps.
+        num_classes: K, the number of output logits (10 for CIFAR-10, 100 for CIFAR-100).
+        in_channels: channels of the input image.
+        stage_strides: stride of the first block of each of the four stages.
+        head_hidden: width of the head's hidden linear layer; 0 for a single linear layer, None
+            for the authors' rule (256 when num_classes <= 50, else 0).
+    """
+
+    def __init__(
+        self,
+        neuron: NeuronFactory,
+        time_steps: int,
+        num_classes: int = 10,
+        in_channels: int = 3,
+        stage_strides: Sequence[int] = (1, 2, 2, 2),
+        head_hidden: int | None = None,
+    ) -> None:
+        super().__init__(
+            neuron,
+            time_steps,
+            num_classes,
+            in_channels,
+            stem_channels=64,
+            stage_channels=(64, 128, 256, 512),
+            stage_blocks=(2, 2, 2, 2),
+            stage_strides=tuple(stage_strides),
+            head_hidden=head_hidden,
+        )

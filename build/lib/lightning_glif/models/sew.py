@@ -1,0 +1,119 @@
+"""7B-wideNet for CIFAR10-DVS: a spike-element-wise (SEW) ResNet, docs/GLIF_SPEC.md section 5."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lightning_glif.models.encoding import to_time_first
+from lightning_glif.models.layers import TimeDistributed
+from lightning_glif.models.resnet import NeuronFactory
+from lightning_glif.models.tdbn import TdBatchNorm
+
+
+def conv_bn_neuron(
+    neuron: NeuronFactory, time_steps: int, in_channels: int, out_channels: int, kernel_size: int
+) -> nn.Sequential:
+    """Bias-free conv (stride 1, same padding) + plain batch norm over T*B + neuron."""
+    return nn.Sequential(
+        TimeDistributed(
+            nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False)
+        ),
+        # alpha = 1, V_th = 1: an ordinary BatchNorm2d over the folded T*B batch, as in SEW-ResNet.
+        TdBatchNorm(out_channels, alpha=1.0, v_threshold=1.0),
+        neuron(out_channels, time_steps),
+    )
+
+
+class SEWBlock(nn.Module):
+    """SEW basic block with the ADD connection, ``[T, B, C, H, W]`` -> same shape.
+
+    ``x + SN(BN(conv3x3(SN(BN(conv3x3(x))))))``: the input is added after the second neuron, so
+    the stream between blocks is a sum of spikes, not binary. Two neurons.
+
+    Args:
+        neuron: factory called as ``neuron(channels, time_steps)``.
+        time_steps: T.
+        channels: C.
+    """
+
+    def __init__(self, neuron: NeuronFactory, time_steps: int, channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            conv_bn_neuron(neuron, time_steps, channels, channels, 3),
+            conv_bn_neuron(neuron, time_steps, channels, channels, 3),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x) + x
+
+
+class WideNet7B(nn.Module):
+    """7B-wideNet (SEW-ResNet, ADD connection) for CIFAR10-DVS event frames.
+
+    Input ``[B, T, 2, 48, 48]`` (polarity frames; a static ``[B, 2, H, W]`` is repeated T times);
+    output per-step logits ``[T, B, num_classes]``. Layout of the GLIF authors'
+    ``SEWResNet_GLIF_dsr`` (seven SEW blocks, four average pools for the 48x48 input)::
+
+        conv1x1(2->64)+BN+SN
+        SEW(64), SEW(64), SEW(64), SEW(64), AvgPool2   48 -> 24
+        conv1x1(64->128)+BN+SN
+        SEW(128), AvgPool2                             24 -> 12
+        SEW(128), AvgPool2                             12 -> 6
+        SEW(128), AvgPool2                              6 -> 3
+        flatten (128*3*3 = 1152), Linear(1152, num_classes) with bias
+
+    BN is a plain batch norm over T*B (``TdBatchNorm(C, alpha=1, v_threshold=1)``). The authors
+    average the flattened features over T and then apply the linear layer; a linear map commutes
+    with the mean, so this module applies it per step and the time-mean of its output equals
+    theirs. 16 neurons: 2 stems + 7 blocks x 2. Weights keep PyTorch's default initialisation,
+    as in the authors' (and SEW-ResNet's) code.
+
+    Args:
+        neuron: factory called as ``neuron(channels, time_steps)`` once per spiking layer, e.g.
+            ``lightning_glif.neurons.GLIF``.
+        time_steps: T, the number of event frames (16 in the paper).
+        num_classes: K, the number of output logits.
+        in_channels: channels of a frame (2 polarities).
+        image_size: height = width of the frames; sets the classifier's input width
+            ``128 * (image_size // 16) ** 2``.
+    """
+
+    def __init__(
+        self,
+        neuron: NeuronFactory,
+        time_steps: int,
+        num_classes: int = 10,
+        in_channels: int = 2,
+        image_size: int = 48,
+    ) -> None:
+        super().__init__()
+        if image_size < 16:
+            raise ValueError(f"image_size must be at least 16 (four 2x2 pools), got {image_size}.")
+        self.time_steps = int(time_steps)
+        self.num_classes = int(num_classes)
+
+        def pool() -> TimeDistributed:
+            return TimeDistributed(nn.AvgPool2d(2, 2))
+
+        self.features = nn.Sequential(
+            conv_bn_neuron(neuron, time_steps, in_channels, 64, 1),
+            *(SEWBlock(neuron, time_steps, 64) for _ in range(4)),
+            pool(),
+            conv_bn_neuron(neuron, time_steps, 64, 128, 1),
+            SEWBlock(neuron, time_steps, 128),
+            pool(),
+            SEWBlock(neuron, time_steps, 128),
+            pool(),
+            SEWBlock(neuron, time_steps, 128),
+            pool(),
+        )
+        side = image_size
+        for _ in range(4):
+            side //= 2
+        self.head = TimeDistributed(nn.Linear(128 * side * side, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, T, C, H, W]`` or ``[B, C, H, W]`` -> per-step logits ``[T, B, num_classes]``."""
+        x = to_time_first(x, self.time_steps)
+        return self.head(self.features(x).flatten(2))

@@ -1,0 +1,279 @@
+"""The LightningModule: classification training around any spiking backbone."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from pytorch_lightning import LightningModule
+from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
+from pytorch_lightning.trainer.states import TrainerFn
+from torch import nn
+from torchmetrics import MaxMetric, MetricCollection
+from torchmetrics.classification import MulticlassAccuracy
+
+from lightning_glif import tags
+from lightning_glif.neurons.base import SpikingNeuron
+
+
+def _built_by_cli() -> bool:
+    """True while LightningCLI instantiates the module.
+
+    The one place that relies on a private name of Lightning: the ContextVar
+    ``pytorch_lightning.core.mixins.hparams_mixin._given_hyperparameters`` (Lightning 2.6.x; the
+    CLI sets it, with the resolved config, in ``pytorch_lightning.cli._InstantiatorFn``). If it
+    moves, this returns False under the CLI too: the checkpoints then lack the backbone's
+    config, so ``SpikingClassifier.load_from_checkpoint(path)`` and ``test --ckpt_path`` without
+    the run's config no longer rebuild the model (tests/test_training.py
+    ``test_built_by_cli_reads_lightnings_context`` and ``test_fit_test_predict_and_reload`` fail).
+    """
+    try:
+        from pytorch_lightning.core.mixins.hparams_mixin import _given_hyperparameters
+    except ImportError:  # pragma: no cover - only if Lightning moves its private context
+        return False
+    return _given_hyperparameters.get() is not None
+
+
+class SpikingClassifier(LightningModule):
+    """Trains a spiking backbone for classification; the backbone is an argument, not a subclass.
+
+    The backbone maps a batch to per-step logits ``[T, B, num_classes]``; :meth:`forward` averages
+    them over T, and the loss is the cross-entropy of that average (GLIF_SPEC section 6).
+    Logged per epoch (names from :mod:`lightning_glif.tags`): ``train/loss``, ``train/acc``,
+    ``val/loss``, ``val/acc``, ``val/acc_best``, ``test/loss``, ``test/acc`` (top-1), and
+    ``<stage>/acc_top5`` when there are more than 5 classes. The learning rate of each parameter
+    group is Lightning's ``LearningRateMonitor``'s (``lr-SGD/weights``, ``lr-SGD/gates``, ...).
+
+    Optimisation follows the paper unless configured otherwise: the optimizer receives three
+    parameter groups (see :meth:`parameter_groups`): ``weights`` (everything outside the
+    neurons, at the optimizer's own weight decay), ``neuron`` (every parameter of a
+    :class:`~lightning_glif.neurons.base.SpikingNeuron`, weight decay ``neuron_weight_decay``)
+    and ``gates`` (the neurons' gate latents, also at ``neuron_weight_decay``, learning rate
+    times ``gate_lr_factor``). Empty groups are left out.
+
+    Args:
+        backbone: the spiking network, e.g. a
+            :class:`~lightning_glif.models.convnet.SpikingConvNet`; returns ``[T, B, K]``.
+        num_classes: K; must match the backbone's output and the data.
+        optimizer: factory called with the parameter groups. Default: the paper's SGD, lr 0.1,
+            momentum 0.9, weight decay 4e-5.
+        lr_scheduler: factory called with the optimizer. ``None``: the paper's cosine schedule
+            from the initial learning rates to 0 over the whole run (``trainer.max_epochs``
+            epochs, or all the run's optimizer steps when ``lr_interval`` is ``"step"``).
+        lr_interval: step the scheduler after every ``"epoch"`` (the paper) or every ``"step"``.
+        gate_lr_factor: learning-rate factor of the gate latents (0.1 on CIFAR, 1 on ImageNet).
+        neuron_weight_decay: weight decay of every neuron parameter (0 in the paper).
+
+    Checkpoints written under the CLI hold the whole configuration, so
+    ``SpikingClassifier.load_from_checkpoint(path)`` rebuilds the backbone. A module built in
+    Python saves only its plain arguments: pass the backbone again,
+    ``load_from_checkpoint(path, backbone=...)``. They load with ``weights_only=True``. The RNG
+    states and the check that a checkpoint fits the model are
+    :class:`~lightning_glif.callbacks.RunState`'s, which the CLI adds to every run.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int = 10,
+        optimizer: OptimizerCallable = lambda params: torch.optim.SGD(
+            params, lr=0.1, momentum=0.9, weight_decay=4e-5
+        ),
+        lr_scheduler: LRSchedulerCallable | None = None,
+        lr_interval: Literal["epoch", "step"] = "epoch",
+        gate_lr_factor: float = 0.1,
+        neuron_weight_decay: float = 0.0,
+    ) -> None:
+        super().__init__()
+        # Under LightningCLI the hyperparameters are the resolved config, with the backbone and
+        # the optimizer as class_path dicts: the checkpoint then rebuilds the whole model
+        # (`test --ckpt_path ...`, `SpikingClassifier.load_from_checkpoint`). Built
+        # from Python they are live objects, which a checkpoint must not pickle.
+        objects = [] if _built_by_cli() else ["backbone", "optimizer", "lr_scheduler"]
+        self.save_hyperparameters(ignore=objects)
+        if lr_interval not in ("epoch", "step"):
+            raise ValueError(f"lr_interval must be 'epoch' or 'step', got {lr_interval!r}.")
+        self.backbone = backbone
+        self.num_classes = num_classes
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
+        self.lr_interval = lr_interval
+        self.gate_lr_factor = gate_lr_factor
+        self.neuron_weight_decay = neuron_weight_decay
+
+        self.train_metrics = self._accuracy_metrics()
+        self.val_metrics = self._accuracy_metrics()
+        self.test_metrics = self._accuracy_metrics()
+        self.val_acc_best = MaxMetric()
+        # Saved with the weights, so a resumed run keeps its best validation accuracy.
+        self.val_acc_best.persistent(True)
+
+    def _accuracy_metrics(self) -> MetricCollection:
+        """Top-1 (``acc``) and, above 5 classes, top-5 (``acc_top5``) accuracy of one stage."""
+        metrics = {"acc": MulticlassAccuracy(self.num_classes, top_k=1, average="micro")}
+        if self.num_classes > 5:
+            metrics["acc_top5"] = MulticlassAccuracy(self.num_classes, top_k=5, average="micro")
+        return MetricCollection(metrics)
+
+    def _log_accuracy(self, stage: str, metrics: MetricCollection, **kwargs: Any) -> None:
+        """Log the metric objects (Lightning computes and resets them per epoch) under their
+        tags. ``copy_state=False``: the members of a compute group share the leader's states, as
+        when Lightning logs a MetricCollection itself."""
+        named = metrics.items(keep_base=True, copy_state=False)
+        self.log_dict(
+            {tags.metric(stage, name): metric for name, metric in named},
+            on_step=False,
+            on_epoch=True,
+            **kwargs,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits averaged over time, ``[B, num_classes]``."""
+        try:
+            logits = self.backbone(x)
+        except (ValueError, RuntimeError) as error:
+            # A shape error (ours, or torch's from a conv/linear): say which layer, by module name.
+            layer = self._raising_layer(error)
+            if type(error) not in (ValueError, RuntimeError) or layer is None:
+                raise
+            raise type(error)(f"layer {layer}: {error}") from error
+        if logits.dim() != 3 or logits.shape[-1] != self.num_classes:
+            raise ValueError(
+                f"the backbone {type(self.backbone).__name__} must return per-step logits "
+                f"[T, B, num_classes={self.num_classes}], got shape {tuple(logits.shape)}; check "
+                "that model.num_classes and the backbone's num_classes agree."
+            )
+        return logits.mean(0)
+
+    def _raising_layer(self, error: BaseException) -> str | None:
+        """Module name of the innermost submodule whose code raised ``error``: read from the
+        traceback, so the forward pass carries no hooks for it."""
+        names = {id(m): n for n, m in self.named_modules() if m is not self}
+        layer, tb = None, error.__traceback__
+        while tb is not None:
+            owner = tb.tb_frame.f_locals.get("self")
+            if owner is not None and id(owner) in names:
+                layer = f"'{names[id(owner)]}' ({type(owner).__name__})"
+            tb = tb.tb_next
+        return layer
+
+    def _step(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x, y = batch
+        logits = self(x)
+        return F.cross_entropy(logits, y), logits, y
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        loss, logits, y = self._step(batch)
+        self.train_metrics.update(logits.detach(), y)
+        # Reduced over DDP ranks once per epoch (at the epoch's end, not every step).
+        self.log(
+            tags.metric("train", "loss"), loss, on_step=False, on_epoch=True, prog_bar=True,
+            sync_dist=True,
+        )  # fmt: skip
+        self._log_accuracy("train", self.train_metrics)
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        loss, logits, y = self._step(batch)
+        self.val_metrics.update(logits, y)
+        self.log(tags.metric("val", "loss"), loss, on_step=False, on_epoch=True, sync_dist=True)
+        self._log_accuracy("val", self.val_metrics, prog_bar=True)
+
+    def on_validation_epoch_end(self) -> None:
+        # The best of the training run: not the sanity check's untrained model, not `validate`.
+        if self.trainer.sanity_checking or self.trainer.state.fn != TrainerFn.FITTING:
+            return
+        self.val_acc_best.update(self.val_metrics["acc"].compute())
+        self.log(tags.best("val", "acc"), self.val_acc_best.compute(), prog_bar=True)
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        loss, logits, y = self._step(batch)
+        self.test_metrics.update(logits, y)
+        self.log(tags.metric("test", "loss"), loss, on_step=False, on_epoch=True, sync_dist=True)
+        self._log_accuracy("test", self.test_metrics)
+
+    def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        """Time-averaged logits ``[B, num_classes]`` of a batch ``x`` or ``(x, y)``."""
+        x = batch[0] if isinstance(batch, list | tuple) else batch
+        return self(x)
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
+        data_classes = getattr(datamodule, "num_classes", None)
+        if data_classes is not None and data_classes != self.num_classes:
+            raise ValueError(
+                f"the data has {data_classes} classes but the model was built for "
+                f"num_classes={self.num_classes}: build the model and its backbone with "
+                f"num_classes={data_classes} (the CLI copies it from the data)."
+            )
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """The optimizer's parameter groups: ``weights``, ``neuron`` and ``gates``.
+
+        Membership is by identity: a parameter belongs to ``neuron`` if any
+        :class:`SpikingNeuron` module owns it, and to ``gates`` if a neuron yields it from
+        ``gate_parameters()``. The ``gates`` group carries ``lr_factor``, applied to the
+        optimizer's learning rate in :meth:`configure_optimizers`. Frozen parameters are left out.
+        """
+        neuron_ids: set[int] = set()
+        gate_ids: set[int] = set()
+        for module in self.modules():
+            if isinstance(module, SpikingNeuron):
+                neuron_ids.update(id(p) for p in module.parameters())
+                gate_ids.update(id(p) for p in module.gate_parameters())
+        members: dict[str, list[nn.Parameter]] = {"weights": [], "neuron": [], "gates": []}
+        for p in self.parameters():
+            if not p.requires_grad:
+                continue
+            name = "gates" if id(p) in gate_ids else "neuron" if id(p) in neuron_ids else "weights"
+            members[name].append(p)
+        groups = [
+            {"name": "weights", "params": members["weights"]},
+            {
+                "name": "neuron",
+                "params": members["neuron"],
+                "weight_decay": self.neuron_weight_decay,
+            },
+            {
+                "name": "gates",
+                "params": members["gates"],
+                "weight_decay": self.neuron_weight_decay,
+                "lr_factor": self.gate_lr_factor,
+            },
+        ]
+        return [g for g in groups if g["params"]]
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = self.optimizer_factory(self.parameter_groups())
+        for group in optimizer.param_groups:
+            # Before the scheduler exists: it takes each group's current lr as its initial lr.
+            group["lr"] = group["lr"] * group.pop("lr_factor", 1.0)
+        if self.lr_scheduler_factory is not None:
+            scheduler = self.lr_scheduler_factory(optimizer)
+        else:
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+                optimizer, T_max=self._schedule_length(), eta_min=0.0
+            )
+        schedule = {"scheduler": scheduler, "interval": self.lr_interval}
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            schedule["monitor"] = tags.metric("val", "loss")
+        return {"optimizer": optimizer, "lr_scheduler": schedule}
+
+    def _schedule_length(self) -> int:
+        """Scheduler steps in the whole run, for the default cosine schedule."""
+        if self.lr_interval == "step":
+            steps = self.trainer.estimated_stepping_batches
+            if steps == float("inf"):
+                raise ValueError(
+                    "the default cosine schedule needs a finite run: set trainer.max_epochs or "
+                    "trainer.max_steps, or give model.lr_scheduler."
+                )
+            return max(1, int(steps))
+        epochs = self.trainer.max_epochs
+        if epochs is None or epochs < 0:
+            raise ValueError(
+                "the default cosine schedule runs over trainer.max_epochs, which is not set: set "
+                "it, use model.lr_interval=step with trainer.max_steps, or give model.lr_scheduler."
+            )
+        return max(1, epochs)

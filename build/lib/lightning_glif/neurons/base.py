@@ -1,0 +1,167 @@
+"""The neuron contract (:class:`SpikingNeuron`), the quantities a neuron reports
+(:class:`Observable`), and the neurons built on the membrane recurrence (:class:`MembraneNeuron`).
+"""
+
+from __future__ import annotations
+
+from abc import ABCMeta, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from .functional import MembraneCoefficients
+from .fused import BACKENDS, Backend, membrane
+from .surrogate import Rectangular, Surrogate
+
+ObservableGroup = Literal["gates", "membrane"]
+OBSERVABLE_GROUPS: tuple[str, ...] = ("gates", "membrane")
+
+
+@dataclass(frozen=True)
+class Observable:
+    """One quantity of a neuron for the monitors to log: a histogram over channels, their mean
+    and standard deviation (:class:`~lightning_glif.callbacks.GateMonitor`).
+
+    Args:
+        group: ``"gates"`` (also drawn in the ``gates/evolution`` image) or ``"membrane"``;
+            the first part of its TensorBoard tags (:func:`lightning_glif.tags.observable`).
+        value: ``[C]`` per channel or ``[]`` per layer; with ``per_step``, ``[T, C]`` or
+            ``[T]``. May carry gradients: monitors detach it.
+        per_step: one value set per time step (logged as one series per step).
+    """
+
+    group: ObservableGroup
+    value: torch.Tensor
+    per_step: bool = False
+
+    def __post_init__(self) -> None:
+        if self.group not in OBSERVABLE_GROUPS:
+            raise ValueError(
+                f"Observable group must be one of {', '.join(OBSERVABLE_GROUPS)}, got "
+                f"{self.group!r}."
+            )
+        if not isinstance(self.value, torch.Tensor):
+            raise TypeError(
+                f"Observable value must be a torch.Tensor, got {type(self.value).__name__}: "
+                "wrap numbers with torch.tensor(...)."
+            )
+        if self.per_step and self.value.dim() not in (1, 2):
+            raise ValueError(
+                f"a per-step Observable is [T] or [T, C], got shape {tuple(self.value.shape)}."
+            )
+
+
+class SpikingNeuron(nn.Module):
+    """The contract every neuron meets: maps a time-first current ``[T, B, C, ...]`` to spikes.
+
+    Every neuron is built as ``Neuron(num_features, time_steps, **options)`` so that backbones can
+    take a factory ``neuron: Callable[[int, int], nn.Module]`` and call ``neuron(C, T)`` per layer.
+    The backbones, the LightningModule's parameter groups and the monitors rely on this class
+    only: its attributes, :meth:`check_input`, :meth:`gate_parameters` and :meth:`observables`.
+    Subclasses implement ``forward``; those defined by the membrane recurrence of
+    :mod:`lightning_glif.neurons.functional` derive from :class:`MembraneNeuron` instead.
+
+    Args:
+        num_features: channels ``C`` (dim 2 of the input).
+        time_steps: ``T`` (dim 0 of the input).
+        surrogate: gradient stand-in for the spike; ``None`` means ``Rectangular(width=1.0)``,
+            the GLIF authors' choice.
+    """
+
+    def __init__(
+        self, num_features: int, time_steps: int, surrogate: Surrogate | None = None
+    ) -> None:
+        super().__init__()
+        if int(num_features) < 1 or int(time_steps) < 1:
+            raise ValueError(
+                f"{type(self).__name__} needs num_features >= 1 and time_steps >= 1, got "
+                f"num_features={num_features}, time_steps={time_steps}."
+            )
+        self.num_features = int(num_features)
+        self.time_steps = int(time_steps)
+        self.surrogate = surrogate if surrogate is not None else Rectangular()
+
+    def gate_parameters(self) -> Iterator[nn.Parameter]:
+        """Trainable gate latents (trained at their own learning-rate factor). None by default."""
+        return iter(())
+
+    def observables(self) -> dict[str, Observable]:
+        """The quantities a monitor should log, by name (``"alpha"``, ``"tau"``, ...). None by
+        default."""
+        return {}
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise a ValueError naming both shapes unless ``x`` is ``[T, B, C, ...]``."""
+        expected = f"[T={self.time_steps}, B, C={self.num_features}, ...]"
+        if x.dim() < 3:
+            raise ValueError(
+                f"{self._describe()} expects time-first input {expected} of rank >= 3, got shape "
+                f"{tuple(x.shape)}. Move time to dim 0 (e.g. x.transpose(0, 1) for [B, T, ...])."
+            )
+        if x.shape[0] != self.time_steps:
+            raise ValueError(
+                f"{self._describe()} got {x.shape[0]} time steps (input shape {tuple(x.shape)}, "
+                f"expected {expected}): the data and the model must use the same time_steps."
+            )
+        if x.shape[2] != self.num_features:
+            raise ValueError(
+                f"{self._describe()} got {x.shape[2]} channels in dim 2 (input shape "
+                f"{tuple(x.shape)}, expected {expected})."
+            )
+
+    def _describe(self) -> str:
+        name = type(self).__name__
+        return f"{name}(num_features={self.num_features}, time_steps={self.time_steps})"
+
+    def extra_repr(self) -> str:
+        return f"num_features={self.num_features}, time_steps={self.time_steps}"
+
+
+class MembraneNeuron(SpikingNeuron, metaclass=ABCMeta):
+    """A neuron defined by the membrane recurrence of :mod:`lightning_glif.neurons.functional`.
+
+    Subclasses define :meth:`coefficients` (abstract: a subclass without it cannot be built), the
+    map from their parameters to the recurrence; the forward pass (fused op or reference loop)
+    is shared, and so is what :class:`~lightning_glif.callbacks.NonFiniteGuard` replays to find
+    an overflowing membrane.
+    The membrane state lives only inside ``forward``: there is nothing to reset between batches.
+
+    Args:
+        num_features, time_steps, surrogate: as :class:`SpikingNeuron`.
+        detach_reset: cut the gradient through the spike in the reset terms.
+        backend: ``"auto"``: the fused op of :mod:`lightning_glif.neurons.fused` (C kernel on CPU,
+            Triton on CUDA) wherever it applies, else the reference loop; ``"fused"``: the fused
+            op or a RuntimeError saying why not; ``"reference"``: the PyTorch loop
+            :func:`~lightning_glif.neurons.functional.membrane_sequence`. Same spikes either way.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        time_steps: int,
+        surrogate: Surrogate | None = None,
+        detach_reset: bool = False,
+        backend: Backend = "auto",
+    ) -> None:
+        super().__init__(num_features, time_steps, surrogate)
+        self.detach_reset = bool(detach_reset)
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}.")
+        self.backend = backend
+
+    @abstractmethod
+    def coefficients(self) -> MembraneCoefficients:
+        """The coefficients of the membrane recurrence, differentiable w.r.t. the parameters."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Spikes ``[T, B, C, ...]`` (0/1, in ``x``'s dtype) for input current ``x`` of that shape.
+
+        Under autocast the membrane and the coefficients are kept in float32 (a bf16 membrane
+        loses the small leaks and resets); the spikes come back in the input dtype.
+        """
+        self.check_input(x)
+        with torch.autocast(x.device.type, enabled=False):
+            return membrane(x, self.coefficients(), self.surrogate, self.detach_reset, self.backend)

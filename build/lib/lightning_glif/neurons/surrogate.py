@@ -1,0 +1,179 @@
+"""Surrogate gradients of the Heaviside step.
+
+Forward, every surrogate is the step ``H(v) = 1[v > 0]`` (a spike when the membrane exceeds the
+threshold strictly, as in the GLIF authors' code). Backward, ``dH/dv`` is replaced by the
+derivative of a smooth *primitive*: each surrogate below defines that primitive and its
+closed-form derivative side by side, so a test can check the hand-written backward against
+autograd of the primitive. Each also says whether (and how) the fused kernels of
+:mod:`lightning_glif.neurons.fused` implement its derivative: :meth:`Surrogate.kernel_code`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class _Heaviside(torch.autograd.Function):
+    """``1[v > 0]`` forward; ``grad * surrogate.derivative(v)`` backward."""
+
+    @staticmethod
+    def forward(ctx, v: torch.Tensor, surrogate: Surrogate) -> torch.Tensor:
+        ctx.save_for_backward(v)
+        ctx.surrogate = surrogate
+        return (v > 0).to(v.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (v,) = ctx.saved_tensors
+        return grad * ctx.surrogate.derivative(v), None
+
+
+class Surrogate(nn.Module):
+    """Base: a spike function with a smooth stand-in for its gradient.
+
+    Subclasses define :meth:`primitive` (the smooth function whose slope is used) and
+    :meth:`derivative` (its closed form, used by the backward pass). A new surrogate runs the
+    reference loop (its :meth:`kernel_code` is ``None``); the four below also run fused.
+    """
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        """Spikes ``1[v > 0]`` in ``v``'s dtype; ``v`` is membrane minus threshold."""
+        return _Heaviside.apply(v, self)
+
+    def primitive(self, v: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def derivative(self, v: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def kernel_code(self) -> tuple[int, float, float] | None:
+        """``(kind, p, q)``: which derivative the fused kernels compute and its two constants
+        (the table in ``fused/membrane_body.h``, mirrored by ``fused/triton_kernels.py``), or
+        ``None`` when they do not implement this surrogate (then the reference loop runs).
+
+        The built-ins return their code for their exact type only: a subclass that redefines
+        :meth:`derivative` (or ``forward``) would otherwise be silently run with its parent's
+        kernel. A subclass that keeps its parent's spike and derivative (one that only adds a
+        method, say) opts in by overriding this method to return the parent's code.
+        """
+        return None
+
+
+class Rectangular(Surrogate):
+    """Box of unit area: ``dH/dv = 1[|v| < width/2] / width``.
+
+    ``width=1`` is the GLIF authors' surrogate (``1`` inside ``|v| < 0.5``, else ``0``).
+
+    Args:
+        width: width of the box around the threshold.
+    """
+
+    def __init__(self, width: float = 1.0) -> None:
+        super().__init__()
+        if width <= 0:
+            raise ValueError(f"Rectangular surrogate needs width > 0, got {width}.")
+        self.width = float(width)
+
+    def primitive(self, v: torch.Tensor) -> torch.Tensor:
+        return torch.clamp(v / self.width + 0.5, 0.0, 1.0)
+
+    def derivative(self, v: torch.Tensor) -> torch.Tensor:
+        return (v.abs() < self.width / 2).to(v.dtype) / self.width
+
+    def kernel_code(self) -> tuple[int, float, float] | None:
+        if type(self) is not Rectangular:  # exact type only: see Surrogate.kernel_code
+            return None
+        return 0, self.width / 2, 1 / self.width
+
+    def extra_repr(self) -> str:
+        return f"width={self.width}"
+
+
+class ATan(Surrogate):
+    """Arctangent: primitive ``atan(pi/2 * alpha * v) / pi + 1/2``.
+
+    Args:
+        alpha: slope; the peak of ``dH/dv`` is ``alpha / 2``.
+    """
+
+    def __init__(self, alpha: float = 2.0) -> None:
+        super().__init__()
+        if alpha <= 0:
+            raise ValueError(f"ATan surrogate needs alpha > 0, got {alpha}.")
+        self.alpha = float(alpha)
+
+    def primitive(self, v: torch.Tensor) -> torch.Tensor:
+        return torch.atan(math.pi / 2 * self.alpha * v) / math.pi + 0.5
+
+    def derivative(self, v: torch.Tensor) -> torch.Tensor:
+        return (self.alpha / 2) / (1 + (math.pi / 2 * self.alpha * v) ** 2)
+
+    def kernel_code(self) -> tuple[int, float, float] | None:
+        if type(self) is not ATan:  # exact type only: see Surrogate.kernel_code
+            return None
+        return 1, self.alpha / 2, math.pi / 2 * self.alpha
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}"
+
+
+class Sigmoid(Surrogate):
+    """Logistic: primitive ``sigmoid(alpha * v)``.
+
+    Args:
+        alpha: slope; the peak of ``dH/dv`` is ``alpha / 4``.
+    """
+
+    def __init__(self, alpha: float = 4.0) -> None:
+        super().__init__()
+        if alpha <= 0:
+            raise ValueError(f"Sigmoid surrogate needs alpha > 0, got {alpha}.")
+        self.alpha = float(alpha)
+
+    def primitive(self, v: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.alpha * v)
+
+    def derivative(self, v: torch.Tensor) -> torch.Tensor:
+        s = torch.sigmoid(self.alpha * v)
+        return self.alpha * s * (1 - s)
+
+    def kernel_code(self) -> tuple[int, float, float] | None:
+        if type(self) is not Sigmoid:  # exact type only: see Surrogate.kernel_code
+            return None
+        return 2, self.alpha, 0.0
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}"
+
+
+class Triangle(Surrogate):
+    """Triangle of unit area: ``dH/dv = max(0, 1 - |v|/width) / width``.
+
+    Args:
+        width: half the base of the triangle.
+    """
+
+    def __init__(self, width: float = 1.0) -> None:
+        super().__init__()
+        if width <= 0:
+            raise ValueError(f"Triangle surrogate needs width > 0, got {width}.")
+        self.width = float(width)
+
+    def primitive(self, v: torch.Tensor) -> torch.Tensor:
+        r = torch.clamp(v / self.width, -1.0, 1.0)
+        # Integral of the triangle: (1 + r)^2 / 2 left of 0, 1 - (1 - r)^2 / 2 right of it.
+        return torch.where(r < 0, 0.5 * (1 + r) ** 2, 1 - 0.5 * (1 - r) ** 2)
+
+    def derivative(self, v: torch.Tensor) -> torch.Tensor:
+        return torch.clamp(1 - v.abs() / self.width, min=0.0) / self.width
+
+    def kernel_code(self) -> tuple[int, float, float] | None:
+        if type(self) is not Triangle:  # exact type only: see Surrogate.kernel_code
+            return None
+        return 3, self.width, 1 / self.width
+
+    def extra_repr(self) -> str:
+        return f"width={self.width}"

@@ -1,0 +1,217 @@
+"""The CLI's own rules: values the data knows are set once, a class named in a config starts from
+its own defaults, configs state only what differs, and the package runs from any directory."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lightning_glif.cli import CONF_DIR, cli_main, resolve_config_paths
+from lightning_glif.config_links import import_class, signature_defaults
+from lightning_glif.module import SpikingClassifier
+from lightning_glif.neurons.base import SpikingNeuron
+
+ROOT = Path(__file__).resolve().parents[1]
+ROW = str(CONF_DIR / "experiment" / "row_digits.yaml")
+
+
+@pytest.fixture(autouse=True)
+def _plain_argv(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["train.py"])
+
+
+def build(tmp_path: Path, *args: str):
+    return cli_main([*args, "--trainer.default_root_dir", str(tmp_path)], run=False)
+
+
+def neurons(model) -> list[SpikingNeuron]:
+    return [m for m in model.modules() if isinstance(m, SpikingNeuron)]
+
+
+# -- shared values: set once, by the data ---------------------------------------------------------
+def test_data_values_reach_the_backbone_and_the_classifier(tmp_path):
+    cli = build(tmp_path, "--config", ROW, "--data.init_args.time_steps", "16")
+    assert {n.time_steps for n in neurons(cli.model)} == {16}
+    assert cli.model.backbone.in_features == 8 and cli.model.num_classes == 10
+    # the saved config shows what was built
+    assert cli.config.model.backbone.init_args.time_steps == 16
+    assert cli.config.model.backbone.init_args.in_features == 8
+
+    cli = build(tmp_path, "--data", "lightning_glif.data.vision.CIFAR100DataModule",
+                "--model.backbone", "lightning_glif.models.resnet.ResNet19",
+                "--model.backbone.init_args.time_steps", "2")  # fmt: skip
+    assert cli.model.num_classes == 100 and cli.model.backbone.stem[0].module.in_channels == 3
+    assert {n.time_steps for n in neurons(cli.model)} == {2}  # static data: the model's own T
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "data_value"),
+    [
+        ("model.backbone.init_args.num_classes", "5", "10"),
+        ("model.backbone.init_args.in_channels", "3", "1"),
+        ("model.backbone.init_args.image_size", "16", "8"),
+    ],
+)
+def test_a_value_that_contradicts_the_data_is_an_error(key, value, data_value, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        build(tmp_path, f"--{key}", value)
+    err = capsys.readouterr().err
+    assert f"{key} = {value}" in err and "DigitsDataModule" in err and f"= {data_value}" in err
+    assert "drop" in err
+
+
+def test_the_classifiers_num_classes_is_only_the_datas(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        build(tmp_path, "--model.num_classes", "10")
+    linked = 'Linked "model.num_classes" must be given via "data.num_classes"'
+    assert linked in capsys.readouterr().err
+
+
+def test_time_steps_typed_in_the_model_must_agree_with_sequence_data(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        build(tmp_path, "--config", ROW, "--model.backbone.init_args.time_steps", "4")
+    err = capsys.readouterr().err
+    assert "time_steps = 4" in err and "RowDigitsDataModule has time_steps = 8" in err
+    # the same value is no conflict
+    cli = build(tmp_path, "--config", ROW, "--model.backbone.init_args.time_steps", "8")
+    assert {n.time_steps for n in neurons(cli.model)} == {8}
+
+
+# -- a named class starts from its own defaults ---------------------------------------------------
+@pytest.mark.parametrize(
+    ("data", "own"),
+    [
+        ("lightning_glif.data.NMNISTDataModule", {"val_fraction": 0.1, "time_steps": 10}),
+        ("lightning_glif.data.SHDDataModule", {"val_fraction": 0.1, "time_steps": 100}),
+        ("lightning_glif.data.DVSGestureDataModule", {"val_fraction": 0.1, "batch_size": 16}),
+        ("lightning_glif.data.CIFAR10DataModule", {"num_workers": 4}),
+    ],
+)
+def test_default_configs_data_options_do_not_leak_into_another_data_class(data, own, tmp_path):
+    mlp = ["--model.backbone", "lightning_glif.models.mlp.SpikingMLP"]
+    sequences = mlp if "SHD" in data else []
+    config = build(tmp_path, "--data", data, *sequences).config
+    init = vars(config.data.init_args)
+    assert {k: init[k] for k in own} == own
+    # what the user gives is kept
+    given = build(tmp_path, "--data", data, *sequences, "--data.init_args.batch_size", "7").config
+    assert given.data.init_args.batch_size == 7
+
+
+def test_an_overlay_neuron_starts_from_its_own_defaults(tmp_path):
+    cli = build(
+        tmp_path,
+        "--model.backbone.init_args.neuron", "lightning_glif.neurons.GLIF",
+        "--model.backbone.init_args.neuron.v_threshold", "0.3",
+        "--config", str(CONF_DIR / "neuron" / "plif.yaml"),
+    )  # fmt: skip
+    # the GLIF option given before the PLIF overlay carries over only as jsonargparse does for
+    # given values; every option nobody gave is PLIF's own default
+    plif = neurons(cli.model)[0]
+    assert type(plif).__name__ == "PLIF" and plif.granularity == "layer"
+
+
+# -- configs state only what differs --------------------------------------------------------------
+def _class_specs(node, where=""):
+    """Every ``{class_path, init_args}`` mapping in a loaded YAML tree, with its key path."""
+    if isinstance(node, dict):
+        if "class_path" in node:
+            yield where, node
+        for key, value in node.items():
+            yield from _class_specs(value, f"{where}.{key}" if where else str(key))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _class_specs(value, f"{where}[{i}]")
+
+
+def _plain(value):
+    return [_plain(v) for v in value] if isinstance(value, tuple | list) else value
+
+
+@pytest.mark.parametrize("path", sorted(CONF_DIR.rglob("*.yaml")), ids=lambda p: p.stem)
+def test_no_config_restates_a_code_default(path):
+    config = yaml.safe_load(path.read_text()) or {}
+    for where, spec in _class_specs(config):
+        defaults = signature_defaults(import_class(spec["class_path"]))
+        for name, value in (spec.get("init_args") or {}).items():
+            assert name not in defaults or _plain(value) != defaults[name], (
+                f"{path.name}: {where}.init_args.{name}: {value!r} is the code default"
+            )
+    model = signature_defaults(SpikingClassifier)
+    for name, value in (config.get("model") or {}).items():
+        if name in model and not isinstance(value, dict):
+            assert value != model[name], f"{path.name}: model.{name}: {value!r} is the default"
+
+
+def test_cifar_recipes_share_one_base():
+    cifar = sorted((CONF_DIR / "experiment").glob("cifar1*_resnet*_t*.yaml"))
+    assert len(cifar) == 12
+    assert {yaml.safe_load(p.read_text())["config"] for p in cifar} == {"../recipe/cifar.yaml"}
+
+
+# -- packaging ------------------------------------------------------------------------------------
+def test_shipped_config_paths_resolve_from_any_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = resolve_config_paths(["fit", "--config", "conf/experiment/row_digits.yaml"])
+    assert args[2] == str(CONF_DIR / "experiment" / "row_digits.yaml")
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "mine.yaml").write_text("trainer: {max_epochs: 1}\n")
+    # a file of the user's own, where the command runs, is theirs
+    assert resolve_config_paths(["--config=conf/mine.yaml"]) == ["--config=conf/mine.yaml"]
+
+
+@pytest.mark.slow
+def test_installed_package_runs_from_another_directory(tmp_path):
+    """``pip install .`` then ``lightning-glif fit`` from elsewhere: the wheel ships the configs
+    and the kernel sources and declares the console scripts; training from another directory
+    reads the shipped default config."""
+    wheels = tmp_path / "wheels"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+         "-w", str(wheels), str(ROOT)],
+        check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    (wheel,) = wheels.glob("lightning_glif-*.whl")
+    site = tmp_path / "site"
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        archive.extractall(site)
+    assert "lightning_glif/conf/default.yaml" in names
+    assert "lightning_glif/conf/experiment/row_digits.yaml" in names
+    assert "lightning_glif/neurons/fused/membrane.c" in names
+    entry = next(n for n in names if n.endswith("entry_points.txt"))
+    scripts = (site / entry).read_text()
+    assert "lightning-glif = lightning_glif.cli:main" in scripts
+    assert "lightning-glif-ablate = lightning_glif.ablation:main" in scripts
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    code = (
+        "import sys, lightning_glif; from lightning_glif.cli import main; "
+        "print('imported from', lightning_glif.__file__); main()"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, "fit", "--config", "conf/experiment/row_digits.yaml",
+         "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
+         "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar", "false"],
+        cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"imported from {site}" in done.stdout  # the installed copy, not the checkout
+    runs = list((elsewhere / "runs" / "row_digits").glob("version_0/checkpoints/last.ckpt"))
+    assert runs, "the run did not write into the directory it was started from"
+
+
+def test_train_and_ablate_are_thin_entry_points():
+    for script in ("train.py", "ablate.py"):
+        source = (ROOT / script).read_text()
+        assert len(source.splitlines()) <= 15, f"{script} should only call into the package"
+    assert "import train" not in inspect.getsource(import_class("lightning_glif.ablation.run_one"))
