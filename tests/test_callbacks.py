@@ -9,6 +9,7 @@ from datetime import timedelta
 import pytest
 import torch
 import torch.distributed as dist
+from monitoring import last_scalar, read_events, tiny_fit
 from pytorch_lightning import LightningModule, Trainer
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.strategies import DDPStrategy
@@ -19,59 +20,16 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from lightning_glif.callbacks import FiringRateMonitor, SynapticOpsMonitor
 from lightning_glif.callbacks.synops import synaptic_events
-from lightning_glif.cli import cli_main
 from lightning_glif.models.layers import TimeDistributed
 from lightning_glif.neurons.base import SpikingNeuron
 
 T = 4
-# The monitors as a user configures them, replacing conf/default.yaml's callbacks list.
-MONITORS = """
-trainer:
-  callbacks:
-    - class_path: lightning_glif.callbacks.GateMonitor
-      init_args:
-        every_n_steps: 2
-    - class_path: lightning_glif.callbacks.FiringRateMonitor
-    - class_path: lightning_glif.callbacks.SynapticOpsMonitor
-"""
 
 
 @pytest.fixture(autouse=True)
 def _plain_argv(monkeypatch):
     # LightningCLI warns when it gets args while sys.argv holds pytest's own arguments.
     monkeypatch.setattr(sys, "argv", ["train.py"])
-
-
-def read_events(run_dir) -> ea.EventAccumulator:
-    """Every scalar, histogram and image of the run directory (no sampling)."""
-    keep_all = {ea.SCALARS: 0, ea.HISTOGRAMS: 0, ea.IMAGES: 0}
-    events = ea.EventAccumulator(str(run_dir), size_guidance=keep_all)
-    events.Reload()
-    return events
-
-
-def last_scalar(events: ea.EventAccumulator, tag: str) -> float:
-    return events.Scalars(tag)[-1].value
-
-
-def tiny_fit(root) -> tuple:
-    """Two short epochs of the default run (small convnet) with the three monitors, configured
-    from YAML as a user would; returns the CLI (its model is the trained one) and the run dir."""
-    config = root / "monitors.yaml"
-    config.write_text(MONITORS)
-    cli = cli_main(
-        [
-            "fit", "--config", str(config),
-            "--trainer.default_root_dir", str(root),
-            "--trainer.max_epochs", "2",
-            "--trainer.limit_train_batches", "3",
-            "--trainer.limit_val_batches", "2",
-            "--trainer.enable_progress_bar", "false",
-            "--trainer.enable_model_summary", "false",
-            "--model.backbone.init_args.channels", "[8, 16]",
-        ]
-    )  # fmt: skip
-    return cli, cli.trainer.log_dir
 
 
 @pytest.fixture(scope="module")

@@ -8,65 +8,22 @@ import math
 import numpy as np
 import pytest
 import torch
+from monitoring import last_scalar, read_events, tiny_fit
 from pytorch_lightning import LightningModule, Trainer
 from pytorch_lightning.loggers import TensorBoardLogger
-from tensorboard.backend.event_processing import event_accumulator as ea
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_glif import tags
 from lightning_glif.callbacks import GateMonitor
 from lightning_glif.callbacks.figures import evolution_figure
-from lightning_glif.cli import cli_main
 from lightning_glif.neurons import GLIF, LIF, PLIF, GLIFf, Observable, SpikingNeuron
 
 T = 4
-# The monitors as a user configures them, replacing the default config's callbacks list.
-MONITORS = """
-trainer:
-  callbacks:
-    - class_path: lightning_glif.callbacks.GateMonitor
-      init_args:
-        every_n_steps: 2
-    - class_path: lightning_glif.callbacks.FiringRateMonitor
-    - class_path: lightning_glif.callbacks.SynapticOpsMonitor
-"""
-
-
-def read_events(run_dir) -> ea.EventAccumulator:
-    """Every scalar, histogram and image of the run directory (no sampling)."""
-    keep_all = {ea.SCALARS: 0, ea.HISTOGRAMS: 0, ea.IMAGES: 0}
-    events = ea.EventAccumulator(str(run_dir), size_guidance=keep_all)
-    events.Reload()
-    return events
-
-
-def last_scalar(events: ea.EventAccumulator, tag: str) -> float:
-    return events.Scalars(tag)[-1].value
 
 
 def logit(p: float) -> float:
     return math.log(p / (1 - p))
-
-
-def tiny_fit(root) -> tuple:
-    """Two short epochs of the default run (small convnet) with the three monitors, configured
-    from YAML as a user would; returns the CLI (its model is the trained one) and the run dir."""
-    config = root / "monitors.yaml"
-    config.write_text(MONITORS)
-    cli = cli_main(
-        [
-            "fit", "--config", str(config),
-            "--trainer.default_root_dir", str(root),
-            "--trainer.max_epochs", "2",
-            "--trainer.limit_train_batches", "3",
-            "--trainer.limit_val_batches", "2",
-            "--trainer.enable_progress_bar", "false",
-            "--trainer.enable_model_summary", "false",
-            "--model.backbone.init_args.channels", "[8, 16]",
-        ]
-    )  # fmt: skip
-    return cli, cli.trainer.log_dir
 
 
 @pytest.fixture(scope="module")
