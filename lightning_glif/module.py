@@ -39,7 +39,7 @@ class SpikingClassifier(LightningModule):
     """Trains a spiking backbone for classification; the backbone is an argument, not a subclass.
 
     The backbone maps a batch to per-step logits ``[T, B, num_classes]``; :meth:`forward` averages
-    them over T, and the loss is the cross-entropy of that average (GLIF_SPEC section 6).
+    them over T, and the loss is the cross-entropy of that average (docs/GLIF_SPEC.md section 6).
     Logged per epoch (names from :mod:`lightning_glif.tags`): ``train/loss``, ``train/acc``,
     ``val/loss``, ``val/acc``, ``val/acc_best``, ``test/loss``, ``test/acc`` (top-1), and
     ``<stage>/acc_top5`` when there are more than 5 classes. The learning rate of each parameter

@@ -4,8 +4,8 @@ held-out validation split.
 Nothing is downloaded unless asked: a missing dataset is one error that names the dataset, the
 folder looked at, the layout expected there and how to get it. The validation split (model
 selection, the checkpoint on ``val/acc``) is held out of the training images with a fixed seed;
-the official test images are used only by ``test`` (GLIF_SPEC section 8, defect 4: the authors
-picked their best checkpoint on the test set).
+the official test images are used only by ``test`` (docs/GLIF_SPEC.md section 8, defect 4:
+the authors picked their best checkpoint on the test set).
 """
 
 from __future__ import annotations
@@ -193,9 +193,9 @@ class CIFAR10DataModule(_TorchvisionDataModule):
 
     Expects ``<data_dir>/cifar-10-batches-py/`` (``data_batch_1`` .. ``data_batch_5``,
     ``test_batch``, ``batches.meta``: the python version of the archive, as torchvision unpacks
-    it). Training augmentation as the GLIF recipe (GLIF_SPEC section 6): RandomCrop(32, padding
-    4) and horizontal flips, then the per-dataset mean/std normalisation. The validation split
-    is ``val_size`` of the 50,000 training images (fixed by ``split_seed``), without
+    it). Training augmentation as the GLIF recipe (docs/GLIF_SPEC.md section 6): RandomCrop(32,
+    padding 4) and horizontal flips, then the per-dataset mean/std normalisation. The validation
+    split is ``val_size`` of the 50,000 training images (fixed by ``split_seed``), without
     augmentation; ``test`` uses the 10,000 official test images. Note: the paper trained on all
     50,000 images and selected on the test set; here selection uses the held-out split.
 
