@@ -1,10 +1,11 @@
 """Neuron ablations: a grid of neuron variants, each a full ``fit`` run in its own process.
 
-``ablate.py`` is the command line; this module holds the parent (:func:`run_grid`, the tables and
-the plot) and the child (``python -m lightning_glif.ablation RUN_DIR``), which trains one
-variant through :func:`lightning_glif.cli.cli_main` with the arguments stored in
-``RUN_DIR/run.json``, tests the checkpoint selected on ``run.json``'s metric and writes
-``RUN_DIR/result.json`` (atomically) when it succeeds.
+``ablate.py`` is the command line (:func:`main`); this module holds the parent (:func:`run_grid`,
+whose reports are :mod:`lightning_glif.ablation_report`'s) and the child
+(``python -m lightning_glif.ablation RUN_DIR``), which trains one variant through
+:func:`lightning_glif.cli.cli_main` with the arguments stored in ``RUN_DIR/run.json``, tests the
+checkpoint selected on ``run.json``'s metric and writes ``RUN_DIR/result.json`` (atomically) when
+it succeeds.
 
 A run directory ``OUT/<variant>/seed<k>/`` holds ``variant.yaml`` (the neuron overlay),
 ``run.json`` (the ``fit`` arguments and the selection metric and mode), ``train.log`` (the
@@ -15,9 +16,7 @@ again, a run without one is cleared and redone.
 
 from __future__ import annotations
 
-import csv
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -26,24 +25,25 @@ import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from statistics import mean, stdev
+from statistics import mean
 from typing import Any
 
 import yaml
 
 from lightning_glif import tags
+from lightning_glif.ablation_report import write_reports
 
 ROOT = Path(__file__).resolve().parent.parent
 GATES = ("alpha", "beta", "gamma")
-COLUMNS = [
-    "variant", "seed", "status", "val_acc_best", "test_acc", "alpha_mean", "beta_mean",
-    "gamma_mean", "firing_rate", "synops_ac", "energy_uJ", "wall_s", "error",
-]  # fmt: skip
+ALL = "all"  # --variants all: every variant of the grid
+REFERENCE = "glif_soft"
+SEEDS = "0,1,2,3,4"
 
 
-def load_variants(grid: str | Path, names: list[str] | None = None) -> dict[str, dict]:
-    """The ``variants`` mapping (name -> neuron class_path/init_args) of a grid YAML file,
-    restricted to ``names`` (in that order) when given."""
+def read_grid(grid: str | Path) -> tuple[dict[str, dict], list[str]]:
+    """A grid YAML file's ``variants`` mapping (name -> neuron class_path/init_args) and its
+    ``default`` subset (the variant names a run without ``--variants`` trains; every variant
+    when the file has no ``default:``)."""
     data = yaml.safe_load(Path(grid).read_text()) or {}
     variants = data.get("variants")
     if not isinstance(variants, dict) or not variants:
@@ -51,12 +51,28 @@ def load_variants(grid: str | Path, names: list[str] | None = None) -> dict[str,
     for name, neuron in variants.items():
         if not isinstance(neuron, dict) or "class_path" not in neuron:
             raise ValueError(f"{grid}: variant {name!r} needs a class_path (and init_args).")
-    if names:
-        unknown = [n for n in names if n not in variants]
-        if unknown:
-            raise ValueError(f"unknown variants {unknown}; {grid} has: {', '.join(variants)}.")
-        variants = {n: variants[n] for n in names}
-    return variants
+    if ALL in variants:
+        raise ValueError(f"{grid}: {ALL!r} is reserved (--variants {ALL}), rename that variant.")
+    default = data.get("default", list(variants))
+    if not isinstance(default, list) or not default:
+        raise ValueError(f"{grid}: 'default:' must be a non-empty list of variant names.")
+    unknown = [n for n in default if n not in variants]
+    if unknown:
+        raise ValueError(f"{grid}: 'default:' names unknown variants {unknown}.")
+    return variants, default
+
+
+def load_variants(grid: str | Path, names: list[str] | None = None) -> dict[str, dict]:
+    """The variants of a grid YAML file to run: ``names`` (in that order), every variant for
+    ``["all"]``, the file's ``default:`` subset when ``names`` is None or empty."""
+    variants, default = read_grid(grid)
+    if names == [ALL]:
+        return variants
+    names = names or default
+    unknown = [n for n in names if n not in variants]
+    if unknown:
+        raise ValueError(f"unknown variants {unknown}; {grid} has: {', '.join(variants)}.")
+    return {n: variants[n] for n in names}
 
 
 def read_scalars(run_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
@@ -179,9 +195,12 @@ def run_grid(
     log=print,
     monitor: str = tags.SELECTION,
     mode: str = tags.SELECTION_MODE,
+    reference: str = REFERENCE,
 ) -> list[dict[str, Any]]:
     """Run every (variant, seed) without a ``result.json`` (``jobs`` at a time) and write
-    ``results.csv``, ``results.md`` and ``results.png`` into ``out``; return the rows.
+    ``results.csv``, ``results.md`` and ``results.png`` into ``out``
+    (:func:`lightning_glif.ablation_report.write_reports`, differences to ``reference``);
+    return the rows.
 
     Each run tests its best epoch on ``monitor`` (``mode`` ``"max"`` or ``"min"``), recorded
     in its ``run.json``."""
@@ -231,98 +250,37 @@ def run_grid(
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         list(pool.map(work, todo))
     ordered = [rows[n, s] for n in variants for s in seeds]
-    write_reports(ordered, out)
+    write_reports(ordered, out, reference=reference)
     return ordered
-
-
-def _fmt(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
-    values = [v * scale for v in values if v is not None]
-    if not values:
-        return "–"
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{mean(values):.{digits}f} ± {stdev(values):.{digits}f}"
-
-
-def write_reports(rows: list[dict[str, Any]], out: Path) -> None:
-    """``results.csv`` (one row per run), ``results.md`` (mean ± std over seeds per variant,
-    best test accuracy first; failed runs listed below) and ``results.png``."""
-    with open(out / "results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({k: r.get(k, "") if r.get(k) is not None else "" for k in COLUMNS})
-
-    by_variant: dict[str, list[dict]] = defaultdict(list)
-    for r in rows:
-        by_variant[r["variant"]].append(r)
-    ok = {v: [r for r in rs if r["status"] == "ok"] for v, rs in by_variant.items()}
-    ranked = sorted((v for v in ok if ok[v]), key=lambda v: -mean(r["test_acc"] for r in ok[v]))
-    lines = [
-        "| variant | seeds | test acc (%) | best val acc (%) | alpha | beta | gamma "
-        "| firing rate | SOPs/sample (k) | wall (s) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for v in ranked:
-        rs = ok[v]
-
-        def col(k: str, scale: float = 1.0, d: int = 2, rs: list[dict] = rs) -> str:
-            return _fmt([r.get(k) for r in rs], scale, d)
-
-        lines.append(
-            f"| {v} | {len(rs)} | {col('test_acc', 100)} | {col('val_acc_best', 100)} "
-            f"| {col('alpha_mean')} | {col('beta_mean')} | {col('gamma_mean')} "
-            f"| {col('firing_rate', 1, 3)} | {col('synops_ac', 1e-3, 1)} | {col('wall_s', 1, 0)} |"
-        )
-    failed = [r for r in rows if r["status"] != "ok"]
-    if failed:
-        lines += ["", "Failed runs (see `<variant>/seed<k>/train.log`; rerun to retry):", ""]
-        for r in failed:
-            last = (r.get("error") or "").strip().splitlines()[-1:] or [""]
-            lines.append(f"- {r['variant']} seed {r['seed']}: {last[0]}")
-    (out / "results.md").write_text("\n".join(lines) + "\n")
-    _plot(ranked, ok, out / "results.png")
-
-
-def _plot(ranked: list[str], ok: dict[str, list[dict]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    accs = [[100 * r["test_acc"] for r in ok[v]] for v in ranked]
-    means = [mean(a) for a in accs]
-    errs = [stdev(a) if len(a) > 1 else 0.0 for a in accs]
-    fig, ax = plt.subplots(figsize=(7, 0.35 * max(len(ranked), 1) + 1.2))
-    y = list(range(len(ranked)))[::-1]
-    ax.barh(y, means, xerr=errs, capsize=3, color="tab:blue", alpha=0.8)
-    ax.set_yticks(y, ranked)
-    if means:
-        lo = min(m - e for m, e in zip(means, errs, strict=True))
-        ax.set_xlim(max(0.0, math.floor(lo - 2)), 100)
-    ax.set_xlabel("test accuracy at the best-val checkpoint (%), mean ± std over seeds")
-    ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 # -- the command line (ablate.py, the lightning-glif-ablate console script) ----------------------
 USAGE = """Neuron ablation: train a grid of neuron variants on one base config and compare them.
 
-    python ablate.py                                  # the default grid on row digits
-    python ablate.py --variants glif_soft,lif,a1b0g1 --seeds 0,1,2 --jobs 2
+    python ablate.py                                  # the default variants x 5 seeds, row digits
+    python ablate.py --variants all                   # every variant of the grid (or --full)
+    python ablate.py --variants glif_soft,lif,a1b0g1 --seeds 0,1,2
+    python ablate.py --reference lif                  # differences to LIF instead of glif_soft
     python ablate.py --config conf/experiment/event_digits.yaml --out runs/ablation_events
     python ablate.py --out runs/tiny -- --trainer.max_epochs 2   # extra fit arguments
+    python ablate.py --list                           # the grid's variants, * = default subset
 
 The variants are conf/ablation/default.yaml (name -> neuron class_path/init_args; --grid for
-another file). Each (variant, seed) is one `fit` run in its own process (conf/default.yaml, each
---config, the variant's neuron, --seed_everything <seed>, then the arguments after --), followed
-by a test of its checkpoint selected on --monitor. Outputs in --out: <variant>/seed<k>/
-(TensorBoard logs, checkpoints, variant.yaml, train.log, result.json; `tensorboard --logdir OUT`
-compares them all), results.csv (one row per run), results.md and results.png. Resumable: a rerun
-skips runs with a result.json and redoes the others; a failed run is a "failed" row and does not
-stop the grid.
+another file). Without --variants the grid's `default:` list runs (conf/ablation/default.yaml:
+glif_soft, glif_hard, glif_static, gliff, a1b0g1, lif, plif; 35 runs with the 5 default seeds,
+sized for 25 minutes on a 2-core CPU with the default --jobs 2); --variants all runs them all.
+Each (variant, seed) is one `fit` run in its own process (conf/default.yaml, each --config, the
+variant's neuron, --seed_everything <seed>, then the arguments after --), followed by a test of
+its checkpoint selected on --monitor. Outputs in --out: <variant>/seed<k>/ (TensorBoard logs,
+checkpoints, variant.yaml, train.log, result.json; `tensorboard --logdir OUT` compares them all),
+results.csv (one row per run), results.md and results.png. Resumable: a rerun skips runs with a
+result.json and redoes the others; a failed run is a "failed" row and does not stop the grid.
+
+results.md and results.png report each variant's test accuracy as the mean over its seeds with
+the half-width of the Student-t 95% confidence interval, and its paired difference to
+--reference in percentage points over the seeds both have an ok run for (paired t-test: the
+t-interval of the per-seed differences; * where it excludes 0). An interval needs two seeds:
+with one it is n/a.
 """
 
 
@@ -350,38 +308,77 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--grid",
         default=str(CONF_DIR / "ablation" / "default.yaml"),
-        help="YAML file with a 'variants:' mapping (default: %(default)s)",
+        help="YAML file with a 'variants:' mapping and an optional 'default:' list "
+        "(default: %(default)s)",
     )
     parser.add_argument(
         "--variants",
         default="",
-        help="comma-separated subset of the grid's variants (default: all)",
+        help=f"comma-separated variants of the grid, or '{ALL}' (default: the grid's 'default:')",
     )
-    parser.add_argument("--seeds", default="0", help="comma-separated seeds (default: 0)")
+    parser.add_argument("--full", action="store_true", help=f"same as --variants {ALL}")
+    parser.add_argument(
+        "--seeds", default=SEEDS, help="comma-separated seeds (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--reference",
+        default=REFERENCE,
+        help="variant the others are compared with, seed by seed (default: %(default)s)",
+    )
     parser.add_argument("--out", default="runs/ablation", help="output directory")
-    parser.add_argument("--jobs", type=int, default=1, help="runs at once, one process each")
+    cpus = os.cpu_count() or 1
+    parser.add_argument(
+        "--jobs", type=int, default=2 if cpus >= 2 else 1,
+        help="runs at once, one process each with cpu_count // jobs threads "
+        "(default: %(default)s)",
+    )  # fmt: skip
     parser.add_argument(
         "--monitor", default=tags.SELECTION, help="metric the tested checkpoint is selected on"
     )
     parser.add_argument(
         "--mode", choices=("max", "min"), default=tags.SELECTION_MODE, help="best --monitor is"
     )
-    parser.add_argument("--list", action="store_true", help="print the variants and exit")
+    parser.add_argument(
+        "--list", action="store_true", help="print the variants (* = default subset) and exit"
+    )
     args = parser.parse_args(argv)
 
     names = [n for n in args.variants.split(",") if n]
-    variants = load_variants(args.grid, names or None)
+    if args.full:
+        if names and names != [ALL]:
+            parser.error("--full runs every variant: drop --variants, or drop --full.")
+        names = [ALL]
+    try:
+        grid, default = read_grid(args.grid)
+        variants = load_variants(args.grid, names or None)
+    except ValueError as e:
+        parser.error(str(e))
     if args.list:
-        for name, neuron in variants.items():
-            print(f"{name}: {neuron['class_path']} {neuron.get('init_args', {})}")
+        for name, neuron in (variants if names else grid).items():
+            mark = "*" if name in default else " "
+            print(f"{mark} {name}: {neuron['class_path']} {neuron.get('init_args', {})}")
+        print(f"(*: the default subset, run without --variants; --variants {ALL}: all {len(grid)})")
         return 0
+    if args.reference not in variants:
+        parser.error(
+            f"--reference {args.reference!r} is not among the chosen variants: "
+            f"{', '.join(variants)}."
+        )
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s]
+    except ValueError:
+        parser.error(f"--seeds must be comma-separated integers, got {args.seeds!r}.")
+    if not seeds or len(set(seeds)) != len(seeds):
+        parser.error(f"--seeds must be distinct integers, got {args.seeds!r}.")
+    if args.jobs < 1:
+        parser.error(f"--jobs must be at least 1, got {args.jobs}.")
     configs = args.config or [str(CONF_DIR / "experiment" / "row_digits.yaml")]
     configs = resolve_config_paths([a for c in configs for a in ("--config", c)])[1::2]
-    seeds = [int(s) for s in args.seeds.split(",") if s]
     out = Path(args.out)
     rows = run_grid(
-        configs, variants, seeds, out, args.jobs, train_args, monitor=args.monitor, mode=args.mode
-    )
+        configs, variants, seeds, out, args.jobs, train_args,
+        monitor=args.monitor, mode=args.mode, reference=args.reference,
+    )  # fmt: skip
     print((out / "results.md").read_text())
     print(f"[ablate] wrote {out}/results.csv, results.md, results.png")
     return int(any(r["status"] != "ok" for r in rows))

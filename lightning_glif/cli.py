@@ -46,9 +46,8 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning_glif.callbacks.run_state import RunState
 from lightning_glif.config_links import (
     CLASS_KEYS,
-    LINKED,
     ConfigConflict,
-    check_data_values,
+    link_data_values,
     reset_carried_options,
 )
 from lightning_glif.module import SpikingClassifier
@@ -138,14 +137,6 @@ class GLIFCLI(LightningCLI):
         # One run directory: the logger (and so the checkpoints and the saved config) lives
         # under trainer.default_root_dir.
         parser.link_arguments("trainer.default_root_dir", "trainer.logger.init_args.save_dir")
-        # What the data knows, set once, by the data module (config_links.py): jsonargparse
-        # skips a link whose source attribute the data module lacks (static images have no
-        # time_steps: the backbone keeps its own) or whose target the backbone lacks.
-        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
-        for name in LINKED:
-            parser.link_arguments(
-                f"data.{name}", f"model.backbone.init_args.{name}", apply_on="instantiate"
-            )
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
         super().parse_arguments(parser, args)
@@ -172,7 +163,7 @@ class GLIFCLI(LightningCLI):
                 if not (from_checkpoint and key.startswith("model.")):
                     reset_carried_options(config, self._explicit, key)
         try:
-            check_data_values(config, self._explicit)
+            link_data_values(config, self._explicit)
         except ConfigConflict as conflict:
             self.parser.error(str(conflict))
         self._resume_in_place()

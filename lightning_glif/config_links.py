@@ -3,8 +3,9 @@ in a config starts from its own defaults.
 
 Why by hand and not with jsonargparse's ``link_arguments``: its links on instantiate overwrite a
 target inside a subclass (``model.backbone.init_args.num_classes``) without a word when the user
-gave another value, need the source on every data class (static images have no ``time_steps``)
-and the target on every backbone (``ResNet19`` has no ``image_size``). And jsonargparse carries
+gave another value, and drop every link target from the saved config, also where the link did
+not apply (a static dataset has no ``time_steps``: the backbone's own T was then lost from the
+run's ``config.yaml``). And jsonargparse carries
 a class's options over to the next class a later config names (the digits' ``val_fraction: 0.15``
 reaching N-MNIST, whose own default is 0.1). Both rules below use the values the user gave
 (configs after ``conf/default.yaml`` and ``--key value``), parsed once more without defaults.
@@ -94,10 +95,10 @@ def _set(config: Namespace, key: str, value: Any) -> None:
     vars(node)[last] = value
 
 
-def check_data_values(config: Namespace, given: Namespace | None) -> dict[str, Any]:
-    """Check the values the user gave against the data module's :meth:`shared_values`, and
-    write the data's into the backbone's config (so the run's saved ``config.yaml`` shows what
-    was built); return them. The CLI's links copy the same values when it instantiates.
+def link_data_values(config: Namespace, given: Namespace | None) -> dict[str, Any]:
+    """Copy the data module's :meth:`shared_values` into ``model.num_classes`` and into the
+    backbone's arguments of the same names (those it accepts), and return what was copied. The
+    values become ordinary config values: the run's saved ``config.yaml`` holds what was built.
 
     Raises :class:`ConfigConflict` naming both values when the user gave the backbone or
     ``model.num_classes`` a value that differs from the data's.
@@ -127,6 +128,5 @@ def check_data_values(config: Namespace, given: Namespace | None) -> dict[str, A
                 f"{name} is set once, from the data module: drop {key} from your config or "
                 f"command line (or change the data's own option, where it has one)."
             )
-        if key.startswith("model.backbone.") and isinstance(backbone.get("init_args"), Namespace):
-            _set(config, key, value)
+        _set(config, key, value)
     return targets

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from pytorch_lightning import LightningModule
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from pytorch_lightning.trainer.states import TrainerFn
@@ -14,6 +13,7 @@ from torchmetrics import MaxMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_glif import tags
+from lightning_glif.losses import MeanCrossEntropy, TemporalLoss
 from lightning_glif.neurons.base import SpikingNeuron
 
 
@@ -39,7 +39,9 @@ class SpikingClassifier(LightningModule):
     """Trains a spiking backbone for classification; the backbone is an argument, not a subclass.
 
     The backbone maps a batch to per-step logits ``[T, B, num_classes]``; :meth:`forward` averages
-    them over T, and the loss is the cross-entropy of that average (docs/GLIF_SPEC.md section 6).
+    them over T (the prediction, and what the accuracies are computed from). The loss is computed
+    from the per-step logits by ``loss`` (:mod:`lightning_glif.losses`); by default the
+    cross-entropy of their time average, the paper's (docs/GLIF_SPEC.md section 6).
     Logged per epoch (names from :mod:`lightning_glif.tags`): ``train/loss``, ``train/acc``,
     ``val/loss``, ``val/acc``, ``val/acc_best``, ``test/loss``, ``test/acc`` (top-1), and
     ``<stage>/acc_top5`` when there are more than 5 classes. The learning rate of each parameter
@@ -47,10 +49,11 @@ class SpikingClassifier(LightningModule):
 
     Optimisation follows the paper unless configured otherwise: the optimizer receives three
     parameter groups (see :meth:`parameter_groups`): ``weights`` (everything outside the
-    neurons, at the optimizer's own weight decay), ``neuron`` (every parameter of a
-    :class:`~lightning_glif.neurons.base.SpikingNeuron`, weight decay ``neuron_weight_decay``)
-    and ``gates`` (the neurons' gate latents, also at ``neuron_weight_decay``, learning rate
-    times ``gate_lr_factor``). Empty groups are left out.
+    neurons, at the optimizer's own weight decay), ``neuron`` (every other parameter of a
+    :class:`~lightning_glif.neurons.base.SpikingNeuron`: tau, thresholds, leak, reset,
+    conductance, PLIF's rate...; weight decay ``neuron_weight_decay``, learning rate times
+    ``neuron_lr_factor``) and ``gates`` (the neurons' gate latents, also at
+    ``neuron_weight_decay``, learning rate times ``gate_lr_factor``). Empty groups are left out.
 
     Args:
         backbone: the spiking network, e.g. a
@@ -62,8 +65,15 @@ class SpikingClassifier(LightningModule):
             from the initial learning rates to 0 over the whole run (``trainer.max_epochs``
             epochs, or all the run's optimizer steps when ``lr_interval`` is ``"step"``).
         lr_interval: step the scheduler after every ``"epoch"`` (the paper) or every ``"step"``.
-        gate_lr_factor: learning-rate factor of the gate latents (0.1 on CIFAR, 1 on ImageNet).
+        gate_lr_factor: learning-rate factor of the gate latents (the paper: 0.1 on CIFAR, 1 on
+            ImageNet).
+        neuron_lr_factor: learning-rate factor of the ``neuron`` group, the membrane parameters
+            (the paper trains them at the full rate: 1).
         neuron_weight_decay: weight decay of every neuron parameter (0 in the paper).
+        loss: a :class:`~lightning_glif.losses.TemporalLoss` of the per-step logits and the
+            labels, e.g. :class:`~lightning_glif.losses.TETLoss`; with ``label_smoothing``.
+            ``None``: the paper's :class:`~lightning_glif.losses.MeanCrossEntropy`, without
+            smoothing.
 
     Checkpoints written under the CLI hold the whole configuration, so
     ``SpikingClassifier.load_from_checkpoint(path)`` rebuilds the backbone. A module built in
@@ -83,14 +93,16 @@ class SpikingClassifier(LightningModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         lr_interval: Literal["epoch", "step"] = "epoch",
         gate_lr_factor: float = 0.1,
+        neuron_lr_factor: float = 1.0,
         neuron_weight_decay: float = 0.0,
+        loss: TemporalLoss | None = None,
     ) -> None:
         super().__init__()
         # Under LightningCLI the hyperparameters are the resolved config, with the backbone and
-        # the optimizer as class_path dicts: the checkpoint then rebuilds the whole model
-        # (`test --ckpt_path ...`, `SpikingClassifier.load_from_checkpoint`). Built
+        # the optimizer (and the loss) as class_path dicts: the checkpoint then rebuilds the whole
+        # model (`test --ckpt_path ...`, `SpikingClassifier.load_from_checkpoint`). Built
         # from Python they are live objects, which a checkpoint must not pickle.
-        objects = [] if _built_by_cli() else ["backbone", "optimizer", "lr_scheduler"]
+        objects = [] if _built_by_cli() else ["backbone", "optimizer", "lr_scheduler", "loss"]
         self.save_hyperparameters(ignore=objects)
         if lr_interval not in ("epoch", "step"):
             raise ValueError(f"lr_interval must be 'epoch' or 'step', got {lr_interval!r}.")
@@ -100,7 +112,9 @@ class SpikingClassifier(LightningModule):
         self.lr_scheduler_factory = lr_scheduler
         self.lr_interval = lr_interval
         self.gate_lr_factor = gate_lr_factor
+        self.neuron_lr_factor = neuron_lr_factor
         self.neuron_weight_decay = neuron_weight_decay
+        self.loss = MeanCrossEntropy() if loss is None else loss
 
         self.train_metrics = self._accuracy_metrics()
         self.val_metrics = self._accuracy_metrics()
@@ -130,6 +144,10 @@ class SpikingClassifier(LightningModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class logits averaged over time, ``[B, num_classes]``."""
+        return self.per_step_logits(x).mean(0)
+
+    def per_step_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The backbone's class logits of every step, ``[T, B, num_classes]``."""
         try:
             logits = self.backbone(x)
         except (ValueError, RuntimeError) as error:
@@ -144,7 +162,7 @@ class SpikingClassifier(LightningModule):
                 f"[T, B, num_classes={self.num_classes}], got shape {tuple(logits.shape)}; check "
                 "that model.num_classes and the backbone's num_classes agree."
             )
-        return logits.mean(0)
+        return logits
 
     def _raising_layer(self, error: BaseException) -> str | None:
         """Module name of the innermost submodule whose code raised ``error``: read from the
@@ -159,9 +177,10 @@ class SpikingClassifier(LightningModule):
         return layer
 
     def _step(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The loss (of the per-step logits), the time-averaged logits and the labels."""
         x, y = batch
-        logits = self(x)
-        return F.cross_entropy(logits, y), logits, y
+        per_step = self.per_step_logits(x)
+        return self.loss(per_step, y), per_step.mean(0), y
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         loss, logits, y = self._step(batch)
@@ -213,8 +232,9 @@ class SpikingClassifier(LightningModule):
 
         Membership is by identity: a parameter belongs to ``neuron`` if any
         :class:`SpikingNeuron` module owns it, and to ``gates`` if a neuron yields it from
-        ``gate_parameters()``. The ``gates`` group carries ``lr_factor``, applied to the
-        optimizer's learning rate in :meth:`configure_optimizers`. Frozen parameters are left out.
+        ``gate_parameters()``. The ``neuron`` and ``gates`` groups carry ``lr_factor``
+        (``neuron_lr_factor``, ``gate_lr_factor``), applied to the optimizer's learning rate in
+        :meth:`configure_optimizers`. Frozen parameters are left out.
         """
         neuron_ids: set[int] = set()
         gate_ids: set[int] = set()
@@ -234,6 +254,7 @@ class SpikingClassifier(LightningModule):
                 "name": "neuron",
                 "params": members["neuron"],
                 "weight_decay": self.neuron_weight_decay,
+                "lr_factor": self.neuron_lr_factor,
             },
             {
                 "name": "gates",

@@ -68,11 +68,34 @@ def test_a_value_that_contradicts_the_data_is_an_error(key, value, data_value, t
     assert "drop" in err
 
 
-def test_the_classifiers_num_classes_is_only_the_datas(tmp_path, capsys):
+def test_the_classifiers_num_classes_is_the_datas(tmp_path, capsys):
     with pytest.raises(SystemExit):
-        build(tmp_path, "--model.num_classes", "10")
-    linked = 'Linked "model.num_classes" must be given via "data.num_classes"'
-    assert linked in capsys.readouterr().err
+        build(tmp_path, "--model.num_classes", "5")
+    err = capsys.readouterr().err
+    assert "model.num_classes = 5" in err and "DigitsDataModule has num_classes = 10" in err
+    assert build(tmp_path, "--model.num_classes", "10").model.num_classes == 10  # agrees
+
+
+def test_the_saved_config_rebuilds_the_run(tmp_path):
+    """The run's config.yaml holds the linked values and the backbone's own T (static data),
+    and building from it gives the same model."""
+    cli = cli_main(
+        ["fit", "--config", str(CONF_DIR / "experiment" / "cifar10_resnet19_t2.yaml"),
+         "--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "0",
+         "--trainer.num_sanity_val_steps", "0",
+         "--data", "lightning_glif.data.digits.DigitsDataModule"],
+    )  # fmt: skip
+    saved = yaml.safe_load((Path(cli.trainer.log_dir) / "config.yaml").read_text())
+    init = saved["model"]["backbone"]["init_args"]
+    assert init["time_steps"] == 2 and init["num_classes"] == 10 and init["in_channels"] == 1
+    assert saved["model"]["num_classes"] == 10
+    saved_config = str(Path(cli.trainer.log_dir) / "config.yaml")
+    again = cli_main(["fit", "--config", saved_config, "--trainer.max_steps", "0",
+                      "--trainer.num_sanity_val_steps", "0",
+                      "--trainer.default_root_dir", str(tmp_path / "again")])  # fmt: skip
+    assert {n.time_steps for n in neurons(again.model)} == {2}
+    shapes = {k: v.shape for k, v in cli.model.state_dict().items()}
+    assert {k: v.shape for k, v in again.model.state_dict().items()} == shapes
 
 
 def test_time_steps_typed_in_the_model_must_agree_with_sequence_data(tmp_path, capsys):
@@ -145,10 +168,14 @@ def test_no_config_restates_a_code_default(path):
             assert name not in defaults or _plain(value) != defaults[name], (
                 f"{path.name}: {where}.init_args.{name}: {value!r} is the code default"
             )
+    # the classifier's own options: against what they are without this file (the code's
+    # defaults, and conf/default.yaml's values for every other file, which read it first)
     model = signature_defaults(SpikingClassifier)
+    if path != CONF_DIR / "default.yaml":
+        model.update(yaml.safe_load((CONF_DIR / "default.yaml").read_text()).get("model", {}))
     for name, value in (config.get("model") or {}).items():
         if name in model and not isinstance(value, dict):
-            assert value != model[name], f"{path.name}: model.{name}: {value!r} is the default"
+            assert value != model[name], f"{path.name}: model.{name}: {value!r} restates it"
 
 
 def test_cifar_recipes_share_one_base():

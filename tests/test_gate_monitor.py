@@ -123,15 +123,18 @@ def test_last_alpha_histogram_equals_the_models_values(fitted):
         # the evolution holds the initial values (epoch 0) and one mean per epoch
         assert monitor.epochs == [0, 1, 2]
         assert monitor.means[name]["alpha"][-1] == pytest.approx(alpha.mean(), rel=1e-6)
+        assert monitor.stds[name]["alpha"][-1] == pytest.approx(alpha.std(), rel=1e-5)
         assert list(monitor.means[name]) == ["alpha", "beta", "gamma"]  # the "gates" group
 
 
 def test_gate_monitor_state_survives_a_checkpoint():
     monitor = GateMonitor()
     monitor.epochs, monitor.means = [0, 1], {"net.0": {"alpha": [0.5, 0.6]}}
+    monitor.stds = {"net.0": {"alpha": [0.01, 0.2]}}
     restored = GateMonitor()
     restored.load_state_dict(monitor.state_dict())
     assert restored.epochs == [0, 1] and restored.means == {"net.0": {"alpha": [0.5, 0.6]}}
+    assert restored.stds == {"net.0": {"alpha": [0.01, 0.2]}}
     # the resumed run continues the evolution: the next epoch's means are appended
     glif = GLIF(2, T, gate_init=(0.75, 0.5, 0.25))
     restored._layers = {"net.0": glif}
@@ -139,6 +142,7 @@ def test_gate_monitor_state_survives_a_checkpoint():
     assert restored.epochs == [0, 1, 2]
     assert restored.means["net.0"]["alpha"] == pytest.approx([0.5, 0.6, 0.75])
     assert restored.means["net.0"]["gamma"] == pytest.approx([0.25])
+    assert restored.stds["net.0"]["alpha"] == pytest.approx([0.01, 0.2, 0.0])  # one value each
 
 
 # -- hand-built layers ---------------------------------------------------------------------------

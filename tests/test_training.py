@@ -147,6 +147,30 @@ def test_parameter_groups_follow_the_paper():
     assert all(g["lr"] == pytest.approx(0.0, abs=1e-12) for g in opt.param_groups)
 
 
+def test_neuron_lr_factor_scales_the_membrane_group_only():
+    model = SpikingClassifier(
+        SpikingConvNet(GLIF, time_steps=2), neuron_lr_factor=0.5, gate_lr_factor=0.2
+    )
+    conf = attach_trainer(model).configure_optimizers()
+    opt, sched = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
+    lrs = {g["name"]: g["lr"] for g in opt.param_groups}
+    assert lrs == {"weights": 0.1, "neuron": pytest.approx(0.05), "gates": pytest.approx(0.02)}
+    assert not [g for g in opt.param_groups if "lr_factor" in g]  # popped, not optimizer state
+    # The cosine starts from each group's scaled rate.
+    assert sched.base_lrs == [0.1, pytest.approx(0.05), pytest.approx(0.02)]
+
+    # PLIF's rate is in the neuron group; the factor applies under any optimizer.
+    plif = SpikingClassifier(
+        SpikingConvNet(PLIF, time_steps=2),
+        optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3),
+        neuron_lr_factor=10.0,
+    )
+    opt = attach_trainer(plif).configure_optimizers()["optimizer"]
+    lrs = {g["name"]: g["lr"] for g in opt.param_groups}
+    assert lrs == {"weights": 1e-3, "neuron": pytest.approx(1e-2)}
+    assert SpikingClassifier(SpikingConvNet(LIF, time_steps=2)).neuron_lr_factor == 1.0
+
+
 def test_parameter_groups_are_configurable_and_skip_empty_groups():
     model = SpikingClassifier(
         SpikingConvNet(PLIF, time_steps=2),
@@ -230,10 +254,10 @@ def test_fit_test_predict_and_reload(tmp_path):
     metrics = cli.trainer.callback_metrics
     for name in ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_top5", "val/acc_best"):
         assert name in metrics, name
-    # Epoch 2 of a 2-epoch cosine starts at half the initial rates; gates at a tenth of those
-    # (LearningRateMonitor's names for the optimizer's named parameter groups).
+    # Epoch 2 of a 2-epoch cosine starts at half the initial rates; gates at conf/default.yaml's
+    # 1000 times those (LearningRateMonitor's names for the optimizer's named parameter groups).
     assert metrics["lr-SGD/weights"] == pytest.approx(0.05) and metrics["lr-SGD/neuron"] == 0.05
-    assert metrics["lr-SGD/gates"] == pytest.approx(0.005)
+    assert metrics["lr-SGD/gates"] == pytest.approx(50.0)
     assert not [name for name in metrics if name.startswith("lr/")]  # the module logs none
     assert torch.isfinite(metrics["train/loss"])
     assert metrics["val/acc_best"] >= metrics["val/acc"]

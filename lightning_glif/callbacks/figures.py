@@ -68,28 +68,44 @@ def quantities(values: Mapping[str, Mapping[str, object]]) -> list[str]:
     return list(dict.fromkeys(q for per_layer in values.values() for q in per_layer))
 
 
-def evolution_figure(epochs: Sequence[int], means: Mapping[str, Mapping[str, Sequence[float]]]):
-    """Mean gate of each layer against epoch: one panel per gate (the gates of ``means``, in
-    first-seen order); layers without any are left out.
+def evolution_figure(
+    epochs: Sequence[int],
+    means: Mapping[str, Mapping[str, Sequence[float]]],
+    stds: Mapping[str, Mapping[str, Sequence[float]]] | None = None,
+):
+    """Mean gate of each layer against epoch, with a band of one across-channel standard
+    deviation around it where ``stds`` has one (channels that learn apart widen the band even
+    when the mean stays): one panel per gate (the gates of ``means``, in first-seen order);
+    layers without any are left out.
 
     Args:
         epochs: the x values, ``[E]``.
         means: ``{layer: {gate: [E] means}}``.
+        stds: ``{layer: {gate: [E] standard deviations}}`` (same keys), or ``None``.
     """
     means = {layer: m for layer, m in means.items() if m}
+    stds = stds or {}
     gates = quantities(means)
     layers = list(means)
     figure, axes = _panels(len(gates))
     colors = _layer_colors(len(layers))
     for ax, gate in zip(axes, gates, strict=True):
         for layer, color in zip(layers, colors, strict=True):
-            if gate in means[layer]:
-                ax.plot(epochs, means[layer][gate], color=color, marker=".")
-        # Gates train slowly (lr / 10): zoom on the data, but never below a 0.02 span.
+            if gate not in means[layer]:
+                continue
+            mean = np.asarray(means[layer][gate])
+            ax.plot(epochs[: len(mean)], mean, color=color, marker=".")
+            std = stds.get(layer, {}).get(gate)
+            if std is not None and len(std) == len(mean):
+                x = epochs[: len(mean)]
+                ax.fill_between(x, mean - np.asarray(std), mean + np.asarray(std), color=color,
+                                alpha=0.2, linewidth=0)  # fmt: skip
+        # Zoom on the data, but never below a 0.02 span (gates at the paper's lr / 10 move little).
         lo, hi = ax.get_ylim()
         mid, half = (lo + hi) / 2, max(hi - lo, 0.02) / 2
         ax.set(ylim=(mid - half, mid + half))
-        ax.set_title(f"mean {gate} per epoch", fontsize=9)
+        title = f"{gate}: mean ± std over channels" if stds else f"mean {gate} per epoch"
+        ax.set_title(title, fontsize=9)
         ax.xaxis.set_major_locator(MaxNLocator(3, integer=True))
     return _finish(figure, axes, layers)
 

@@ -81,6 +81,7 @@ class GateMonitor(Callback):
         self.figure_every_n_epochs = figure_every_n_epochs
         self.epochs: list[int] = []
         self.means: dict[str, dict[str, list[float]]] = {}  # {layer: {gate: [mean per epoch]}}
+        self.stds: dict[str, dict[str, list[float]]] = {}  # the same, across-channel std
         self._layers: dict[str, SpikingNeuron] = {}
         self._last_step: int | None = None  # step of the last histograms
         self._last_figure: int | None = None  # epoch of the last images
@@ -128,11 +129,12 @@ class GateMonitor(Callback):
                 self._log_figures(trainer, snapshot, self.epochs[-1])
 
     def state_dict(self) -> dict[str, Any]:
-        return {"epochs": list(self.epochs), "means": self.means}
+        return {"epochs": list(self.epochs), "means": self.means, "stds": self.stds}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.epochs = list(state_dict.get("epochs", []))
         self.means = state_dict.get("means", {})
+        self.stds = state_dict.get("stds", {})
 
     # -- what -----------------------------------------------------------------------------------
     def _log(self, trainer: Trainer) -> Snapshot | None:
@@ -181,9 +183,11 @@ class GateMonitor(Callback):
     def _record(self, epoch: int, snapshot: Snapshot) -> None:
         self.epochs.append(epoch)
         for layer, gates in self._gates(snapshot).items():
-            per_layer = self.means.setdefault(layer, {})
+            means, stds = self.means.setdefault(layer, {}), self.stds.setdefault(layer, {})
             for gate, values in gates.items():
-                per_layer.setdefault(gate, []).append(float(values.astype(np.float64).mean()))
+                values = values.astype(np.float64)
+                means.setdefault(gate, []).append(float(values.mean()))
+                stds.setdefault(gate, []).append(float(values.std()))
 
     def _log_figures(self, trainer: Trainer, snapshot: Snapshot, epoch: int) -> None:
         self._last_figure = epoch
@@ -198,7 +202,7 @@ class GateMonitor(Callback):
 
         step = trainer.global_step
         if any(self.means.values()):
-            evolution = evolution_figure(self.epochs, self.means)
+            evolution = evolution_figure(self.epochs, self.means, self.stds)
             add_figure(writer, tags.GATE_EVOLUTION, evolution, step)
         gates = self._gates(snapshot)
         if gates:

@@ -40,7 +40,7 @@ class SpikingMLP(nn.Module):
     def __init__(
         self,
         neuron: Callable[[int, int], nn.Module],
-        time_steps: int,
+        time_steps: int = 4,
         num_classes: int = 10,
         in_features: int = 8,
         hidden: Sequence[int] = (128, 128),

@@ -82,7 +82,7 @@ class WideNet7B(nn.Module):
     def __init__(
         self,
         neuron: NeuronFactory,
-        time_steps: int,
+        time_steps: int = 4,
         num_classes: int = 10,
         in_channels: int = 2,
         image_size: int = 48,
