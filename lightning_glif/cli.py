@@ -35,8 +35,6 @@ command's config is saved beside it as ``config.resume<k>.yaml``. ``fit --ckpt_p
 from __future__ import annotations
 
 import difflib
-import importlib
-import inspect
 import re
 import sys
 from pathlib import Path
@@ -47,8 +45,10 @@ from lightning_glif.callbacks.run_state import RunState
 from lightning_glif.config_links import (
     CLASS_KEYS,
     ConfigConflict,
+    import_class,
     link_data_values,
     reset_carried_options,
+    signature_parameters,
 )
 from lightning_glif.module import SpikingClassifier
 
@@ -83,15 +83,13 @@ def _option_keys(parser) -> set[str]:
 def _suggestions(message: str, parser) -> str:
     hints = []
     # An option of a class given by class_path (a neuron, a backbone, a data module).
-    for option, class_path in re.findall(
-        r"Option '(\w+)' is not accepted.*?class_path='([\w.]+)'", message, re.S
-    ):
-        module, _, name = class_path.rpartition(".")
+    # jsonargparse names them in two forms: after the option, or before it (command line).
+    after = re.findall(r"Option '(\w+)' is not accepted.*?class_path='([\w.]+)'", message, re.S)
+    before = re.findall(r"class_path '([\w.]+)':\s*Option '(\w+)' is not accepted", message)
+    for option, class_path in dict.fromkeys([*after, *((o, c) for c, o in before)]):
+        name = class_path.rpartition(".")[2]
         try:
-            accepted = [
-                p for p in inspect.signature(getattr(importlib.import_module(module), name))
-                .parameters if p not in ("self", "args", "kwargs")
-            ]  # fmt: skip
+            accepted = [p.name for p in signature_parameters(import_class(class_path))]
         except (ImportError, AttributeError, TypeError, ValueError):
             continue
         close = difflib.get_close_matches(option, accepted, n=3)

@@ -22,10 +22,6 @@ from jsonargparse import Namespace
 #: The class choices whose options must not carry over from an earlier config's class.
 CLASS_KEYS = ("data", "model.backbone", "model.backbone.init_args.neuron")
 
-#: What a data module may know and the model must agree on (``DataModule.shared_values()``).
-LINKED = ("num_classes", "time_steps", "in_channels", "image_size", "in_features")
-
-
 class ConfigConflict(ValueError):
     """A value given in a config or on the command line contradicts the data."""
 
@@ -36,15 +32,6 @@ def import_class(class_path: str) -> type:
     return getattr(importlib.import_module(module), name)
 
 
-def _get(config: Namespace | None, key: str) -> Any:
-    node: Any = config
-    for part in key.split("."):
-        if not isinstance(node, Namespace) or part not in vars(node):
-            return None
-        node = vars(node)[part]
-    return node
-
-
 def _plain(value: Any) -> Any:
     """A signature default as jsonargparse would hold it (tuples as lists)."""
     if isinstance(value, tuple | list):
@@ -52,28 +39,34 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def signature_defaults(cls: type) -> dict[str, Any]:
-    """``{argument: default}`` of ``cls.__init__`` for the arguments that have one, following
-    ``**kwargs`` to the base classes' ``__init__`` as jsonargparse does (a subclass that only
-    changes some defaults forwards the rest)."""
-    defaults: dict[str, Any] = {}
+def signature_parameters(cls: type) -> list[inspect.Parameter]:
+    """The named arguments of ``cls.__init__``, following ``**kwargs`` to the base classes'
+    ``__init__`` as jsonargparse does (a subclass that only changes some defaults forwards the
+    rest); a subclass's argument hides its base's of the same name."""
+    found: dict[str, inspect.Parameter] = {}
     for klass in cls.__mro__:
         init = vars(klass).get("__init__")
         if init is None:
             continue
         params = list(inspect.signature(init).parameters.values())[1:]  # without self
         for p in params:
-            if p.default is not inspect.Parameter.empty:
-                defaults.setdefault(p.name, _plain(p.default))
-        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+            if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                found.setdefault(p.name, p)
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
             break
-    return defaults
+    return list(found.values())
+
+
+def signature_defaults(cls: type) -> dict[str, Any]:
+    """``{argument: default}`` of :func:`signature_parameters` for those that have one."""
+    params = signature_parameters(cls)
+    return {p.name: _plain(p.default) for p in params if p.default is not inspect.Parameter.empty}
 
 
 def reset_carried_options(config: Namespace, given: Namespace, key: str) -> None:
     """Where the user named the class at ``key``, reset every option they did not give to that
     class's own default (instead of a value carried over from an earlier config's class)."""
-    spec, named = _get(config, key), _get(given, key)
+    spec, named = config.get(key), given.get(key)
     if not isinstance(spec, Namespace) or not isinstance(named, Namespace):
         return
     if "class_path" not in vars(named) or not isinstance(spec.get("init_args"), Namespace):
@@ -85,14 +78,6 @@ def reset_carried_options(config: Namespace, given: Namespace, key: str) -> None
     for name in list(init_args):
         if name not in given_args and name in defaults:
             init_args[name] = defaults[name]
-
-
-def _set(config: Namespace, key: str, value: Any) -> None:
-    *parents, last = key.split(".")
-    node = config
-    for part in parents:
-        node = vars(node)[part]
-    vars(node)[last] = value
 
 
 def link_data_values(config: Namespace, given: Namespace | None) -> dict[str, Any]:
@@ -108,19 +93,19 @@ def link_data_values(config: Namespace, given: Namespace | None) -> dict[str, An
         return {}
     init = data.get("init_args")
     datamodule = import_class(data.class_path)(**(init.as_dict() if init else {}))
-    values = {k: v for k, v in datamodule.shared_values().items() if k in LINKED}
+    values = datamodule.shared_values()  # among lightning_glif.data.base.SHARED_NAMES
     targets = {}
     if "num_classes" in values:
         targets["model.num_classes"] = values["num_classes"]
     backbone = model.get("backbone")
     if isinstance(backbone, Namespace) and backbone.get("class_path"):
-        accepted = inspect.signature(import_class(backbone.class_path)).parameters
+        accepted = {p.name for p in signature_parameters(import_class(backbone.class_path))}
         for name, value in values.items():
             if name in accepted:
                 targets[f"model.backbone.init_args.{name}"] = value
     data_name = data.class_path.rsplit(".", 1)[-1]
     for key, value in targets.items():
-        wanted = _get(given, key)
+        wanted = given.get(key) if given is not None else None
         if wanted is not None and wanted != value:
             name = key.rsplit(".", 1)[-1]
             raise ConfigConflict(
@@ -128,5 +113,5 @@ def link_data_values(config: Namespace, given: Namespace | None) -> dict[str, An
                 f"{name} is set once, from the data module: drop {key} from your config or "
                 f"command line (or change the data's own option, where it has one)."
             )
-        _set(config, key, value)
+        config[key] = value
     return targets

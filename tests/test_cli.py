@@ -250,3 +250,13 @@ def test_train_and_ablate_are_thin_entry_points():
         source = (ROOT / script).read_text()
         assert len(source.splitlines()) <= 15, f"{script} should only call into the package"
     assert "import train" not in inspect.getsource(import_class("lightning_glif.ablation.run_one"))
+
+
+def test_a_misspelled_option_of_a_forwarding_class_is_suggested(tmp_path, capsys):
+    """N-MNIST declares only its own defaults and forwards the rest (**kwargs) to the Tonic base:
+    the suggestion still finds the base's options."""
+    with pytest.raises(SystemExit):
+        build(tmp_path, "--data", "lightning_glif.data.NMNISTDataModule",
+              "--data.init_args.val_fracton", "0.2")  # fmt: skip
+    err = capsys.readouterr().err
+    assert "did you mean 'val_fraction'" in err and "split_seed" in err
