@@ -200,7 +200,7 @@ def test_cli_defaults(fake_grid, tmp_path):
     assert call["seeds"] == [0, 1, 2, 3, 4]
     assert call["reference"] == "glif_soft"
     assert call["jobs"] == (2 if (os.cpu_count() or 1) >= 2 else 1)
-    assert [Path(c).name for c in call["configs"]] == ["row_digits.yaml"]
+    assert [Path(c).name for c in call["configs"]] == ["delayed_row_digits.yaml"]
     for argv in (["--variants", "all"], ["--full"]):
         assert main(["--out", str(tmp_path), *argv]) == 0
         assert len(fake_grid[-1]["variants"]) == 19
