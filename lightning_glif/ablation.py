@@ -12,15 +12,26 @@ A run directory ``OUT/<variant>/seed<k>/`` holds ``variant.yaml`` (the neuron ov
 child's output), the TensorBoard logs and checkpoints (``selected/``: the child's own, on the
 selection metric), and ``result.json``, the completion marker: a run with one is never touched
 again, a run without one is cleared and redone.
+
+One ``ablate.py`` per ``OUT``: the parent holds ``OUT/.lock``
+(:class:`~lightning_glif.locks.DirectoryLock`) while it runs, so a second one on the same
+``OUT`` stops naming the first's pid instead of clearing its live runs. SIGTERM or SIGINT
+(Ctrl-C) to the parent stops the grid: each child runs in its own process group, gets the
+signal forwarded (SIGKILL after :data:`STOP_GRACE_S` seconds, or at a second signal), is waited
+for, and its run keeps no ``result.json`` (a rerun redoes it); the parent then exits with
+``128 + signal number`` (:class:`AblationInterrupted`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +43,7 @@ import yaml
 
 from lightning_glif import tags
 from lightning_glif.ablation_report import write_reports
+from lightning_glif.locks import DirectoryLock, DirectoryLocked
 
 ROOT = Path(__file__).resolve().parent.parent
 GATES = ("alpha", "beta", "gamma")
@@ -174,18 +186,114 @@ def _selection_checkpoint(dirpath: Path, monitor: str, mode: str):
 
 
 # -- parent: the grid ----------------------------------------------------------------------------
-def _launch(run_dir: Path, threads: int) -> tuple[int, str]:
+STOP_GRACE_S = 30.0  # seconds a signalled child has to exit before it is killed
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class AblationInterrupted(Exception):
+    """The grid was stopped by a signal; ``runs`` are the interrupted run directories."""
+
+    def __init__(self, signum: int, runs: list[Path]) -> None:
+        self.signum, self.runs = signum, runs
+        super().__init__(
+            f"stopped by {signal.Signals(signum).name}: {len(runs)} run(s) interrupted "
+            f"({', '.join(str(r) for r in runs) or 'none'}); they keep no result.json, so the "
+            "same command redoes them and skips the finished ones."
+        )
+
+
+class _Children:
+    """The grid's live child processes and the signal handler that stops them.
+
+    Each child is started in its own session (so its own process group): a terminal's Ctrl-C
+    or a ``kill`` of the parent does not reach it directly, and :meth:`stop` signals the whole
+    group (the child and any DataLoader workers it forked). Starting a child and stopping take
+    one lock, so no child starts after a stop and none is missed by it.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._live: dict[Path, subprocess.Popen] = {}
+        self.signum: int | None = None
+        self.stopped_at = 0.0
+        self.interrupted: list[Path] = []
+
+    def start(self, run_dir: Path, command: list[str], **kwargs) -> subprocess.Popen | None:
+        """``Popen(command)`` in a new session, or ``None`` once the grid is stopping."""
+        with self._lock:
+            if self.signum is not None:
+                return None
+            proc = subprocess.Popen(command, start_new_session=True, **kwargs)
+            self._live[run_dir] = proc
+            return proc
+
+    def wait(self, run_dir: Path, proc: subprocess.Popen) -> int:
+        """Wait for ``proc``; kill its group if it outlives a stop by :data:`STOP_GRACE_S`."""
+        while True:
+            try:
+                code = proc.wait(timeout=0.5)
+                break
+            except subprocess.TimeoutExpired:
+                if self.signum is not None and time.monotonic() - self.stopped_at > STOP_GRACE_S:
+                    self._signal(proc, signal.SIGKILL)
+        with self._lock:
+            self._live.pop(run_dir, None)
+        return code
+
+    def stop(self, signum: int, frame=None) -> None:
+        """The SIGTERM/SIGINT handler: forward the signal to every child's group (SIGKILL at
+        a second signal); :func:`run_grid` then waits for them and raises
+        :class:`AblationInterrupted`."""
+        again = self.signum is not None
+        self.signum, self.stopped_at = signum, time.monotonic()
+        with self._lock:
+            for run_dir, proc in self._live.items():
+                if run_dir not in self.interrupted:
+                    self.interrupted.append(run_dir)
+                self._signal(proc, signal.SIGKILL if again else signum)
+
+    @staticmethod
+    def _signal(proc: subprocess.Popen, signum: int) -> None:
+        if proc.returncode is not None:  # reaped: its pid may be reused
+            return
+        try:
+            if hasattr(os, "killpg"):
+                os.killpg(proc.pid, signum)
+            else:  # Windows: no process groups
+                proc.send_signal(signum)
+        except ProcessLookupError:
+            pass
+
+    @contextlib.contextmanager
+    def handling_signals(self):
+        """Install :meth:`stop` for SIGTERM and SIGINT while the block runs (only in the main
+        thread, the one Python delivers signals to), then restore the previous handlers."""
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = {s: signal.signal(s, self.stop) for s in STOP_SIGNALS}
+        try:
+            yield self
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+
+def _launch(run_dir: Path, threads: int, children: _Children) -> tuple[int | None, str]:
+    """Run the child of ``run_dir``: its exit code (``None`` if the grid stopped before it
+    started) and the last lines of its ``train.log``."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     env["ABLATION_THREADS"] = str(threads)
     with open(run_dir / "train.log", "w") as log:
-        proc = subprocess.run(
-            [sys.executable, "-m", "lightning_glif.ablation", str(run_dir)],
-            stdout=log, stderr=subprocess.STDOUT, env=env, check=False,
-        )  # fmt: skip
+        command = [sys.executable, "-m", "lightning_glif.ablation", str(run_dir)]
+        proc = children.start(run_dir, command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        if proc is None:
+            return None, ""
+        code = children.wait(run_dir, proc)
     tail = (run_dir / "train.log").read_text(errors="replace").strip().splitlines()[-15:]
-    return proc.returncode, "\n".join(tail)
+    return code, "\n".join(tail)
 
 
 def run_grid(
@@ -209,8 +317,28 @@ def run_grid(
     in its ``run.json``."""
     if mode not in ("max", "min"):
         raise ValueError(f"mode must be 'max' or 'min', got {mode!r}.")
+    if jobs < 1:
+        raise ValueError(f"jobs must be at least 1 (runs at once), got {jobs}.")
     out = Path(out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    children = _Children()
+    # The lock before anything in OUT is cleared: a second grid on OUT stops here.
+    with DirectoryLock(out, what="sweep directory"), children.handling_signals():
+        rows = _run_locked(configs, variants, seeds, out, jobs, train_args, log, monitor, mode,
+                           children)  # fmt: skip
+    if children.signum is not None:
+        for run_dir in children.interrupted:  # it may have finished while stopping: redo it
+            (run_dir / "result.json").unlink(missing_ok=True)
+        raise AblationInterrupted(children.signum, children.interrupted)
+    ordered = [rows[n, s] for n in variants for s in seeds]
+    write_reports(ordered, out, reference=reference)
+    return ordered
+
+
+def _run_locked(
+    configs, variants, seeds, out, jobs, train_args, log, monitor, mode, children: _Children
+) -> dict[tuple[str, int], dict[str, Any]]:
+    """:func:`run_grid`'s work once it holds ``out``: prepare and run the runs, return the
+    rows by (variant, seed)."""
     threads = max(1, (os.cpu_count() or 1) // jobs)
     rows: dict[tuple[str, int], dict[str, Any]] = {}
     todo = []
@@ -238,9 +366,14 @@ def run_grid(
 
     def work(item):
         name, seed, run_dir = item
+        if children.signum is not None:
+            return
         log(f"[ablate] run {name} seed {seed} -> {run_dir}")
         t0 = time.perf_counter()
-        code, tail = _launch(run_dir, threads)
+        code, tail = _launch(run_dir, threads, children)
+        if code is None or run_dir in children.interrupted:
+            log(f"[ablate] interrupted {name} seed {seed}: a rerun redoes it")
+            return
         if code == 0 and (run_dir / "result.json").exists():
             row = json.loads((run_dir / "result.json").read_text())
             log(f"[ablate] done {name} seed {seed}: test acc {row['test_acc']:.4f}")
@@ -252,9 +385,7 @@ def run_grid(
 
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         list(pool.map(work, todo))
-    ordered = [rows[n, s] for n in variants for s in seeds]
-    write_reports(ordered, out, reference=reference)
-    return ordered
+    return rows
 
 
 # -- the command line (ablate.py, the lightning-glif-ablate console script) ----------------------
@@ -280,6 +411,9 @@ its checkpoint selected on --monitor. Outputs in --out: <variant>/seed<k>/ (Tens
 checkpoints, variant.yaml, train.log, result.json; `tensorboard --logdir OUT` compares them all),
 results.csv (one row per run), results.md and results.png. Resumable: a rerun skips runs with a
 result.json and redoes the others; a failed run is a "failed" row and does not stop the grid.
+Ctrl-C or SIGTERM stops the runs in progress (waited for; exit code 130 or 143) and keeps the
+finished ones; the same command resumes. One ablate.py per --out (OUT/.lock): a second one on
+the same --out stops with the first's pid.
 
 results.md and results.png report each variant's test accuracy as the mean over its seeds with
 the half-width of the Student-t 95% confidence interval, and its paired difference to
@@ -380,10 +514,17 @@ def main(argv: list[str] | None = None) -> int:
     configs = args.config or [str(CONF_DIR / BASE_CONFIG)]
     configs = resolve_config_paths([a for c in configs for a in ("--config", c)])[1::2]
     out = Path(args.out)
-    rows = run_grid(
-        configs, variants, seeds, out, args.jobs, train_args,
-        monitor=args.monitor, mode=args.mode, reference=args.reference,
-    )  # fmt: skip
+    try:
+        rows = run_grid(
+            configs, variants, seeds, out, args.jobs, train_args,
+            monitor=args.monitor, mode=args.mode, reference=args.reference,
+        )  # fmt: skip
+    except DirectoryLocked as e:
+        print(f"ablate.py: error: {e}", file=sys.stderr)
+        return 1
+    except AblationInterrupted as e:
+        print(f"[ablate] {e}", file=sys.stderr)
+        return 128 + e.signum  # the shell's code for a command ended by that signal
     print((out / "results.md").read_text())
     print(f"[ablate] wrote {out}/results.csv, results.md, results.png")
     return int(any(r["status"] != "ok" for r in rows))

@@ -20,14 +20,23 @@ Each command writes into one run directory, ``<trainer.default_root_dir>/<name>/
 and the name with ``--trainer.logger.init_args.name``. A config already in the directory (a
 fixed ``version``) is an error, never overwritten.
 
-``test``/``validate``/``predict --ckpt_path`` rebuild the model from the checkpoint (its config
-is stored in it); the data comes from the configs given, so pass the same ``--config`` as for
-``fit``.
+``test``/``validate``/``predict --ckpt_path FILE`` rebuild the model from the checkpoint (its
+config is stored in it); the data comes from the configs given, so pass the same ``--config`` as
+for ``fit``. A model option given in a config or on the command line that differs from the
+checkpoint's model is an error naming both (also for ``fit --ckpt_path FILE``):
+``--model_from_checkpoint true`` builds the checkpoint's model and ignores them;
+``--eval_time_steps T`` (validate/test/predict) runs the trained model at another number of time
+steps. The class paths stored in a checkpoint are only imported from ``lightning_glif``,
+``torch``, ``pytorch_lightning`` or classes named in the configs or options given (checked
+before any import). ``predict`` writes ``<run dir>/predictions.pt`` (``logits``, ``predicted``,
+``target``). A command holds its run directory's ``.lock`` while it runs: a second command on
+the same run stops, naming the holder's pid.
 
 Resuming (weights, optimizer, schedule, epoch and step, RNG states): ``fit --ckpt_path last``
 continues the latest run of ``<default_root_dir>/<name>/`` in its own directory, from its
 ``checkpoints/last.ckpt`` (``--trainer.logger.init_args.version N`` picks run ``version_N``);
-pass the same options as the first time. The original ``config.yaml`` is kept, the resumed
+pass the same options as the first time; no run with a ``last.ckpt`` there (or none at the given
+version) is an error, not a fresh start. The original ``config.yaml`` is kept, the resumed
 command's config is saved beside it as ``config.resume<k>.yaml``. ``fit --ckpt_path
 .../last.ckpt`` resumes from that file into a new version directory.
 """
@@ -37,19 +46,35 @@ from __future__ import annotations
 import difflib
 import re
 import sys
+import warnings
 from pathlib import Path
+from typing import Any
 
+from jsonargparse import Namespace
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
-from lightning_glif.callbacks.run_state import RunState
+from lightning_glif.callbacks.interrupt import InterruptCheckpoint
+from lightning_glif.callbacks.predictions import PredictionWriter
+from lightning_glif.callbacks.run_state import RunState, describe_checkpoint
+from lightning_glif.checkpoint_io import (
+    CorruptCheckpointError,
+    check_checkpoint_file,
+    with_atomic_checkpoint_io,
+)
 from lightning_glif.config_links import (
     CLASS_KEYS,
     ConfigConflict,
+    UntrustedCheckpointClass,
+    _plain,
+    check_checkpoint_classes,
+    dotted_names,
     import_class,
     link_data_values,
     reset_carried_options,
     signature_parameters,
+    stored_hyperparameters,
 )
+from lightning_glif.locks import DirectoryLock, DirectoryLocked
 from lightning_glif.module import SpikingClassifier
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
@@ -57,8 +82,15 @@ DEFAULT_CONFIG = CONF_DIR / "default.yaml"
 DESCRIPTION = (
     "Train and evaluate spiking classifiers (lightning-glif). Every run reads conf/default.yaml "
     "(a GLIF convnet on the embedded 8x8 digits), then each --config in order, then --key value "
-    "arguments. Outputs go to <trainer.default_root_dir>/<logger name>/version_<n>/. "
+    "arguments. Outputs go to <trainer.default_root_dir>/<logger name>/version_<n>/; predict "
+    "writes its predictions there, as predictions.pt (logits, predicted class, target). "
     "Run a subcommand with --help for its options."
+)
+PREDICT_DESCRIPTION = (
+    "Predict with a model (usually --ckpt_path FILE) on the data's predict split (its test split): "
+    "writes <run dir>/predictions.pt, a dict of tensors with one row per sample: 'logits' "
+    "[N, num_classes] (time-averaged), 'predicted' [N] (their argmax) and 'target' [N] (the "
+    "labels, when the data has them). Load it with torch.load(path, weights_only=True)."
 )
 
 
@@ -112,34 +144,107 @@ def _suggestions(message: str, parser) -> str:
 
 class RunConfig(SaveConfigCallback):
     """Saves the resolved config in the run directory; a run resumed in place (``--ckpt_path
-    last``) keeps the original ``config.yaml`` and adds ``config.resume<k>.yaml``."""
+    last``) keeps the original ``config.yaml`` and adds ``config.resume<k>.yaml``.
+
+    It also holds the run directory's :class:`~lightning_glif.locks.DirectoryLock` (on rank zero)
+    from its ``setup``, before anything is written there, to the end of the run: a second command
+    on the same run directory stops naming the holder's pid. A callback, as Lightning resolves
+    the run directory (the logger's next free version) only when the trainer runs; it is the
+    CLI's save-config callback, the first to write into the directory.
+    """
 
     def __init__(self, *args, resuming: bool = False, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.resuming = resuming
+        self._lock: DirectoryLock | None = None
 
     def setup(self, trainer, pl_module, stage: str) -> None:
-        if self.resuming and trainer.log_dir:
+        if self.already_saved:
+            return
+        log_dir = trainer.log_dir
+        if log_dir:
+            self._acquire(trainer, Path(log_dir))
+        if self.resuming and log_dir:
             k = 1
-            while (Path(trainer.log_dir) / f"config.resume{k}.yaml").exists():
+            while (Path(log_dir) / f"config.resume{k}.yaml").exists():
                 k += 1
             self.config_filename = f"config.resume{k}.yaml"
+        elif log_dir and not self.overwrite:
+            # Lightning's own check says what to change in code: this one says what to type.
+            exists = trainer.is_global_zero and (Path(log_dir) / self.config_filename).is_file()
+            if trainer.strategy.broadcast(exists):
+                raise RuntimeError(_existing_run_message(trainer, Path(log_dir)))
         super().setup(trainer, pl_module, stage)
+
+    def _acquire(self, trainer, run_dir: Path) -> None:
+        locked: DirectoryLocked | None = None
+        if trainer.is_global_zero and self._lock is None:
+            try:
+                self._lock = DirectoryLock(run_dir, what="run directory").acquire()
+            except DirectoryLocked as error:
+                locked = error
+        # Every rank stops, not only rank zero (the others would wait for it in the run).
+        problem = trainer.strategy.broadcast(str(locked) if locked else None)
+        if locked is not None:
+            raise locked
+        if problem:
+            raise RuntimeError(problem)
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        self._release()
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        self._release()
+
+
+def _existing_run_message(trainer, run_dir: Path) -> str:
+    version = getattr(trainer.logger, "version", None)
+    option = "--trainer.logger.init_args.version"
+    given = f"{option} {version}" if version is not None else option
+    return (
+        f"{run_dir} already holds a run (its config.yaml exists): {given} names that run; "
+        "stopped to avoid overwriting its outputs. Pick a version that does "
+        f"not exist yet (or leave {option} unset: the next free version is used), or continue "
+        f"that run with `fit --ckpt_path last {given}`."
+    )
 
 
 class GLIFCLI(LightningCLI):
     """LightningCLI with the values the data knows set once, configs that do not leak into other
-    classes, and resuming in place."""
+    classes, resuming in place, and checkpoints that neither swap the configured model silently
+    nor import code the user did not name."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # One run directory: the logger (and so the checkpoints and the saved config) lives
         # under trainer.default_root_dir.
         parser.link_arguments("trainer.default_root_dir", "trainer.logger.init_args.save_dir")
+        parser.add_argument(
+            "--model_from_checkpoint",
+            type=bool,
+            default=False,
+            help="With --ckpt_path FILE: build the model the checkpoint stores, ignoring the "
+            "model options of the configs and the command line (by default a model option that "
+            "differs from the checkpoint's is an error naming both).",
+        )
+        parser.add_argument(
+            "--eval_time_steps",
+            type=int | None,
+            default=None,
+            help="validate/test/predict --ckpt_path FILE: run the checkpoint's model at this "
+            "number of time steps T instead of the T it was trained at (for sequence data, the "
+            "data's time_steps too).",
+        )
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
         super().parse_arguments(parser, args)
         sub = self.config.get("subcommand")
         self._explicit = None
+        self._user_model: dict[str, Any] = {}
         args = sys.argv[1:] if args is None else args
         if isinstance(args, list):
             # What was given, without the signatures' defaults (jsonargparse cannot tell them
@@ -151,26 +256,182 @@ class GLIFCLI(LightningCLI):
                 [*args[:at], "--config", str(DEFAULT_CONFIG), *args[at:]], defaults=False
             )
             self._explicit = given.get(sub) if sub else given
+            # The model options the user gave: those that differ from conf/default.yaml's
+            # (a value equal to the default config's cannot be told apart from it).
+            base = parser.parse_args(
+                [*([sub] if sub else []), "--config", str(DEFAULT_CONFIG)], defaults=False
+            )
+            base = _flat((base.get(sub) if sub else base).get("model"))
+            self._user_model = {
+                k: v
+                for k, v in _flat(self._explicit.get("model")).items()
+                if k not in base or _plain(base[k]) != _plain(v)
+            }
+        self._check_checkpoint_file()
+        self._checkpoint_model = self._check_checkpoint_classes()
+
+    def _check_checkpoint_file(self) -> None:
+        """``--ckpt_path FILE`` that is no checkpoint (empty, truncated, text, another pickle):
+        one error naming the file, what is wrong and the intact checkpoint beside it, before
+        anything reads the file (LightningCLI's ``_parse_ckpt_path`` would raise a bare
+        EOFError / UnpicklingError / KeyError)."""
+        sub = self.config.get("subcommand")
+        path = self.config[sub].get("ckpt_path") if sub else None
+        if path and Path(path).is_file():
+            try:
+                check_checkpoint_file(path)
+            except CorruptCheckpointError as error:
+                self.parser.error(str(error))
+
+    def instantiate_trainer(self, **kwargs: Any):
+        # Checkpoints saved atomically in their own directory, unreadable ones reported by name
+        # (lightning_glif.checkpoint_io), unless the config names another CheckpointIO plugin.
+        plugins = self._get(self.config_init, "trainer", default={}).get("plugins")
+        return super().instantiate_trainer(**kwargs, plugins=with_atomic_checkpoint_io(plugins))
+
+    def _check_checkpoint_classes(self) -> dict[str, Any] | None:
+        """Before LightningCLI merges a checkpoint's stored model config (``_parse_ckpt_path``,
+        which imports every class path in it): its class paths must be the project's, torch's,
+        Lightning's or named by the user. Returns the stored model config (None: no file)."""
+        sub = self.config.get("subcommand")
+        path = self.config[sub].get("ckpt_path") if sub else None
+        if not path or not Path(path).is_file():
+            return None
+        try:
+            hparams = stored_hyperparameters(path, weights_only=True)
+        except Exception:  # noqa: BLE001 - Lightning's own load (weights_only) raises the same
+            return None
+        named = [value for _, value in dotted_names(self._explicit)] if self._explicit else []
+        try:
+            check_checkpoint_classes(
+                hparams,
+                path,
+                allowed=named,
+                how_to_allow=" where this command reads it: on the command line (e.g. "
+                "--model.backbone <class path>) or in a config file you pass (--config)",
+            )
+        except UntrustedCheckpointClass as error:
+            self.parser.error(str(error))
+        return {k: v for k, v in hparams.items() if k != "_instantiator"}
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         # A checkpoint's model config (merged by LightningCLI from `--ckpt_path FILE`) is what
         # was trained: its options are given, not carried over.
         from_checkpoint = bool(config.get("ckpt_path")) and Path(config.ckpt_path).is_file()
+        if config.get("weights_only") is False:
+            warnings.warn(
+                "--weights_only false: loading the checkpoint unpickles arbitrary objects, which "
+                "runs any code the file holds. Use it only for a checkpoint you made or trust; "
+                "this project's checkpoints load with --weights_only true.",
+                UserWarning,
+                stacklevel=1,
+            )
+        self._check_eval_time_steps(config, from_checkpoint)
+        if from_checkpoint and self._checkpoint_model:
+            self._check_model_options(config)
         if self._explicit is not None:
             for key in CLASS_KEYS:
                 if not (from_checkpoint and key.startswith("model.")):
                     reset_carried_options(config, self._explicit, key)
         try:
-            link_data_values(config, self._explicit)
+            linked = link_data_values(config, self._explicit)
         except ConfigConflict as conflict:
             self.parser.error(str(conflict))
+        if from_checkpoint and self._checkpoint_model:
+            self._check_linked_values(config, linked)
         self._resume_in_place()
+
+    # -- the checkpoint's model against the configured one -----------------------------------------
+    def _check_eval_time_steps(self, config: Namespace, from_checkpoint: bool) -> None:
+        steps = config.get("eval_time_steps")
+        if steps is None:
+            return
+        if self.subcommand not in ("validate", "test", "predict") or not from_checkpoint:
+            self.parser.error(
+                f"--eval_time_steps {steps} evaluates a trained model at another T: it takes "
+                "validate, test or predict with --ckpt_path FILE. To build a model at another T, "
+                "set --model.backbone.init_args.time_steps (or the data's time_steps)."
+            )
+        init = config.model.get("backbone", Namespace()).get("init_args")
+        if not isinstance(init, Namespace) or "time_steps" not in init:
+            self.parser.error(f"--eval_time_steps {steps}: the checkpoint's backbone has no T.")
+        init.time_steps = steps
+        data = config.get("data")
+        if isinstance(data, Namespace) and "time_steps" in (data.get("init_args") or {}):
+            data.init_args.time_steps = steps  # sequence data: the data's T is the model's
+
+    def _check_model_options(self, config: Namespace) -> None:
+        """A model option given in a config or on the command line that contradicts the
+        checkpoint's stored model is an error naming both (LightningCLI would replace it with
+        the checkpoint's without a word), unless ``--model_from_checkpoint true``."""
+        steps = config.get("eval_time_steps")
+        differ = []
+        for key, value in self._user_model.items():
+            found, stored = _lookup(self._checkpoint_model, key)
+            if not found or _plain(stored) == _plain(value):
+                continue
+            if key == "backbone.init_args.time_steps" and steps is not None and value == steps:
+                continue
+            differ.append((key, value, stored))
+        if not differ:
+            return
+        listed = "; ".join(f"model.{k} = {v!r} (the checkpoint's: {c!r})" for k, v, c in differ)
+        if config.get("model_from_checkpoint"):
+            warnings.warn(
+                f"--model_from_checkpoint: the checkpoint's model is built; ignored {listed}.",
+                UserWarning,
+                stacklevel=1,
+            )
+            return
+        configured = _merged(self._checkpoint_model, differ)
+        time_hint = ""
+        if any(k == "backbone.init_args.time_steps" for k, _, _ in differ):
+            time_hint = (
+                " To evaluate the trained model at another T, use validate/test/predict "
+                "--eval_time_steps T."
+            )
+        stored = describe_checkpoint({"hyper_parameters": self._checkpoint_model})
+        mine = describe_checkpoint({"hyper_parameters": configured})
+        models = (
+            f"the checkpoint holds {stored}, the configured model is {mine}"
+            if mine != stored
+            else f"the checkpoint holds {stored}, and the configured model differs from it"
+        )
+        self.parser.error(
+            f"--ckpt_path {config.ckpt_path}: {models}: {listed}. Drop those options (configs or "
+            "command line) to use the checkpoint's model, or pass --model_from_checkpoint true "
+            f"to build the checkpoint's model and ignore them.{time_hint}"
+        )
+
+    def _check_linked_values(self, config: Namespace, linked: dict[str, Any]) -> None:
+        """The values the data sets (classes, channels, image size, a sequence's T) must be
+        those the checkpoint's model was built with."""
+        steps = config.get("eval_time_steps")
+        data_name = str(config.data.class_path).rsplit(".", 1)[-1]
+        for key, value in linked.items():
+            found, stored = _lookup(self._checkpoint_model, key.removeprefix("model."))
+            if not found or _plain(stored) == _plain(value):
+                continue
+            name = key.rsplit(".", 1)[-1]
+            if name == "time_steps" and steps is not None and value == steps:
+                continue
+            hint = (
+                f" To evaluate it at T = {value}, add --eval_time_steps {value}."
+                if name == "time_steps" and self.subcommand != "fit"
+                else " Use the data the checkpoint was trained on (pass the run's config)."
+            )
+            self.parser.error(
+                f"--ckpt_path {config.ckpt_path}: the checkpoint's model was built with "
+                f"{name} = {stored!r}, the data ({data_name}) has {name} = {value!r}.{hint}"
+            )
 
     def _resume_in_place(self) -> None:
         """``fit --ckpt_path last``: point the logger at the run to continue (the latest
         ``version_<n>`` with a ``checkpoints/last.ckpt``, unless a version is given), so that
-        Lightning finds its ``last.ckpt`` in the checkpoint directory and the run goes on there."""
+        Lightning finds its ``last.ckpt`` in the checkpoint directory and the run goes on there.
+        Nothing to resume is an error (Lightning would warn and train from scratch: not what a
+        user who asks to resume wants)."""
         if self.subcommand != "fit" or self.config.fit.get("ckpt_path") != "last":
             return
         logger = self.config.fit.trainer.get("logger")
@@ -178,16 +439,76 @@ class GLIFCLI(LightningCLI):
         if init is None or init.get("save_dir") is None or init.get("name") is None:
             return  # another logger: Lightning resolves "last" in its own checkpoint directory
         runs = Path(init.save_dir) / str(init.name)
+        done = sorted(
+            int(d.name.split("_", 1)[1])
+            for d in runs.glob("version_*")
+            if d.name.split("_", 1)[1].isdigit() and (d / "checkpoints" / "last.ckpt").is_file()
+        )
+        resumable = ", ".join(f"version_{v}" for v in done) or "none"
         if init.get("version") is None:
-            done = [
-                int(d.name.split("_", 1)[1])
-                for d in runs.glob("version_*")
-                if d.name.split("_", 1)[1].isdigit() and (d / "checkpoints" / "last.ckpt").is_file()
-            ]
             if not done:
-                return  # nothing to resume: Lightning warns and trains from scratch
-            init.version = max(done)
+                self.parser.error(
+                    f"--ckpt_path last: no run to resume in {runs}: no "
+                    f"{runs}/version_<n>/checkpoints/last.ckpt exists. Start a new run without "
+                    "--ckpt_path, pass a checkpoint file (--ckpt_path PATH), or point at the "
+                    "run's directory with --trainer.default_root_dir and "
+                    "--trainer.logger.init_args.name."
+                )
+            init.version = done[-1]
+        else:
+            version = init.version
+            run = runs / (f"version_{version}" if isinstance(version, int) else str(version))
+            last = run / "checkpoints" / "last.ckpt"
+            if not last.is_file():
+                what = "has no checkpoints/last.ckpt" if run.is_dir() else "does not exist"
+                self.parser.error(
+                    f"--ckpt_path last --trainer.logger.init_args.version {version}: looked for "
+                    f"{last}, and {run} {what}. Runs with a last.ckpt in {runs}: {resumable}."
+                )
         self.save_config_kwargs["resuming"] = True
+
+
+def _flat(tree: Any, where: str = "") -> dict[str, Any]:
+    """The leaves of a config tree (Namespaces or dicts) by dotted key; lists are leaves."""
+    if isinstance(tree, Namespace):
+        tree = tree.as_dict()
+    if not isinstance(tree, dict):
+        return {where: tree} if where else {}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(_flat(value, f"{where}.{key}" if where else str(key)))
+    return out
+
+
+def _lookup(tree: dict[str, Any], key: str) -> tuple[bool, Any]:
+    """``(found, value)`` at dotted ``key`` of ``tree``: a leaf met on the way (``loss: null``
+    where the user names a class) is found, with that leaf's value; a missing key is not (the
+    checkpoint does not record it: nothing to compare)."""
+    node: Any = tree
+    for part in key.split("."):
+        if not isinstance(node, dict):
+            return True, node
+        if part not in node:
+            return False, None
+        node = node[part]
+    return True, node
+
+
+def _merged(stored: dict[str, Any], differ: list[tuple[str, Any, Any]]) -> dict[str, Any]:
+    """The stored model config with the user's differing values, to describe the configured
+    model in the error."""
+    import copy
+
+    out = copy.deepcopy(stored)
+    for key, value, _ in differ:
+        node = out
+        *parents, last = key.split(".")
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[last] = value
+    return out
 
 
 def resolve_config_paths(args: list[str]) -> list[str]:
@@ -207,6 +528,19 @@ def resolve_config_paths(args: list[str]) -> list[str]:
     return out
 
 
+def trainer_defaults(callbacks: list | None = None) -> dict[str, Any]:
+    """The trainer arguments of every run, whatever the configs say (LightningCLI's
+    ``trainer_defaults``; callbacks listed here cannot be removed by a config)."""
+    return {
+        "callbacks": [
+            RunState(),  # RNG states and the model check of checkpoints
+            InterruptCheckpoint(),  # Ctrl-C / SIGTERM in fit: stop after the batch, last.ckpt
+            PredictionWriter(),  # predict: <run dir>/predictions.pt
+            *(callbacks or []),
+        ],
+    }
+
+
 def cli_main(
     args: list[str] | None = None, run: bool = True, callbacks: list | None = None
 ) -> GLIFCLI:
@@ -222,7 +556,8 @@ def cli_main(
         args = resolve_config_paths(args)
     defaults = {"default_config_files": [str(DEFAULT_CONFIG)]}
     if run:
-        parser_kwargs = {s: defaults for s in ("fit", "validate", "test", "predict")}
+        parser_kwargs = {s: dict(defaults) for s in ("fit", "validate", "test", "predict")}
+        parser_kwargs["predict"]["description"] = PREDICT_DESCRIPTION
         parser_kwargs["description"] = DESCRIPTION
     else:
         parser_kwargs = {**defaults, "description": DESCRIPTION}
@@ -234,8 +569,7 @@ def cli_main(
         parser_class=GLIFParser,
         save_config_callback=RunConfig,
         save_config_kwargs={"overwrite": False},
-        # Always on, whatever the config lists: RNG states and the model check of checkpoints.
-        trainer_defaults={"callbacks": [RunState(), *(callbacks or [])]},
+        trainer_defaults=trainer_defaults(callbacks),
         run=run,
         args=args,
     )
@@ -243,7 +577,10 @@ def cli_main(
 
 def main() -> None:
     """The ``lightning-glif`` console script (``python train.py`` runs the same)."""
-    cli_main()
+    try:
+        cli_main()
+    except CorruptCheckpointError as error:  # e.g. `fit --ckpt_path last` on a truncated file
+        sys.exit(f"error: {error}")
 
 
 if __name__ == "__main__":

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import io
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
+import yaml
 from pytorch_lightning import LightningModule
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from pytorch_lightning.trainer.states import TrainerFn
@@ -13,6 +18,7 @@ from torchmetrics import MaxMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_glif import tags
+from lightning_glif.config_links import check_checkpoint_classes, stored_hyperparameters
 from lightning_glif.losses import MeanCrossEntropy, TemporalLoss
 from lightning_glif.neurons.base import SpikingNeuron
 
@@ -78,7 +84,9 @@ class SpikingClassifier(LightningModule):
     Checkpoints written under the CLI hold the whole configuration, so
     ``SpikingClassifier.load_from_checkpoint(path)`` rebuilds the backbone. A module built in
     Python saves only its plain arguments: pass the backbone again,
-    ``load_from_checkpoint(path, backbone=...)``. They load with ``weights_only=True``. The RNG
+    ``load_from_checkpoint(path, backbone=...)``. They load with ``weights_only=True``. The class
+    paths of a stored config must be in ``lightning_glif``, ``torch`` or ``pytorch_lightning`` or
+    be named by ``trusted_classes`` (checked before anything is imported). The RNG
     states and the check that a checkpoint fits the model are
     :class:`~lightning_glif.callbacks.RunState`'s, which the CLI adds to every run.
     """
@@ -122,6 +130,55 @@ class SpikingClassifier(LightningModule):
         self.val_acc_best = MaxMetric()
         # Saved with the weights, so a resumed run keeps its best validation accuracy.
         self.val_acc_best.persistent(True)
+
+    @classmethod
+    def load_from_checkpoint(
+        cls,
+        checkpoint_path: Any,
+        map_location: Any = None,
+        hparams_file: Any = None,
+        strict: bool | None = None,
+        weights_only: bool | None = None,
+        *,
+        trusted_classes: Iterable[str] = (),
+        **kwargs: Any,
+    ) -> SpikingClassifier:
+        """Lightning's ``load_from_checkpoint``, after checking the class paths of the stored
+        config (``hyper_parameters``) against an allow-list: ``lightning_glif``, ``torch``,
+        ``pytorch_lightning`` and ``trusted_classes`` (class paths or packages, e.g.
+        ``["mypkg.models.Net"]`` or ``["mypkg"]``). Lightning would resolve them (and so import
+        their modules, running their import-time code) before checking anything; an argument
+        given here (``backbone=...``) replaces the stored one and is not checked.
+
+        ``weights_only=False`` unpickles arbitrary objects, and so can run any code the file
+        holds: it warns; use it only for checkpoints you made or trust.
+        """
+        if weights_only is False:
+            warnings.warn(
+                f"weights_only=False: loading {checkpoint_path} unpickles arbitrary objects, which "
+                "runs any code the file holds. Use it only for a checkpoint you made or trust; "
+                "checkpoints of this project load with weights_only=True.",
+                UserWarning,
+                stacklevel=2,
+            )
+        if hasattr(checkpoint_path, "read") and not hasattr(checkpoint_path, "seek"):
+            checkpoint_path = io.BytesIO(checkpoint_path.read())  # read twice: once to check
+        if hparams_file is None:
+            stored = stored_hyperparameters(checkpoint_path, weights_only)
+        else:  # Lightning replaces the stored config with the file's
+            stored = yaml.safe_load(Path(hparams_file).read_text()) or {}
+        where = f"'{checkpoint_path}'" if isinstance(checkpoint_path, str | Path) else "(a file)"
+        check_checkpoint_classes(
+            {k: v for k, v in stored.items() if k not in kwargs},
+            where,
+            allowed=trusted_classes,
+            how_to_allow=": SpikingClassifier.load_from_checkpoint(path, "
+            "trusted_classes=[<class path or package>]), or pass the object itself "
+            "(backbone=...)",
+        )
+        return super().load_from_checkpoint(
+            checkpoint_path, map_location, hparams_file, strict, weights_only, **kwargs
+        )
 
     def _accuracy_metrics(self) -> MetricCollection:
         """Top-1 (``acc``) and, above 5 classes, top-5 (``acc_top5``) accuracy of one stage."""

@@ -260,3 +260,54 @@ def test_a_misspelled_option_of_a_forwarding_class_is_suggested(tmp_path, capsys
               "--data.init_args.val_fracton", "0.2")  # fmt: skip
     err = capsys.readouterr().err
     assert "did you mean 'val_fraction'" in err and "split_seed" in err
+
+
+# -- resuming and run directories: errors that say what to type -----------------------------------
+def fit_args(tmp_path: Path, *extra: str) -> list[str]:
+    return ["fit", "--trainer.default_root_dir", str(tmp_path), "--trainer.max_epochs", "1",
+            "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "2",
+            "--trainer.num_sanity_val_steps", "0", "--trainer.enable_progress_bar", "false",
+            "--model.backbone.init_args.channels", "[4, 8]", *extra]  # fmt: skip
+
+
+def test_resuming_nothing_is_an_error_naming_the_directory(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli_main(fit_args(tmp_path, "--ckpt_path", "last"))
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert f"--ckpt_path last: no run to resume in {tmp_path / 'digits'}" in err
+    assert "version_<n>/checkpoints/last.ckpt" in err
+    assert not (tmp_path / "digits").exists()  # no fresh run
+
+
+def test_resuming_a_version_without_last_ckpt_is_an_error(tmp_path, capsys):
+    (tmp_path / "digits" / "version_3").mkdir(parents=True)
+    for version, what in (("7", "does not exist"), ("3", "has no checkpoints/last.ckpt")):
+        with pytest.raises(SystemExit):
+            cli_main(fit_args(tmp_path, "--ckpt_path", "last",
+                              "--trainer.logger.init_args.version", version))  # fmt: skip
+        err = " ".join(capsys.readouterr().err.split())
+        last = tmp_path / "digits" / f"version_{version}" / "checkpoints" / "last.ckpt"
+        assert f"looked for {last}" in err and what in err
+        assert "Runs with a last.ckpt in" in err and ": none." in err
+    assert sorted(p.name for p in (tmp_path / "digits").iterdir()) == ["version_3"]
+
+
+@pytest.mark.slow
+def test_a_fixed_version_that_exists_says_what_to_type(tmp_path):
+    cli_main(fit_args(tmp_path))
+    run = tmp_path / "digits" / "version_0"
+    before = (run / "config.yaml").read_text()
+    with pytest.raises(RuntimeError) as error:
+        cli_main(fit_args(tmp_path, "--trainer.logger.init_args.version", "0"))
+    message = str(error.value)
+    assert f"{run} already holds a run" in message
+    assert "Pick a version that does not exist yet" in message
+    assert "fit --ckpt_path last --trainer.logger.init_args.version 0" in message
+    assert "LightningCLI(" not in message and "save_config" not in message  # no code advice
+    assert (run / "config.yaml").read_text() == before
+    # ... and the resume it suggests works, in place.
+    resumed = cli_main(fit_args(tmp_path, "--ckpt_path", "last",
+                                "--trainer.logger.init_args.version", "0",
+                                "--trainer.max_epochs", "2"))  # fmt: skip
+    assert resumed.trainer.log_dir == str(run) and (run / "config.resume1.yaml").is_file()

@@ -191,3 +191,17 @@ def test_imagenet_names_the_missing_part(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"val/ missing") as error:
         ImageNetDataModule(data_dir=str(tmp_path)).setup("fit")
     assert "train/ and" not in str(error.value)
+
+
+def test_imagenet_under_another_case_is_pointed_out(tmp_path):
+    """The folder is imagenet/ (lowercase), as the code reads it; ImageNet/ is another folder on
+    a case-sensitive filesystem, and the error says so."""
+    write_image_folder(tmp_path / "ImageNet" / "train", {"a": 1}, size=(8, 8))
+    write_image_folder(tmp_path / "ImageNet" / "val", {"a": 1}, size=(8, 8))
+    if (tmp_path / "imagenet").is_dir():
+        pytest.skip("case-insensitive filesystem: ImageNet/ is imagenet/")
+    with pytest.raises(FileNotFoundError) as error:
+        ImageNetDataModule(data_dir=str(tmp_path)).setup("fit")
+    message = str(error.value)
+    assert f"ImageNet was not found in {tmp_path / 'imagenet'}: train/ and val/ missing" in message
+    assert message.endswith(f"({tmp_path} has ImageNet/: rename it to imagenet/.)")

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 from pytorch_lightning import Callback, LightningModule, Trainer
+from torch import nn
 
 from lightning_glif.neurons.base import MembraneNeuron, SpikingNeuron
 from lightning_glif.neurons.functional import membrane_sequence
@@ -35,8 +36,12 @@ class Diagnosis:
     unreplayed_types: set[str] = field(default_factory=set)
     failure: str | None = None
 
-    def describe(self) -> str:
-        """The clause of the error message: the culprit, or why none was found."""
+    def describe(self, broken: dict[str, list[str]] | None = None) -> str:
+        """The clause of the error message: the culprit, or why none was found.
+
+        ``broken``: when a gradient stopped the run, the parameters with a non-finite gradient
+        by layer (:meth:`NonFiniteGuard.by_layer`): with a finite loss and forward pass, the
+        overflow happened in the backward pass, in those layers, not in the head."""
         if self.culprit:
             return f"the first non-finite neuron layer is {self.culprit}"
         if self.failure:
@@ -47,6 +52,20 @@ class Diagnosis:
                 "breaks"
             )
         after = "the input data or the layers after the last neuron (the head, the logits)"
+        if broken:
+            # The loss was finite (checked first), so the forward pass did not overflow.
+            listed = "; ".join(f"{layer}: {', '.join(ps)}" for layer, ps in broken.items())
+            one = len(broken) == 1
+            after = (
+                f"the backward pass overflowed, in the {'only layer' if one else 'layers'} with "
+                f"non-finite gradients ({listed}): lower the learning rate of "
+                f"{'its' if one else 'their'} parameters (of gates: also model.gate_lr_factor)"
+            )
+            if not self.unreplayed:
+                return (
+                    "the loss and the forward pass on this batch are finite (no neuron layer saw "
+                    f"a non-finite parameter, input or membrane), so {after}"
+                )
         if not self.unreplayed:
             return f"no neuron layer saw a non-finite value: {after} overflowed"
         layers = ", ".join(f"'{n}'" for n in self.unreplayed)
@@ -54,7 +73,8 @@ class Diagnosis:
         return (
             "no neuron layer saw a non-finite parameter, input or replayed membrane, but the "
             f"membrane of {layers} ({kinds}) cannot be replayed (not a MembraneNeuron): it may "
-            f"have overflowed inside with finite parameters and input, or {after} overflowed"
+            f"have overflowed inside with finite parameters and input, or "
+            + (after if broken else f"{after} overflowed")
         )
 
 
@@ -105,11 +125,35 @@ class NonFiniteGuard(Callback):
         norms = torch._foreach_norm([g for _, g in named])
         if bool(torch.isfinite(torch.stack(norms)).all()):
             return
-        first = next(n for (n, _), norm in zip(named, norms, strict=True) if not norm.isfinite())
-        self._stop(trainer, pl_module, f"non-finite gradient (first: {first})")
+        bad = [n for (n, _), norm in zip(named, norms, strict=True) if not norm.isfinite()]
+        what = f"non-finite gradient (first: {bad[0]})"
+        self._stop(trainer, pl_module, what, broken=self.by_layer(pl_module, bad))
 
-    def _stop(self, trainer: Trainer, pl_module: LightningModule, what: str) -> None:
-        where = self.diagnose(trainer, pl_module, self._batch).describe()
+    @staticmethod
+    def by_layer(pl_module: nn.Module, names: list[str]) -> dict[str, list[str]]:
+        """Parameter names grouped by their layer: ``{"'layer' (Type)": ["gate alpha_latent",
+        "weight", ...]}``, in parameter order (which is the forward order of this project's
+        backbones); a neuron's gate latents are marked ``gate``."""
+        layers: dict[str, list[str]] = {}
+        for name in names:
+            prefix, _, own = name.rpartition(".")
+            module = pl_module.get_submodule(prefix)
+            gates = set()
+            if isinstance(module, SpikingNeuron):
+                gates = {id(p) for p in module.gate_parameters()}
+            kind = "gate " if id(getattr(module, own)) in gates else ""
+            label = f"'{prefix or '(the module)'}' ({type(module).__name__})"
+            layers.setdefault(label, []).append(kind + own)
+        return layers
+
+    def _stop(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        what: str,
+        broken: dict[str, list[str]] | None = None,
+    ) -> None:
+        where = self.diagnose(trainer, pl_module, self._batch).describe(broken)
         # The newest checkpoint: a last*.ckpt if a ModelCheckpoint writes one (conf/default.yaml).
         paths = [
             getattr(c, "last_model_path", "") or getattr(c, "best_model_path", "")

@@ -3,6 +3,7 @@ splits, and the values it tells the model."""
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar
 
 import torch
@@ -85,7 +86,28 @@ class SplitDataModule(LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
+        self._check_one_training_batch()
         return self._loader("train", train=True)
+
+    def _check_one_training_batch(self) -> None:
+        """With ``drop_last_train``, a training split smaller than one batch (per device) has
+        no batch at all: Lightning would skip training with a warning and exit 0."""
+        if not self.drop_last_train:
+            return
+        trainer = getattr(self, "trainer", None)
+        devices = trainer.world_size if trainer is not None else 1
+        n = len(self.datasets["train"])
+        per_device = math.ceil(n / devices)  # what a DistributedSampler gives each device
+        if per_device >= self.batch_size:
+            return
+        on = f" ({per_device} on each of {devices} devices)" if devices > 1 else ""
+        raise ValueError(
+            f"{type(self).__name__}: the training split has {n} samples{on}, fewer than one "
+            f"batch (batch_size {self.batch_size}), and this data drops the last incomplete "
+            "training batch (drop_last_train), so no training batch is left. Lower batch_size "
+            f"(--data.init_args.batch_size {max(1, per_device)}) or train on more samples (a "
+            "smaller val_size, where the data has one)."
+        )
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", train=False)

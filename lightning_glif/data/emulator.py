@@ -21,8 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import uuid
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +31,7 @@ from scipy import ndimage
 from tonic.io import events_struct, make_structured_array
 from torch.utils.data import Dataset
 
+from ..io import atomic_open, remove_stale_temps
 from .base import SplitDataModule
 from .digits import load_digit_images
 from .frames import Binning, EventsToFrames
@@ -255,13 +254,9 @@ class EventDigits:
             "offsets": np.concatenate([[0], np.cumsum([len(c) for c in chunks])]),
         }
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-        try:
-            with open(tmp, "wb") as f:
-                np.savez_compressed(f, **columns)
-            os.replace(tmp, self.path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        remove_stale_temps(self.path.parent)  # what a killed writer left
+        with atomic_open(self.path) as f:
+            np.savez_compressed(f, **columns)
         return columns
 
     def __len__(self) -> int:

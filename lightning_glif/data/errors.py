@@ -46,11 +46,14 @@ class CorruptFileError(ValueError):
     Args:
         path: the file.
         reason: what was wrong, e.g. the reader's own error message.
+        fix: how to get a good file; by default: delete it and get it again.
     """
 
-    def __init__(self, path: str | Path, reason: str) -> None:
+    def __init__(self, path: str | Path, reason: str, fix: str | None = None) -> None:
         self.path = Path(path)
-        super().__init__(
-            f"cannot read {self.path}: {reason}. The file is truncated or corrupt: delete it and "
-            "get it again (download it, or re-extract its archive)."
+        self.reason = reason
+        fix = fix or (
+            "The file is truncated or corrupt: delete it and get it again (download it, or "
+            "re-extract its archive)."
         )
+        super().__init__(f"cannot read {self.path}: {reason}. {fix}")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import uuid
 from typing import Literal
 
 import numpy as np
@@ -21,6 +20,8 @@ from tonic import DiskCachedDataset
 from tonic.cached_dataset import load_from_disk_cache, save_to_disk_cache
 from tonic.transforms import ToFrame
 from torchvision.transforms import v2
+
+from ..io import atomic_path, remove_stale_temps
 
 log = logging.getLogger(__name__)
 
@@ -102,14 +103,20 @@ class AtomicDiskCache(DiskCachedDataset):
 
     Tonic writes a cache file in place, so a run killed mid-write leaves a truncated file that a
     later run may serve. Here each file is written under a unique temporary name
-    (``<index>_0.hdf5.tmp-<pid>-<random>``) and renamed with ``os.replace``, so a cache file is
-    either complete or absent. A leftover temporary file is never read; a cache file that cannot be
-    read (e.g. written by an older, non-atomic run) is logged and rebuilt. One copy per sample
-    (``num_copies`` is ignored): randomness belongs in ``transform``, after the cache.
+    (``<index>_0.hdf5.tmp-<pid>-<random>``), fsynced and renamed with ``os.replace``
+    (:mod:`lightning_glif.io`), so a cache file is either complete or absent. A leftover
+    temporary file is never read, and is removed when the cache is next opened once its writer is
+    dead; a cache file that cannot be read (e.g. written by an older, non-atomic run) is logged
+    and rebuilt. One copy per sample (``num_copies`` is ignored): randomness belongs in
+    ``transform``, after the cache.
 
     The cache does not know the transform that produced its files: callers put every pre-cache
     parameter into ``cache_path``.
     """
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        remove_stale_temps(self.cache_path)  # what a killed writer left, before writing
 
     def __getitem__(self, item: int) -> tuple[object, object]:
         path = os.path.join(self.cache_path, f"{item}_0.hdf5")
@@ -132,13 +139,8 @@ class AtomicDiskCache(DiskCachedDataset):
 
     def _build(self, item: int, path: str) -> tuple[object, object]:
         data, target = self.dataset[item]
-        tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        try:
-            save_to_disk_cache(data, target, file_path=tmp, compress=self.compress)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        with atomic_path(path) as tmp:
+            save_to_disk_cache(data, target, file_path=str(tmp), compress=self.compress)
         # Read back, as Tonic does, so the first epoch returns the same types as later ones.
         return load_from_disk_cache(path)
 

@@ -11,13 +11,16 @@ the authors picked their best checkpoint on the test set).
 from __future__ import annotations
 
 import copy
+import hashlib
+import math
+import struct
 from pathlib import Path
 from typing import ClassVar
 
 from torch.utils.data import Subset
 
 from .base import SplitDataModule
-from .errors import DatasetNotFoundError
+from .errors import CorruptFileError, DatasetNotFoundError
 from .splits import random_holdout
 
 
@@ -95,6 +98,23 @@ class _TorchvisionDataModule(_ClassificationDataModule):
                 self.name, folder, missing, layout="\n".join([*files, layout]), manual=manual
             )
 
+    def _check_files(self) -> None:
+        """Check the files :meth:`expected` found, before torchvision reads them (cheap checks
+        only; :class:`CorruptFileError` naming the file). None by default."""
+
+    def _corrupt(self, error: RuntimeError) -> Exception:
+        """The error to raise for torchvision's own ``error`` while reading the files (its
+        integrity check): a :class:`CorruptFileError` naming the file where it can tell."""
+        return error
+
+    def _refetch(self, what: str) -> str:
+        """The fix of a :class:`CorruptFileError`: delete ``what`` and get it again."""
+        *_, manual = self.expected()
+        return (
+            f"Delete {what}, then download again: --data.init_args.download true (torchvision "
+            f"then fetches what is missing), or by hand: {manual.replace(chr(10), ' ')}"
+        )
+
     def prepare_data(self) -> None:
         if self.download:
             cls = self._dataset_class()
@@ -116,16 +136,50 @@ class _TorchvisionDataModule(_ClassificationDataModule):
         if self.datasets:
             return
         self._check_present()
+        self._check_files()
         cls = self._dataset_class()
         root = str(self.data_dir)
-        train_aug = cls(root, train=True, transform=self.transforms(train=True))
+        try:
+            train_aug = cls(root, train=True, transform=self.transforms(train=True))
+            test = cls(root, train=False, transform=self.transforms(train=False))
+        except RuntimeError as e:  # torchvision's "Dataset not found or corrupted."
+            raise self._corrupt(e) from e
         train_eval = _with_transform(train_aug, self.transforms(train=False))
         train_idx, val_idx = self._holdout(len(train_aug))
         self.datasets = {
             "train": Subset(train_aug, train_idx),
             "val": Subset(train_eval, val_idx),
-            "test": cls(root, train=False, transform=self.transforms(train=False)),
+            "test": test,
         }
+
+
+def idx_shape(path: Path, ndim: int, fix: str | None = None) -> tuple[int, ...]:
+    """The shape in the header of the idx file ``path`` (LeCun's format: magic ``00 00 08
+    <ndim>`` for unsigned bytes, one big-endian uint32 per dimension, then the bytes), checked
+    against the file's size; :class:`CorruptFileError` naming what is wrong otherwise.
+
+    By hand because torchvision checks only that the files exist, and reads a truncated one
+    into a bare reshape error (or an ``AssertionError``)."""
+    with open(path, "rb") as f:
+        header = f.read(4 + 4 * ndim)
+    if header[:2] == b"\x1f\x8b":
+        fix = f"Unpack it: mv {path} {path}.gz && gunzip {path}.gz"
+        raise CorruptFileError(path, "it is gzip-compressed (a .gz file)", fix)
+    if len(header) < 4 + 4 * ndim or header[:4] != bytes([0, 0, 8, ndim]):
+        raise CorruptFileError(
+            path,
+            f"not an idx file of unsigned bytes in {ndim} dimension(s): it starts with "
+            f"{header[:4].hex() or 'nothing'}, not {bytes([0, 0, 8, ndim]).hex()}",
+            fix,
+        )
+    shape = struct.unpack(f">{ndim}I", header[4:])
+    size, needed = path.stat().st_size, len(header) + math.prod(shape)
+    if size != needed:
+        state = "truncated" if size < needed else "longer than its header says"
+        raise CorruptFileError(
+            path, f"it is {size} bytes, its header (shape {shape}) needs {needed}: {state}", fix
+        )
+    return shape
 
 
 class MNISTDataModule(_TorchvisionDataModule):
@@ -169,6 +223,27 @@ class MNISTDataModule(_TorchvisionDataModule):
             [f"download into {folder / 'raw'}:", *urls, "and unpack them there (gunzip *.gz)."]
         )
         return folder, files, "(the idx files unpacked, without .gz)", manual
+
+    def _check_files(self) -> None:
+        raw = self.data_dir / self.dataset / "raw"
+        side = self.image_size
+        for part in ("train", "t10k"):
+            images_file = raw / f"{part}-images-idx3-ubyte"
+            images = idx_shape(images_file, 3, self._refetch("it"))
+            if images[1:] != (side, side):
+                raise CorruptFileError(
+                    images_file,
+                    f"its images are {images[1]}x{images[2]}, {self.name}'s are {side}x{side} "
+                    f"(the image_size the model is built for): not the original {self.name} file",
+                    self._refetch("it"),
+                )
+            labels = idx_shape(raw / f"{part}-labels-idx1-ubyte", 1, self._refetch("it"))
+            if labels[0] != images[0]:
+                raise CorruptFileError(
+                    raw / f"{part}-labels-idx1-ubyte",
+                    f"it holds {labels[0]} labels for the {images[0]} images of {images_file}",
+                    self._refetch("both files"),
+                )
 
 
 class FashionMNISTDataModule(MNISTDataModule):
@@ -234,6 +309,26 @@ class CIFAR10DataModule(_TorchvisionDataModule):
         folder = self.data_dir / self.folder
         return folder, list(self.files), "(the python version of the dataset, unpacked)", manual
 
+    def _corrupt(self, error: RuntimeError) -> Exception:
+        # torchvision compares every file's md5 with the original's and names none: find it.
+        from torchvision.datasets import cifar  # its check_integrity, as torchvision calls it
+
+        source = self._dataset_class()
+        folder = self.data_dir / self.folder
+        meta = (source.meta["filename"], source.meta["md5"])
+        sums = [*source.train_list, *source.test_list, meta]
+        for name, md5 in sums:
+            path = folder / name
+            if not cifar.check_integrity(str(path), md5):
+                actual = hashlib.md5(path.read_bytes()).hexdigest()
+                return CorruptFileError(
+                    path,
+                    f"its md5 is {actual}, the original {self.name} file's is {md5}: it is "
+                    "truncated, corrupt or not the original file",
+                    self._refetch(f"{folder}"),
+                )
+        return error
+
 
 class CIFAR100DataModule(CIFAR10DataModule):
     """CIFAR-100 through torchvision: ``[B, 3, 32, 32]``, labels ``0..99``.
@@ -292,6 +387,13 @@ class ImageNetDataModule(_ClassificationDataModule):
         self.val_size = val_size
         self.split_seed = split_seed
 
+    @staticmethod
+    def _other_spelling(root: Path) -> str:
+        """A hint when the folder is there under another case (``ImageNet/``): on a
+        case-sensitive filesystem that is another folder."""
+        others = [p.name for p in root.parent.glob("*") if p.name.lower() == root.name != p.name]
+        return f" ({root.parent} has {others[0]}/: rename it to {root.name}/.)" if others else ""
+
     def transforms(self, train: bool):
         """The training (augmenting) or evaluation transform."""
         from torchvision import transforms as T
@@ -316,6 +418,7 @@ class ImageNetDataModule(_ClassificationDataModule):
                 "images sorted into the same class folders). ImageNet cannot be downloaded "
                 "automatically: get ILSVRC2012 from https://image-net.org, arrange it so, and "
                 "point --data.init_args.data_dir at the folder that holds imagenet/."
+                + self._other_spelling(root)
             )
         from torchvision.datasets import ImageFolder
 

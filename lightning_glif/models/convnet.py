@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from lightning_glif.models.encoding import to_time_first
+from lightning_glif.models.encoding import check_image_size, to_time_first
 from lightning_glif.models.layers import TimeDistributed
 from lightning_glif.models.tdbn import TdBatchNorm
 
@@ -55,6 +55,7 @@ class SpikingConvNet(nn.Module):
                 f"{len(channels) - 1} times, which leaves nothing; use fewer channels entries."
             )
         self.time_steps = time_steps
+        self.image_size = image_size
         stages = []
         c_in = in_channels
         for i, c_out in enumerate(channels):
@@ -72,5 +73,6 @@ class SpikingConvNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, C, H, W]`` or ``[B, T, C, H, W]`` -> per-step logits ``[T, B, num_classes]``."""
+        check_image_size(x, self.image_size, "SpikingConvNet", repr(self.classifier))
         x = self.features(to_time_first(x, self.time_steps))
         return self.classifier(x.flatten(2))

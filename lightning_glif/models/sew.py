@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lightning_glif.models.encoding import to_time_first
+from lightning_glif.models.encoding import check_image_size, to_time_first
 from lightning_glif.models.layers import TimeDistributed
 from lightning_glif.models.resnet import NeuronFactory
 from lightning_glif.models.tdbn import TdBatchNorm
@@ -92,6 +92,7 @@ class WideNet7B(nn.Module):
             raise ValueError(f"image_size must be at least 16 (four 2x2 pools), got {image_size}.")
         self.time_steps = int(time_steps)
         self.num_classes = int(num_classes)
+        self.image_size = int(image_size)
 
         def pool() -> TimeDistributed:
             return TimeDistributed(nn.AvgPool2d(2, 2))
@@ -115,5 +116,6 @@ class WideNet7B(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, T, C, H, W]`` or ``[B, C, H, W]`` -> per-step logits ``[T, B, num_classes]``."""
+        check_image_size(x, self.image_size, type(self).__name__, repr(self.head.module))
         x = to_time_first(x, self.time_steps)
         return self.head(self.features(x).flatten(2))

@@ -1,0 +1,184 @@
+"""Checkpoints written atomically beside themselves, and one clear error for an unreadable one.
+
+Lightning's ``TorchCheckpointIO`` saves through an fsspec local transaction: the temporary file is
+made by ``tempfile.mkstemp()`` in ``$TMPDIR`` and committed with ``shutil.move``. When
+``$TMPDIR`` is on another filesystem than the run (a tmpfs ``/tmp``), that move is a *copy* over
+``last.ckpt``: a kill during the copy leaves a truncated ``last.ckpt`` and a full temporary file
+in ``$TMPDIR``. :class:`AtomicCheckpointIO` writes the temporary file in the checkpoint's own
+directory and renames it (:mod:`lightning_glif.io`).
+
+Loading a file that is not a checkpoint (0 bytes, a truncated zip, text, another pickle) raises
+:class:`CorruptCheckpointError`, which names the file, what is wrong with it and the newest intact
+checkpoint beside it, where there is one.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from pytorch_lightning.plugins.io import CheckpointIO, TorchCheckpointIO
+
+from lightning_glif.io import atomic_open, remove_stale_temps
+
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+class CorruptCheckpointError(RuntimeError):
+    """A checkpoint file that cannot be loaded; the message names the file and the fix."""
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """``TorchCheckpointIO`` whose saves are atomic in the checkpoint's directory (local paths;
+    remote URLs keep Lightning's own save) and whose loads explain an unreadable file."""
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path, storage_options: Any | None = None
+    ) -> None:
+        if "://" in str(path) and not str(path).startswith("file://"):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} does not take storage_options.")
+        path = Path(str(path).removeprefix("file://"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(path.parent)  # what a save killed earlier left
+        with atomic_open(path) as f:
+            torch.save(checkpoint, f)
+
+    def load_checkpoint(self, path, map_location=lambda storage, loc: storage, weights_only=None):
+        if not os.path.exists(path):
+            return super().load_checkpoint(path, map_location, weights_only)  # its own error
+
+        def load(p: Path) -> Any:
+            return super(AtomicCheckpointIO, self).load_checkpoint(p, map_location, weights_only)
+
+        return _load_checked(Path(path), load)
+
+
+def with_atomic_checkpoint_io(plugins: Any) -> list:
+    """The trainer's ``plugins`` with :class:`AtomicCheckpointIO` added, unless one of them is
+    already a ``CheckpointIO`` (the user's choice wins)."""
+    plugins = [] if plugins is None else list(plugins) if isinstance(plugins, list) else [plugins]
+    if any(isinstance(p, CheckpointIO) for p in plugins):
+        return plugins
+    return [*plugins, AtomicCheckpointIO()]
+
+
+def check_checkpoint_file(path: str | os.PathLike, weights_only: bool = True) -> dict[str, Any]:
+    """Load ``path`` as ``torch.load`` does (on the CPU, tensors memory-mapped) and return it;
+    raise :class:`CorruptCheckpointError` (``FileNotFoundError`` for a missing file) naming the
+    file, what is wrong and the newest intact checkpoint beside it."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist.")
+    return _load_checked(path, lambda p: _torch_load(p, weights_only))
+
+
+def _torch_load(path: Path, weights_only: bool) -> Any:
+    with open(path, "rb") as f:
+        zipped = f.read(4) == _ZIP_MAGIC
+    # mmap: only the pickle is read, not the tensors (a check of a 1 GB checkpoint stays cheap).
+    # Only the zip format can be memory-mapped; torch.save's legacy format is read whole.
+    return torch.load(path, map_location="cpu", weights_only=weights_only, mmap=zipped)
+
+
+def _load_checked(path: Path, load: Callable[[Path], Any]) -> dict[str, Any]:
+    problem, cause = _static_problem(path), None
+    if problem is None:
+        try:
+            checkpoint = load(path)
+        except Exception as err:  # torch.load's: EOFError, RuntimeError, UnpicklingError, ...
+            problem, cause = _load_problem(err), err
+        else:
+            problem = _content_problem(checkpoint)
+            if problem is None:
+                return checkpoint
+    raise CorruptCheckpointError(f"checkpoint {path} {problem}.{_alternative(path)}") from cause
+
+
+def _static_problem(path: Path) -> str | None:
+    """What is wrong with the bytes of ``path``, if it shows without unpickling."""
+    if path.is_dir():
+        return "is a directory, not a file"
+    size = path.stat().st_size
+    if size == 0:
+        return "is empty (0 bytes): a save that was interrupted, or a file created by hand"
+    with open(path, "rb") as f:
+        head = f.read(256)
+    if head.startswith(_ZIP_MAGIC):
+        if not zipfile.is_zipfile(path):
+            return (
+                f"is truncated ({size} bytes, the zip archive that torch.save writes has no "
+                "end): a save that was interrupted, or a copy cut short"
+            )
+        return None
+    if _is_text(head):
+        start = head.decode("utf-8", errors="replace").split("\n", 1)[0][:60]
+        return f"is a text file, not a checkpoint (it starts with {start!r})"
+    return None  # maybe torch.save's legacy (non-zip) format: torch.load decides
+
+
+def _is_text(head: bytes) -> bool:
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        # A multi-byte character cut at the end of the 256 bytes read.
+        try:
+            text = head[:-3].decode("utf-8")
+        except UnicodeDecodeError:
+            return False
+    return all(c.isprintable() or c in "\n\r\t" for c in text)
+
+
+def _load_problem(err: Exception) -> str:
+    text = str(err)
+    if "WeightsUnpickler error:" in text:  # what torch's weights-only unpickler met
+        why = text.split("WeightsUnpickler error:", 1)[1].split("Check the doc")[0]
+        why = " ".join(why.split()).split(" Please use")[0]
+        if "Unsupported global" in why:
+            return (
+                f"holds Python objects that weights-only loading refuses ({why[:300]}): it was "
+                "not written by this project's training"
+            )
+        return f"is not a checkpoint: torch.load cannot unpickle it ({why[:300]})"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    detail = f"{type(err).__name__}: {lines[0][:300]}" if lines else type(err).__name__
+    return f"cannot be read by torch.load ({detail}): it is damaged or not a checkpoint"
+
+
+def _content_problem(checkpoint: Any) -> str | None:
+    if not isinstance(checkpoint, dict):
+        return f"holds a {type(checkpoint).__name__}, not a Lightning checkpoint (a dict)"
+    if "state_dict" not in checkpoint:
+        keys = ", ".join(map(repr, list(checkpoint)[:6])) + (", ..." if len(checkpoint) > 6 else "")
+        return (
+            f"is not a Lightning checkpoint: it has no 'state_dict' (its keys: {keys or 'none'}); "
+            "a bare model.state_dict() file loads with model.load_state_dict(torch.load(...))"
+        )
+    return None
+
+
+def _alternative(bad: Path) -> str:
+    """The newest intact ``*.ckpt`` beside ``bad``, as the ``--ckpt_path`` to pass instead."""
+    try:
+        others = [p for p in bad.parent.glob("*.ckpt") if p.is_file() and p.name != bad.name]
+    except OSError:
+        return ""
+    for other in sorted(others, key=lambda p: p.stat().st_mtime, reverse=True):
+        try:
+            checkpoint = _torch_load(other, weights_only=True)
+        except Exception:  # noqa: BLE001 - any unreadable neighbour is skipped
+            continue
+        if isinstance(checkpoint, dict) and "state_dict" in checkpoint:
+            where = f"epoch {checkpoint.get('epoch')}, global step {checkpoint.get('global_step')}"
+            return (
+                f" The newest intact checkpoint beside it is {other} ({where}): pass "
+                f"--ckpt_path {other} instead (or copy it to {bad} to resume in place)."
+            )
+    if others:
+        return " No other checkpoint beside it is intact: train again without --ckpt_path."
+    return ""
