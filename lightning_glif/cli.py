@@ -56,6 +56,15 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning_glif.callbacks.interrupt import InterruptCheckpoint
 from lightning_glif.callbacks.predictions import PredictionWriter
 from lightning_glif.callbacks.run_state import RunState, describe_checkpoint
+from lightning_glif.checkpoint_config import (
+    UntrustedCheckpointClass,
+    check_checkpoint_classes,
+    dotted_names,
+    flat,
+    lookup,
+    merged,
+    stored_hyperparameters,
+)
 from lightning_glif.checkpoint_io import (
     CorruptCheckpointError,
     check_checkpoint_file,
@@ -64,15 +73,11 @@ from lightning_glif.checkpoint_io import (
 from lightning_glif.config_links import (
     CLASS_KEYS,
     ConfigConflict,
-    UntrustedCheckpointClass,
-    _plain,
-    check_checkpoint_classes,
-    dotted_names,
     import_class,
     link_data_values,
+    plain,
     reset_carried_options,
     signature_parameters,
-    stored_hyperparameters,
 )
 from lightning_glif.locks import DirectoryLock, DirectoryLocked
 from lightning_glif.module import SpikingClassifier
@@ -261,11 +266,11 @@ class GLIFCLI(LightningCLI):
             base = parser.parse_args(
                 [*([sub] if sub else []), "--config", str(DEFAULT_CONFIG)], defaults=False
             )
-            base = _flat((base.get(sub) if sub else base).get("model"))
+            base = flat((base.get(sub) if sub else base).get("model"))
             self._user_model = {
                 k: v
-                for k, v in _flat(self._explicit.get("model")).items()
-                if k not in base or _plain(base[k]) != _plain(v)
+                for k, v in flat(self._explicit.get("model")).items()
+                if k not in base or plain(base[k]) != plain(v)
             }
         self._check_checkpoint_file()
         self._checkpoint_model = self._check_checkpoint_classes()
@@ -368,8 +373,8 @@ class GLIFCLI(LightningCLI):
         steps = config.get("eval_time_steps")
         differ = []
         for key, value in self._user_model.items():
-            found, stored = _lookup(self._checkpoint_model, key)
-            if not found or _plain(stored) == _plain(value):
+            found, stored = lookup(self._checkpoint_model, key)
+            if not found or plain(stored) == plain(value):
                 continue
             if key == "backbone.init_args.time_steps" and steps is not None and value == steps:
                 continue
@@ -384,7 +389,7 @@ class GLIFCLI(LightningCLI):
                 stacklevel=1,
             )
             return
-        configured = _merged(self._checkpoint_model, differ)
+        configured = merged(self._checkpoint_model, differ)
         time_hint = ""
         if any(k == "backbone.init_args.time_steps" for k, _, _ in differ):
             time_hint = (
@@ -410,8 +415,8 @@ class GLIFCLI(LightningCLI):
         steps = config.get("eval_time_steps")
         data_name = str(config.data.class_path).rsplit(".", 1)[-1]
         for key, value in linked.items():
-            found, stored = _lookup(self._checkpoint_model, key.removeprefix("model."))
-            if not found or _plain(stored) == _plain(value):
+            found, stored = lookup(self._checkpoint_model, key.removeprefix("model."))
+            if not found or plain(stored) == plain(value):
                 continue
             name = key.rsplit(".", 1)[-1]
             if name == "time_steps" and steps is not None and value == steps:
@@ -466,49 +471,6 @@ class GLIFCLI(LightningCLI):
                     f"{last}, and {run} {what}. Runs with a last.ckpt in {runs}: {resumable}."
                 )
         self.save_config_kwargs["resuming"] = True
-
-
-def _flat(tree: Any, where: str = "") -> dict[str, Any]:
-    """The leaves of a config tree (Namespaces or dicts) by dotted key; lists are leaves."""
-    if isinstance(tree, Namespace):
-        tree = tree.as_dict()
-    if not isinstance(tree, dict):
-        return {where: tree} if where else {}
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        out.update(_flat(value, f"{where}.{key}" if where else str(key)))
-    return out
-
-
-def _lookup(tree: dict[str, Any], key: str) -> tuple[bool, Any]:
-    """``(found, value)`` at dotted ``key`` of ``tree``: a leaf met on the way (``loss: null``
-    where the user names a class) is found, with that leaf's value; a missing key is not (the
-    checkpoint does not record it: nothing to compare)."""
-    node: Any = tree
-    for part in key.split("."):
-        if not isinstance(node, dict):
-            return True, node
-        if part not in node:
-            return False, None
-        node = node[part]
-    return True, node
-
-
-def _merged(stored: dict[str, Any], differ: list[tuple[str, Any, Any]]) -> dict[str, Any]:
-    """The stored model config with the user's differing values, to describe the configured
-    model in the error."""
-    import copy
-
-    out = copy.deepcopy(stored)
-    for key, value, _ in differ:
-        node = out
-        *parents, last = key.split(".")
-        for part in parents:
-            if not isinstance(node.get(part), dict):
-                node[part] = {}
-            node = node[part]
-        node[last] = value
-    return out
 
 
 def resolve_config_paths(args: list[str]) -> list[str]:

@@ -18,7 +18,7 @@ from torchmetrics import MaxMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_glif import tags
-from lightning_glif.config_links import check_checkpoint_classes, stored_hyperparameters
+from lightning_glif.checkpoint_config import check_checkpoint_classes, stored_hyperparameters
 from lightning_glif.losses import MeanCrossEntropy, TemporalLoss
 from lightning_glif.neurons.base import SpikingNeuron
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from lightning_glif.checkpoint_config import UntrustedCheckpointClass
 from lightning_glif.cli import CONF_DIR, cli_main
-from lightning_glif.config_links import UntrustedCheckpointClass
 from lightning_glif.module import SpikingClassifier
 from lightning_glif.neurons.base import SpikingNeuron
 

@@ -1,0 +1,147 @@
+"""What a checkpoint's stored config may do: the classes it may name (an allow-list, checked
+before anything is imported), and the config-tree helpers that compare it with the configured
+model (:mod:`lightning_glif.cli` words the errors)."""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from jsonargparse import Namespace
+
+#: Packages whose classes a checkpoint's stored config may name without the user naming them: the
+#: project and the libraries it runs on (already imported by then, so naming them runs no new
+#: import-time code).
+TRUSTED_PACKAGES = ("lightning_glif", "torch", "pytorch_lightning")
+
+# A dotted Python name with at least one dot, as jsonargparse resolves one: a ``class_path``, or
+# the shorthand string form (``neuron: lightning_glif.neurons.GLIF``, ``optimizer:
+# torch.optim.SGD``). Any string of the stored config of that form is checked, whatever its key.
+_DOTTED = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+")
+
+
+class UntrustedCheckpointClass(ValueError):
+    """A checkpoint's stored config names a class outside the allow-list."""
+
+
+def dotted_names(tree: Any, where: str = "") -> Iterator[tuple[str, str]]:
+    """``(key, value)`` of every string in ``tree`` (dicts, lists, Namespaces) that reads as a
+    dotted Python name; ``key`` is its dotted position (``backbone.init_args.neuron``)."""
+    if isinstance(tree, Namespace):
+        tree = tree.as_dict()
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            yield from dotted_names(value, f"{where}.{key}" if where else str(key))
+    elif isinstance(tree, list | tuple):
+        for i, value in enumerate(tree):
+            yield from dotted_names(value, f"{where}[{i}]")
+    elif isinstance(tree, str) and _DOTTED.fullmatch(tree):
+        yield where, tree
+
+
+def is_trusted(class_path: str, allowed: Iterable[str] = ()) -> bool:
+    """True if ``class_path`` is in :data:`TRUSTED_PACKAGES` or ``allowed`` (class paths, or
+    modules and packages: ``"mypkg"`` allows ``mypkg.models.Net``)."""
+    return any(
+        class_path == name or class_path.startswith(name + ".")
+        for name in (*TRUSTED_PACKAGES, *allowed)
+    )
+
+
+def check_checkpoint_classes(
+    hparams: Any, checkpoint: Any, allowed: Iterable[str] = (), how_to_allow: str = ""
+) -> None:
+    """Raise :class:`UntrustedCheckpointClass` if the stored config ``hparams`` of the file
+    ``checkpoint`` names a class outside :data:`TRUSTED_PACKAGES` and ``allowed``. Called before
+    anything is imported from it: resolving a class path imports its module, and so runs that
+    module's import-time code (jsonargparse checks the class only after the import)."""
+    allowed = tuple(allowed)
+    found = [
+        (key, path)
+        for key, path in dotted_names(hparams, "hyper_parameters")
+        # Lightning checks the instantiator against its own allow-list
+        if key != "hyper_parameters._instantiator" and not is_trusted(path, allowed)
+    ]
+    if not found:
+        return
+    listed = ", ".join(f"{path!r} (at {key})" for key, path in found[:5])
+    raise UntrustedCheckpointClass(
+        f"the checkpoint {checkpoint} names {listed} in its stored config: outside the classes a "
+        f"checkpoint may load ({', '.join(TRUSTED_PACKAGES)}, and those you name yourself). "
+        "Nothing was imported from it: importing a module runs its code. If you trust this "
+        f"checkpoint, name the class yourself{how_to_allow}."
+    )
+
+
+def stored_hyperparameters(source: Any, weights_only: bool | None = True) -> dict[str, Any]:
+    """The ``hyper_parameters`` of the checkpoint at ``source`` (a path or a binary file), read
+    without building anything: memory-mapped with ``weights_only=True`` (the tensors are not
+    read, no pickled object runs). Only when the file holds pickled objects and the caller opted
+    into ``weights_only=False`` is it loaded that way (its pickle then runs: the caller's risk)."""
+    import torch
+
+    attempts = [{"weights_only": True, "mmap": True}, {"weights_only": True}]
+    if weights_only is False:
+        attempts.append({"weights_only": False})
+    error: Exception | None = None
+    for kwargs in attempts:
+        if hasattr(source, "seek"):
+            if kwargs.get("mmap"):
+                continue  # a file object cannot be memory-mapped
+            source.seek(0)
+        try:
+            checkpoint = torch.load(source, map_location="cpu", **kwargs)
+        except Exception as failed:  # noqa: BLE001 - the next attempt, or the loader's own error
+            error = failed
+            continue
+        finally:
+            if hasattr(source, "seek"):
+                source.seek(0)
+        hparams = checkpoint.get("hyper_parameters", {}) if isinstance(checkpoint, dict) else {}
+        return dict(hparams) if isinstance(hparams, dict) else {}
+    assert error is not None
+    raise error
+
+
+# -- the stored model against the configured one ------------------------------------------------
+def flat(tree: Any, where: str = "") -> dict[str, Any]:
+    """The leaves of a config tree (Namespaces or dicts) by dotted key; lists are leaves."""
+    if isinstance(tree, Namespace):
+        tree = tree.as_dict()
+    if not isinstance(tree, dict):
+        return {where: tree} if where else {}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(flat(value, f"{where}.{key}" if where else str(key)))
+    return out
+
+
+def lookup(tree: dict[str, Any], key: str) -> tuple[bool, Any]:
+    """``(found, value)`` at dotted ``key`` of ``tree``: a leaf met on the way (``loss: null``
+    where the user names a class) is found, with that leaf's value; a missing key is not (the
+    checkpoint does not record it: nothing to compare)."""
+    node: Any = tree
+    for part in key.split("."):
+        if not isinstance(node, dict):
+            return True, node
+        if part not in node:
+            return False, None
+        node = node[part]
+    return True, node
+
+
+def merged(stored: dict[str, Any], differ: list[tuple[str, Any, Any]]) -> dict[str, Any]:
+    """The stored model config with the user's differing values, to describe the configured
+    model in the error."""
+    out = copy.deepcopy(stored)
+    for key, value, _ in differ:
+        node = out
+        *parents, last = key.split(".")
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[last] = value
+    return out
