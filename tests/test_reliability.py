@@ -17,6 +17,7 @@ from unittest import mock
 
 import pytest
 import torch
+from cli_runs import ROOT, small_args
 from pytorch_lightning import Callback, Trainer
 from pytorch_lightning.callbacks import ModelCheckpoint
 from torch import nn
@@ -31,26 +32,10 @@ from lightning_glif.module import SpikingClassifier
 from lightning_glif.neurons import GLIF, LIF
 from lightning_glif.neurons.base import SpikingNeuron
 
-ROOT = Path(__file__).resolve().parents[1]
-QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
-
 
 @pytest.fixture(autouse=True)
 def _plain_argv(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["train.py"])
-
-
-def small_args(root, epochs: int = 2, batches: int = 4) -> list[str]:
-    """The default run, small: ``epochs`` epochs of ``batches`` batches, narrow layers."""
-    return [
-        "--trainer.default_root_dir", str(root),
-        "--trainer.max_epochs", str(epochs),
-        "--trainer.limit_train_batches", str(batches),
-        "--trainer.limit_val_batches", "2",
-        "--trainer.num_sanity_val_steps", "0",
-        "--model.backbone.init_args.channels", "[8, 16]",
-        *QUIET,
-    ]  # fmt: skip
 
 
 def train_py(*args: str, env: dict | None = None, **kwargs) -> subprocess.Popen:

@@ -1,0 +1,22 @@
+"""Shared helpers of the tests that run the CLI: the repository root, quiet trainer options and
+the default run made small."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+
+
+def small_args(root, epochs: int = 2, batches: int = 4) -> list[str]:
+    """The default run, small: ``epochs`` epochs of ``batches`` batches, narrow layers."""
+    return [
+        "--trainer.default_root_dir", str(root),
+        "--trainer.max_epochs", str(epochs),
+        "--trainer.limit_train_batches", str(batches),
+        "--trainer.limit_val_batches", "2",
+        "--trainer.num_sanity_val_steps", "0",
+        "--model.backbone.init_args.channels", "[8, 16]",
+        *QUIET,
+    ]  # fmt: skip
