@@ -286,6 +286,7 @@ def _launch(run_dir: Path, threads: int, children: _Children) -> tuple[int | Non
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     env["ABLATION_THREADS"] = str(threads)
+    env["ABLATION_PARENT"] = str(os.getpid())
     with open(run_dir / "train.log", "w") as log:
         command = [sys.executable, "-m", "lightning_glif.ablation", str(run_dir)]
         proc = children.start(run_dir, command, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -530,5 +531,24 @@ def main(argv: list[str] | None = None) -> int:
     return int(any(r["status"] != "ok" for r in rows))
 
 
+def end_with_parent(parent: int) -> None:
+    """Linux: have the kernel send this child SIGTERM when ``parent`` (ablate.py) dies, also by
+    SIGKILL, when it cannot forward a signal (``prctl(PR_SET_PDEATHSIG)``; the standard library
+    does not wrap it, hence ctypes). SIGTERM then stops the run as a forwarded one would
+    (InterruptCheckpoint: last.ckpt, no result.json, so a rerun redoes it). Elsewhere a no-op."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 if __name__ == "__main__":  # the child of run_grid: python -m lightning_glif.ablation RUN_DIR
+    end_with_parent(int(os.environ.get("ABLATION_PARENT", os.getppid())))
     run_one(Path(sys.argv[1]))

@@ -3,9 +3,13 @@ the default run made small."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+#: PYTHONPATH of a child process that imports a test module (a callback given by class path):
+#: the repository (``tests.test_x``) and ``tests/`` itself (this module, as pytest imports it).
+CHILD_PYTHONPATH = os.pathsep.join([str(ROOT), str(ROOT / "tests")])
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 
 

@@ -104,6 +104,22 @@ def test_a_signal_ends_the_children_and_a_rerun_redoes_them(tmp_path, signum):
     assert (out / "results.csv").is_file()
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_killed_ablation_takes_its_children_with_it(tmp_path):
+    """SIGKILL cannot be forwarded: the kernel's parent-death signal ends the children."""
+    out = tmp_path / "out"
+    proc = ablate(out, LONG, start_new_session=True)
+    pids = wait_until_training(proc, out)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=30)
+    deadline = time.monotonic() + 30
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert [p for p in pids if alive(p)] == []
+    for variant in ("glif_soft", "lif"):
+        assert not (out / variant / "seed0" / "result.json").exists()
+
+
 def test_a_second_ablation_on_the_same_out_stops_at_the_lock(tmp_path):
     out = tmp_path / "out"
     first = ablate(out, LONG, start_new_session=True)

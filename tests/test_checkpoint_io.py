@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cli_runs import ROOT, small_args
+from cli_runs import CHILD_PYTHONPATH, ROOT, small_args
 from pytorch_lightning import Callback
 
 from lightning_glif.checkpoint_io import (
@@ -40,7 +40,7 @@ def _plain_argv(monkeypatch):
 
 def child(args: list[str], env: dict | None = None, **kwargs) -> subprocess.Popen:
     """``python <args>`` from the repository root, one thread (2-core machines)."""
-    environ = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **(env or {})}
+    environ = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": CHILD_PYTHONPATH, **(env or {})}
     return subprocess.Popen(
         [sys.executable, *args], cwd=ROOT, env=environ, text=True,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs,

@@ -17,7 +17,7 @@ from unittest import mock
 
 import pytest
 import torch
-from cli_runs import ROOT, small_args
+from cli_runs import CHILD_PYTHONPATH, ROOT, small_args
 from pytorch_lightning import Callback, Trainer
 from pytorch_lightning.callbacks import ModelCheckpoint
 from torch import nn
@@ -40,7 +40,7 @@ def _plain_argv(monkeypatch):
 
 def train_py(*args: str, env: dict | None = None, **kwargs) -> subprocess.Popen:
     """``python train.py fit ...`` in a subprocess, one thread each (2-core machines)."""
-    environ = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **(env or {})}
+    environ = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": CHILD_PYTHONPATH, **(env or {})}
     cmd = [sys.executable, str(ROOT / "train.py"), "fit", *args]
     return subprocess.Popen(cmd, cwd=ROOT, env=environ, text=True, **kwargs)
 
