@@ -234,3 +234,42 @@ def test_weights_only_false_warns_naming_the_risk(checkpoints, tmp_path):
         SpikingClassifier.load_from_checkpoint(checkpoints["GLIF"], weights_only=False)
     with pytest.warns(UserWarning, match="--weights_only false: .* runs any code the file holds"):
         evaluate(tmp_path, "test", checkpoints["GLIF"], "--weights_only", "false")
+
+
+def test_sequence_data_at_another_t_than_the_checkpoints_is_refused_unless_asked(
+    tmp_path, capsys
+):
+    """Row digits: the data sets T; a checkpoint trained at T=8 meets data at T=16."""
+    rows = str(CONF_DIR / "experiment" / "row_digits.yaml")
+    root = tmp_path / "fit"
+    cli_main(
+        ["fit", "--config", rows, "--config", LIF_YAML, "--trainer.default_root_dir", str(root),
+         "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
+         "--trainer.limit_val_batches", "2", "--trainer.num_sanity_val_steps", "0", *QUIET]
+    )  # fmt: skip
+    ckpt = root / "row_digits" / "version_0" / "checkpoints" / "last.ckpt"
+
+    def test_at_16(where: str, *extra: str):
+        return cli_main(
+            ["test", "--config", rows, "--data.init_args.time_steps", "16", "--ckpt_path",
+             str(ckpt), "--trainer.default_root_dir", str(tmp_path / where),
+             "--trainer.limit_test_batches", "2", *QUIET, *extra]
+        )  # fmt: skip
+
+    with pytest.raises(SystemExit) as exit_:
+        test_at_16("refused")
+    assert exit_.value.code != 0
+    err = capsys.readouterr().err
+    assert "built with time_steps = 8, the data (RowDigitsDataModule) has time_steps = 16" in err
+    assert "add --eval_time_steps 16" in err
+    assert not (tmp_path / "refused").exists()
+
+    cli = test_at_16("asked", "--eval_time_steps", "16")
+    assert cli.model.backbone.time_steps == 16
+    assert cli.datamodule.time_steps == 16
+    assert 0.0 <= float(cli.trainer.callback_metrics["test/acc"]) <= 1.0
+    # The same weights as trained at T=8 (LIF's parameters do not depend on T).
+    trained = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    for key, value in cli.model.state_dict().items():
+        if key in trained:
+            assert torch.equal(value, trained[key]), key
