@@ -43,6 +43,7 @@ import yaml
 
 from lightning_glif import tags
 from lightning_glif.ablation_report import write_reports
+from lightning_glif.io import write_bytes
 from lightning_glif.locks import DirectoryLock, DirectoryLocked
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -101,12 +102,6 @@ def read_scalars(run_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
         for tag in acc.Tags()["scalars"]:
             scalars[tag] += [(e.step, e.value) for e in acc.Scalars(tag)]
     return dict(scalars)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 # -- child: one variant, one seed ----------------------------------------------------------------
@@ -169,7 +164,7 @@ def run_one(run_dir: Path) -> dict[str, Any]:
         means = [last(tags.observable("gates", layer, g, "mean")) for layer in gate_layers]
         means = [m for m in means if m is not None]
         result[f"{g}_mean"] = mean(means) if means else None
-    _atomic_write(run_dir / "result.json", json.dumps(result, indent=2))
+    write_bytes(run_dir / "result.json", json.dumps(result, indent=2).encode())
     return result
 
 

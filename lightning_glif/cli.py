@@ -63,7 +63,6 @@ from lightning_glif.checkpoint_config import (
     flat,
     lookup,
     merged,
-    stored_hyperparameters,
 )
 from lightning_glif.checkpoint_io import (
     CorruptCheckpointError,
@@ -272,21 +271,25 @@ class GLIFCLI(LightningCLI):
                 for k, v in flat(self._explicit.get("model")).items()
                 if k not in base or plain(base[k]) != plain(v)
             }
-        self._check_checkpoint_file()
-        self._checkpoint_model = self._check_checkpoint_classes()
+        checkpoint = self._read_checkpoint()
+        self._checkpoint_model = self._check_checkpoint_classes(checkpoint)
 
-    def _check_checkpoint_file(self) -> None:
-        """``--ckpt_path FILE`` that is no checkpoint (empty, truncated, text, another pickle):
-        one error naming the file, what is wrong and the intact checkpoint beside it, before
-        anything reads the file (LightningCLI's ``_parse_ckpt_path`` would raise a bare
-        EOFError / UnpicklingError / KeyError)."""
+    def _read_checkpoint(self) -> dict[str, Any] | None:
+        """The ``--ckpt_path FILE`` checkpoint (tensors memory-mapped), read once, before
+        LightningCLI's ``_parse_ckpt_path`` reads it: a file that is no checkpoint (empty,
+        truncated, text, another pickle) is one error naming the file, what is wrong and the
+        intact checkpoint beside it (not a bare EOFError / UnpicklingError / KeyError). ``None``
+        without a file (``last``, ``best``, no ``--ckpt_path``)."""
         sub = self.config.get("subcommand")
         path = self.config[sub].get("ckpt_path") if sub else None
-        if path and Path(path).is_file():
-            try:
-                check_checkpoint_file(path)
-            except CorruptCheckpointError as error:
-                self.parser.error(str(error))
+        if not path or not Path(path).is_file():
+            return None
+        # --weights_only false (an opt-in, warned about): a checkpoint holding pickled objects.
+        weights_only = self.config[sub].get("weights_only") is not False
+        try:
+            return check_checkpoint_file(path, weights_only=weights_only)
+        except CorruptCheckpointError as error:
+            self.parser.error(str(error))
 
     def instantiate_trainer(self, **kwargs: Any):
         # Checkpoints saved atomically in their own directory, unreadable ones reported by name
@@ -294,18 +297,16 @@ class GLIFCLI(LightningCLI):
         plugins = self._get(self.config_init, "trainer", default={}).get("plugins")
         return super().instantiate_trainer(**kwargs, plugins=with_atomic_checkpoint_io(plugins))
 
-    def _check_checkpoint_classes(self) -> dict[str, Any] | None:
+    def _check_checkpoint_classes(self, checkpoint: dict[str, Any] | None) -> dict[str, Any] | None:
         """Before LightningCLI merges a checkpoint's stored model config (``_parse_ckpt_path``,
         which imports every class path in it): its class paths must be the project's, torch's,
         Lightning's or named by the user. Returns the stored model config (None: no file)."""
-        sub = self.config.get("subcommand")
-        path = self.config[sub].get("ckpt_path") if sub else None
-        if not path or not Path(path).is_file():
+        if checkpoint is None:
             return None
-        try:
-            hparams = stored_hyperparameters(path, weights_only=True)
-        except Exception:  # noqa: BLE001 - Lightning's own load (weights_only) raises the same
-            return None
+        path = self.config[self.config.subcommand].ckpt_path
+        hparams = checkpoint.get("hyper_parameters") or {}
+        if not isinstance(hparams, dict):
+            hparams = {}
         named = [value for _, value in dotted_names(self._explicit)] if self._explicit else []
         try:
             check_checkpoint_classes(

@@ -9,6 +9,8 @@ import torch
 from pytorch_lightning import LightningModule, Trainer
 from pytorch_lightning.callbacks import BasePredictionWriter
 
+from lightning_glif.io import atomic_open
+
 FILENAME = "predictions.pt"
 
 
@@ -68,5 +70,6 @@ class PredictionWriter(BasePredictionWriter):
         run_dir = Path(trainer.log_dir or trainer.default_root_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         self.path = run_dir / name
-        torch.save(out, self.path)
+        with atomic_open(self.path) as f:
+            torch.save(out, f)
         self._logits, self._targets = [], []

@@ -11,7 +11,6 @@ the authors picked their best checkpoint on the test set).
 from __future__ import annotations
 
 import copy
-import hashlib
 import math
 import struct
 from pathlib import Path
@@ -311,7 +310,7 @@ class CIFAR10DataModule(_TorchvisionDataModule):
 
     def _corrupt(self, error: RuntimeError) -> Exception:
         # torchvision compares every file's md5 with the original's and names none: find it.
-        from torchvision.datasets import cifar  # its check_integrity, as torchvision calls it
+        from torchvision.datasets.utils import calculate_md5, check_integrity  # torchvision's
 
         source = self._dataset_class()
         folder = self.data_dir / self.folder
@@ -319,8 +318,8 @@ class CIFAR10DataModule(_TorchvisionDataModule):
         sums = [*source.train_list, *source.test_list, meta]
         for name, md5 in sums:
             path = folder / name
-            if not cifar.check_integrity(str(path), md5):
-                actual = hashlib.md5(path.read_bytes()).hexdigest()
+            if not check_integrity(str(path), md5):
+                actual = calculate_md5(str(path))  # present: _check_present ran first
                 return CorruptFileError(
                     path,
                     f"its md5 is {actual}, the original {self.name} file's is {md5}: it is "

@@ -73,6 +73,6 @@ class SpikingConvNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, C, H, W]`` or ``[B, T, C, H, W]`` -> per-step logits ``[T, B, num_classes]``."""
-        check_image_size(x, self.image_size, "SpikingConvNet", repr(self.classifier))
+        check_image_size(x, self.image_size, "SpikingConvNet", self.classifier)
         x = self.features(to_time_first(x, self.time_steps))
         return self.classifier(x.flatten(2))

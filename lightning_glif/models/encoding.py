@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 
 def to_time_first(x: torch.Tensor, time_steps: int, *, static_rank: int = 4) -> torch.Tensor:
@@ -31,18 +32,19 @@ def to_time_first(x: torch.Tensor, time_steps: int, *, static_rank: int = 4) -> 
     )
 
 
-def check_image_size(x: torch.Tensor, image_size: int, owner: str, readout: str) -> None:
+def check_image_size(x: torch.Tensor, image_size: int, owner: str, readout: nn.Module) -> None:
     """Raise a ``ValueError`` naming both sizes unless the batch ``x`` (``[..., H, W]``) holds
     ``image_size`` x ``image_size`` images.
 
     For backbones whose readout is sized from ``image_size`` (a ``Linear`` over the flattened
     last feature map): its convolutions and pools accept any size, so without this check the
-    first layer to fail is that readout, with a bare matmul shape error."""
+    first layer to fail is that readout, with a bare matmul shape error. Called on every
+    forward: a shape comparison, the message is built only on a mismatch."""
     h, w = x.shape[-2:]
     if (h, w) == (image_size, image_size):
         return
     raise ValueError(
-        f"{owner} was built for image_size={image_size} (its readout {readout} takes "
+        f"{owner} was built for image_size={image_size} (its readout {readout!r} takes "
         f"{image_size}x{image_size} inputs), but the data gives {h}x{w} images (batch shape "
         f"{tuple(x.shape)}). image_size is copied from the data module: its image_size must be "
         f"the size of the images it serves ({h}; height = width), so fix the data module's "

@@ -116,6 +116,6 @@ class WideNet7B(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, T, C, H, W]`` or ``[B, C, H, W]`` -> per-step logits ``[T, B, num_classes]``."""
-        check_image_size(x, self.image_size, type(self).__name__, repr(self.head.module))
+        check_image_size(x, self.image_size, type(self).__name__, self.head.module)
         x = to_time_first(x, self.time_steps)
         return self.head(self.features(x).flatten(2))
