@@ -56,6 +56,7 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning_glif.callbacks.interrupt import InterruptCheckpoint
 from lightning_glif.callbacks.predictions import PredictionWriter
 from lightning_glif.callbacks.run_state import RunState, describe_checkpoint
+from lightning_glif.callbacks.splits import SplitFiles
 from lightning_glif.checkpoint_config import (
     UntrustedCheckpointClass,
     check_checkpoint_classes,
@@ -499,6 +500,7 @@ def trainer_defaults(callbacks: list | None = None) -> dict[str, Any]:
             RunState(),  # RNG states and the model check of checkpoints
             InterruptCheckpoint(),  # Ctrl-C / SIGTERM in fit: stop after the batch, last.ckpt
             PredictionWriter(),  # predict: <run dir>/predictions.pt
+            SplitFiles(),  # data with a split manifest: <run dir>/splits/
             *(callbacks or []),
         ],
     }

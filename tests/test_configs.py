@@ -26,6 +26,7 @@ from lightning_glif.cli import cli_main
 from lightning_glif.config_links import import_class, signature_defaults
 from lightning_glif.data.errors import DatasetNotFoundError
 from lightning_glif.data.vision import CIFAR10DataModule, CIFAR100DataModule, ImageNetDataModule
+from lightning_glif.models.tdbn import TdBatchNorm
 from lightning_glif.module import SpikingClassifier
 from lightning_glif.neurons.base import SpikingNeuron
 
@@ -177,8 +178,9 @@ def test_experiment_config_builds_what_its_name_says(path, tmp_path):
     assert type(neurons[0]).__name__ == "GLIF"  # the paper's neuron unless an overlay says else
     assert cli.model.num_classes == cli.datamodule.num_classes
     assert cli.trainer.logger.name == path.stem
-    if "digits" not in path.stem:  # a paper recipe keeps the paper's optimisation exactly
-        assert cli.model.gate_lr_factor == (1.0 if "imagenet" in path.stem else 0.1)
+    if "digits" not in path.stem:  # a paper recipe keeps the authors' optimisation exactly
+        full_rate = "imagenet" in path.stem or "dvs" in path.stem  # gates at the full lr
+        assert cli.model.gate_lr_factor == (1.0 if full_rate else 0.1)
         assert cli.model.neuron_lr_factor == 1.0 and cli.model.neuron_weight_decay == 0.0
     if hasattr(cli.datamodule, "time_steps"):
         assert cli.datamodule.time_steps == time_steps
@@ -226,24 +228,95 @@ def test_neuron_overlay_stacks_on_an_experiment(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("experiment", "lr", "gate_lr", "t_max"),
+    ("experiment", "lr", "gate_lr", "decay", "t_max"),
     [
-        ("cifar100_resnet19_t4", 0.1, 0.01, 200),  # cosine to 0 over the 200 epochs
-        ("imagenet_resnet18ms_t6", 0.1, 0.1, 150),  # gates at the full rate on ImageNet
-        ("cifar10dvs_widenet7b_t16", 0.01, 0.001, 64),  # the DVS recipe's own T_max
+        ("cifar100_resnet19_t4", 0.1, 0.01, 4e-5, 200),  # cosine to 0 over the 200 epochs
+        ("imagenet_resnet18ms_t6", 0.1, 0.1, 4e-5, 150),  # gates at the full rate on ImageNet
+        # the DVS recipe's own T_max; no weight decay, gates at the full rate (the authors')
+        ("cifar10dvs_widenet7b_t16", 0.01, 0.01, 0.0, 64),
     ],
 )
-def test_recipe_optimisation_reaches_the_parameter_groups(experiment, lr, gate_lr, t_max, tmp_path):
+def test_recipe_optimisation_reaches_the_parameter_groups(
+    experiment, lr, gate_lr, decay, t_max, tmp_path
+):
     cli = build(CONF / "experiment" / f"{experiment}.yaml", tmp_path)
     cli.model.trainer = cli.trainer
     conf = cli.model.configure_optimizers()
     groups = {g["name"]: g for g in conf["optimizer"].param_groups}
-    assert groups["weights"]["lr"] == lr and groups["weights"]["weight_decay"] == 4e-5
+    assert groups["weights"]["lr"] == lr and groups["weights"]["weight_decay"] == decay
     assert groups["neuron"]["lr"] == lr and groups["neuron"]["weight_decay"] == 0.0
     assert groups["gates"]["lr"] == pytest.approx(gate_lr) and groups["gates"]["weight_decay"] == 0
     sched = conf["lr_scheduler"]["scheduler"]
     assert isinstance(sched, torch.optim.lr_scheduler.CosineAnnealingLR) and sched.T_max == t_max
     assert conf["lr_scheduler"]["interval"] == "epoch"
+
+
+# -- what produced the published numbers -----------------------------------------------------------
+def _stage_strides(backbone) -> list[int]:
+    """The stride of each stage's first convolution, read off the built ResNet."""
+    firsts, channels = [], None
+    for block in backbone.blocks:
+        if block.conv1.module.out_channels != channels:
+            firsts.append(block.conv1.module.stride[0])
+            channels = block.conv1.module.out_channels
+    return firsts
+
+
+def _norm_scales(backbone) -> set[float]:
+    return {round(m.scale.item(), 4) for m in backbone.modules() if isinstance(m, TdBatchNorm)}
+
+
+@pytest.mark.parametrize("name", [p.stem for p in EXPERIMENTS if "resnet18_t" in p.stem])
+def test_resnet18_configs_use_the_authors_strides(name, tmp_path):
+    path = CONF / "experiment" / f"{name}.yaml"
+    assert _stage_strides(build(path, tmp_path).model.backbone) == [1, 1, 2, 2]
+    paper = build(path, tmp_path, "--model.backbone.init_args.stage_strides", "[1,2,2,2]")
+    assert _stage_strides(paper.model.backbone) == [1, 2, 2, 2]  # the paper's text: one override
+
+
+def test_imagenet_config_builds_the_model_behind_68_10(tmp_path):
+    path = CONF / "experiment" / "imagenet_resnet18ms_t6.yaml"
+    backbone = build(path, tmp_path).model.backbone
+    assert backbone.stem[0].module.padding == (1, 1)
+    assert _norm_scales(backbone) == {1.0}  # plain BN: the authors' SyncBatchNorm conversion
+    args = ["--model.backbone.init_args.tdbn_scale", "true"]
+    paper = build(path, tmp_path, *args, "--model.backbone.init_args.stem_padding", "3").model
+    assert _norm_scales(paper.backbone) == {0.5, round(0.5 * 2**-0.5, 4)}  # tdBN: V_th, a V_th
+    assert paper.backbone.stem[0].module.padding == (3, 3)
+    x = torch.rand(1, 3, 64, 64)  # stem padding 1 shrinks every map: 64 -> 30 (3 keeps 32)
+    assert backbone.stem[0].module(x).shape[-1] == 30
+    assert paper.backbone.stem[0].module(x).shape[-1] == 32
+
+
+def test_cifar10dvs_config_is_the_authors_run(tmp_path):
+    path = CONF / "experiment" / "cifar10dvs_widenet7b_t16.yaml"
+    cli = build(path, tmp_path)
+    neurons = [m for m in cli.model.backbone.modules() if isinstance(m, SpikingNeuron)]
+    assert len(neurons) == 16
+    for neuron in neurons:
+        values = neuron.values()
+        for name, value in [
+            ("tau", 0.5),
+            ("v_threshold", 0.99999),
+            ("conductance", 0.9),
+            ("v_leak", 0.03125),
+            ("v_reset", 0.99999),
+        ]:
+            torch.testing.assert_close(
+                getattr(values, name), torch.full_like(getattr(values, name), value)
+            )
+    dm = cli.datamodule
+    assert dm.to_frames.antialias is False and dm.drop_last_train is True
+    assert dm.to_frames.key == "T16-events-48x48p2-noaa"  # its own frame cache
+    paper = build(
+        path,
+        tmp_path,
+        "--data.init_args.resize_antialias", "true",
+        "--data.init_args.drop_last", "false",
+    )  # fmt: skip
+    assert paper.datamodule.to_frames.antialias is True
+    assert paper.datamodule.drop_last_train is False
+    assert paper.datamodule.to_frames.key == "T16-events-48x48p2"
 
 
 # -- the experiment configs' image DataModules, offline ------------------------------------------

@@ -373,7 +373,7 @@ COMMON = {
     "num_workers": 0,
     "download": False,
 }
-IMAGE = {"resize": None, "crop_padding": 0, "hflip": False}
+IMAGE = {"resize": None, "resize_antialias": True, "crop_padding": 0, "hflip": False}
 OPTIONS = {
     NMNISTDataModule: {**COMMON, **IMAGE, "time_steps": 10, "batch_size": 64},
     CIFAR10DVSDataModule: {
@@ -385,6 +385,7 @@ OPTIONS = {
         "resize": 48,
         "crop_padding": 4,
         "train_fraction": 0.9,
+        "drop_last": False,
     },
     # no hflip: left- and right-hand gestures are different classes
     DVSGestureDataModule: {
@@ -392,6 +393,7 @@ OPTIONS = {
         "time_steps": 16,
         "batch_size": 16,
         "resize": None,
+        "resize_antialias": True,
         "crop_padding": 0,
     },
     SHDDataModule: {**COMMON, "time_steps": 100, "batch_size": 64},  # no image options
@@ -430,3 +432,108 @@ def test_cli_shows_every_option_with_its_dataset_default_and_doc(cls) -> None:
 def test_removed_option_is_one_clear_error(cls, option, reason) -> None:
     with pytest.raises(TypeError, match=f"{cls.__name__} has no option {option}: {reason}"):
         cls(**{option: 1})
+
+
+# -- the authors' CIFAR10-DVS choices: plain resize, dropped last batch, the split on disk -------
+def test_resize_without_antialiasing_is_plain_bilinear() -> None:
+    """``resize_antialias=False`` is plain bilinear interpolation: halving a frame averages each
+    2x2 block (by hand below); antialiased shrinking filters wider, so the two differ."""
+    frame = np.zeros((1, 1, 4, 4), dtype=np.int16)
+    frame[0, 0] = [[4, 0, 0, 0], [0, 0, 0, 0], [0, 0, 8, 8], [0, 0, 8, 8]]
+    plain = EventsToFrames((4, 4, 1), 1, size=2, antialias=False)
+    plain.to_frame = lambda events: frame  # the binning is tested above; this is the resize
+    one = np.zeros(1, dtype=tonic.io.events_struct)
+    assert plain(one).tolist() == [[[[1.0, 0.0], [0.0, 8.0]]]]
+    smooth = EventsToFrames((4, 4, 1), 1, size=2)
+    smooth.to_frame = plain.to_frame
+    assert not np.array_equal(smooth(one), plain(one))
+    assert plain.key.endswith("-noaa") and not smooth.key.endswith("-noaa")
+
+
+def test_cifar10dvs_drop_last_drops_the_smaller_batch(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(tonic.datasets.cifar10dvs, "read_aedat4", fake_read_aedat4)
+    make_cifar10dvs(tmp_path)  # 20 training recordings, 4 of them validate: 16 train
+    for drop_last, sizes in ((True, [3] * 5), (False, [3] * 5 + [1])):
+        dm = CIFAR10DVSDataModule(
+            data_dir=str(tmp_path), time_steps=2, batch_size=3, val_fraction=0.2,
+            drop_last=drop_last,
+        )  # fmt: skip
+        dm.setup("fit")
+        assert [len(y) for _, y in dm.train_dataloader()] == sizes
+
+
+def _fit_cifar10dvs(root: Path, data: Path) -> Path:
+    from lightning_glif.cli import cli_main
+
+    cli = cli_main(
+        [
+            "fit",
+            "--config", "conf/experiment/cifar10dvs_widenet7b_t16.yaml",
+            "--data.init_args.data_dir", str(data),
+            "--data.init_args.time_steps", "2",
+            "--data.init_args.batch_size", "4",
+            "--data.init_args.val_fraction", "0.2",
+            "--data.init_args.num_workers", "0",
+            "--trainer.default_root_dir", str(root),
+            "--trainer.max_epochs", "1",
+            "--trainer.limit_train_batches", "1",
+            "--trainer.limit_val_batches", "1",
+            "--trainer.num_sanity_val_steps", "0",
+            "--trainer.precision", "32-true",
+            "--trainer.accelerator", "cpu",
+            "--trainer.devices", "1",
+            "--trainer.enable_progress_bar", "false",
+        ]
+    )  # fmt: skip
+    return Path(cli.trainer.log_dir)
+
+
+def test_cifar10dvs_split_is_written_to_the_run_directory(tmp_path: Path, monkeypatch) -> None:
+    """Two runs prove they used the same split: each writes its file lists and their digests."""
+    import hashlib
+    import json
+
+    monkeypatch.setattr(tonic.datasets.cifar10dvs, "read_aedat4", fake_read_aedat4)
+    monkeypatch.setattr("sys.argv", ["train.py"])
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    data = tmp_path / "data"
+    make_cifar10dvs(data)
+    first = _fit_cifar10dvs(tmp_path / "a", data)
+    splits = first / "splits"
+    test = (splits / "test.txt").read_text().splitlines()
+    # per class, sorted names 0, 1, 10, 11, 2, ..., 9: the last two of the 12 test
+    assert test == [f"{c}/cifar10_{c}_{i}.aedat4" for c in ("airplane", "truck") for i in (8, 9)]
+    train = (splits / "train.txt").read_text().splitlines()
+    val = (splits / "val.txt").read_text().splitlines()
+    assert len(train) == 16 and len(val) == 4 and not set(train) & set(val) | set(test) & set(val)
+    summary = json.loads((splits / "splits.json").read_text())
+    for name in ("train", "val", "test"):
+        text = (splits / f"{name}.txt").read_bytes()
+        assert summary[name]["sha256"] == hashlib.sha256(text).hexdigest()
+        assert summary[name]["count"] == len(text.splitlines())
+    # the data moved elsewhere: the same relative lists, the same digests
+    moved = tmp_path / "moved"
+    data.rename(moved)
+    second = _fit_cifar10dvs(tmp_path / "b", moved)
+    assert json.loads((second / "splits" / "splits.json").read_text()) == summary
+
+
+def test_another_split_in_the_same_run_directory_is_written_beside_it(tmp_path: Path) -> None:
+    """A run directory keeps the split it has; a different one goes to ``splits-2/``."""
+    from types import SimpleNamespace
+
+    from lightning_glif.callbacks.splits import SplitFiles
+
+    def setup(manifest: dict[str, list[str]]) -> Path:
+        data = SimpleNamespace(split_manifest=lambda: manifest)
+        trainer = SimpleNamespace(datamodule=data, is_global_zero=True, log_dir=str(tmp_path))
+        callback = SplitFiles()
+        callback.setup(trainer, None, "fit")
+        return callback.path
+
+    first = {"train": ["a/1", "a/2"], "test": ["a/3"]}
+    assert setup(first) == tmp_path / "splits"
+    assert setup({"test": ["a/3"]}) == tmp_path / "splits"  # a subset, the same digests
+    assert setup({"train": ["a/2", "a/1"], "test": ["a/3"]}) == tmp_path / "splits-2"  # order
+    assert (tmp_path / "splits" / "train.txt").read_text() == "a/1\na/2\n"
+    assert (tmp_path / "splits-2" / "train.txt").read_text() == "a/2\na/1\n"

@@ -289,6 +289,56 @@ def test_honest_gate_init_and_random_init_range():
     torch.testing.assert_close(m.values().v_leak, torch.full((1000,), 0.0625))
 
 
+@pytest.mark.parametrize(
+    "granularity, expected",
+    # the authors' fixed init, by hand: 0.25 + 0.5 g channel-wise, 0.75 - 0.5 g layer-wise
+    [("channel", [0.25, 0.3, 0.75]), ("layer", [0.75, 0.7, 0.25])],
+)
+def test_authors_gate_init_convention(granularity, expected):
+    m = GLIF(3, 2, granularity=granularity, gate_init=(0.0, 0.1, 1.0),
+             gate_init_convention="authors")
+    v = m.values()
+    for gate, value in zip(("alpha", "beta", "gamma"), expected, strict=True):
+        torch.testing.assert_close(getattr(v, gate), torch.full_like(getattr(v, gate), value))
+    # the default is exact: the requested value itself (0 and 1 are not gate values there)
+    torch.testing.assert_close(GLIF(3, 2, gate_init=0.1).values().beta, torch.full((3,), 0.1))
+    torch.manual_seed(3)
+    a = GLIF(3, 2, gate_init_convention="authors").alpha_latent
+    torch.manual_seed(3)
+    assert torch.equal(a, GLIF(3, 2).alpha_latent)  # no effect on the random init
+    with pytest.raises(ValueError, match=r"gate_init under the authors' convention .* \[0, 1\]"):
+        GLIF(3, 2, gate_init=1.5, gate_init_convention="authors")
+    with pytest.raises(ValueError, match="gate_init_convention='paper'.*'exact'.*'authors'"):
+        GLIF(3, 2, gate_init_convention="paper")
+
+
+def test_static_hard_gates_are_binary_frozen_and_untrained():
+    """The authors' static binary gates: 1[sigmoid(z) > 0.5] of the initial latent, a buffer."""
+    torch.manual_seed(11)
+    m = GLIF(64, 3, alpha="static_hard", beta="static_hard", gamma="soft")
+    z = m.alpha_latent.clone()
+    assert "alpha_latent" in dict(m.named_buffers()) and list(m.gate_parameters()) == [
+        m.gamma_latent
+    ]
+    v = m.values()
+    assert v.alpha.tolist() == (z > 0).float().tolist()  # sigmoid(z) > 0.5 <=> z > 0
+    assert 0 < v.alpha.sum() < 64  # random init: some channels 0, some 1
+    opt = torch.optim.SGD(m.parameters(), lr=1.0)
+    (m(torch.randn(3, 8, 64) + 0.5) * torch.randn(3, 8, 64)).sum().backward()
+    opt.step()
+    assert torch.equal(m.alpha_latent, z) and torch.equal(m.values().alpha, v.alpha)
+    # spike for spike what the same gates pinned as numbers give, per channel
+    x = torch.randn(3, 4, 64) + 0.5
+    pinned = GLIF(64, 3, alpha="static", beta="static", gamma="static")
+    pinned.load_state_dict(m.state_dict(), strict=False)
+    with torch.no_grad():
+        for gate in ("alpha", "beta"):
+            getattr(pinned, f"{gate}_latent").copy_(
+                torch.where(getattr(m, f"{gate}_latent") > 0, 200.0, -200.0)
+            )
+    assert torch.equal(m(x), pinned(x))
+
+
 def test_pinned_gates_stay_pinned_after_optimizer_steps():
     torch.manual_seed(7)
     m = GLIF(4, 3, alpha=0.0, beta=1.0, gamma="soft")

@@ -35,7 +35,8 @@ class EventsToFrames:
     ``"events"`` cuts its events into T equal counts (``n_event_bins``, the CIFAR10-DVS recipe).
     Each frame counts the events per polarity and pixel: ``[T, P, H, W]`` int16, or
     ``[T, P, X]`` for sensors without a y axis (SHD). With ``size`` the frames are resized
-    bilinearly (antialiased, per frame and polarity) to ``[T, P, size, size]`` float32.
+    bilinearly (per frame and polarity, antialiased unless ``antialias=False``) to
+    ``[T, P, size, size]`` float32.
 
     Tonic's own edge cases that this class fixes: an empty recording gets zero frames of the right
     shape and dtype (Tonic returns ``[T, P, W, H]`` float64 there), and unsorted timestamps are
@@ -48,6 +49,9 @@ class EventsToFrames:
         time_steps: ``T``, the number of frames.
         binning: ``"time"`` or ``"events"``.
         size: side of the square frames after resizing; ``None`` keeps the sensor's size.
+        antialias: antialias the bilinear resize (a low-pass filter first when shrinking).
+            ``False`` is plain bilinear interpolation, what torchvision's tensor ``Resize`` did
+            by default before 0.17 and what the GLIF authors' CIFAR10-DVS frames went through.
     """
 
     def __init__(
@@ -56,6 +60,7 @@ class EventsToFrames:
         time_steps: int,
         binning: Binning = "time",
         size: int | None = None,
+        antialias: bool = True,
     ) -> None:
         if binning not in ("time", "events"):
             raise ValueError(f"binning must be 'time' or 'events', got {binning!r}.")
@@ -65,6 +70,7 @@ class EventsToFrames:
         self.time_steps = int(time_steps)
         self.binning = binning
         self.size = None if size is None else int(size)
+        self.antialias = bool(antialias)
         bins = {"n_time_bins" if binning == "time" else "n_event_bins": self.time_steps}
         self.to_frame = ToFrame(sensor_size=self.sensor_size, **bins)
 
@@ -73,7 +79,8 @@ class EventsToFrames:
         """Every parameter that changes the frames, as a folder name, e.g. ``T16-events-48x48``."""
         w, h, p = self.sensor_size
         side = f"{self.size}x{self.size}" if self.size else (f"{h}x{w}" if h > 1 else f"{w}")
-        return f"T{self.time_steps}-{self.binning}-{side}p{p}"
+        plain = "-noaa" if self.size and not self.antialias else ""  # antialias: no suffix
+        return f"T{self.time_steps}-{self.binning}-{side}p{p}{plain}"
 
     def __call__(self, events: np.ndarray) -> np.ndarray:
         w, h, p = self.sensor_size
@@ -92,7 +99,7 @@ class EventsToFrames:
             size=(self.size, self.size),
             mode="bilinear",
             align_corners=False,
-            antialias=True,
+            antialias=self.antialias,
         )
         return resized.numpy()
 

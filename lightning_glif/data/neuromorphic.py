@@ -155,6 +155,8 @@ class EventDataModule(SplitDataModule):
         binning: ``"time"`` (T equal time windows) or ``"events"`` (T equal event counts).
         resize: side of the frames after a bilinear resize (before the cache); ``None``: the
             sensor's size.
+        resize_antialias: antialias that resize (``False``: plain bilinear, as the GLIF
+            authors' CIFAR10-DVS frames; part of the cache path).
         crop_padding: training augmentation: zero-pad by this many pixels and crop back at a
             random position (0: off).
         hflip: training augmentation: random horizontal flips.
@@ -181,6 +183,7 @@ class EventDataModule(SplitDataModule):
         batch_size: int = 64,
         binning: Binning = "time",
         resize: int | None = None,
+        resize_antialias: bool = True,
         crop_padding: int = 0,
         hflip: bool = False,
         val_fraction: float = 0.1,
@@ -198,7 +201,9 @@ class EventDataModule(SplitDataModule):
         self.download = download
         w, h, p = self.tonic_class.sensor_size
         image = h > 1  # SHD's sensor is a row of 700 channels, not an image
-        self.to_frames = EventsToFrames(self.tonic_class.sensor_size, time_steps, binning, resize)
+        self.to_frames = EventsToFrames(
+            self.tonic_class.sensor_size, time_steps, binning, resize, resize_antialias
+        )
         # in_channels and image_size only for image-like frames (see shared_values).
         self.in_channels = p if image else None
         self.image_size = (resize or h) if image else None
@@ -330,6 +335,18 @@ class EventDataModule(SplitDataModule):
         cache = dataset.dataset if isinstance(dataset, Subset) else dataset
         return [cache.dataset.source(i) for i in (range(len(cache)) if index is None else index)]
 
+    def split_manifest(self) -> dict[str, list[str]]:
+        """``{split: [source, ...]}`` for every split set up so far, each source relative to
+        :attr:`folder` (so two machines with the data in different places compare equal), in
+        loader order without shuffling. :class:`~lightning_glif.callbacks.splits.SplitFiles`
+        writes it into the run directory."""
+        root = str(self.folder) + os.sep
+        return {
+            name: [s[len(root) :] if s.startswith(root) else s for s in self.split_sources(name)]
+            for name in ("train", "val", "test")
+            if name in self.datasets
+        }
+
 
 class NMNISTDataModule(EventDataModule):
     """N-MNIST (Orchard et al. 2015): MNIST digits seen by an ATIS camera in three saccades.
@@ -402,6 +419,8 @@ class CIFAR10DVSDataModule(EventDataModule):
         crop_padding: training augmentation: zero-pad by this many pixels and crop back at a
             random position (0: off).
         train_fraction: share of each class (in sorted file order) in the training set.
+        drop_last: drop the last, smaller training batch of each epoch (the GLIF authors' loader
+            does; the recipe's text does not say).
     """
 
     name = "CIFAR10-DVS"
@@ -424,11 +443,13 @@ dog/*.aedat4  frog/*.aedat4  horse/*.aedat4  ship/*.aedat4  truck/*.aedat4
         resize: int | None = 48,
         crop_padding: int = 4,
         train_fraction: float = 0.9,
+        drop_last: bool = False,
         **kwargs: Any,
     ) -> None:
         if not 0 < train_fraction < 1:
             raise ValueError("CIFAR10DVSDataModule: train_fraction must be in (0, 1).")
         self.train_fraction = train_fraction
+        self.drop_last_train = bool(drop_last)
         super().__init__(
             time_steps=time_steps,
             batch_size=batch_size,
@@ -536,9 +557,18 @@ shd_test.h5
 
     def __init__(self, *, time_steps: int = 100, **kwargs: Any) -> None:
         self._refuse(
-            kwargs, ("resize", "crop_padding", "hflip"), "its 700 channels are not an image"
+            kwargs,
+            ("resize", "resize_antialias", "crop_padding", "hflip"),
+            "its 700 channels are not an image",
         )
-        super().__init__(time_steps=time_steps, resize=None, crop_padding=0, hflip=False, **kwargs)
+        super().__init__(
+            time_steps=time_steps,
+            resize=None,
+            resize_antialias=True,
+            crop_padding=0,
+            hflip=False,
+            **kwargs,
+        )
 
     def manual(self) -> str:
         c = self.tonic_class

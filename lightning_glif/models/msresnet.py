@@ -21,8 +21,8 @@ from lightning_glif.models.resnet import (
     conv3x3,
     init_weights,
     residual_shortcut,
+    td_norm,
 )
-from lightning_glif.models.tdbn import TdBatchNorm
 
 
 class MSBlock(nn.Module):
@@ -40,6 +40,7 @@ class MSBlock(nn.Module):
         in_channels: C_in.
         out_channels: C_out.
         stride: stride s of the first convolution and of the projection shortcut.
+        tdbn_scale: tdBN's ``alpha * V_th`` scale on every norm (False: plain batch norms).
     """
 
     def __init__(
@@ -49,15 +50,16 @@ class MSBlock(nn.Module):
         in_channels: int,
         out_channels: int,
         stride: int = 1,
+        tdbn_scale: bool = True,
     ) -> None:
         super().__init__()
         self.sn1 = neuron(in_channels, time_steps)
         self.conv1 = conv3x3(in_channels, out_channels, stride)
-        self.bn1 = TdBatchNorm(out_channels)
+        self.bn1 = td_norm(out_channels, 1.0, tdbn_scale)
         self.sn2 = neuron(out_channels, time_steps)
         self.conv2 = conv3x3(out_channels, out_channels)
-        self.bn2 = TdBatchNorm(out_channels, alpha=RESIDUAL_ALPHA)
-        self.shortcut = residual_shortcut(in_channels, out_channels, stride)
+        self.bn2 = td_norm(out_channels, RESIDUAL_ALPHA, tdbn_scale)
+        self.shortcut = residual_shortcut(in_channels, out_channels, stride, tdbn_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv1(self.sn1(x))
@@ -85,6 +87,9 @@ class MSResNet(nn.Module):
         stem_padding: padding of the 7x7 stem convolution. 3 keeps the spatial grid of a
             standard ResNet (as MS-ResNet); the GLIF authors' code uses 1 (224 -> 110), which
             changes no parameter shape but every feature map's size.
+        tdbn_scale: scale every norm by tdBN's ``alpha * V_th`` (the paper). ``False``: plain
+            batch norms (scale 1), the model the GLIF authors trained and evaluated for their
+            ImageNet 68.10% (their SyncBatchNorm conversion dropped the scale).
     """
 
     def __init__(
@@ -95,6 +100,7 @@ class MSResNet(nn.Module):
         in_channels: int,
         stage_blocks: Sequence[int],
         stem_padding: int = 3,
+        tdbn_scale: bool = True,
     ) -> None:
         super().__init__()
         if len(stage_blocks) != 4:
@@ -105,7 +111,7 @@ class MSResNet(nn.Module):
             TimeDistributed(
                 nn.Conv2d(in_channels, 64, 7, stride=2, padding=stem_padding, bias=False)
             ),
-            TdBatchNorm(64),
+            td_norm(64, 1.0, tdbn_scale),
             neuron(64, time_steps),
         )
         blocks: list[nn.Module] = []
@@ -113,7 +119,9 @@ class MSResNet(nn.Module):
         for out_channels, n_blocks in zip((64, 128, 256, 512), stage_blocks, strict=True):
             for i in range(n_blocks):
                 blocks.append(
-                    MSBlock(neuron, time_steps, channels, out_channels, 2 if i == 0 else 1)
+                    MSBlock(
+                        neuron, time_steps, channels, out_channels, 2 if i == 0 else 1, tdbn_scale
+                    )
                 )
                 channels = out_channels
         self.blocks = nn.Sequential(*blocks)
@@ -141,6 +149,9 @@ class ResNet18MS(MSResNet):
         in_channels: channels of the input image.
         stem_padding: padding of the 7x7 stem convolution (3: standard grid; the GLIF authors'
             code uses 1).
+        tdbn_scale: scale every norm by tdBN's ``alpha * V_th`` (the paper). ``False``: plain
+            batch norms (scale 1), the model the GLIF authors trained and evaluated for their
+            ImageNet 68.10% (their SyncBatchNorm conversion dropped the scale).
     """
 
     def __init__(
@@ -150,8 +161,11 @@ class ResNet18MS(MSResNet):
         num_classes: int = 1000,
         in_channels: int = 3,
         stem_padding: int = 3,
+        tdbn_scale: bool = True,
     ) -> None:
-        super().__init__(neuron, time_steps, num_classes, in_channels, (2, 2, 2, 2), stem_padding)
+        super().__init__(
+            neuron, time_steps, num_classes, in_channels, (2, 2, 2, 2), stem_padding, tdbn_scale
+        )
 
 
 class ResNet34MS(MSResNet):
@@ -168,6 +182,9 @@ class ResNet34MS(MSResNet):
         in_channels: channels of the input image.
         stem_padding: padding of the 7x7 stem convolution (3: standard grid; the GLIF authors'
             code uses 1).
+        tdbn_scale: scale every norm by tdBN's ``alpha * V_th`` (the paper). ``False``: plain
+            batch norms (scale 1), the model the GLIF authors trained and evaluated for their
+            ImageNet 68.10% (their SyncBatchNorm conversion dropped the scale).
     """
 
     def __init__(
@@ -177,5 +194,8 @@ class ResNet34MS(MSResNet):
         num_classes: int = 1000,
         in_channels: int = 3,
         stem_padding: int = 3,
+        tdbn_scale: bool = True,
     ) -> None:
-        super().__init__(neuron, time_steps, num_classes, in_channels, (3, 4, 6, 3), stem_padding)
+        super().__init__(
+            neuron, time_steps, num_classes, in_channels, (3, 4, 6, 3), stem_padding, tdbn_scale
+        )

@@ -35,17 +35,29 @@ def conv1x1(in_channels: int, out_channels: int, stride: int = 1) -> TimeDistrib
     return TimeDistributed(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False))
 
 
-def residual_shortcut(in_channels: int, out_channels: int, stride: int) -> nn.Module:
+def residual_shortcut(
+    in_channels: int, out_channels: int, stride: int, tdbn_scale: bool = True
+) -> nn.Module:
     """The shortcut branch of a block: tdBN(1/sqrt2) on the identity, or conv1x1 + tdBN(1/sqrt2).
 
     The identity carries a norm too (as in the GLIF authors' blocks), so both addends of the
-    residual sum are tdBN outputs scaled by ``1/sqrt(2) * V_th``.
+    residual sum are tdBN outputs scaled by ``1/sqrt(2) * V_th``. ``tdbn_scale=False``: a plain
+    batch norm instead (see :func:`td_norm`).
     """
     if stride == 1 and in_channels == out_channels:
-        return TdBatchNorm(out_channels, alpha=RESIDUAL_ALPHA)
+        return td_norm(out_channels, RESIDUAL_ALPHA, tdbn_scale)
     return nn.Sequential(
-        conv1x1(in_channels, out_channels, stride), TdBatchNorm(out_channels, alpha=RESIDUAL_ALPHA)
+        conv1x1(in_channels, out_channels, stride),
+        td_norm(out_channels, RESIDUAL_ALPHA, tdbn_scale),
     )
+
+
+def td_norm(channels: int, alpha: float = 1.0, tdbn_scale: bool = True) -> TdBatchNorm:
+    """tdBN with its ``alpha * V_th`` scale, or (``tdbn_scale=False``) a plain batch norm over
+    T*B (scale 1): the model the GLIF authors' SyncBatchNorm conversion actually trained."""
+    if tdbn_scale:
+        return TdBatchNorm(channels, alpha=alpha)
+    return TdBatchNorm(channels, alpha=1.0, v_threshold=1.0)
 
 
 def init_weights(model: nn.Module) -> None:

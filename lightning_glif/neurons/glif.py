@@ -18,9 +18,23 @@ from .fused import Backend
 from .surrogate import Surrogate
 
 GATES = ("alpha", "beta", "gamma")
-GATE_MODES = ("soft", "hard", "static")
-GateMode = Literal["soft", "hard", "static"] | float
+GATE_MODES = ("soft", "hard", "static", "static_hard")
+GateMode = Literal["soft", "hard", "static", "static_hard"] | float
 Granularity = Literal["channel", "layer"]
+GateInitConvention = Literal["exact", "authors"]
+
+
+def authors_gate_value(requested: float, granularity: Granularity) -> float:
+    """The gate value the GLIF authors' fixed (non-random) init gives for a requested ``g``.
+
+    Their channel-wise neuron (every reported model) starts at ``0.25 + 0.5 g``, their layer-wise
+    one at ``0.75 - 0.5 g`` (docs/GLIF_SPEC.md section 3); ``g`` may be 0 or 1 here, the result
+    always lies in [0.25, 0.75].
+    """
+    g = float(requested)
+    if not 0.0 <= g <= 1.0:
+        raise ValueError(f"gate_init under the authors' convention must be in [0, 1], got {g}.")
+    return 0.25 + 0.5 * g if granularity == "channel" else 0.75 - 0.5 * g
 
 
 def _logit(value: float, what: str) -> float:
@@ -111,8 +125,11 @@ class GLIF(_SigmoidMembrane):
         time_steps: ``T`` (dim 0 of the input); the conductance has one value per step.
         alpha: leakage gate mode. ``"soft"``: sigmoid of a learnable latent (the paper's method).
             ``"hard"``: binary ``1[sigmoid(z) > 0.5]`` forward, straight-through backward.
-            ``"static"``: frozen at its initial value. A number in ``[0, 1]``: pinned to that
-            constant (``1``: exponential decay only, ``0``: linear decay only).
+            ``"static"``: frozen at its initial value. ``"static_hard"``: binary and frozen,
+            ``1[sigmoid(z) > 0.5]`` of the initial latent, never trained (the authors'
+            ``--static-gate`` without soft gates: with the random init each channel's gate is 0
+            or 1). A number in ``[0, 1]``: pinned to that constant (``1``: exponential decay
+            only, ``0``: linear decay only).
         beta: integration gate mode, as ``alpha`` (``1``: conductance ``g[t] x``, ``0``: ``x``).
         gamma: reset gate mode, as ``alpha`` (``1``: hard reset, ``0``: soft reset).
         granularity: ``"channel"`` (one value per channel, every reported model) or ``"layer"``
@@ -124,8 +141,14 @@ class GLIF(_SigmoidMembrane):
         v_reset: initial soft-reset voltage, in (0, 1).
         conductance: initial time-dependent conductance ``g[t]`` for every step, in (0, 1).
         gate_init: ``"random"``: gate latents uniform in (-0.1, 0.1), gates near 0.5 (the paper's
-            runs). A number, or one per gate ``(alpha, beta, gamma)``: the initial gate values,
-            strictly inside (0, 1) (honest: no sign flip as in the authors' code).
+            runs). A number, or one per gate ``(alpha, beta, gamma)``: the requested initial gate
+            values (see ``gate_init_convention``).
+        gate_init_convention: how a numeric ``gate_init`` maps to the initial gate. ``"exact"``
+            (default): the gate starts at the requested value, strictly inside (0, 1).
+            ``"authors"``: the GLIF authors' fixed init, which does not give the requested ``g``:
+            ``0.25 + 0.5 g`` channel-wise (their ``LIFSpike_CW``, every reported model),
+            ``0.75 - 0.5 g`` layer-wise (their ``LIFSpike``); ``g`` in [0, 1]. No effect on
+            ``"random"``.
         learn_membrane: train tau, thresholds, leak, reset and conductance (else frozen).
         surrogate: gradient stand-in for the spike; ``None`` means ``Rectangular(width=1.0)``.
         detach_reset: cut the gradient through the spike in the reset path (the authors keep it).
@@ -148,6 +171,7 @@ class GLIF(_SigmoidMembrane):
         v_reset: float = 0.5,
         conductance: float = 0.5,
         gate_init: Literal["random"] | float | tuple[float, float, float] = "random",
+        gate_init_convention: GateInitConvention = "exact",
         learn_membrane: bool = True,
         surrogate: Surrogate | None = None,
         detach_reset: bool = False,
@@ -156,7 +180,19 @@ class GLIF(_SigmoidMembrane):
         super().__init__(num_features, time_steps, granularity, surrogate, detach_reset, backend)
         modes = {"alpha": alpha, "beta": beta, "gamma": gamma}
         self.gate_modes = {g: self._check_mode(g, m) for g, m in modes.items()}
+        if gate_init_convention not in ("exact", "authors"):
+            raise ValueError(
+                f"GLIF gate_init_convention={gate_init_convention!r}: use 'exact' (the gate "
+                "starts at the requested value) or 'authors' (their 0.25 + 0.5 g channel-wise, "
+                "0.75 - 0.5 g layer-wise)."
+            )
+        self.gate_init_convention = gate_init_convention
         inits = self._gate_inits(gate_init)
+        if gate_init_convention == "authors":
+            inits = {
+                g: None if v is None else authors_gate_value(v, granularity)
+                for g, v in inits.items()
+            }
         for g, mode in self.gate_modes.items():
             if isinstance(mode, float):
                 self.register_buffer(f"{g}_pinned", torch.full(self.param_shape, mode))
@@ -165,7 +201,7 @@ class GLIF(_SigmoidMembrane):
                 latent = torch.empty(self.param_shape).uniform_(-0.1, 0.1)
             else:
                 latent = torch.full(self.param_shape, _logit(inits[g], f"GLIF gate_init for {g}"))
-            self._register_latent(f"{g}_latent", latent, trainable=mode != "static")
+            self._register_latent(f"{g}_latent", latent, trainable=mode in ("soft", "hard"))
         self._register_membrane(tau, v_threshold, v_leak, v_reset, conductance, learn_membrane)
 
     @staticmethod
@@ -198,6 +234,8 @@ class GLIF(_SigmoidMembrane):
         if isinstance(mode, float):
             return getattr(self, f"{gate}_pinned")
         g = torch.sigmoid(getattr(self, f"{gate}_latent"))
+        if mode == "static_hard":  # a buffer: no gradient to pass through
+            return (g > 0.5).to(g.dtype)
         if mode == "hard":
             # Straight-through: forward the binary gate, backward the gradient of sigmoid(z).
             # (b - g) + g is exact in float for b in {0, 1} and g in (0, 1) on the matching side.
