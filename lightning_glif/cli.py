@@ -44,6 +44,7 @@ command's config is saved beside it as ``config.resume<k>.yaml``. ``fit --ckpt_p
 from __future__ import annotations
 
 import difflib
+import logging
 import re
 import sys
 import warnings
@@ -53,6 +54,7 @@ from typing import Any
 from jsonargparse import Namespace
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
+from lightning_glif import compat
 from lightning_glif.callbacks.interrupt import InterruptCheckpoint
 from lightning_glif.callbacks.predictions import PredictionWriter
 from lightning_glif.callbacks.run_state import RunState, describe_checkpoint
@@ -82,6 +84,7 @@ from lightning_glif.config_links import (
 from lightning_glif.locks import DirectoryLock, DirectoryLocked
 from lightning_glif.module import SpikingClassifier
 
+log = logging.getLogger(__name__)
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 DEFAULT_CONFIG = CONF_DIR / "default.yaml"
 DESCRIPTION = (
@@ -272,8 +275,47 @@ class GLIFCLI(LightningCLI):
                 for k, v in flat(self._explicit.get("model")).items()
                 if k not in base or plain(base[k]) != plain(v)
             }
-        checkpoint = self._read_checkpoint()
+        self._authors_checkpoint = self._find_authors_checkpoint()
+        checkpoint = None if self._authors_checkpoint else self._read_checkpoint()
         self._checkpoint_model = self._check_checkpoint_classes(checkpoint)
+
+    def _find_authors_checkpoint(self) -> Path | None:
+        """``--ckpt_path`` naming one of the GLIF authors' released files (not a Lightning
+        checkpoint): it stores no model config, so the configured model is built, and the file
+        is converted for it before the run (:meth:`_run_subcommand`,
+        :mod:`lightning_glif.compat`)."""
+        sub = self.config.get("subcommand")
+        path = self.config[sub].get("ckpt_path") if sub else None
+        if not path or not Path(path).is_file():
+            return None
+        weights_only = self.config[sub].get("weights_only") is not False
+        return Path(path) if compat.is_authors_file(path, weights_only) else None
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        if self._authors_checkpoint is not None:
+            self._use_authors_checkpoint(self.config_init[subcommand])
+        super()._run_subcommand(subcommand)
+
+    def _use_authors_checkpoint(self, config: Namespace) -> None:
+        """validate/test/predict: convert the authors' file into a Lightning checkpoint in the
+        run directory (``<run dir>/authors_checkpoint/<name>.ckpt``) and run from that; fit:
+        start from its weights (it holds no optimizer or loop state to resume)."""
+        source = self._authors_checkpoint
+        weights_only = config.get("weights_only") is not False
+        try:
+            if self.subcommand == "fit":
+                authors = compat.read_authors_checkpoint(source, weights_only)
+                self.model.backbone.load_state_dict(compat.convert_state_dict(authors, self.model))
+                config["ckpt_path"] = None
+                log.info("fit starts from the weights of the authors' checkpoint %s", source)
+                return
+            run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+            target = run_dir / "authors_checkpoint" / f"{source.name.split('.')[0]}.ckpt"
+            compat.convert_checkpoint_file(source, self.model, target, weights_only=weights_only)
+        except (compat.AuthorsCheckpointMismatch, compat.NotAuthorsCheckpoint) as error:
+            self.parser.error(f"--ckpt_path {source}: {error}")
+        log.info("converted the authors' checkpoint %s into %s", source, target)
+        config["ckpt_path"] = str(target)
 
     def _read_checkpoint(self) -> dict[str, Any] | None:
         """The ``--ckpt_path FILE`` checkpoint (tensors memory-mapped), read once, before
@@ -326,6 +368,14 @@ class GLIFCLI(LightningCLI):
         # A checkpoint's model config (merged by LightningCLI from `--ckpt_path FILE`) is what
         # was trained: its options are given, not carried over.
         from_checkpoint = bool(config.get("ckpt_path")) and Path(config.ckpt_path).is_file()
+        if self._authors_checkpoint is not None:
+            if config.get("eval_time_steps") is not None:
+                self.parser.error(
+                    f"--eval_time_steps with the authors' checkpoint {self._authors_checkpoint}: "
+                    "it runs at the T it was trained at (its conductance has one value per step). "
+                    "Drop --eval_time_steps and configure that T."
+                )
+            from_checkpoint = False  # no stored model config: the configured model is built
         if config.get("weights_only") is False:
             warnings.warn(
                 "--weights_only false: loading the checkpoint unpickles arbitrary objects, which "
