@@ -132,7 +132,11 @@ OVERLAYS = [CONF / "debug.yaml"]
 def test_every_config_is_covered():
     multinode = CONF / "multinode.yaml"  # GPUs only: parsed in tests/test_reliability.py
     ablation_grids = set((CONF / "ablation").glob("*.yaml"))  # ablate.py grids: test_ablation.py
-    covered = {DEFAULT, *OVERLAYS, *EXPERIMENTS, *NEURONS, *RECIPES, multinode, *ablation_grids}
+    search_spaces = set((CONF / "search").glob("*.yaml"))  # ablate.py search: test_sweep*.py
+    covered = {
+        DEFAULT, *OVERLAYS, *EXPERIMENTS, *NEURONS, *RECIPES, multinode, *ablation_grids,
+        *search_spaces,
+    }  # fmt: skip
     assert set(ALL) == covered, "a config in conf/ is not exercised by the tests below"
     assert {p.stem for p in NEURONS} == {"glif", "lif", "plif", "gliff"}
 
