@@ -1,8 +1,15 @@
 """End to end: one ResNet-19 training step (T=6, batch 8, CIFAR-sized input) with the fused and the
-reference GLIF; images per second and peak memory.
+reference GLIF, and (``--compile``) the fused one under ``torch.compile``; images per second and
+peak memory.
 
     python benchmarks/resnet19_step.py                 # ~2-3 min on 2 cores
     python benchmarks/resnet19_step.py --steps 5 --repeats 3
+    python benchmarks/resnet19_step.py --compile       # + a compiled row (first compile: minutes)
+
+``--compile``: the net with fused GLIF, ``net.compile(fullgraph=True)`` (Inductor, as
+``--model.compile true``); its warm-up step compiles (the "first step s" column) and is not timed.
+Its "saved MB" and "of which neurons s" are not measured (the compiled graph decides what it
+saves; the neurons are the fused row's), its peak RSS growth includes the compiler's.
 
 Each backend runs in its own child process (so that peak memory is its own), alternately
 ``--repeats`` times; a child builds the net, takes one warm-up step, then times ``--steps``
@@ -45,7 +52,11 @@ def child(args) -> dict:
 
     device = torch.device(args.device)
     torch.manual_seed(0)
-    net = ResNet19(partial(GLIF, backend=args.backend), args.time_steps).to(device)
+    compiled = args.backend == "compiled"
+    backend = "fused" if compiled else args.backend
+    net = ResNet19(partial(GLIF, backend=backend), args.time_steps).to(device)
+    if compiled:
+        net.compile(fullgraph=True)  # what SpikingClassifier(compile=True) does
     opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
     images = torch.randn(args.batch, 3, 32, 32, device=device)
     labels = torch.randint(0, 10, (args.batch,), device=device)
@@ -59,7 +70,9 @@ def child(args) -> dict:
     before = rss_mb()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    step()
+    t0 = time.perf_counter()
+    step()  # warm-up (compiles the compiled net)
+    first = time.perf_counter() - t0
     times = []
     for _ in range(args.steps):
         sync(device)
@@ -71,10 +84,12 @@ def child(args) -> dict:
         peak = torch.cuda.max_memory_allocated(device) / 2**20
     else:  # ru_maxrss is in KiB on Linux
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before
+    result = {"step_s": statistics.median(times), "first_s": first, "peak_mb": peak}
+    if compiled:
+        return {**result, "saved_mb": float("nan"), "neurons_s": float("nan")}
     opt.zero_grad(set_to_none=True)
     saved = saved_bytes(lambda: net(images)) / 2**20
-    return {"step_s": statistics.median(times), "peak_mb": peak, "saved_mb": saved,
-            "neurons_s": neuron_seconds(net, images, device)}
+    return {**result, "saved_mb": saved, "neurons_s": neuron_seconds(net, images, device)}
 
 
 def neuron_seconds(net, images, device) -> float:
@@ -116,6 +131,8 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=2, help="child processes per backend")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time the fused net under torch.compile(fullgraph=True)")
     parser.add_argument("--backend", help=argparse.SUPPRESS)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -127,28 +144,45 @@ def main(argv=None) -> None:
     device = torch.device(args.device)
     print(f"# ResNet-19 training step ({machine_note(device)})\n")
     results: dict[str, list[dict]] = {"fused": [], "reference": []}
+    if args.compile:
+        results["compiled"] = []
     for _ in range(args.repeats):
         for backend in results:
             cmd = [sys.executable, __file__, "--child", "--backend", backend,
                    "--batch", str(args.batch), "--time-steps", str(args.time_steps),
                    "--steps", str(args.steps), "--device", args.device]
             cmd += ["--threads", str(args.threads)] if args.threads else []
-            out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True)
+            out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+            if out.returncode != 0:
+                sys.exit(f"{' '.join(cmd)} failed:\n{out.stderr[-4000:]}")
             results[backend].append(json.loads(out.stdout.strip().splitlines()[-1]))
     med = {b: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for b, rs in results.items()}
     ref = med["reference"]["step_s"]
+    names = {"fused": "GLIF fused (eager)", "reference": "GLIF reference (eager)",
+             "compiled": "GLIF fused, torch.compile"}
     rows = []
     for backend, r in med.items():
-        rows.append([f"GLIF {backend}", f"{r['step_s']:.3f}", f"{args.batch / r['step_s']:.2f}",
-                     f"{ref / r['step_s']:.2f}", f"{r['neurons_s']:.3f}", f"{r['peak_mb']:.0f}",
-                     f"{r['saved_mb']:.0f}"])
+        rows.append([names[backend], f"{r['step_s']:.3f}", f"{args.batch / r['step_s']:.2f}",
+                     f"{ref / r['step_s']:.2f}", f"{r['step_s'] / med['fused']['step_s']:.2f}",
+                     f"{r['first_s']:.1f}", _num(r["neurons_s"], 3), f"{r['peak_mb']:.0f}",
+                     _num(r["saved_mb"], 0)])
     print(f"T={args.time_steps}, batch {args.batch}, 3x32x32, SGD; median over "
           f"{args.repeats} processes x {args.steps} steps\n")
     peak = "peak MB (CUDA allocated)" if device.type == "cuda" else "peak RSS growth MB"
-    header = ["neuron", "step s", "images/s", "speed-up", "of which neurons s", peak, "saved MB"]
+    header = ["neuron", "step s", "images/s", "speed-up vs reference", "step / fused eager",
+              "first step s", "of which neurons s", peak, "saved MB"]
     print(markdown_table(header, rows))
-    print(f"\nfused / reference step time = {med['fused']['step_s'] / ref:.3f} "
-          f"(goal: speed-up >= 1.5)\n({machine_note(device)} at the end)")
+    print(f"\nfused / reference step time = {med['fused']['step_s'] / ref:.3f} (goal: speed-up "
+          ">= 1.5)")
+    if args.compile:
+        print(f"compiled / fused eager step time = "
+              f"{med['compiled']['step_s'] / med['fused']['step_s']:.3f}, compiled / reference = "
+              f"{med['compiled']['step_s'] / ref:.3f}")
+    print(f"({machine_note(device)} at the end)")
+
+
+def _num(value: float, digits: int) -> str:
+    return "-" if value != value else f"{value:.{digits}f}"  # NaN: not measured
 
 
 if __name__ == "__main__":

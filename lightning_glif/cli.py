@@ -85,6 +85,9 @@ from lightning_glif.locks import DirectoryLock, DirectoryLocked
 from lightning_glif.module import SpikingClassifier
 
 log = logging.getLogger(__name__)
+#: Model options that change how a model runs, not what it is: a checkpoint's stored value
+#: never overrides the command's, and a different value is no model mismatch.
+RUN_OPTIONS = ("compile",)
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 DEFAULT_CONFIG = CONF_DIR / "default.yaml"
 DESCRIPTION = (
@@ -423,8 +426,13 @@ class GLIFCLI(LightningCLI):
         checkpoint's stored model is an error naming both (LightningCLI would replace it with
         the checkpoint's without a word), unless ``--model_from_checkpoint true``."""
         steps = config.get("eval_time_steps")
+        for key in RUN_OPTIONS:  # how the model runs, not what it is: the command's value wins
+            if key in self._user_model:
+                config.model[key] = self._user_model[key]
         differ = []
         for key, value in self._user_model.items():
+            if key in RUN_OPTIONS:
+                continue
             found, stored = lookup(self._checkpoint_model, key)
             if not found or plain(stored) == plain(value):
                 continue

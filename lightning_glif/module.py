@@ -80,6 +80,15 @@ class SpikingClassifier(LightningModule):
             labels, e.g. :class:`~lightning_glif.losses.TETLoss`; with ``label_smoothing``.
             ``None``: the paper's :class:`~lightning_glif.losses.MeanCrossEntropy`, without
             smoothing.
+        compile: compile the backbone with ``torch.compile(fullgraph=True)`` (Inductor): the
+            neurons' fused op is a ``torch.library`` custom op, so the whole backbone is one
+            graph, forward and backward. Compiled on its first batch (tens of seconds on a CPU;
+            again for each new input shape and for train vs eval mode). The backbone module is
+            compiled in place (``nn.Module.compile``): parameters and checkpoint keys are the
+            same as without it, so checkpoints load either way. Forward hooks on the backbone's
+            layers (the monitors') are traced into the graph: a Python number they read that
+            changes every step is a recompile every step (Dynamo stops after 8), so hooks must
+            accumulate into tensors.
 
     Checkpoints written under the CLI hold the whole configuration, so
     ``SpikingClassifier.load_from_checkpoint(path)`` rebuilds the backbone. A module built in
@@ -104,6 +113,7 @@ class SpikingClassifier(LightningModule):
         neuron_lr_factor: float = 1.0,
         neuron_weight_decay: float = 0.0,
         loss: TemporalLoss | None = None,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         # Under LightningCLI the hyperparameters are the resolved config, with the backbone and
@@ -123,6 +133,12 @@ class SpikingClassifier(LightningModule):
         self.neuron_lr_factor = neuron_lr_factor
         self.neuron_weight_decay = neuron_weight_decay
         self.loss = MeanCrossEntropy() if loss is None else loss
+        self.compile_backbone = bool(compile)
+        if self.compile_backbone:
+            # In place, not ``torch.compile(backbone)``: that would wrap it in an OptimizedModule
+            # whose state_dict keys carry an ``_orig_mod.`` prefix. Lazy: nothing is compiled
+            # until the first forward.
+            self.backbone.compile(fullgraph=True)
 
         self.train_metrics = self._accuracy_metrics()
         self.val_metrics = self._accuracy_metrics()

@@ -84,6 +84,16 @@ def test_model_from_checkpoint_takes_the_checkpoints_model(checkpoints, tmp_path
     assert cli.trainer.global_step == 4  # the checkpoint's 2 steps, and 2 more
 
 
+def test_compile_is_how_a_model_runs_not_another_model(checkpoints, tmp_path):
+    """``--model.compile`` differs from the checkpoint's (False) without a mismatch error, and
+    the command's value is the one built (the limit 0 keeps the compile itself out of the test:
+    it happens at the first batch)."""
+    cli = evaluate(tmp_path, "test", checkpoints["GLIF"], "--model.compile", "true",
+                   "--trainer.limit_test_batches", "0")  # fmt: skip
+    assert cli.model.compile_backbone is True
+    assert cli.model.hparams["compile"] is True
+
+
 def test_test_at_another_time_steps_is_an_error_unless_asked(checkpoints, tmp_path, capsys):
     ckpt = checkpoints["LIF"]
     with pytest.raises(SystemExit):

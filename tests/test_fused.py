@@ -384,6 +384,23 @@ def test_interpreted_triton_reads_bf16_input(triton_engine):
     assert_grads_close(got[1][1:], want[1][1:], rtol=1e-5)
 
 
+def test_interpreted_triton_custom_ops_pass_opcheck(triton_engine):
+    # The torch.library ops with the Triton engine: fake tensors (shapes, dtypes, strides: the
+    # Triton backward's coefficient gradients are a transposed sum, copied contiguous), autograd
+    # registration, AOT dispatch. bf16 input, float32 coefficients, as under autocast on CUDA.
+    from lightning_glif.neurons.fused import membrane_bwd, membrane_fwd
+
+    shape = (3, 2, 2, 5)
+    x = current(shape, torch.bfloat16).requires_grad_()
+    coef = torch.tensor([[0.8, 0.5], [1.0, 0.0], [0.05, 0.1], [0.0, 0.5], [0.5, 0.6]])
+    gain = torch.full((3, 2), 0.9)
+    torch.library.opcheck(membrane_fwd, (x, coef.requires_grad_(), gain, "triton", 3, 0.8, 1.25,
+                                         False))
+    grad = current(shape, torch.bfloat16, seed=2)
+    torch.library.opcheck(membrane_bwd, (x.detach(), grad, coef.detach(), gain, "triton", 0, 0.5,
+                                         1.0, True))
+
+
 @compile_
 def test_cuda_kernels_compile_without_fma():
     # Without a GPU, Triton still compiles to PTX for a given target: this checks the kernels

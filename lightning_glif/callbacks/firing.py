@@ -69,7 +69,11 @@ class FiringRateMonitor(ForwardHookMonitor):
             n: torch.zeros(m.num_features, dtype=torch.int64, device=device)
             for n, m in self._layers.items()
         }
-        self._elements[stage] = dict.fromkeys(self._layers, 0)
+        # Tensors, not Python ints: under torch.compile the hooks are traced into the graph, and
+        # a Python number read there is a guard (a recompile every step).
+        self._elements[stage] = {
+            n: torch.zeros((), dtype=torch.int64, device=device) for n in self._layers
+        }
 
     def observe(
         self, stage: str, name: str, module: nn.Module, inputs: tuple[Any, ...], output: Any
@@ -81,16 +85,14 @@ class FiringRateMonitor(ForwardHookMonitor):
         per_channel = spikes.reshape(t * b, c, -1).sum(2, dtype=torch.float32).sum(0)
         # Whole numbers below 2**24 are exact in float32, so the cast loses nothing.
         self._spikes[stage][name].add_(per_channel.round_().to(torch.int64))
-        self._elements[stage][name] += spikes.numel() // spikes.shape[2]
+        self._elements[stage][name].add_(spikes.numel() // spikes.shape[2])
 
     def report(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         names = list(self._layers)
         if not names:
             return
         spikes = self._spikes[stage]
-        elements = torch.tensor(
-            [self._elements[stage][n] for n in names], dtype=torch.int64, device=pl_module.device
-        )
+        elements = torch.stack([self._elements[stage][n] for n in names])
         total = self.all_sum(trainer, torch.cat([*(spikes[n] for n in names), elements]))
         if not trainer.is_global_zero:
             return

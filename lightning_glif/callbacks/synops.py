@@ -121,7 +121,10 @@ class SynapticOpsMonitor(ForwardHookMonitor):
         self._acs[stage] = {
             n: torch.zeros((), dtype=torch.int64, device=device) for n in self._layers
         }
-        self._macs[stage] = dict.fromkeys(self._layers, 0)
+        # Tensors, not Python ints: see FiringRateMonitor.reset (torch.compile guards).
+        self._macs[stage] = {
+            n: torch.zeros((), dtype=torch.int64, device=device) for n in self._layers
+        }
 
     def observe(
         self, stage: str, name: str, module: nn.Module, inputs: tuple[Any, ...], output: Any
@@ -129,7 +132,7 @@ class SynapticOpsMonitor(ForwardHookMonitor):
         if self._mac is None:  # the first layer to run is the one fed the encoded input
             self._mac = {name}
         if name in self._mac:
-            self._macs[stage][name] += dense_macs(module, output)
+            self._macs[stage][name].add_(dense_macs(module, output))
         else:
             self._acs[stage][name].add_(synaptic_events(module, inputs[0]))
 
@@ -138,9 +141,10 @@ class SynapticOpsMonitor(ForwardHookMonitor):
         if not names:
             return
         device = pl_module.device
-        macs = [self._macs[stage][n] for n in names] + [self.samples[stage]]
+        samples = torch.tensor([self.samples[stage]], dtype=torch.int64, device=device)
         counts = torch.stack([self._acs[stage][n] for n in names])
-        counts = torch.cat([counts, torch.tensor(macs, dtype=torch.int64, device=device)])
+        macs = torch.stack([self._macs[stage][n] for n in names])
+        counts = torch.cat([counts, macs, samples])
         counts = self.all_sum(trainer, counts).tolist()
         if not trainer.is_global_zero:
             return

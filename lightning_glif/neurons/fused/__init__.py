@@ -17,18 +17,23 @@ Engines: CPU tensors -> the C kernel of :mod:`.cpu`; CUDA tensors -> the Triton 
 built-in ones, another device, float64 on CUDA, odd coefficient shapes) runs the reference loop
 :func:`~lightning_glif.neurons.functional.membrane_sequence`, which is also what the fused
 engines are tested against: spikes bit-identical, gradients within float tolerance.
+
+The kernels are called through the ``torch.library`` custom ops ``lightning_glif::membrane_fwd``
+and ``lightning_glif::membrane_bwd`` of :mod:`.ops` (autograd and fake implementations
+registered), so ``torch.compile(model, fullgraph=True)`` traces a whole spiking network without
+a graph break.
 """
 
 from __future__ import annotations
 
-from types import ModuleType
 from typing import Literal
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from ..functional import MembraneCoefficients, membrane_sequence
 from ..surrogate import Surrogate
+from . import cpu
+from .ops import membrane_bwd, membrane_fwd
 
 Backend = Literal["auto", "fused", "reference"]
 BACKENDS: tuple[str, ...] = ("auto", "fused", "reference")
@@ -56,10 +61,9 @@ def _engine(x: torch.Tensor, c: MembraneCoefficients, surrogate: Surrogate):
     for p in (*channel, c.gain):
         compute = torch.promote_types(compute, p.dtype)
     if x.device.type == "cpu":
-        from . import cpu
-
-        if cpu.load() is None:
-            return None, None, f"the CPU kernel could not be built: {cpu.build_error()}"
+        why = _cpu_kernel_error()
+        if why:
+            return None, None, f"the CPU kernel could not be built: {why}"
         return cpu, compute, None
     if x.device.type == "cuda":
         if compute != torch.float32:
@@ -70,6 +74,16 @@ def _engine(x: torch.Tensor, c: MembraneCoefficients, surrogate: Surrogate):
             return None, None, f"Triton is not importable ({e})"
         return triton_kernels, compute, None
     return None, None, f"device type {x.device.type!r}"
+
+
+@torch.compiler.assume_constant_result
+def _cpu_kernel_error() -> str:
+    """Why the C kernel cannot be loaded, ``""`` if it can. Builds it on the first call.
+
+    ``assume_constant_result``: under ``torch.compile`` Dynamo runs this once while tracing and
+    bakes in the answer, instead of tracing into :func:`cpu.load` (a lock, a subprocess, ctypes:
+    graph breaks). The answer only changes when a test swaps the build function (eager code)."""
+    return "" if cpu.load() is not None else str(cpu.build_error())
 
 
 def fused_available(x: torch.Tensor, c: MembraneCoefficients, surrogate: Surrogate) -> str | None:
@@ -117,29 +131,10 @@ def _fused(engine, x, c, surrogate, detach_reset, compute) -> torch.Tensor:
     half = x.dtype in (torch.float16, torch.bfloat16)
     if not (half and engine.READS_HALF_PRECISION):
         x = x.to(compute)
-    return FusedMembrane.apply(
-        x.contiguous(), coef, gain, engine, _kernel_code(surrogate), detach_reset
+    kind, p, q = _kernel_code(surrogate)
+    return membrane_fwd(
+        x.contiguous(), coef, gain, engine.NAME, kind, float(p), float(q), bool(detach_reset)
     )
 
 
-class FusedMembrane(torch.autograd.Function):
-    """The recurrence as one autograd node: inputs ``x`` ``[T, B, C, ...]``, ``coef`` ``[5, C]``
-    (decay, hard, leak, soft, v_threshold), ``gain`` ``[T, C]``; saves only those three."""
-
-    @staticmethod
-    def forward(ctx, x, coef, gain, engine: ModuleType, code, detach_reset: bool):
-        ctx.save_for_backward(x, coef, gain)
-        ctx.engine, ctx.code, ctx.detach_reset = engine, code, detach_reset
-        return engine.forward(x, coef, gain)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad):
-        x, coef, gain = ctx.saved_tensors
-        grad_x, grad_coef, grad_gain = ctx.engine.backward(
-            x, grad.contiguous(), coef, gain, ctx.code, ctx.detach_reset
-        )
-        return grad_x, grad_coef, grad_gain, None, None, None
-
-
-__all__ = ["BACKENDS", "Backend", "FusedMembrane", "fused_available", "membrane"]
+__all__ = ["BACKENDS", "Backend", "fused_available", "membrane", "membrane_bwd", "membrane_fwd"]

@@ -51,6 +51,8 @@ COMMON_FLAGS = (
     f"-DMEMBRANE_ABI_VERSION={ABI_VERSION}",
 )
 
+#: The engine's name in the custom ops of :mod:`.ops`.
+NAME = "cpu"
 #: The input must arrive in the compute dtype (float32 or float64), bf16/fp16 converted first.
 READS_HALF_PRECISION = False
 
@@ -165,7 +167,7 @@ def load() -> ctypes.CDLL | None:
                     "lightning_glif: the fused CPU kernel could not be built, so neurons run the "
                     f"reference PyTorch loop (same results, slower). Reason: {e}",
                     RuntimeWarning,
-                    stacklevel=3,
+                    stacklevel=4,  # the caller of _engine (via _cpu_kernel_error)
                 )
     return _lib
 

@@ -21,6 +21,8 @@ import torch
 import triton
 import triton.language as tl
 
+#: The engine's name in the custom ops of :mod:`.ops`.
+NAME = "triton"
 BLOCK = 1024
 NUM_WARPS = 4
 #: The input is read in its own dtype (the CPU engine needs it converted to the compute dtype).

@@ -1,0 +1,123 @@
+"""The fused membrane op as ``torch.library`` custom ops, so ``torch.compile`` can trace through it.
+
+Two ops, ``lightning_glif::membrane_fwd`` and ``lightning_glif::membrane_bwd``, each with a real
+implementation (the engine's kernel) and a fake one (shapes, dtypes and strides only, what
+Dynamo/AOTAutograd/Inductor trace with); ``membrane_fwd``'s autograd is registered as
+``membrane_bwd``. Dynamo then records one opaque node per neuron instead of breaking the graph at
+an ``autograd.Function`` whose forward calls ctypes; Inductor fuses and compiles everything around
+it (convolutions, batch norms, the coefficient maps) and calls the kernels as extern calls.
+
+Why the ops take an ``engine`` name (``"cpu"``: the C kernel of :mod:`.cpu`; ``"triton"``: the
+kernels of :mod:`.triton_kernels`) instead of registering one kernel per device: the dispatcher
+(:func:`lightning_glif.neurons.fused._engine`) picks the engine, and the tests run the Triton
+kernels on CPU tensors under ``TRITON_INTERPRET=1``, which per-device dispatch could not express.
+In normal use CPU tensors get ``"cpu"`` and CUDA tensors ``"triton"``.
+
+The surrogate ``(kind, p, q)`` and ``detach_reset`` are arguments of the forward op although only
+the backward uses them: ``register_autograd``'s ``setup_context`` sees only the op's inputs.
+Double backward is not supported (as with the former ``once_differentiable`` Function).
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+import torch
+from torch import Tensor
+
+ENGINES: tuple[str, ...] = ("cpu", "triton")
+
+
+def engine_module(name: str) -> ModuleType:
+    """The engine module of that name (imports Triton only when asked for it)."""
+    if name == "cpu":
+        from . import cpu
+
+        return cpu
+    if name == "triton":
+        from . import triton_kernels
+
+        return triton_kernels
+    raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {name!r}.")
+
+
+@torch.library.custom_op(
+    "lightning_glif::membrane_fwd", mutates_args=(), device_types=("cpu", "cuda")
+)
+def membrane_fwd(
+    x: Tensor,
+    coef: Tensor,
+    gain: Tensor,
+    engine: str,
+    kind: int,
+    p: float,
+    q: float,
+    detach_reset: bool,
+) -> Tensor:
+    """Spikes ``[T, B, C, ...]`` in ``x``'s dtype. ``x`` ``[T, B, C, ...]`` in the compute dtype
+    (bf16/fp16 also for ``"triton"``), ``coef`` ``[5, C]`` (decay, hard, leak, soft,
+    v_threshold) and ``gain`` ``[T, C]`` in the compute dtype."""
+    # .contiguous(): a no-op from the eager dispatcher, which passes contiguous tensors; under
+    # Inductor the kernels' pointer arithmetic must not depend on the layout it picked.
+    return engine_module(engine).forward(x.contiguous(), coef.contiguous(), gain.contiguous())
+
+
+@membrane_fwd.register_fake
+def _membrane_fwd_fake(x, coef, gain, engine, kind, p, q, detach_reset):
+    # Both engines return a fresh contiguous tensor like x (torch.empty_like of a contiguous x).
+    return x.new_empty(x.shape)
+
+
+@torch.library.custom_op(
+    "lightning_glif::membrane_bwd", mutates_args=(), device_types=("cpu", "cuda")
+)
+def membrane_bwd(
+    x: Tensor,
+    grad: Tensor,
+    coef: Tensor,
+    gain: Tensor,
+    engine: str,
+    kind: int,
+    p: float,
+    q: float,
+    detach_reset: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients ``(x, coef, gain)`` of the loss given ``grad`` = dL/dspikes (any layout: a
+    ``spikes.sum()`` hands a stride-0 one); arguments as :func:`membrane_fwd`."""
+    grad_x, grad_coef, grad_gain = engine_module(engine).backward(
+        x.contiguous(), grad.contiguous(), coef.contiguous(), gain.contiguous(), (kind, p, q),
+        detach_reset,
+    )
+    # The engines return the two coefficient gradients as slices of one [5 + T, C] sum (the
+    # Triton one transposed); a custom op's outputs must not alias each other and must have the
+    # fake's (contiguous) strides, so copy them: [5, C] and [T, C], negligible.
+    return (
+        grad_x,
+        grad_coef.clone(memory_format=torch.contiguous_format),
+        grad_gain.clone(memory_format=torch.contiguous_format),
+    )
+
+
+@membrane_bwd.register_fake
+def _membrane_bwd_fake(x, grad, coef, gain, engine, kind, p, q, detach_reset):
+    # grad_x like x; the coefficient gradients in the coefficients' dtype (the compute dtype:
+    # float64 sums cast back on CPU, float32 on CUDA).
+    return x.new_empty(x.shape), coef.new_empty(coef.shape), gain.new_empty(gain.shape)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    x, coef, gain, *options = inputs
+    ctx.save_for_backward(x, coef, gain)  # the input only (plus [5 + T, C] coefficients)
+    ctx.options = options
+
+
+def _backward(ctx, grad):
+    x, coef, gain = ctx.saved_tensors
+    grad_x, grad_coef, grad_gain = membrane_bwd(x, grad, coef, gain, *ctx.options)
+    return grad_x, grad_coef, grad_gain, None, None, None, None, None
+
+
+membrane_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+__all__ = ["ENGINES", "engine_module", "membrane_bwd", "membrane_fwd"]
