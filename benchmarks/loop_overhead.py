@@ -1,0 +1,113 @@
+"""What the training framework costs on a whole embedded run, as a user runs it.
+
+    python benchmarks/loop_overhead.py                                   # the default run
+    python benchmarks/loop_overhead.py --config conf/experiment/row_digits.yaml --rounds 3
+
+The same run (model, data, optimizer, schedule, epochs, validation every epoch) three ways,
+interleaved round by round in one process session so that a busy phase of a shared machine hits
+all three alike:
+
+- ``bare``: a plain PyTorch loop over the DataModule's loaders with the module's own
+  ``configure_optimizers`` (train steps, scheduler step per epoch, a validation pass per epoch);
+  no Lightning Trainer, no logging, no checkpoints;
+- ``fit, no callbacks``: ``train.py fit`` with ``--trainer.callbacks []``, no logger, no
+  checkpointing (what the CLI always adds stays: RunState, InterruptCheckpoint, ...);
+- ``fit, shipped``: ``train.py fit`` with the config as shipped: every monitor, the guard, both
+  checkpoints, the learning-rate monitor, TensorBoard.
+
+The progress bar is off in both fits (this script's output is not a terminal). Printed: the
+median wall time of each over the rounds and its ratio to ``bare``. The model and data are
+built by the CLI from the same config for all three, with the same seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import machine_note, markdown_table  # noqa: E402
+from lightning_glif.cli import cli_main  # noqa: E402
+
+QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+
+
+def _args(config: str | None, root: str, *extra: str) -> list[str]:
+    stack = ["--config", config] if config else []
+    return [*stack, "--trainer.default_root_dir", root, *QUIET, *extra]
+
+
+def bare_loop(config: str | None, root: str) -> float:
+    """The run as a plain PyTorch loop; its wall time, from parsing the config (as for the fits:
+    the whole command but Python's start and imports)."""
+    start = time.perf_counter()
+    cli = cli_main(_args(config, root), run=False)
+    model, data, trainer = cli.model, cli.datamodule, cli.trainer
+    data.setup("fit")
+    model.trainer = trainer  # configure_optimizers reads max_epochs from it
+    conf = model.configure_optimizers()
+    optimizer, scheduler = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
+    train, val = data.train_dataloader(), data.val_dataloader()
+    for _ in range(trainer.max_epochs):
+        model.train()
+        for x, y in train:
+            loss = model.loss(model.per_step_logits(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        scheduler.step()
+        model.eval()
+        correct = 0
+        with torch.no_grad():
+            for x, y in val:
+                correct += (model(x).argmax(1) == y).sum().item()
+    return time.perf_counter() - start
+
+
+def fit(config: str | None, root: str, shipped: bool) -> float:
+    extra = [] if shipped else [
+        "--trainer.callbacks", "[]",
+        "--trainer.logger", "false",
+        "--trainer.enable_checkpointing", "false",
+    ]  # fmt: skip
+    start = time.perf_counter()
+    cli_main(["fit", *_args(config, root, *extra)])
+    return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default=None, help="experiment config (default run if unset)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median)")
+    args = parser.parse_args(argv)
+    sys.argv = [sys.argv[0]]  # LightningCLI reads sys.argv when given no args
+    ways = {
+        "bare PyTorch loop": lambda root: bare_loop(args.config, root),
+        "fit, no callbacks/logger/checkpoints": lambda root: fit(args.config, root, False),
+        "fit, shipped defaults": lambda root: fit(args.config, root, True),
+    }
+    times: dict[str, list[float]] = {name: [] for name in ways}
+    for _ in range(args.rounds):
+        for name, way in ways.items():
+            with tempfile.TemporaryDirectory() as root:
+                times[name].append(way(root))
+    base = statistics.median(times["bare PyTorch loop"])
+    rows = [
+        [name, f"{statistics.median(t):.2f}", f"{statistics.median(t) / base:.2f}x",
+         " ".join(f"{v:.1f}" for v in t)]
+        for name, t in times.items()
+    ]  # fmt: skip
+    print(f"# {args.config or 'conf/default.yaml'}, {args.rounds} interleaved rounds")
+    print(f"# {machine_note(torch.device('cpu'))}")
+    print(markdown_table(["run", "median s", "vs bare", "each round (s)"], rows))
+
+
+if __name__ == "__main__":
+    main()
