@@ -24,3 +24,25 @@ def small_args(root, epochs: int = 2, batches: int = 4) -> list[str]:
         "--model.backbone.init_args.channels", "[8, 16]",
         *QUIET,
     ]  # fmt: skip
+
+
+def children_of(pid: int) -> list[int]:
+    """The live processes whose parent is ``pid`` (from /proc/<pid>/status's PPid)."""
+    found = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines())
+        except (OSError, ValueError):
+            continue  # exited meanwhile
+        if int(fields.get("PPid", "0")) == pid and not fields["State"].startswith("Z"):
+            found.append(int(status.parent.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    """``pid`` runs (exists and is no zombie)."""
+    try:
+        state = Path(f"/proc/{pid}/status").read_text().split("State:\t", 1)[1]
+    except (OSError, IndexError):
+        return False
+    return not state.startswith("Z")

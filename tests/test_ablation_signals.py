@@ -14,6 +14,8 @@ from pathlib import Path
 import optuna
 import pytest
 
+from tests.cli_runs import alive, children_of
+
 ROOT = Path(__file__).resolve().parents[1]
 # A fast base (the 8x8 digits' convnet) that trains long enough to be stopped mid-run.
 LONG = ["--trainer.max_epochs", "300"]
@@ -32,27 +34,6 @@ def ablate(out: Path, fit_args: list[str], options=("--jobs", "2"), **kwargs) ->
         [*command, "--", *fit_args], cwd=ROOT, text=True,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kwargs,
     )  # fmt: skip
-
-
-def children_of(pid: int) -> list[int]:
-    """The live processes whose parent is ``pid`` (from /proc/<pid>/status's PPid)."""
-    found = []
-    for status in Path("/proc").glob("[0-9]*/status"):
-        try:
-            fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines())
-        except (OSError, ValueError):
-            continue  # exited meanwhile
-        if int(fields.get("PPid", "0")) == pid and not fields["State"].startswith("Z"):
-            found.append(int(status.parent.name))
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/status").read_text().split("State:\t", 1)[1]
-    except (OSError, IndexError):
-        return False
-    return not state.startswith("Z")
 
 
 def wait_until_training(

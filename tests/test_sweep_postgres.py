@@ -16,6 +16,8 @@ from pathlib import Path
 import optuna
 import pytest
 
+from tests.cli_runs import alive, children_of
+
 ROOT = Path(__file__).resolve().parents[1]
 GRID = ["--config", "conf/default.yaml", "--variants", "glif_soft,lif", "--seeds", "0,1"]
 TINY = [
@@ -38,26 +40,6 @@ def ablate(*args: str, **kwargs) -> subprocess.Popen:
         [sys.executable, str(ROOT / "ablate.py"), *args], cwd=ROOT, text=True,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kwargs,
     )  # fmt: skip
-
-
-def children_of(pid: int) -> list[int]:
-    found = []
-    for status in Path("/proc").glob("[0-9]*/status"):
-        try:
-            fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines())
-        except (OSError, ValueError):
-            continue
-        if int(fields.get("PPid", "0")) == pid and not fields["State"].startswith("Z"):
-            found.append(int(status.parent.name))
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/status").read_text().split("State:\t", 1)[1]
-    except (OSError, IndexError):
-        return False
-    return not state.startswith("Z")
 
 
 def rows(path: Path) -> set[tuple[str, int, str]]:

@@ -272,10 +272,15 @@ def cmd_enqueue(args, parser) -> int:
     study.set_user_attr("reference", args.reference)
     points = grid.specs(configs, variants, seeds, args.train_args, args.monitor, args.mode)
     added = grid.enqueue(study, points)
-    where = f"--storage {redact(args.storage)}" if args.storage else f"--out {args.out}"
+    where = _where(args)
     print(f"[ablate] enqueued {added} of {len(points)} trials in study {args.study!r}; run "
           f"workers with: python ablate.py worker {where} --study {args.study}")  # fmt: skip
     return 0
+
+
+def _where(args) -> str:
+    """The option that names this study's storage, for the next command to type."""
+    return f"--storage {redact(args.storage)}" if args.storage else f"--out {args.out}"
 
 
 def cmd_worker(args, parser) -> int:
@@ -290,7 +295,7 @@ def cmd_worker(args, parser) -> int:
         run_workers(study, _slots(args, parser), Path(args.out), children, asker=asker)
     if children.signum is not None:
         raise SweepInterrupted(children.signum, children.interrupted)
-    where = f"--storage {redact(args.storage)}" if args.storage else f"--out {args.out}"
+    where = _where(args)
     print(f"[ablate] worker: no trial left in study {args.study!r}; the reports: "
           f"python ablate.py report {where} --study {args.study}")  # fmt: skip
     return 0
