@@ -278,21 +278,9 @@ class GLIFCLI(LightningCLI):
                 for k, v in flat(self._explicit.get("model")).items()
                 if k not in base or plain(base[k]) != plain(v)
             }
-        self._authors_checkpoint = self._find_authors_checkpoint()
-        checkpoint = None if self._authors_checkpoint else self._read_checkpoint()
+        self._authors_checkpoint: Path | None = None
+        checkpoint = self._read_checkpoint()
         self._checkpoint_model = self._check_checkpoint_classes(checkpoint)
-
-    def _find_authors_checkpoint(self) -> Path | None:
-        """``--ckpt_path`` naming one of the GLIF authors' released files (not a Lightning
-        checkpoint): it stores no model config, so the configured model is built, and the file
-        is converted for it before the run (:meth:`_run_subcommand`,
-        :mod:`lightning_glif.compat`)."""
-        sub = self.config.get("subcommand")
-        path = self.config[sub].get("ckpt_path") if sub else None
-        if not path or not Path(path).is_file():
-            return None
-        weights_only = self.config[sub].get("weights_only") is not False
-        return Path(path) if compat.is_authors_file(path, weights_only) else None
 
     def _run_subcommand(self, subcommand: str) -> None:
         if self._authors_checkpoint is not None:
@@ -325,7 +313,8 @@ class GLIFCLI(LightningCLI):
         LightningCLI's ``_parse_ckpt_path`` reads it: a file that is no checkpoint (empty,
         truncated, text, another pickle) is one error naming the file, what is wrong and the
         intact checkpoint beside it (not a bare EOFError / UnpicklingError / KeyError). ``None``
-        without a file (``last``, ``best``, no ``--ckpt_path``)."""
+        without a file (``last``, ``best``, no ``--ckpt_path``) and for one of the GLIF authors'
+        files (then ``self._authors_checkpoint``)."""
         sub = self.config.get("subcommand")
         path = self.config[sub].get("ckpt_path") if sub else None
         if not path or not Path(path).is_file():
@@ -333,9 +322,19 @@ class GLIFCLI(LightningCLI):
         # --weights_only false (an opt-in, warned about): a checkpoint holding pickled objects.
         weights_only = self.config[sub].get("weights_only") is not False
         try:
-            return check_checkpoint_file(path, weights_only=weights_only)
+            checkpoint = check_checkpoint_file(path, weights_only=weights_only)
         except CorruptCheckpointError as error:
-            self.parser.error(str(error))
+            # The authors' CIFAR10-DVS files ({'net': ...}) are no Lightning checkpoints.
+            if not compat.is_authors_file(path, weights_only):
+                self.parser.error(str(error))
+            checkpoint = None
+        if checkpoint is None or compat.is_authors_checkpoint(checkpoint):
+            # One of the GLIF authors' released files: it stores no model config, so the
+            # configured model is built and the file converted for it before the run
+            # (:meth:`_run_subcommand`, :mod:`lightning_glif.compat`).
+            self._authors_checkpoint = Path(path)
+            return None
+        return checkpoint
 
     def instantiate_trainer(self, **kwargs: Any):
         # Checkpoints saved atomically in their own directory, unreadable ones reported by name
