@@ -5,6 +5,12 @@ peak memory.
     python benchmarks/resnet19_step.py                 # ~2-3 min on 2 cores
     python benchmarks/resnet19_step.py --steps 5 --repeats 3
     python benchmarks/resnet19_step.py --compile       # + a compiled row (first compile: minutes)
+    python benchmarks/resnet19_step.py --repeats 1 --no-saving-off   # memory figures only need 1
+
+Memory saving (:mod:`lightning_glif.models.saving`: spikes kept as bits for the next layer's
+backward, tdBN saving only its input, the neuron recomputing its tdBN input) is on in the fused
+row and off in the "fused, memory saving off" row (``--no-saving-off`` drops that row) and in the
+reference row (the baseline: the reference neuron as before).
 
 ``--compile``: the net with fused GLIF, ``net.compile(fullgraph=True)`` (Inductor, as
 ``--model.compile true``); its warm-up step compiles (the "first step s" column) and is not timed.
@@ -16,7 +22,10 @@ Each backend runs in its own child process (so that peak memory is its own), alt
 SGD steps (forward, cross-entropy on the time-averaged logits, backward, update) and reports the
 median. Peak memory: on CPU the growth of the peak resident set over the process before the first
 step; on CUDA ``max_memory_allocated``. "saved MB" is what autograd keeps for the backward
-in one forward pass (``saved_tensors_hooks``); "of which neurons s" is the forward+backward time
+in one forward pass (``saved_tensors_hooks``, chained with the savings' own hooks, so it counts
+what they store: packed bits, and a recomputed tensor's inputs once more; a tensor saved twice
+counts twice: an upper bound), "distinct MB" the bytes of the distinct storages among those (what
+the graph actually holds); "of which neurons s" is the forward+backward time
 of the 17 neurons alone on inputs of the shapes they see in the step (the part of the step the
 neuron backend can change; the rest is mostly convolutions).
 """
@@ -48,13 +57,16 @@ def rss_mb() -> float:
 
 def child(args) -> dict:
     from lightning_glif.models.resnet import ResNet19
+    from lightning_glif.models.saving import memory_saving, set_memory_saving
     from lightning_glif.neurons import GLIF
 
     device = torch.device(args.device)
     torch.manual_seed(0)
     compiled = args.backend == "compiled"
-    backend = "fused" if compiled else args.backend
+    backend = {"compiled": "fused", "fused-off": "fused"}.get(args.backend, args.backend)
+    saving = args.backend in ("fused", "compiled")  # the reference row is the old baseline
     net = ResNet19(partial(GLIF, backend=backend), args.time_steps).to(device)
+    set_memory_saving(net, saving)
     if compiled:
         net.compile(fullgraph=True)  # what SpikingClassifier(compile=True) does
     opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
@@ -63,7 +75,8 @@ def child(args) -> dict:
 
     def step():
         opt.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.cross_entropy(net(images).mean(0), labels)
+        with memory_saving(saving):
+            loss = torch.nn.functional.cross_entropy(net(images).mean(0), labels)
         loss.backward()
         opt.step()
 
@@ -85,11 +98,36 @@ def child(args) -> dict:
     else:  # ru_maxrss is in KiB on Linux
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before
     result = {"step_s": statistics.median(times), "first_s": first, "peak_mb": peak}
+    nan = float("nan")
     if compiled:
-        return {**result, "saved_mb": float("nan"), "neurons_s": float("nan")}
+        return {**result, "saved_mb": nan, "distinct_mb": nan, "neurons_s": nan,
+                "saved_on_mb": nan}
     opt.zero_grad(set_to_none=True)
-    saved = saved_bytes(lambda: net(images)) / 2**20
-    return {**result, "saved_mb": saved, "neurons_s": neuron_seconds(net, images, device)}
+    with memory_saving(saving):
+        saved = saved_bytes(lambda: net(images)) / 2**20
+        distinct = distinct_saved_bytes(lambda: net(images)) / 2**20
+    saved_on = nan
+    if args.backend == "reference":  # for the record: the reference neuron with the savings on
+        set_memory_saving(net, True)
+        saved_on = saved_bytes(lambda: net(images)) / 2**20
+        set_memory_saving(net, False)
+    return {**result, "saved_mb": saved, "distinct_mb": distinct, "saved_on_mb": saved_on,
+            "neurons_s": neuron_seconds(net, images, device)}
+
+
+def distinct_saved_bytes(fn) -> int:
+    """Bytes of the distinct storages among the tensors autograd saves while ``fn`` runs (a
+    storage saved twice, or a view of a saved one, counts once)."""
+    storages: dict[tuple, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        s = t.untyped_storage()
+        storages[(t.device, s.data_ptr())] = s.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(storages.values())
 
 
 def neuron_seconds(net, images, device) -> float:
@@ -133,6 +171,8 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--compile", action="store_true",
                         help="also time the fused net under torch.compile(fullgraph=True)")
+    parser.add_argument("--no-saving-off", action="store_true",
+                        help="drop the 'fused, memory saving off' row")
     parser.add_argument("--backend", help=argparse.SUPPRESS)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -144,6 +184,8 @@ def main(argv=None) -> None:
     device = torch.device(args.device)
     print(f"# ResNet-19 training step ({machine_note(device)})\n")
     results: dict[str, list[dict]] = {"fused": [], "reference": []}
+    if not args.no_saving_off:
+        results["fused-off"] = []
     if args.compile:
         results["compiled"] = []
     for _ in range(args.repeats):
@@ -158,20 +200,33 @@ def main(argv=None) -> None:
             results[backend].append(json.loads(out.stdout.strip().splitlines()[-1]))
     med = {b: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for b, rs in results.items()}
     ref = med["reference"]["step_s"]
-    names = {"fused": "GLIF fused (eager)", "reference": "GLIF reference (eager)",
-             "compiled": "GLIF fused, torch.compile"}
+    names = {"fused": "GLIF fused (eager)", "reference": "GLIF reference (eager, no saving)",
+             "compiled": "GLIF fused, torch.compile", "fused-off": "GLIF fused, memory saving off"}
     rows = []
     for backend, r in med.items():
         rows.append([names[backend], f"{r['step_s']:.3f}", f"{args.batch / r['step_s']:.2f}",
                      f"{ref / r['step_s']:.2f}", f"{r['step_s'] / med['fused']['step_s']:.2f}",
                      f"{r['first_s']:.1f}", _num(r["neurons_s"], 3), f"{r['peak_mb']:.0f}",
-                     _num(r["saved_mb"], 0)])
+                     _num(r["saved_mb"], 0), _num(r["distinct_mb"], 0)])
     print(f"T={args.time_steps}, batch {args.batch}, 3x32x32, SGD; median over "
           f"{args.repeats} processes x {args.steps} steps\n")
     peak = "peak MB (CUDA allocated)" if device.type == "cuda" else "peak RSS growth MB"
     header = ["neuron", "step s", "images/s", "speed-up vs reference", "step / fused eager",
-              "first step s", "of which neurons s", peak, "saved MB"]
+              "first step s", "of which neurons s", peak, "saved MB", "distinct MB"]
     print(markdown_table(header, rows))
+    fused, reference = med["fused"], med["reference"]
+    print(f"\nsaved for backward, fused (memory saving on) / reference = "
+          f"{fused['saved_mb'] / reference['saved_mb']:.3f} "
+          f"(distinct storages: {fused['distinct_mb'] / reference['distinct_mb']:.3f}; "
+          "goal: <= 0.25)")
+    if "fused-off" in med:
+        off = med["fused-off"]
+        print("memory saving off: fused / reference = "
+              f"{off['saved_mb'] / reference['saved_mb']:.3f} (distinct "
+              f"{off['distinct_mb'] / reference['distinct_mb']:.3f}); on / off = "
+              f"{fused['saved_mb'] / off['saved_mb']:.3f} (distinct "
+              f"{fused['distinct_mb'] / off['distinct_mb']:.3f})")
+    print(f"(reference neuron with the memory saving on: {reference['saved_on_mb']:.0f} saved MB)")
     print(f"\nfused / reference step time = {med['fused']['step_s'] / ref:.3f} (goal: speed-up "
           ">= 1.5)")
     if args.compile:
