@@ -8,6 +8,7 @@ in ``~/.cache/lightning_glif``).
 """
 
 import ctypes
+import math
 import os
 import subprocess
 import sys
@@ -37,8 +38,12 @@ NEURONS = {
     "plif-layer": lambda C, T: PLIF(C, T),
     "plif-channel": lambda C, T: PLIF(C, T, granularity="channel", reset="soft"),
 }
-# linear [T, B, C]; conv [T, B, C, H, W]; one row longer than the kernel's 512-element tile.
-SHAPES = {"linear": (6, 5, 7), "conv": (6, 3, 4, 5, 5), "long-row": (3, 2, 2, 1100)}
+# linear [T, B, C]; conv [T, B, C, H, W]; one row longer than the kernel's 512-element tile
+# (two whole tiles and a part), rows of exactly one tile and one element more; T = 1 (only the
+# kernels' first-step branches) and T = 16; rows shorter than a vector (S = 3).
+SHAPES = {"linear": (6, 5, 7), "conv": (6, 3, 4, 5, 5), "long-row": (3, 2, 2, 1100),
+          "one-tile": (2, 2, 3, 512), "tile-plus-one": (3, 1, 2, 513), "T1": (1, 4, 3, 6, 6),
+          "T16": (16, 2, 3, 4, 5), "short-row": (5, 3, 4, 3)}
 SURROGATES = [Rectangular(), Rectangular(width=0.6), ATan(alpha=3.0), Sigmoid(), Triangle(0.8)]
 
 
@@ -213,6 +218,41 @@ def test_gradients_do_not_depend_on_the_thread_count():
     for (o1, g1), (o2, g2) in zip(*results, strict=True):
         assert torch.equal(o1, o2)
         assert all(torch.equal(a, b) for a, b in zip(g1, g2, strict=True))
+
+
+# At least membrane_stream_min_bytes() per output: spikes and input gradient are written with
+# non-temporal stores. 32x32 rows are 64-byte aligned; 10x10 rows (400 bytes) are not, so the
+# stores start and end with a scalar part.
+STREAMED = {"aligned-rows": ((4, 16, 16, 32, 32), torch.float32),
+            "unaligned-rows": ((4, 41, 64, 10, 10), torch.float32),
+            "float64": ((4, 8, 16, 32, 32), torch.float64)}
+
+
+@compile_
+@pytest.mark.parametrize("shape,dtype", list(STREAMED.values()), ids=list(STREAMED))
+def test_streamed_outputs_equal_reference(shape, dtype):
+    threshold = cpu.load().membrane_stream_min_bytes()
+    if threshold == 0:
+        pytest.skip("this CPU's kernel has no non-temporal stores")
+    assert math.prod(shape) * dtype.itemsize >= threshold  # the streamed path
+    C, T = shape[2], shape[0]
+    m = spread(GLIF(C, T)).to(dtype)
+    x, w = current(shape, dtype), current(shape, dtype, seed=2)
+    want = run(m, x, "reference", w)
+    threads = torch.get_num_threads()
+    try:
+        got = []
+        for n in (1, max(2, threads)):
+            torch.set_num_threads(n)
+            got.append(run(m, x, "fused", w))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(got[0][0], want[0])
+    assert 0 < want[0].mean() < 1
+    assert_grads_close(got[0][1], want[1], rtol=1e-5 if dtype == torch.float32 else 1e-11)
+    # and the same bits on any number of threads
+    assert torch.equal(got[1][0], got[0][0])
+    assert all(torch.equal(a, b) for a, b in zip(got[1][1], got[0][1], strict=True))
 
 
 @compile_

@@ -34,7 +34,7 @@ SOURCES = (HERE / "membrane.c", HERE / "membrane_body.h")
 #: The calling convention of the kernel's functions; bump it when their signatures change. The
 #: only place it is written: passed to the compiler (COMMON_FLAGS, so also part of the cache hash)
 #: as MEMBRANE_ABI_VERSION, which membrane_abi_version() returns, and checked by load().
-ABI_VERSION = 1
+ABI_VERSION = 2  # 2: membrane_stream_min_bytes()
 
 # Tried in order until one builds: native vector width first, then portable, then without the
 # OpenMP runtime (e.g. Apple clang: one thread, still vectorised).
@@ -143,6 +143,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         bwd.restype = i32
     lib.membrane_abi_version.restype = i32
     lib.membrane_linear_slices.restype = i32
+    lib.membrane_stream_min_bytes.restype = i64
 
 
 def load() -> ctypes.CDLL | None:
