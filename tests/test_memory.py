@@ -15,6 +15,13 @@ from lightning_glif.models.tdbn import TdBatchNorm, _TdBatchNormTrain
 from lightning_glif.neurons import GLIF, Rectangular
 from lightning_glif.neurons.fused import fused_available
 
+
+@pytest.fixture(autouse=True)
+def _every_size(monkeypatch):
+    """The tensors here are tiny: let the savings apply to every size (as they do to ResNet-19's
+    layers), except in the test of the threshold itself."""
+    monkeypatch.setattr(saving, "MIN_ELEMENTS", 0)
+
 T, B = 3, 5
 
 
@@ -284,3 +291,17 @@ def test_no_savings_under_checkpoint_or_no_grad():
         torch.testing.assert_close(p.grad, off[name], rtol=1e-5, atol=1e-7)
     with torch.no_grad():
         assert not saving.active()
+
+
+def test_tensors_below_the_threshold_are_left_alone(monkeypatch):
+    """Below MIN_ELEMENTS nothing is marked, no recipe is attached and the norm runs as
+    self.bn: a small net saves exactly what it saves with the savings off."""
+    monkeypatch.setattr(saving, "MIN_ELEMENTS", 1 << 18)
+    small = torch.ones(4, 8, 16)  # 512 elements
+    assert not saving.is_binary(saving.mark_binary(small))
+    assert saving.recipe_of(saving.attach_recipe(small, torch.clone, small)) is None
+    norm = TdBatchNorm(16).train()
+    assert not norm._saves_less(small.reshape(32, 16, -1))
+    big = torch.ones(4, 64, 1024)  # exactly 2 ** 18
+    assert saving.is_binary(saving.mark_binary(big))
+    assert TdBatchNorm(64).train()._saves_less(big.reshape(256, 64, -1))

@@ -82,6 +82,7 @@ class TdBatchNorm(nn.Module):
         return (
             self.memory_saving
             and self.training
+            and saving.worth_it(x3)
             and saving.active()
             and type(bn) is nn.BatchNorm1d  # not SyncBatchNorm nor any other replacement
             and bn.training
