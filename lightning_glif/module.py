@@ -14,12 +14,12 @@ from pytorch_lightning import LightningModule
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from pytorch_lightning.trainer.states import TrainerFn
 from torch import nn
-from torchmetrics import MaxMetric, MetricCollection
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics import MaxMetric
 
 from lightning_glif import tags
 from lightning_glif.checkpoint_config import check_checkpoint_classes, stored_hyperparameters
 from lightning_glif.losses import MeanCrossEntropy, TemporalLoss
+from lightning_glif.metrics import EpochStats
 from lightning_glif.neurons.base import SpikingNeuron
 
 
@@ -140,9 +140,11 @@ class SpikingClassifier(LightningModule):
             # until the first forward.
             self.backbone.compile(fullgraph=True)
 
-        self.train_metrics = self._accuracy_metrics()
-        self.val_metrics = self._accuracy_metrics()
-        self.test_metrics = self._accuracy_metrics()
+        # Per stage: mean loss, top-1 and top-5 accuracy, summed on the device every step and
+        # reduced over the DDP ranks once, at the epoch's end.
+        self.train_stats = EpochStats(num_classes)
+        self.val_stats = EpochStats(num_classes)
+        self.test_stats = EpochStats(num_classes)
         self.val_acc_best = MaxMetric()
         # Saved with the weights, so a resumed run keeps its best validation accuracy.
         self.val_acc_best.persistent(True)
@@ -196,24 +198,28 @@ class SpikingClassifier(LightningModule):
             checkpoint_path, map_location, hparams_file, strict, weights_only, **kwargs
         )
 
-    def _accuracy_metrics(self) -> MetricCollection:
-        """Top-1 (``acc``) and, above 5 classes, top-5 (``acc_top5``) accuracy of one stage."""
-        metrics = {"acc": MulticlassAccuracy(self.num_classes, top_k=1, average="micro")}
-        if self.num_classes > 5:
-            metrics["acc_top5"] = MulticlassAccuracy(self.num_classes, top_k=5, average="micro")
-        return MetricCollection(metrics)
+    def _log_epoch(self, stage: str) -> dict[str, torch.Tensor]:
+        """Log the stage's loss and accuracies once, at the end of its epoch, and reset them;
+        returns them (empty for a stage that ran no batch).
 
-    def _log_accuracy(self, stage: str, metrics: MetricCollection, **kwargs: Any) -> None:
-        """Log the metric objects (Lightning computes and resets them per epoch) under their
-        tags. ``copy_state=False``: the members of a compute group share the leader's states, as
-        when Lightning logs a MetricCollection itself."""
-        named = metrics.items(keep_base=True, copy_state=False)
-        self.log_dict(
-            {tags.metric(stage, name): metric for name, metric in named},
-            on_step=False,
-            on_epoch=True,
-            **kwargs,
-        )
+        Why not ``self.log`` in every step: each call costs Lightning a walk over the logged
+        metric objects (``_ResultMetric.to``), about a millisecond a step for the three tags,
+        a visible share of the embedded runs (benchmarks/loop_overhead.py). The values are
+        already reduced over the DDP ranks (:meth:`EpochStats.compute`), the same on every rank:
+        ``sync_dist`` with ``reduce_fx="max"`` keeps them exactly (and keeps Lightning from
+        warning that an epoch-level value is not synced)."""
+        stats: EpochStats = getattr(self, f"{stage}_stats")
+        if not stats.update_called:
+            return {}
+        values = stats.compute()
+        stats.reset()
+        shown = {"train": ("loss",), "val": ("acc", "acc_top5")}.get(stage, ())  # progress bar
+        for name, value in values.items():
+            self.log(
+                tags.metric(stage, name), value, sync_dist=True, reduce_fx="max",
+                prog_bar=name in shown,
+            )  # fmt: skip
+        return values
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class logits averaged over time, ``[B, num_classes]``."""
@@ -257,33 +263,28 @@ class SpikingClassifier(LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         loss, logits, y = self._step(batch)
-        self.train_metrics.update(logits.detach(), y)
-        # Reduced over DDP ranks once per epoch (at the epoch's end, not every step).
-        self.log(
-            tags.metric("train", "loss"), loss, on_step=False, on_epoch=True, prog_bar=True,
-            sync_dist=True,
-        )  # fmt: skip
-        self._log_accuracy("train", self.train_metrics)
+        self.train_stats.update(loss, logits.detach(), y)
         return loss
 
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch("train")
+
     def validation_step(self, batch: Any, batch_idx: int) -> None:
-        loss, logits, y = self._step(batch)
-        self.val_metrics.update(logits, y)
-        self.log(tags.metric("val", "loss"), loss, on_step=False, on_epoch=True, sync_dist=True)
-        self._log_accuracy("val", self.val_metrics, prog_bar=True)
+        self.val_stats.update(*self._step(batch))
 
     def on_validation_epoch_end(self) -> None:
+        values = self._log_epoch("val")
         # The best of the training run: not the sanity check's untrained model, not `validate`.
-        if self.trainer.sanity_checking or self.trainer.state.fn != TrainerFn.FITTING:
-            return
-        self.val_acc_best.update(self.val_metrics["acc"].compute())
-        self.log(tags.best("val", "acc"), self.val_acc_best.compute(), prog_bar=True)
+        fitting = self.trainer.state.fn == TrainerFn.FITTING
+        if values and fitting and not self.trainer.sanity_checking:
+            self.val_acc_best.update(values["acc"])
+            self.log(tags.best("val", "acc"), self.val_acc_best.compute(), prog_bar=True)
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
-        loss, logits, y = self._step(batch)
-        self.test_metrics.update(logits, y)
-        self.log(tags.metric("test", "loss"), loss, on_step=False, on_epoch=True, sync_dist=True)
-        self._log_accuracy("test", self.test_metrics)
+        self.test_stats.update(*self._step(batch))
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch("test")
 
     def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         """Time-averaged logits ``[B, num_classes]`` of a batch ``x`` or ``(x, y)``."""

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from monitoring import last_scalar, read_events, tiny_fit
-from pytorch_lightning import LightningModule, Trainer
+from pytorch_lightning import Callback, LightningModule, Trainer
 from pytorch_lightning.loggers import TensorBoardLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -32,13 +32,15 @@ def fitted(tmp_path_factory):
     return cli, read_events(run_dir)
 
 
-def fit(tmp_path, model: LightningModule, monitor: GateMonitor, epochs: int = 2, channels=3):
+def fit(
+    tmp_path, model: LightningModule, monitor: GateMonitor, epochs: int = 2, channels=3, clock=None
+):
     """``trainer.fit`` of ``model`` on 4 samples of noise ``[4, T, channels]`` in batches of 2;
-    the run's events."""
+    the run's events. ``clock``: a :class:`_FakeClock` that also advances 1 s per epoch."""
     logger = TensorBoardLogger(tmp_path, name="run", version=0)
     trainer = Trainer(
         logger=logger,
-        callbacks=[monitor],
+        callbacks=[monitor] if clock is None else [_Epochs(clock), monitor],
         max_epochs=epochs,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -154,7 +156,7 @@ def test_std_equals_numpys_population_std_of_known_values(tmp_path):
         glif.alpha_latent.copy_(torch.tensor([logit(a) for a in alpha]))
         glif.conductance_latent.copy_(torch.tensor([[logit(g) for g in r] for r in conductance]))
     # lr = 0: the values logged at every step are the ones set above
-    monitor = GateMonitor(every_n_steps=1)
+    monitor = GateMonitor(every_n_steps=1, histogram_budget=None)
     events = fit(tmp_path, Chain(lr=0.0, glif=glif), monitor, epochs=1, channels=4)
     # by hand: mean 0.375, squared deviations .075625 + .030625 + .000625 + .180625 = .2875
     assert np.std(alpha) == pytest.approx(math.sqrt(0.2875 / 4), rel=1e-12)  # ddof=0
@@ -176,7 +178,8 @@ def test_std_equals_numpys_population_std_of_known_values(tmp_path):
 
 def test_gate_monitor_on_layer_wise_glif_and_gliff(tmp_path):
     model = Chain(glif=GLIF(3, T, granularity="layer", gamma=1.0), gliff=GLIFf(3, T))
-    events = fit(tmp_path, model, GateMonitor(every_n_steps=1, figure_every_n_epochs=0))
+    monitor = GateMonitor(every_n_steps=1, figure_every_n_epochs=0, histogram_budget=None)
+    events = fit(tmp_path, model, monitor)
     tags_ = events.Tags()
     assert "gates/gliff/alpha" not in tags_["histograms"]  # GLIF_f has no gates
     assert "membrane/gliff/tau" in tags_["histograms"]
@@ -222,7 +225,7 @@ class Resonator(SpikingNeuron):
 def test_lif_plif_and_any_spiking_neuron_are_logged(tmp_path):
     lif, plif = LIF(3, T, decay=0.25, v_threshold=0.75), PLIF(3, T, granularity="channel")
     model = Chain(lif=lif, resonator=Resonator(3, T), plif=plif)
-    monitor = GateMonitor(every_n_steps=1)
+    monitor = GateMonitor(every_n_steps=1, histogram_budget=None)
     events = fit(tmp_path, model, monitor)
     # LIF: fixed decay and threshold (scalars: std 0)
     for e in events.Scalars("membrane/lif/decay_mean"):
@@ -268,3 +271,60 @@ def test_evolution_panels_are_the_gates_of_the_data():
     assert titles == ["mean rho per epoch", "mean alpha per epoch"]
     legend = figure.axes[-1].get_legend()
     assert [t.get_text() for t in legend.get_texts()] == ["a", "c"]  # "b" has no gates
+
+
+class _FakeClock:
+    """0.05 s per reading (so a pair of images takes 0.05 s to draw) plus 1 s per epoch."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        self.now += 0.05
+        return self.now
+
+
+class _Epochs(Callback):
+    def __init__(self, clock: _FakeClock):
+        self.clock = clock
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.clock.now += 1.0
+
+
+def test_images_keep_to_their_time_budget(tmp_path):
+    """figure_every_n_epochs=None: images after the first epoch, then only once the time since
+    the last ones is at least their drawing time / figure_budget, and after the last epoch.
+    By hand with the fake clock (0.05 s to draw, budget 0.02: 2.5 s between images, epochs of
+    ~1.05 s): epochs 1, 4, 7 and the last, 8. The scalars and histograms are every step."""
+    clock = _FakeClock()
+    monitor = GateMonitor(every_n_steps=1, histogram_budget=None)
+    monitor.figure_timer.clock = clock
+    events = fit(tmp_path, Chain(glif=GLIF(3, T)), monitor, epochs=8, clock=clock)
+    for tag in (tags.GATE_EVOLUTION, tags.GATE_DISTRIBUTIONS):
+        assert [e.step // 2 for e in events.Images(tag)] == [1, 4, 7, 8]  # 2 steps per epoch
+    assert [e.step for e in events.Histograms("gates/glif/alpha")] == list(range(17))
+    assert monitor.figure_timer.cost == pytest.approx(0.05)
+
+
+def test_a_figure_budget_outside_0_1_is_refused():
+    with pytest.raises(ValueError, match="figure_budget"):
+        GateMonitor(figure_budget=0.0)
+    with pytest.raises(ValueError, match="figure_every_n_epochs"):
+        GateMonitor(figure_every_n_epochs=-1)
+
+
+def test_histograms_keep_to_their_time_budget(tmp_path):
+    """histogram_budget: a multiple of every_n_steps logs only once the time since the last
+    histograms is at least their cost / budget. Fake clock: 0.05 s per reading (a set of
+    histograms costs 0.05 s) and 1 s at each epoch's start (2 steps an epoch); budget 0.02 needs
+    2.5 s between them. The start (step 0, done at 0.10 s); step 5, the first step of the third
+    epoch (3.35 s: 3.25 s after); step 11 (6.75 s, 3.30 s after step 5's 3.45 s); the end
+    (step 16)."""
+    clock = _FakeClock()
+    monitor = GateMonitor(every_n_steps=1, figure_every_n_epochs=0)
+    monitor.histogram_timer.clock = clock
+    events = fit(tmp_path, Chain(glif=GLIF(3, T)), monitor, epochs=8, clock=clock)
+    steps = [e.step for e in events.Histograms("gates/glif/alpha")]
+    assert [e.step for e in events.Scalars("gates/glif/alpha_mean")] == steps
+    assert steps == [0, 5, 11, 16]

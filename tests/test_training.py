@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+import pytorch_lightning as pl
 import torch
 import yaml
 from pytorch_lightning import Trainer
@@ -237,6 +238,51 @@ def test_loss_is_cross_entropy_of_time_averaged_logits():
 
 # -- the CLI -------------------------------------------------------------------------------------
 @pytest.mark.slow
+class _StepRecorder(pl.Callback):
+    """Each training step's loss and batch size, and the weights after the last one."""
+
+    def __init__(self):
+        self.losses, self.sizes = [], []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.losses.append(outputs["loss"].item())
+        self.sizes.append(batch[1].shape[0])
+
+
+def test_epoch_metrics_are_the_batch_weighted_means_of_the_steps():
+    """The per-epoch values (logged once per epoch from metric states, not per step) against
+    values computed by hand: train/loss is the batch-size-weighted mean of the step losses,
+    val/loss, val/acc and val/acc_top5 those of a hand-run pass over the validation loader."""
+    torch.manual_seed(0)
+    dm = DigitsDataModule(batch_size=100)  # 1257 = 12 x 100 + 57: unequal batches
+    model = SpikingClassifier(SpikingConvNet(GLIF, channels=(4, 8)), num_classes=10)
+    recorder = _StepRecorder()
+    trainer = Trainer(
+        max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, callbacks=[recorder], num_sanity_val_steps=0,
+    )  # fmt: skip
+    trainer.fit(model, datamodule=dm)
+    metrics = trainer.callback_metrics
+    assert recorder.sizes[-1] == 57 and len(recorder.sizes) == 13
+    losses, sizes = np.array(recorder.losses), np.array(recorder.sizes)
+    assert metrics["train/loss"].item() == pytest.approx((losses * sizes).sum() / sizes.sum())
+
+    model.eval()
+    loss_sum, top1, top5, n = 0.0, 0, 0, 0
+    with torch.no_grad():
+        for x, y in dm.val_dataloader():
+            logits = model(x)
+            loss_sum += model.loss(model.per_step_logits(x), y).item() * len(y)
+            top1 += (logits.argmax(1) == y).sum().item()
+            top5 += (logits.topk(5, 1).indices == y[:, None]).any(1).sum().item()
+            n += len(y)
+    assert n == 270
+    assert metrics["val/loss"].item() == pytest.approx(loss_sum / n, rel=1e-5)
+    assert metrics["val/acc"].item() == pytest.approx(top1 / n)
+    assert metrics["val/acc_top5"].item() == pytest.approx(top5 / n)
+    assert metrics["val/acc_best"].item() == pytest.approx(top1 / n)
+
+
 def test_fit_test_predict_and_reload(tmp_path):
     cli = cli_main(["fit", *small_fit_args(tmp_path)])
     run = tmp_path / "digits" / "version_0"

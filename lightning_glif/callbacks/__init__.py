@@ -11,12 +11,14 @@ they logged. The CLI adds :class:`RunState` to every run.
 from lightning_glif.callbacks.finite import NonFiniteGuard, NonFiniteLossError
 from lightning_glif.callbacks.firing import FiringRateMonitor
 from lightning_glif.callbacks.gates import GateMonitor
+from lightning_glif.callbacks.last import LastCheckpoint
 from lightning_glif.callbacks.run_state import RunState
 from lightning_glif.callbacks.synops import SynapticOpsMonitor
 
 __all__ = [
     "FiringRateMonitor",
     "GateMonitor",
+    "LastCheckpoint",
     "NonFiniteGuard",
     "NonFiniteLossError",
     "RunState",

@@ -10,6 +10,7 @@ import torch
 from pytorch_lightning import Callback, LightningModule, Trainer
 
 from lightning_glif import tags
+from lightning_glif.callbacks.budget import TimeBudget
 from lightning_glif.callbacks.hooks import log_scalars
 from lightning_glif.callbacks.tensorboard import add_figure, summary_writer
 from lightning_glif.neurons import Observable, SpikingNeuron
@@ -24,10 +25,10 @@ class GateMonitor(Callback):
     values; LIF, PLIF: decay and threshold; a new neuron: whatever it reports there).
 
     Layers are every :class:`~lightning_glif.neurons.SpikingNeuron`, keyed by module name. At
-    the start of training, every ``every_n_steps`` optimizer steps and at the end of training,
-    on global rank 0 (the parameters are the same on every rank), at step
-    ``trainer.global_step``, for each observable ``<name>`` of group ``<group>`` (``gates`` or
-    ``membrane``; tags from :func:`lightning_glif.tags.observable`):
+    the start of training, every ``every_n_steps`` optimizer steps (as ``histogram_budget``
+    allows) and at the end of training, on global rank 0 (the parameters are the same on every
+    rank), at step ``trainer.global_step``, for each observable ``<name>`` of group ``<group>``
+    (``gates`` or ``membrane``; tags from :func:`lightning_glif.tags.observable`):
 
     - ``<group>/<layer>/<name>``: histogram over channels (e.g. ``gates/<layer>/alpha``);
     - ``<group>/<layer>/<name>_mean`` and ``<group>/<layer>/<name>_std``: the mean over
@@ -43,13 +44,18 @@ class GateMonitor(Callback):
     Images: ``gates/evolution`` (the mean of each ``gates`` observable per layer against the
     epochs so far, epoch 0 being the initial values) and ``gates/distributions`` (each gate's
     distribution over channels, one outline per layer: the paper's figure of bell-shaped gate
-    distributions; the membrane parameters' are in the histograms), every
-    ``figure_every_n_epochs`` epochs and after the last. The evolution is kept as one float per
-    gate per layer per epoch, saved in checkpoints so that a resumed run continues it.
+    distributions; the membrane parameters' are in the histograms), after the first epoch, then
+    within a time budget (below) or every ``figure_every_n_epochs`` epochs, and always after the
+    last. The evolution is kept as one float per gate per layer per epoch, saved in checkpoints
+    so that a resumed run continues it, so the last image shows the whole run.
 
-    Cost on a CPU core (benchmarks/callback_overhead.py): a set of histograms ~7 ms for two
-    GLIF layers, a pair of images ~0.1 s. Nothing next to a CIFAR epoch, but 15% of an epoch of
-    the default digits run (0.7 s), whose config therefore draws them only after the last epoch.
+    Why a budget: a pair of images costs about 0.2 s of matplotlib on a CPU core, nothing next to
+    a CIFAR epoch but more than a whole epoch of the embedded runs (0.15 s on row digits, where
+    drawing every epoch made the shipped run about 1.5x longer: benchmarks/loop_overhead.py).
+    With ``figure_every_n_epochs=None`` (the default) an epoch ends with new images only when
+    the wall time since the last ones is at least their measured drawing time divided by
+    ``figure_budget``: drawing then takes at most that share of the run (2%), and epochs of
+    ten seconds or more get images every epoch. The scalars and histograms are unaffected.
 
     Args:
         every_n_steps: log the histograms and scalars every this many optimizer steps
@@ -58,7 +64,15 @@ class GateMonitor(Callback):
         membrane: log the ``membrane`` observables too, not only the gates.
         figures: log the images at all.
         figure_every_n_epochs: draw the images every this many training epochs, and after the
-            last one (0: only after the last one).
+            last one (0: only after the last one); ``None``: after the first epoch, then as
+            ``figure_budget`` allows, and after the last.
+        figure_budget: with ``figure_every_n_epochs=None``, the largest share of the wall time
+            spent drawing the images (between 0 and 1).
+        histogram_budget: the largest share of the wall time spent writing the histograms and
+            scalars: a step that is a multiple of ``every_n_steps`` logs them only when the
+            time since the last ones allows it (:class:`~lightning_glif.callbacks.budget.
+            TimeBudget`); ``None``: every ``every_n_steps`` steps. The start and the end of
+            training are always logged.
     """
 
     def __init__(
@@ -67,18 +81,29 @@ class GateMonitor(Callback):
         bins: int = 30,
         membrane: bool = True,
         figures: bool = True,
-        figure_every_n_epochs: int = 1,
+        figure_every_n_epochs: int | None = None,
+        figure_budget: float = 0.02,
+        histogram_budget: float | None = 0.02,
     ) -> None:
-        if every_n_steps < 0 or bins < 1 or figure_every_n_epochs < 0:
+        every = 0 if figure_every_n_epochs is None else figure_every_n_epochs
+        budgets = (figure_budget, 1.0 if histogram_budget is None else histogram_budget)
+        if every_n_steps < 0 or bins < 1 or every < 0 or not all(0 < b <= 1 for b in budgets):
             raise ValueError(
-                "GateMonitor needs every_n_steps >= 0, bins >= 1 and figure_every_n_epochs >= 0, "
-                f"got {every_n_steps}, {bins} and {figure_every_n_epochs}."
+                "GateMonitor needs every_n_steps >= 0, bins >= 1, figure_every_n_epochs >= 0 "
+                "(or None) and 0 < figure_budget, histogram_budget <= 1, got "
+                f"{every_n_steps}, {bins}, {figure_every_n_epochs}, {figure_budget} and "
+                f"{histogram_budget}."
             )
         self.every_n_steps = every_n_steps
         self.bins = bins
         self.membrane = membrane
         self.figures = figures
         self.figure_every_n_epochs = figure_every_n_epochs
+        self.figure_budget = figure_budget
+        self.histogram_budget = histogram_budget
+        #: Pace the images and the histograms (a test sets their ``clock``).
+        self.figure_timer = TimeBudget(figure_budget)
+        self.histogram_timer = TimeBudget(histogram_budget or 1.0)
         self.epochs: list[int] = []
         self.means: dict[str, dict[str, list[float]]] = {}  # {layer: {gate: [mean per epoch]}}
         self.stds: dict[str, dict[str, list[float]]] = {}  # the same, across-channel std
@@ -110,7 +135,8 @@ class GateMonitor(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
         if self.every_n_steps and step % self.every_n_steps == 0 and step != self._last_step:
-            self._log(trainer)
+            if self.histogram_budget is None or self.histogram_timer.due():
+                self._log(trainer)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not trainer.is_global_zero or not self._layers:
@@ -118,9 +144,14 @@ class GateMonitor(Callback):
         epoch = trainer.current_epoch + 1
         snapshot = self.snapshot()
         self._record(epoch, snapshot)
-        n = self.figure_every_n_epochs
-        if self.figures and n and epoch % n == 0:
+        if self.figures and self._figures_due(epoch):
             self._log_figures(trainer, snapshot, epoch)
+
+    def _figures_due(self, epoch: int) -> bool:
+        n = self.figure_every_n_epochs
+        if n is not None:
+            return bool(n) and epoch % n == 0
+        return self.figure_timer.due()
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         snapshot = self._log(trainer)  # the final values
@@ -146,7 +177,8 @@ class GateMonitor(Callback):
         step = trainer.global_step
         if step != self._last_step:
             self._last_step = step
-            self._write(trainer, snapshot, step)
+            with self.histogram_timer.spend():
+                self._write(trainer, snapshot, step)
         return snapshot
 
     def _write(self, trainer: Trainer, snapshot: Snapshot, step: int) -> None:
@@ -194,13 +226,16 @@ class GateMonitor(Callback):
         writer = summary_writer(trainer, type(self).__name__)
         if writer is None:
             return
+        with self.figure_timer.spend():
+            self._draw(writer, trainer.global_step, snapshot)
+
+    def _draw(self, writer: Any, step: int, snapshot: Snapshot) -> None:
         from lightning_glif.callbacks.figures import (
             distribution_figure,
             evolution_figure,
             quantities,
         )
 
-        step = trainer.global_step
         if any(self.means.values()):
             evolution = evolution_figure(self.epochs, self.means, self.stds)
             add_figure(writer, tags.GATE_EVOLUTION, evolution, step)
