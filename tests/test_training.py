@@ -239,7 +239,7 @@ def test_loss_is_cross_entropy_of_time_averaged_logits():
 # -- the CLI -------------------------------------------------------------------------------------
 @pytest.mark.slow
 class _StepRecorder(pl.Callback):
-    """Each training step's loss and batch size, and the weights after the last one."""
+    """Each training step's loss and batch size."""
 
     def __init__(self):
         self.losses, self.sizes = [], []

@@ -98,11 +98,16 @@ def active() -> bool:
 # --- spikes as bits ----------------------------------------------------------------------------
 
 
+def markable(t: torch.Tensor) -> bool:
+    """Whether :func:`mark_binary` would mark ``t``: it is large enough and the savings are
+    :func:`active` (a caller checks this before a dearer test of its own)."""
+    return active() and worth_it(t)
+
+
 def mark_binary(t: torch.Tensor) -> torch.Tensor:
     """Mark ``t`` (returned as is) as exactly 0/1: only for tensors that are so by construction
-    (a neuron's spikes). No-op when the savings are not :func:`active` or ``t`` is smaller than
-    :data:`MIN_ELEMENTS`."""
-    if worth_it(t) and active():
+    (a neuron's spikes). No-op unless :func:`markable`."""
+    if markable(t):
         setattr(t, _BINARY, t._version)
     return t
 
@@ -195,7 +200,7 @@ def saved_as_recipe(target: torch.Tensor) -> contextlib.AbstractContextManager:
     """Context for one call that saves ``target``: if ``target`` carries a recipe, store that
     instead (its tensors are saved anyway), recomputed in the backward. A null context when it
     carries none or the savings are not :func:`active`."""
-    recipe = recipe_of(target) if active() else None
+    recipe = recipe_of(target) if active() else None  # active() first: nothing under compile
     if recipe is None:
         return contextlib.nullcontext()
     key, version = _key(target), target._version
@@ -259,6 +264,7 @@ __all__ = [
     "attach_recipe",
     "is_binary",
     "mark_binary",
+    "markable",
     "memory_saving",
     "pack_bits",
     "recipe_of",

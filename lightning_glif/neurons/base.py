@@ -173,7 +173,7 @@ class MembraneNeuron(SpikingNeuron, metaclass=ABCMeta):
             c = self.coefficients()
             with saving.saved_as_recipe(x):
                 spikes = membrane(x, c, self.surrogate, self.detach_reset, self.backend)
-        if saving.active() and self._spikes_are_binary(x, c):
+        if saving.markable(spikes) and self._spikes_are_binary(x, c):
             saving.mark_binary(spikes)
         return spikes
 
