@@ -83,6 +83,7 @@ from lightning_glif.config_links import (
 )
 from lightning_glif.locks import DirectoryLock, DirectoryLocked
 from lightning_glif.module import SpikingClassifier
+from lightning_glif.profiling import with_no_op_profiler
 
 log = logging.getLogger(__name__)
 #: Model options that change how a model runs, not what it is: a checkpoint's stored value
@@ -339,8 +340,10 @@ class GLIFCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any):
         # Checkpoints saved atomically in their own directory, unreadable ones reported by name
         # (lightning_glif.checkpoint_io), unless the config names another CheckpointIO plugin.
+        # Lightning's default profiler without its cost per hook call (lightning_glif.profiling).
         plugins = self._get(self.config_init, "trainer", default={}).get("plugins")
-        return super().instantiate_trainer(**kwargs, plugins=with_atomic_checkpoint_io(plugins))
+        trainer = super().instantiate_trainer(**kwargs, plugins=with_atomic_checkpoint_io(plugins))
+        return with_no_op_profiler(trainer)
 
     def _check_checkpoint_classes(self, checkpoint: dict[str, Any] | None) -> dict[str, Any] | None:
         """Before LightningCLI merges a checkpoint's stored model config (``_parse_ckpt_path``,

@@ -14,6 +14,7 @@ trainer:
       init_args:
         every_n_steps: 2
         histogram_budget: null  # every 2 steps, whatever they cost (the tests count them)
+        figure_every_n_epochs: 1  # images every epoch, whatever they cost (likewise)
     - class_path: lightning_glif.callbacks.FiringRateMonitor
     - class_path: lightning_glif.callbacks.SynapticOpsMonitor
 """

@@ -225,7 +225,7 @@ class Resonator(SpikingNeuron):
 def test_lif_plif_and_any_spiking_neuron_are_logged(tmp_path):
     lif, plif = LIF(3, T, decay=0.25, v_threshold=0.75), PLIF(3, T, granularity="channel")
     model = Chain(lif=lif, resonator=Resonator(3, T), plif=plif)
-    monitor = GateMonitor(every_n_steps=1, histogram_budget=None)
+    monitor = GateMonitor(every_n_steps=1, histogram_budget=None, figure_every_n_epochs=1)
     events = fit(tmp_path, model, monitor)
     # LIF: fixed decay and threshold (scalars: std 0)
     for e in events.Scalars("membrane/lif/decay_mean"):
@@ -293,18 +293,36 @@ class _Epochs(Callback):
 
 
 def test_images_keep_to_their_time_budget(tmp_path):
-    """figure_every_n_epochs=None: images after the first epoch, then only once the time since
-    the last ones is at least their drawing time / figure_budget, and after the last epoch.
-    By hand with the fake clock (0.05 s to draw, budget 0.02: 2.5 s between images, epochs of
-    ~1.05 s): epochs 1, 4, 7 and the last, 8. The scalars and histograms are every step."""
+    """figure_every_n_epochs=None: images once the time since the last ones (or since the start)
+    is at least their drawing time / figure_budget, the first time twice that (the last images
+    are held in reserve), and after the last epoch. By hand with the fake clock (0.05 s per
+    reading: a pair of images takes 0.05 s to draw, also taken as their cost before the first;
+    1 s per epoch) and budget 0.02: the first images need 5 s since the start (read at 0.05 s),
+    first met at the end of epoch 5 (5.30 s); then 2.5 s since the last ones: epochs 8 (3.15 s
+    after the images of epoch 5 ended at 5.40 s) and 11; the last epoch, 12, at the end. The
+    scalars and histograms are every step."""
     clock = _FakeClock()
     monitor = GateMonitor(every_n_steps=1, histogram_budget=None)
     monitor.figure_timer.clock = clock
-    events = fit(tmp_path, Chain(glif=GLIF(3, T)), monitor, epochs=8, clock=clock)
+    monitor.figure_timer.prior = 0.05
+    events = fit(tmp_path, Chain(glif=GLIF(3, T)), monitor, epochs=12, clock=clock)
     for tag in (tags.GATE_EVOLUTION, tags.GATE_DISTRIBUTIONS):
-        assert [e.step // 2 for e in events.Images(tag)] == [1, 4, 7, 8]  # 2 steps per epoch
-    assert [e.step for e in events.Histograms("gates/glif/alpha")] == list(range(17))
+        assert [e.step // 2 for e in events.Images(tag)] == [5, 8, 11, 12]  # 2 steps per epoch
+    assert [e.step for e in events.Histograms("gates/glif/alpha")] == list(range(25))
     assert monitor.figure_timer.cost == pytest.approx(0.05)
+
+
+def test_a_run_shorter_than_the_budget_allows_gets_its_images_at_the_end(tmp_path):
+    """With the default cost taken before the first images (GateMonitor.FIGURE_COST, 0.2 s) and
+    budget 0.02, the first images need 20 s: 8 fake epochs of 1 s get theirs after the last."""
+    clock = _FakeClock()
+    monitor = GateMonitor(every_n_steps=0)
+    monitor.figure_timer.clock = clock
+    assert monitor.figure_timer.prior == GateMonitor.FIGURE_COST == 0.2
+    events = fit(tmp_path, Chain(glif=GLIF(3, T)), monitor, epochs=8, clock=clock)
+    assert [e.step for e in events.Images(tags.GATE_EVOLUTION)] == [16]
+    assert [e.step for e in events.Images(tags.GATE_DISTRIBUTIONS)] == [16]
+    assert monitor.epochs == list(range(9))  # the evolution still has every epoch
 
 
 def test_a_figure_budget_outside_0_1_is_refused():
@@ -316,15 +334,16 @@ def test_a_figure_budget_outside_0_1_is_refused():
 
 def test_histograms_keep_to_their_time_budget(tmp_path):
     """histogram_budget: a multiple of every_n_steps logs only once the time since the last
-    histograms is at least their cost / budget. Fake clock: 0.05 s per reading (a set of
-    histograms costs 0.05 s) and 1 s at each epoch's start (2 steps an epoch); budget 0.02 needs
-    2.5 s between them. The start (step 0, done at 0.10 s); step 5, the first step of the third
-    epoch (3.35 s: 3.25 s after); step 11 (6.75 s, 3.30 s after step 5's 3.45 s); the end
-    (step 16)."""
+    histograms is at least their cost / budget, the first time after the start's histograms
+    three times that (those of the start and of the end are held in reserve). Fake clock: 0.05 s
+    per reading (a set of histograms costs 0.05 s) and 1 s at each epoch's start (2 steps an
+    epoch); budget 0.02. The start (step 0, ends at 0.15 s); the first paced set needs
+    3 x 0.05 / 0.02 = 7.5 s since: step 13, read at 7.80 s; then 2.5 s: none before the end
+    (step 16, always)."""
     clock = _FakeClock()
     monitor = GateMonitor(every_n_steps=1, figure_every_n_epochs=0)
     monitor.histogram_timer.clock = clock
     events = fit(tmp_path, Chain(glif=GLIF(3, T)), monitor, epochs=8, clock=clock)
     steps = [e.step for e in events.Histograms("gates/glif/alpha")]
     assert [e.step for e in events.Scalars("gates/glif/alpha_mean")] == steps
-    assert steps == [0, 5, 11, 16]
+    assert steps == [0, 13, 16]

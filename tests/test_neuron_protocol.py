@@ -247,3 +247,46 @@ def test_builtin_neurons_meet_the_observable_shapes(make):
     for name, obs in m.observables().items():
         allowed = ((T,), (T, 4)) if obs.per_step else ((), (4,))
         assert tuple(obs.value.shape) in allowed, (name, obs.value.shape)
+
+
+# -- the fused check of the gradients ------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_all_finite_leaves_every_value_and_finds_each_kind_of_non_finite(dtype):
+    from lightning_glif.callbacks.finite import all_finite
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(37, generator=g).to(dtype)
+    a[:3] = torch.tensor([-0.0, 0.0, 1e-30]).to(dtype)  # signed zero, a tiny (or flushed) value
+    b = torch.randn(3, 5, generator=g, dtype=torch.float64)  # another dtype: another group
+    before = (a.clone(), b.clone())
+    assert all_finite([a, None, b]) is True
+    assert torch.equal(a, before[0]) and torch.equal(b, before[1])
+    assert torch.signbit(a[0])  # x * 1.0 kept the sign of -0.0
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        c = a.clone()
+        c[20] = bad
+        assert all_finite([b, c]) is False
+        assert all_finite([c[:20]]) is True  # the rest of it
+    assert all_finite([]) is True
+    assert all_finite([torch.tensor([1, 2])]) is True  # integer tensors: checked as they are
+    sparse = torch.sparse_coo_tensor([[0, 2]], [1.0, float("nan")], (4,))
+    assert all_finite([sparse]) is False
+
+
+def test_the_guard_stops_at_a_nan_gradient_of_a_parameter_listed_at_train_start():
+    from lightning_glif.callbacks.finite import NonFiniteGuard
+
+    model = Net(LIF(2, T))
+    x, y = batch()
+    guard = NonFiniteGuard()
+    guard.on_train_start(fake_trainer(), model)
+    assert guard._params == list(model.parameters())
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    trainer = SimpleNamespace(**vars(fake_trainer()), precision="32-true")
+    guard.on_train_batch_start(trainer, model, (x, y), 0)
+    guard.on_before_optimizer_step(trainer, model, None)  # all finite: nothing happens
+    name, p = list(model.named_parameters())[-1]
+    p.grad.view(-1)[0] = float("nan")
+    with pytest.raises(NonFiniteLossError, match=rf"non-finite gradient \(first: {name}\)"):
+        guard.on_before_optimizer_step(trainer, model, None)

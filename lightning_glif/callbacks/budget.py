@@ -18,31 +18,62 @@ from contextlib import contextmanager
 class TimeBudget:
     """Paces one kind of periodic work to at most ``share`` of the wall time.
 
-    :meth:`due` is true before the work was ever done (that first time measures its cost), and
-    afterwards when ``(now - end of the last time) * share >= its cost``. Wrap the work in
-    :meth:`spend` to measure it.
+    :meth:`due` is true when ``(now - since) * share >= cost``, where ``since`` is the end of the
+    last work (or :meth:`start`) and ``cost`` what the last work took (wrap the work in
+    :meth:`spend` to measure it). Before the first measurement ``cost`` is ``prior``; with no
+    prior, or before both :meth:`start` and any work, it is due at once (that work measures it).
+
+    ``reserve``: costs held back for work done anyway at the end (the last epoch's images or
+    checkpoint): the first time it is due after :meth:`start` needs ``(1 + reserve) * cost``,
+    so that what is paced plus the ``reserve`` final works stay within ``share`` of the run.
 
     Attributes:
         clock: seconds, ``time.perf_counter`` (a test sets a fake one).
         cost: seconds the last work took (``None`` before the first).
     """
 
-    def __init__(self, share: float, clock: Callable[[], float] = time.perf_counter) -> None:
+    def __init__(
+        self,
+        share: float,
+        clock: Callable[[], float] = time.perf_counter,
+        prior: float | None = None,
+        reserve: int = 0,
+    ) -> None:
         if not 0 < share <= 1:
             raise ValueError(f"a time budget's share must be in (0, 1], got {share}.")
+        if reserve < 0 or (prior is not None and prior < 0):
+            raise ValueError(f"a time budget needs reserve >= 0 and prior >= 0, got {reserve}, "
+                             f"{prior}.")  # fmt: skip
         self.share = share
         self.clock = clock
+        self.prior = prior
+        self.reserve = reserve
         self.cost: float | None = None
-        self._done = 0.0
+        self._since: float | None = None
+        self._held = reserve
+
+    def start(self) -> None:
+        """The paced period begins now (a run's start): hold back ``reserve`` costs again."""
+        self._since = self.clock()
+        self._held = self.reserve
+
+    def restart(self) -> None:
+        """The work is done, at a cost that is no measure of it (a checkpoint linked, not
+        written): the time since restarts now, the cost stays as it was."""
+        self._since = self.clock()
 
     def due(self) -> bool:
-        if self.cost is None:
+        cost = self.prior if self.cost is None else self.cost
+        if cost is None or self._since is None:
             return True
-        return (self.clock() - self._done) * self.share >= self.cost
+        if (self.clock() - self._since) * self.share < cost * (1 + self._held):
+            return False
+        self._held = 0
+        return True
 
     @contextmanager
     def spend(self) -> Iterator[None]:
         start = self.clock()
         yield
-        self._done = self.clock()
-        self.cost = self._done - start
+        self._since = self.clock()
+        self.cost = self._since - start

@@ -20,10 +20,11 @@ class FiringRateMonitor(ForwardHookMonitor):
     """Per-layer firing statistics of every :class:`SpikingNeuron`, logged once per epoch.
 
     A forward hook on each neuron (found by type, keyed by its module name) sums its spikes
-    ``[T, B, C, ...]`` over every dim but the channel dim 2, into a per-channel int64 counter on
-    the device; the element count per channel (``T * B * H * W``) is a Python int. Memory is two
-    numbers per channel per monitored stage, reset every epoch. At the end of each epoch the
-    counts are summed over the DDP ranks (one all-reduce), so the figures rank 0 logs are global:
+    ``[T, B, C, ...]`` over every dim but the channel dim 2, into a per-channel float64 counter
+    on the device (exact to 2**53 spikes); the element count per channel (``T * B * H * W``) is
+    a Python int. Memory is one number per channel per monitored stage, reset every epoch. At the
+    end of each epoch the counts are summed over the DDP ranks (one all-reduce), so the figures
+    rank 0 logs are global:
 
     - ``spikes/<stage>/<layer>/rate``: spikes / (neurons x steps x samples) of the layer (scalar);
     - ``spikes/<stage>/<layer>/channel_rate``: histogram of the per-channel rates over [0, 1];
@@ -36,7 +37,7 @@ class FiringRateMonitor(ForwardHookMonitor):
     scalars of a stage's latest epoch are also in ``last[stage]``
     (:class:`~lightning_glif.callbacks.hooks.ForwardHookMonitor`). Under bf16/fp16 autocast the
     spikes are summed in float32 (exact while one forward call gives a channel fewer than 2**24
-    spikes) and accumulated in int64, so the counts stay exact.
+    spikes) and accumulated in float64, so the counts stay exact.
 
     Args:
         stages: the loops to monitor.
@@ -57,6 +58,7 @@ class FiringRateMonitor(ForwardHookMonitor):
         self.histograms = histograms
         self._spikes: dict[str, dict[str, torch.Tensor]] = {}
         self._elements: dict[str, dict[str, int]] = {}
+        self._traced: dict[str, dict[str, torch.Tensor]] = {}  # elements counted under compile
         self._layers: dict[str, SpikingNeuron] = {}
 
     def select(self, pl_module: LightningModule) -> dict[str, nn.Module]:
@@ -65,13 +67,17 @@ class FiringRateMonitor(ForwardHookMonitor):
 
     def reset(self, stage: str, pl_module: LightningModule) -> None:
         device = pl_module.device
+        # float64 counters: exact up to 2**53 spikes per channel, and one in-place add per call
+        # (an int64 counter needs a cast first; each op's fixed cost is what a small layer pays).
         self._spikes[stage] = {
-            n: torch.zeros(m.num_features, dtype=torch.int64, device=device)
+            n: torch.zeros(m.num_features, dtype=torch.float64, device=device)
             for n, m in self._layers.items()
         }
-        # Tensors, not Python ints: under torch.compile the hooks are traced into the graph, and
-        # a Python number read there is a guard (a recompile every step).
-        self._elements[stage] = {
+        # Elements per channel: a Python int, but a tensor under torch.compile, where the hooks
+        # are traced into the graph and a Python number read there is a guard (a recompile per
+        # step).
+        self._elements[stage] = dict.fromkeys(self._layers, 0)
+        self._traced[stage] = {
             n: torch.zeros((), dtype=torch.int64, device=device) for n in self._layers
         }
 
@@ -80,50 +86,52 @@ class FiringRateMonitor(ForwardHookMonitor):
     ) -> None:
         spikes = output.detach()
         # [T, B, C] -> [T * B, C]: one reduction; [T, B, C, ...] -> [T * B, C, S]: two contiguous
-        # reductions, faster than one over dims (0, 2) on the CPU. As few ops as possible: on
-        # small layers each op's fixed cost is what a step pays. Whole numbers below 2**24 are
-        # exact in float32, so the cast to int64 loses nothing.
+        # reductions, faster than one over dims (0, 2) on the CPU. Whole numbers below 2**24 are
+        # exact in float32 (the sum of one call), and in the float64 counter below 2**53.
         t, b, c = spikes.shape[:3]
         if spikes.dim() == 3:
             per_channel = spikes.reshape(t * b, c).sum(0, dtype=torch.float32)
         else:
             per_channel = spikes.reshape(t * b, c, -1).sum(2, dtype=torch.float32).sum(0)
-        self._spikes[stage][name].add_(per_channel.to(torch.int64))
-        self._elements[stage][name].add_(spikes.numel() // c)
+        self._spikes[stage][name].add_(per_channel)
+        if torch.compiler.is_compiling():
+            self._traced[stage][name].add_(spikes.numel() // c)
+        else:
+            self._elements[stage][name] += spikes.numel() // c
 
     def report(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         names = list(self._layers)
         if not names:
             return
         spikes = self._spikes[stage]
-        elements = torch.stack([self._elements[stage][n] for n in names])
+        eager = [float(self._elements[stage][n]) for n in names]
+        elements = torch.stack([self._traced[stage][n] for n in names]).double()
+        elements += torch.tensor(eager, dtype=torch.float64, device=elements.device)
         total = self.all_sum(trainer, torch.cat([*(spikes[n] for n in names), elements]))
         if not trainer.is_global_zero:
             return
-        total = total.cpu()
+        total = total.cpu().numpy()
         sizes = [spikes[n].numel() for n in names]
-        per_layer = torch.split(total[: sum(sizes)], sizes)
+        per_layer = np.split(total[: sum(sizes)], np.cumsum(sizes)[:-1])
         elements = total[sum(sizes) :].tolist()
 
         step = trainer.global_step
         writer = summary_writer(trainer, type(self).__name__) if self.histograms else None
         edges = np.linspace(0.0, 1.0, self.bins + 1)
         scalars: dict[str, float] = {}
-        all_spikes = all_elements = 0
+        all_spikes = all_elements = 0.0
         for name, counts, per_channel in zip(names, per_layer, elements, strict=True):
             if per_channel == 0:  # the layer did not run in this stage
                 continue
-            rate = counts.sum().item() / (per_channel * counts.numel())
-            scalars[tags.firing(stage, "rate", name)] = rate
-            scalars[tags.firing(stage, "dead", name)] = (counts == 0).double().mean().item()
-            saturated = (counts == per_channel).double().mean().item()
-            scalars[tags.firing(stage, "saturated", name)] = saturated
-            all_spikes += counts.sum().item()
-            all_elements += per_channel * counts.numel()
+            fired = float(counts.sum())
+            scalars[tags.firing(stage, "rate", name)] = fired / (per_channel * counts.size)
+            scalars[tags.firing(stage, "dead", name)] = float(np.mean(counts == 0))
+            scalars[tags.firing(stage, "saturated", name)] = float(np.mean(counts == per_channel))
+            all_spikes += fired
+            all_elements += per_channel * counts.size
             if writer is not None:
-                rates = counts.double().numpy() / per_channel
                 tag = tags.firing(stage, "channel_rate", name)
-                writer.add_histogram(tag, rates, step, bins=edges)
+                writer.add_histogram(tag, counts / per_channel, step, bins=edges)
         if all_elements:
             scalars[tags.firing(stage)] = all_spikes / all_elements
             self.publish(trainer, stage, scalars)
