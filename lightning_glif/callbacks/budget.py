@@ -42,8 +42,9 @@ class TimeBudget:
         if not 0 < share <= 1:
             raise ValueError(f"a time budget's share must be in (0, 1], got {share}.")
         if reserve < 0 or (prior is not None and prior < 0):
-            raise ValueError(f"a time budget needs reserve >= 0 and prior >= 0, got {reserve}, "
-                             f"{prior}.")  # fmt: skip
+            raise ValueError(
+                f"a time budget needs reserve >= 0 and prior >= 0, got {reserve} and {prior}."
+            )
         self.share = share
         self.clock = clock
         self.prior = prior

@@ -85,17 +85,24 @@ class LastCheckpoint(ModelCheckpoint):
             state["best_model_path"] = self.format_checkpoint_name({})
         return state
 
+    def _saved_here(self, trainer: Trainer) -> list[ModelCheckpoint]:
+        """The other ModelCheckpoints that wrote at this step (an epoch that is kept)."""
+        return [
+            cb
+            for cb in trainer.checkpoint_callbacks
+            if cb is not self
+            and isinstance(cb, ModelCheckpoint)
+            and cb._last_global_step_saved == trainer.global_step
+        ]
+
     def _written_here(self, trainer: Trainer) -> str | None:
         """The local path another ModelCheckpoint wrote at this step at the end of this epoch
         (the same state as this callback's would be), or ``None``."""
-        for cb in trainer.checkpoint_callbacks:
-            if cb is self or not isinstance(cb, ModelCheckpoint):
-                continue
+        for cb in self._saved_here(trainer):
             path = str(getattr(cb, "_last_checkpoint_saved", "") or "")
             if (
                 path
                 and "://" not in path
-                and cb._last_global_step_saved == trainer.global_step
                 and cb.save_weights_only == self.save_weights_only
                 and cb._should_save_on_train_epoch_end(trainer)
             ):
@@ -110,11 +117,7 @@ class LastCheckpoint(ModelCheckpoint):
         return bool(trainer.strategy.broadcast(done))
 
     def _due(self, trainer: Trainer) -> bool:
-        kept = any(
-            cb is not self and cb._last_global_step_saved == trainer.global_step
-            for cb in trainer.checkpoint_callbacks
-            if isinstance(cb, ModelCheckpoint)
-        )
+        kept = bool(self._saved_here(trainer))
         return kept or self._final_epoch(trainer) or self.timer.due()
 
     @staticmethod
