@@ -81,9 +81,10 @@ from lightning_glif.config_links import (
     reset_carried_options,
     signature_parameters,
 )
+from lightning_glif.heap import frozen_heap
 from lightning_glif.locks import DirectoryLock, DirectoryLocked
 from lightning_glif.module import SpikingClassifier
-from lightning_glif.profiling import with_no_op_profiler
+from lightning_glif.profiling import skip_empty_batch_hooks, with_no_op_profiler
 
 log = logging.getLogger(__name__)
 #: Model options that change how a model runs, not what it is: a checkpoint's stored value
@@ -286,7 +287,8 @@ class GLIFCLI(LightningCLI):
     def _run_subcommand(self, subcommand: str) -> None:
         if self._authors_checkpoint is not None:
             self._use_authors_checkpoint(self.config_init[subcommand])
-        super()._run_subcommand(subcommand)
+        with frozen_heap():  # full collections walk only what the run allocates
+            super()._run_subcommand(subcommand)
 
     def _use_authors_checkpoint(self, config: Namespace) -> None:
         """validate/test/predict: convert the authors' file into a Lightning checkpoint in the
@@ -340,10 +342,11 @@ class GLIFCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any):
         # Checkpoints saved atomically in their own directory, unreadable ones reported by name
         # (lightning_glif.checkpoint_io), unless the config names another CheckpointIO plugin.
-        # Lightning's default profiler without its cost per hook call (lightning_glif.profiling).
+        # Lightning's default profiler without its cost per hook call, and no call to the empty
+        # per-batch hooks of the callbacks (lightning_glif.profiling).
         plugins = self._get(self.config_init, "trainer", default={}).get("plugins")
         trainer = super().instantiate_trainer(**kwargs, plugins=with_atomic_checkpoint_io(plugins))
-        return with_no_op_profiler(trainer)
+        return skip_empty_batch_hooks(with_no_op_profiler(trainer))
 
     def _check_checkpoint_classes(self, checkpoint: dict[str, Any] | None) -> dict[str, Any] | None:
         """Before LightningCLI merges a checkpoint's stored model config (``_parse_ckpt_path``,

@@ -302,7 +302,7 @@ def test_images_keep_to_their_time_budget(tmp_path):
     after the images of epoch 5 ended at 5.40 s) and 11; the last epoch, 12, at the end. The
     scalars and histograms are every step."""
     clock = _FakeClock()
-    monitor = GateMonitor(every_n_steps=1, histogram_budget=None)
+    monitor = GateMonitor(every_n_steps=1, histogram_budget=None, figure_budget=0.02)
     monitor.figure_timer.clock = clock
     monitor.figure_timer.prior = 0.05
     events = fit(tmp_path, Chain(glif=GLIF(3, T)), monitor, epochs=12, clock=clock)
@@ -314,11 +314,13 @@ def test_images_keep_to_their_time_budget(tmp_path):
 
 def test_a_run_shorter_than_the_budget_allows_gets_its_images_at_the_end(tmp_path):
     """With the default cost taken before the first images (GateMonitor.FIGURE_COST, 0.2 s) and
-    budget 0.02, the first images need 20 s: 8 fake epochs of 1 s get theirs after the last."""
+    the default budget, 0.01, the first images need 40 s: 8 fake epochs of 1 s get theirs after
+    the last."""
     clock = _FakeClock()
     monitor = GateMonitor(every_n_steps=0)
     monitor.figure_timer.clock = clock
     assert monitor.figure_timer.prior == GateMonitor.FIGURE_COST == 0.2
+    assert monitor.figure_budget == 0.01
     events = fit(tmp_path, Chain(glif=GLIF(3, T)), monitor, epochs=8, clock=clock)
     assert [e.step for e in events.Images(tags.GATE_EVOLUTION)] == [16]
     assert [e.step for e in events.Images(tags.GATE_DISTRIBUTIONS)] == [16]
@@ -341,7 +343,7 @@ def test_histograms_keep_to_their_time_budget(tmp_path):
     3 x 0.05 / 0.02 = 7.5 s since: step 13, read at 7.80 s; then 2.5 s: none before the end
     (step 16, always)."""
     clock = _FakeClock()
-    monitor = GateMonitor(every_n_steps=1, figure_every_n_epochs=0)
+    monitor = GateMonitor(every_n_steps=1, figure_every_n_epochs=0, histogram_budget=0.02)
     monitor.histogram_timer.clock = clock
     events = fit(tmp_path, Chain(glif=GLIF(3, T)), monitor, epochs=8, clock=clock)
     steps = [e.step for e in events.Histograms("gates/glif/alpha")]

@@ -1,4 +1,5 @@
-"""The CLI's default profiler: Lightning's pass-through one without a context manager per call."""
+"""Lightning's cost per hook call taken off: the CLI's default profiler (Lightning's pass-through
+one without a context manager per call) and the callbacks' empty per-batch hooks never called."""
 
 from __future__ import annotations
 
@@ -6,10 +7,16 @@ import tempfile
 
 import pytest
 from pytorch_lightning import Callback, Trainer
+from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.profilers import PassThroughProfiler, SimpleProfiler
 
 from lightning_glif.cli import cli_main
-from lightning_glif.profiling import NoOpProfiler, with_no_op_profiler
+from lightning_glif.profiling import (
+    BATCH_HOOKS,
+    NoOpProfiler,
+    skip_empty_batch_hooks,
+    with_no_op_profiler,
+)
 
 
 def test_the_cli_swaps_only_lightnings_default_profiler():
@@ -32,14 +39,29 @@ def test_its_profile_is_one_shared_context_that_lets_errors_through():
 class Count(Callback):
     def __init__(self):
         self.steps = 0
+        self.epochs = 0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self.steps += 1
 
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.epochs += 1
+
+
+class CountBackward(Count):
+    """Defines one more per-batch hook than its base; inherits ``on_train_batch_end``."""
+
+    def __init__(self):
+        super().__init__()
+        self.backwards = 0
+
+    def on_before_backward(self, trainer, pl_module, loss):
+        self.backwards += 1
+
 
 def test_a_fit_with_it_calls_every_hook():
     """Two epochs of 3 batches through the CLI: each batch's hook ran, as with Lightning's own."""
-    count = Count()
+    count, backward = Count(), CountBackward()
     with tempfile.TemporaryDirectory() as root:
         cli = cli_main(
             ["fit", "--trainer.default_root_dir", root, "--trainer.max_epochs", "2",
@@ -47,10 +69,29 @@ def test_a_fit_with_it_calls_every_hook():
              "--trainer.logger", "false", "--trainer.enable_checkpointing", "false",
              "--trainer.enable_progress_bar", "false", "--trainer.callbacks", "[]",
              "--model.backbone.init_args.channels", "[4, 8]"],
-            callbacks=[count],
+            callbacks=[count, backward],
         )  # fmt: skip
     assert type(cli.trainer.profiler) is NoOpProfiler
-    assert count.steps == 6 and cli.trainer.global_step == 6
+    assert count.steps == 6 and cli.trainer.global_step == 6 and count.epochs == 2
+    assert backward.steps == backward.backwards == 6 and backward.epochs == 2
+    # The empty per-batch hooks were set aside (never called), the defined ones kept.
+    assert count.on_before_backward is None and count.on_validation_batch_end is None
+    assert backward.on_before_backward.__func__ is CountBackward.on_before_backward
+    assert count.on_train_batch_end.__func__ is Count.on_train_batch_end
+
+
+def test_only_the_empty_per_batch_hooks_are_set_aside():
+    """A hook is set to None only where the callback's class inherits it from Callback: a
+    Lightning callback's own hooks and every once-per-epoch or stage hook are kept."""
+    plain, checkpoint = Callback(), ModelCheckpoint()
+    trainer = Trainer(logger=False, enable_progress_bar=False, callbacks=[plain, checkpoint])
+    skip_empty_batch_hooks(trainer)
+    assert all(getattr(plain, name) is None for name in BATCH_HOOKS)
+    assert plain.on_train_epoch_end.__func__ is Callback.on_train_epoch_end  # per epoch: kept
+    assert plain.on_save_checkpoint.__func__ is Callback.on_save_checkpoint  # called directly
+    kept = {n for n in BATCH_HOOKS if getattr(checkpoint, n) is not None}
+    assert kept == {"on_train_batch_end"}  # the one ModelCheckpoint defines
+    assert Callback().on_train_batch_end.__func__ is Callback.on_train_batch_end  # class untouched
 
 
 def test_a_trainer_built_by_hand_gets_it_only_in_place_of_the_default():

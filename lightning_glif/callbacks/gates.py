@@ -57,9 +57,9 @@ class GateMonitor(Callback):
     drawing time divided by ``figure_budget``, the first time twice that, to keep the time of
     the last images in hand (:class:`~lightning_glif.callbacks.budget.TimeBudget`; before the
     first drawing its time is taken as :attr:`FIGURE_COST` = 0.2 s). Drawing, the last images
-    included, then takes at most that share of the run (2%): a run of under 20 s gets its
-    images at the end only, epochs of ten seconds or more get them every epoch from the
-    second. The histograms and scalars keep to ``histogram_budget`` the same way, the ones at
+    included, then takes at most that share of the run (1%): a run of under 40 s gets its
+    images at the end only, epochs of 20 s or more get them every epoch from the second. The
+    histograms and scalars keep to ``histogram_budget`` the same way, the ones at
     the start and at the end included.
 
     Args:
@@ -91,8 +91,8 @@ class GateMonitor(Callback):
         membrane: bool = True,
         figures: bool = True,
         figure_every_n_epochs: int | None = None,
-        figure_budget: float = 0.02,
-        histogram_budget: float | None = 0.02,
+        figure_budget: float = 0.01,
+        histogram_budget: float | None = 0.01,
     ) -> None:
         every = 0 if figure_every_n_epochs is None else figure_every_n_epochs
         budgets = (figure_budget, 1.0 if histogram_budget is None else histogram_budget)

@@ -9,17 +9,23 @@ from typing import Any, Literal
 
 import torch
 from pytorch_lightning import Callback, LightningModule, Trainer
+from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities.data import extract_batch_size
 from torch import nn
+
+from lightning_glif.callbacks.tensorboard import add_scalars_event
 
 Stage = Literal["train", "val", "test"]
 STAGES: tuple[str, ...] = ("train", "val", "test")
 
 
 def log_scalars(trainer: Trainer, metrics: dict[str, float], step: int) -> None:
-    """Send scalars to every logger of the trainer (TensorBoard, CSV, ...) at ``step``."""
+    """Send scalars to every logger of the trainer (TensorBoard, CSV, ...) at ``step``; to a
+    TensorBoardLogger as one event (:func:`~lightning_glif.callbacks.tensorboard.
+    add_scalars_event`). Call it on global rank 0 only, as loggers write there."""
     for logger in trainer.loggers:
-        logger.log_metrics(metrics, step)
+        if not (isinstance(logger, TensorBoardLogger) and add_scalars_event(logger, metrics, step)):
+            logger.log_metrics(metrics, step)
 
 
 class ForwardHookMonitor(Callback):

@@ -32,8 +32,8 @@ class LastCheckpoint(ModelCheckpoint):
     ``last.ckpt``, also before the first write), is what a write would have stored, so resuming
     from either file is the same.
 
-    With ``budget=0.02`` writing takes at most about 2% of the run: an epoch of a second or more
-    gets a write every epoch for checkpoints that take 20 ms or less, and a ``kill -9`` loses at
+    With ``budget=0.01`` writing takes at most about 1% of the run: an epoch of a second or more
+    gets a write every epoch for checkpoints that take 10 ms or less, and a ``kill -9`` loses at
     most ``cost / budget`` seconds of training more than a write every epoch would (a fraction
     of a second on the embedded runs, whose writes take a few milliseconds). Ctrl-C and SIGTERM
     still write the current state (``InterruptCheckpoint``, which the CLI adds).
@@ -48,7 +48,7 @@ class LastCheckpoint(ModelCheckpoint):
         linked: the epochs whose ``last.ckpt`` is a link to another checkpoint (this process).
     """
 
-    def __init__(self, budget: float | None = 0.02, filename: str = "last", **kwargs: Any) -> None:
+    def __init__(self, budget: float | None = 0.01, filename: str = "last", **kwargs: Any) -> None:
         kwargs.setdefault("enable_version_counter", False)
         super().__init__(filename=filename, **kwargs)
         self.budget = budget
