@@ -273,6 +273,29 @@ def test_all_finite_leaves_every_value_and_finds_each_kind_of_non_finite(dtype):
     assert all_finite([sparse]) is False
 
 
+def test_all_finite_reuses_its_buffers_and_zeroes_the_flag_between_calls():
+    from lightning_glif.callbacks.finite import all_finite
+
+    buffers = {}
+    a = torch.randn(50, dtype=torch.float32)
+    b = torch.randn(7, dtype=torch.float64)  # another dtype on the same device: the same flag
+    assert all_finite([a, b], buffers) is True
+    assert list(buffers) == [a.device]
+    flag, one = buffers[a.device]
+    assert flag.item() == 0.0 and one.item() == 1.0
+    for bad_dtype in (torch.float32, torch.float64):
+        c = (a if bad_dtype == torch.float32 else b).clone()
+        c[3] = float("nan")
+        grads = [c, b] if bad_dtype == torch.float32 else [a, c]
+        assert all_finite(grads, buffers) is False
+        assert buffers[a.device][0] is flag and flag.item() == 1.0  # the same tensor, set
+        # The next step's finite gradients: the flag left at 1 must not stop them.
+        assert all_finite([a, b], buffers) is True
+        assert flag.item() == 0.0
+    g = torch.randn(4, requires_grad=True) * 2  # part of a graph (create_graph=True)
+    assert all_finite([g], buffers) is True and g.grad_fn is not None
+
+
 def test_the_guard_stops_at_a_nan_gradient_of_a_parameter_listed_at_train_start():
     from lightning_glif.callbacks.finite import NonFiniteGuard
 

@@ -14,33 +14,50 @@ from torch import nn
 from lightning_glif.neurons.base import MembraneNeuron, SpikingNeuron
 from lightning_glif.neurons.functional import membrane_sequence
 
+#: ``{device: (found_inf, one)}``: :func:`all_finite`'s flag and scale per device, made once.
+Buffers = dict[torch.device, tuple[torch.Tensor, torch.Tensor]]
 
-def all_finite(grads: list[torch.Tensor | None]) -> bool:
+
+def all_finite(grads: list[torch.Tensor | None], buffers: Buffers | None = None) -> bool:
     """Whether every element of the tensors that are not ``None`` is finite.
 
     Dense floating-point tensors go, grouped by device and dtype, through
     ``torch._amp_foreach_non_finite_check_and_unscale_`` with a scale of 1 (one fused pass per
     group, the check ``torch.amp.GradScaler`` runs; it multiplies them in place by 1.0, which
     changes no value); any other tensor is checked with ``isfinite``.
+
+    ``buffers``: a dict the caller keeps between calls, where the flag and the scale of each
+    device are made once and then reused (zeroing the flag), as a check every step wants: making
+    them anew in each call doubled its time after a training step on the CPU (about 140 us
+    against 60 for the row-digits MLP's 24 gradients).
     """
     groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
     for g in grads:
         if g is None:
             continue
-        if g.is_sparse or g.layout != torch.strided or not g.is_floating_point():
+        if g.layout != torch.strided or not g.is_floating_point():  # sparse, integer
             if not bool(torch.isfinite(g.detach().to_dense()).all()):
                 return False
             continue
-        groups.setdefault((g.device, g.dtype), []).append(g.detach())
-    found = []
+        # A gradient needs no detach unless it is part of a graph (create_graph=True); a
+        # detach a tensor is a microsecond or two, on every gradient of every step.
+        groups.setdefault((g.device, g.dtype), []).append(g.detach() if g.requires_grad else g)
+    buffers = {} if buffers is None else buffers
+    found: dict[torch.device, torch.Tensor] = {}
     for (device, _), group in groups.items():
-        found_inf = torch.zeros(1, device=device)
-        one = torch.ones(1, device=device)
+        if device not in buffers:
+            buffers[device] = (torch.zeros(1, device=device), torch.ones(1, device=device))
+        found_inf, one = buffers[device]
+        if device not in found:  # a device's dtypes add to one flag
+            found_inf.zero_()
+            found[device] = found_inf
         torch._amp_foreach_non_finite_check_and_unscale_(group, found_inf, one)
-        found.append(found_inf)
     if not found:
         return True
-    return not (found[0] if len(found) == 1 else torch.stack([f.cpu() for f in found])).any().item()
+    flags = list(found.values())
+    if len(flags) == 1:  # one device, the usual case: read its flag
+        return flags[0].item() == 0
+    return not torch.stack([f.cpu() for f in flags]).any().item()
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -129,8 +146,8 @@ class NonFiniteGuard(Callback):
 
     Cost per step: reading the loss, and one fused pass over the gradients per device and dtype
     (the check ``torch.amp.GradScaler`` runs, with a scale of 1: the gradients are multiplied by
-    1.0, which leaves every value as it is); a device sync each on a GPU. Which gradient is
-    broken is worked out only once one is.
+    1.0, which leaves every value as it is), its flag and scale made once per device and reused;
+    a device sync each on a GPU. Which gradient is broken is worked out only once one is.
     """
 
     def __init__(self, check_gradients: bool = True) -> None:
@@ -138,6 +155,7 @@ class NonFiniteGuard(Callback):
         self._batch: Any = None
         self._batch_idx = -1
         self._params: list[nn.Parameter] = []  # the module's, listed once per fit
+        self._buffers: Buffers = {}  # all_finite's flag and scale, made once
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._params = list(pl_module.parameters())
@@ -158,7 +176,8 @@ class NonFiniteGuard(Callback):
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer):
         if not self.check_gradients or trainer.precision == "16-mixed":
             return
-        if all_finite([p.grad for p in self._params or pl_module.parameters()]):
+        grads = [p.grad for p in self._params or pl_module.parameters()]
+        if all_finite(grads, self._buffers):
             return
         named = [(n, p.grad) for n, p in pl_module.named_parameters() if p.grad is not None]
         bad = [n for n, g in named if not bool(torch.isfinite(g.detach()).all())]
