@@ -16,7 +16,11 @@ with the 13 callbacks of a shipped run, about 100 calls a step, of which a dozen
 each a few microseconds of dispatch (``getattr``, the profiler's name built from the callback's
 ``state_key``, the call). Its dispatcher skips a hook that is not callable
 (``pytorch_lightning.trainer.call._call_callback_hooks``): :func:`skip_empty_batch_hooks` sets
-the empty ones to ``None`` on each callback instance, so they are never dispatched.
+the empty ones to ``None`` on each callback instance, so they are never dispatched. It does the
+same with ``ModelCheckpoint.on_train_batch_end`` (``LastCheckpoint`` included) where the
+checkpoint saves per epoch only (no ``every_n_train_steps``, no ``train_time_interval``): there
+that hook returns without doing anything, after Lightning has built the profiler name from the
+checkpoint's ``state_key`` (a repr of its settings) and the hook has checked the trainer state.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from __future__ import annotations
 from contextlib import AbstractContextManager, nullcontext
 
 from pytorch_lightning import Callback, Trainer
+from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.profilers import PassThroughProfiler
 
 _NOTHING = nullcontext()
@@ -57,9 +62,26 @@ BATCH_HOOKS = (
 def skip_empty_batch_hooks(trainer: Trainer) -> Trainer:
     """Set each per-batch hook of ``trainer.callbacks`` that its class inherits unchanged from
     ``Callback`` (an empty method) to ``None`` on the instance, which Lightning's dispatcher
-    skips; a hook the class or one of its bases defines is kept. Returns ``trainer``."""
+    skips; a hook the class or one of its bases defines is kept, but for a ``ModelCheckpoint``'s
+    ``on_train_batch_end`` where it does nothing (:func:`saves_per_epoch_only`). Returns
+    ``trainer``."""
     for callback in trainer.callbacks:
         for name in BATCH_HOOKS:
             if getattr(type(callback), name, None) is getattr(Callback, name):
                 setattr(callback, name, None)
+        if saves_per_epoch_only(callback):
+            callback.on_train_batch_end = None
     return trainer
+
+
+def saves_per_epoch_only(callback: Callback) -> bool:
+    """Whether ``callback`` is a ``ModelCheckpoint`` whose ``on_train_batch_end`` is Lightning's
+    and returns at once: no ``every_n_train_steps`` and no ``train_time_interval`` (read from
+    the attributes its constructor sets; where they are missing, as in another Lightning
+    version, False, so the hook is kept)."""
+    hook = getattr(type(callback), "on_train_batch_end", None)
+    if not isinstance(callback, ModelCheckpoint) or hook is not ModelCheckpoint.on_train_batch_end:
+        return False
+    steps = getattr(callback, "_every_n_train_steps", None)
+    interval = getattr(callback, "_train_time_interval", True)
+    return isinstance(steps, int) and steps < 1 and interval is None

@@ -235,6 +235,69 @@ def test_ddp_ranks_log_the_global_rate(tmp_path):
     assert last_scalar(events, "energy/val/uJ") == pytest.approx(8 * 3 * 0.9e-6)
 
 
+class TrainProbe(Probe):
+    """A :class:`Probe` that trains (at learning rate 0, so nothing changes) and validates."""
+
+    def training_step(self, batch, batch_idx) -> torch.Tensor:
+        return self(batch[0]).sum()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+
+def by_batch_inputs() -> torch.Tensor:
+    """``[8, T, 4]``, four batches of two: channel 0 fires throughout batches 0 and 2, channel
+    1 throughout batch 1, channel 2 in sample 4 (batch 2) only, channel 3 throughout batch 3."""
+    x = torch.zeros(8, T, 4)
+    x[0:2, :, 0] = x[4:6, :, 0] = 1.0
+    x[2:4, :, 1] = 1.0
+    x[4, :, 2] = 1.0
+    x[6:8, :, 3] = 1.0
+    return x
+
+
+@pytest.mark.parametrize(
+    "every, rate, dead, saturated",
+    [
+        # batches 0 and 2: channel rates 1, 0, 1/4, 0
+        (2, (1 + 0 + 0.25 + 0) / 4, 0.5, 0.25),
+        # all four: channel rates 4/8, 2/8, 1/8, 2/8; no channel dead or saturated
+        (1, (4 + 2 + 1 + 2) / 8 / 4, 0.0, 0.0),
+    ],
+)
+def test_training_batches_are_sampled_and_validation_batches_all_counted(
+    tmp_path, every, rate, dead, saturated
+):
+    data = DataLoader(TensorDataset(by_batch_inputs(), torch.zeros(8)), batch_size=2)
+    firing = FiringRateMonitor(train_every_n_batches=every)
+    trainer = Trainer(
+        logger=TensorBoardLogger(tmp_path, name="probe", version=0),
+        callbacks=[firing],
+        max_epochs=1,
+        num_sanity_val_steps=0,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
+    trainer.fit(TrainProbe(), data, data)
+    assert firing.samples == {"train": 8 // every, "val": 8}
+    assert firing.last["train"] == {
+        "spikes/train/neuron/rate": pytest.approx(rate),
+        "spikes/train/neuron/dead": pytest.approx(dead),
+        "spikes/train/neuron/saturated": pytest.approx(saturated),
+        "spikes/train/rate": pytest.approx(rate),
+    }
+    # validation: every batch, whatever the training sampling
+    assert firing.last["val"]["spikes/val/neuron/rate"] == pytest.approx(9 / 32)
+    assert firing.last["val"]["spikes/val/neuron/dead"] == 0.0
+
+
+@pytest.mark.parametrize("every", [0, -1, 1.5, True])
+def test_train_every_n_batches_must_be_a_positive_integer(every):
+    with pytest.raises(ValueError, match="train_every_n_batches must be an integer >= 1"):
+        FiringRateMonitor(train_every_n_batches=every)
+
+
 # -- synaptic operations -------------------------------------------------------------------------
 class ConvProbe(LightningModule):
     """``[B, T, 2, 3, 3]`` binary input -> conv1x1 (identity weights: the MAC layer) -> Threshold

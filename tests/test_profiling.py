@@ -4,12 +4,14 @@ one without a context manager per call) and the callbacks' empty per-batch hooks
 from __future__ import annotations
 
 import tempfile
+from datetime import timedelta
 
 import pytest
 from pytorch_lightning import Callback, Trainer
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.profilers import PassThroughProfiler, SimpleProfiler
 
+from lightning_glif.callbacks import LastCheckpoint
 from lightning_glif.cli import cli_main
 from lightning_glif.profiling import (
     BATCH_HOOKS,
@@ -83,14 +85,22 @@ def test_a_fit_with_it_calls_every_hook():
 def test_only_the_empty_per_batch_hooks_are_set_aside():
     """A hook is set to None only where the callback's class inherits it from Callback: a
     Lightning callback's own hooks and every once-per-epoch or stage hook are kept."""
-    plain, checkpoint = Callback(), ModelCheckpoint()
-    trainer = Trainer(logger=False, enable_progress_bar=False, callbacks=[plain, checkpoint])
+    plain, checkpoint = Callback(), ModelCheckpoint(every_n_train_steps=5)
+    timed = ModelCheckpoint(train_time_interval=timedelta(minutes=5))
+    per_epoch, last = ModelCheckpoint(monitor="val/acc", mode="max"), LastCheckpoint()
+    callbacks = [plain, checkpoint, timed, per_epoch, last]
+    trainer = Trainer(logger=False, enable_progress_bar=False, callbacks=callbacks)
     skip_empty_batch_hooks(trainer)
     assert all(getattr(plain, name) is None for name in BATCH_HOOKS)
     assert plain.on_train_epoch_end.__func__ is Callback.on_train_epoch_end  # per epoch: kept
     assert plain.on_save_checkpoint.__func__ is Callback.on_save_checkpoint  # called directly
-    kept = {n for n in BATCH_HOOKS if getattr(checkpoint, n) is not None}
-    assert kept == {"on_train_batch_end"}  # the one ModelCheckpoint defines
+    for saves_per_step in (checkpoint, timed):
+        kept = {n for n in BATCH_HOOKS if getattr(saves_per_step, n) is not None}
+        assert kept == {"on_train_batch_end"}  # the one ModelCheckpoint defines, used here
+    # per epoch only: ModelCheckpoint's batch hook returns at once, so it is set aside too
+    for per_epoch_only in (per_epoch, last):
+        assert all(getattr(per_epoch_only, name) is None for name in BATCH_HOOKS)
+        assert per_epoch_only.on_train_epoch_end is not None
     assert Callback().on_train_batch_end.__func__ is Callback.on_train_batch_end  # class untouched
 
 

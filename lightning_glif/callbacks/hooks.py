@@ -45,6 +45,10 @@ class ForwardHookMonitor(Callback):
 
     Args:
         stages: the loops to monitor, any of ``"train"``, ``"val"``, ``"test"``.
+        train_every_n_batches: observe one training batch in this many (those whose
+            ``batch_idx`` is a multiple of it, the first of each epoch included); validation and
+            test batches are always all observed. :attr:`samples` counts the observed batches
+            only, so per-sample figures stay unbiased estimates.
 
     Attributes:
         last: per stage, the scalars of its latest report, ``{tag: value}`` (tags from
@@ -52,7 +56,7 @@ class ForwardHookMonitor(Callback):
             Filled on global rank 0 only; replaced, not merged, at each report of the stage.
     """
 
-    def __init__(self, stages: Sequence[Stage]) -> None:
+    def __init__(self, stages: Sequence[Stage], train_every_n_batches: int = 1) -> None:
         stages = tuple(stages)
         unknown = [s for s in stages if s not in STAGES]
         if unknown or not stages:
@@ -60,7 +64,13 @@ class ForwardHookMonitor(Callback):
                 f"{type(self).__name__}: stages must be a non-empty subset of {STAGES}, "
                 f"got {list(stages)}."
             )
+        if type(train_every_n_batches) is not int or train_every_n_batches < 1:
+            raise ValueError(
+                f"{type(self).__name__}: train_every_n_batches must be an integer >= 1 (1: every "
+                f"training batch), got {train_every_n_batches!r}."
+            )
         self.stages = stages
+        self.train_every_n_batches = train_every_n_batches
         self._stage: str | None = None
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self.samples: dict[str, int] = {}
@@ -136,8 +146,9 @@ class ForwardHookMonitor(Callback):
         self.samples[stage] = 0
         self.reset(stage, pl_module)
 
-    def _batch_start(self, trainer: Trainer, stage: str, batch: Any) -> None:
-        if stage in self.stages and not trainer.sanity_checking:
+    def _batch_start(self, trainer: Trainer, stage: str, batch: Any, batch_idx: int) -> None:
+        sampled = stage != "train" or batch_idx % self.train_every_n_batches == 0
+        if sampled and stage in self.stages and not trainer.sanity_checking:
             self._stage = stage
             self.samples[stage] += extract_batch_size(batch)
         else:
@@ -153,15 +164,15 @@ class ForwardHookMonitor(Callback):
             self.report(trainer, pl_module, stage)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self._batch_start(trainer, "train", batch)
+        self._batch_start(trainer, "train", batch, batch_idx)
 
     def on_validation_batch_start(
         self, trainer, pl_module, batch, batch_idx, dataloader_idx=0
     ) -> None:
-        self._batch_start(trainer, "val", batch)
+        self._batch_start(trainer, "val", batch, batch_idx)
 
     def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
-        self._batch_start(trainer, "test", batch)
+        self._batch_start(trainer, "test", batch, batch_idx)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._stage = None

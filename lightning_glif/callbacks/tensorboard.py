@@ -1,4 +1,5 @@
-"""Writing to TensorBoard from a callback: the run's SummaryWriter and figures as images."""
+"""Writing to TensorBoard from a callback: the run's SummaryWriter and figures as images; and
+TensorBoard's event checksums in C (:func:`use_fast_event_checksums`, installed at import)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,68 @@ import numpy as np
 from pytorch_lightning import Trainer
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_warn
+
+
+def _fast_masked_crc32c() -> Any | None:
+    """A C-backed drop-in for TensorBoard's ``masked_crc32c``, or ``None`` where
+    ``google_crc32c`` is missing or is its pure-Python fallback (slower than TensorBoard's)."""
+    try:
+        import google_crc32c
+    except ImportError:
+        return None
+    if getattr(google_crc32c, "implementation", "python") == "python":
+        return None
+    crc32c = google_crc32c.value
+
+    def masked_crc32c(data: bytes) -> int:
+        # TensorFlow's mask, as tensorflow_stub.pywrap_tensorflow.masked_crc32c applies it:
+        # rotate the CRC right by 15 bits and add 0xA282EAD8, modulo 2**32.
+        crc = crc32c(data)
+        return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+    masked_crc32c.__qualname__ = masked_crc32c.__name__ = "masked_crc32c"
+    masked_crc32c.__module__ = __name__
+    masked_crc32c.fast_event_checksum = True  # type: ignore[attr-defined]
+    return masked_crc32c
+
+
+def use_fast_event_checksums() -> bool:
+    """Make TensorBoard's event writer checksum records with ``google_crc32c``'s C CRC32C;
+    return whether it does. Idempotent; where the C package is not there, TensorBoard's own
+    function stays and this returns False.
+
+    Why: without TensorFlow, every record TensorBoard writes (``RecordWriter.write``, in the
+    writer thread of torch's ``SummaryWriter`` and so of Lightning's ``TensorBoardLogger``) is
+    checksummed twice (8-byte header, payload) by a pure-Python, byte-at-a-time CRC32C, holding
+    the GIL against the training loop. Measured on a 2-core AMD EPYC CPU (timeit, best of 5,
+    three runs): TensorBoard's function costs 150-190 us per KB (1 KB and 16 KB payloads) and
+    2.1-2.3 us a header; this one about 0.4 us for 1 KB (mostly the call), 0.06-0.09 us per KB
+    at 16 KB and 0.4-0.6 us a header, with the same results. A short run writes about 465 KB
+    of events: 70-90 ms of Python, against under a millisecond. Importing TensorBoard's writer
+    here adds about 0.14 s to the CLI's import (6.5 s), which a run's logger pays anyway.
+    Reading is untouched: TensorBoard's reader keeps checking with its own function.
+
+    Why this way: no TensorBoard or Lightning option chooses the checksum, and ``RecordWriter
+    .write`` looks ``masked_crc32c`` up in its module's globals at each call, so rebinding that
+    global switches every writer, including those already open.
+    """
+    try:
+        from tensorboard.summary.writer import record_writer
+    except ImportError:  # no tensorboard: nothing writes events through it
+        return False
+    if getattr(record_writer.masked_crc32c, "fast_event_checksum", False):
+        return True
+    fast = _fast_masked_crc32c()
+    if fast is None:
+        return False
+    record_writer.masked_crc32c = fast
+    return True
+
+
+# At import, not in a callback hook: every process that uses the project's callbacks or its CLI
+# imports this module (lightning_glif.callbacks imports it) before it writes an event. By hand,
+# as no TensorBoard or Lightning option switches TensorBoard's checksum.
+use_fast_event_checksums()
 
 
 def summary_writer(trainer: Trainer, owner: str) -> Any | None:
