@@ -10,66 +10,54 @@ from pytorch_lightning import Trainer
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_warn
 
+_crc32c: Any = None  # google_crc32c.value, once use_fast_event_checksums has installed it
 
-def _fast_masked_crc32c() -> Any | None:
-    """A C-backed drop-in for TensorBoard's ``masked_crc32c``, or ``None`` where
-    ``google_crc32c`` is missing or is its pure-Python fallback (slower than TensorBoard's)."""
-    try:
-        import google_crc32c
-    except ImportError:
-        return None
-    if getattr(google_crc32c, "implementation", "python") == "python":
-        return None
-    crc32c = google_crc32c.value
 
-    def masked_crc32c(data: bytes) -> int:
-        # TensorFlow's mask, as tensorflow_stub.pywrap_tensorflow.masked_crc32c applies it:
-        # rotate the CRC right by 15 bits and add 0xA282EAD8, modulo 2**32.
-        crc = crc32c(data)
-        return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-    masked_crc32c.__qualname__ = masked_crc32c.__name__ = "masked_crc32c"
-    masked_crc32c.__module__ = __name__
-    masked_crc32c.fast_event_checksum = True  # type: ignore[attr-defined]
-    return masked_crc32c
+def masked_crc32c(data: bytes) -> int:
+    """TensorFlow's masked CRC32C of ``data`` (what ``tensorflow_stub.pywrap_tensorflow.
+    masked_crc32c`` returns), the CRC computed in C: rotated right by 15 bits, plus 0xA282EAD8,
+    modulo 2**32."""
+    crc = _crc32c(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 
 def use_fast_event_checksums() -> bool:
-    """Make TensorBoard's event writer checksum records with ``google_crc32c``'s C CRC32C;
-    return whether it does. Idempotent; where the C package is not there, TensorBoard's own
-    function stays and this returns False.
+    """Make TensorBoard's event writer checksum records with :func:`masked_crc32c` (the C
+    CRC32C of ``google_crc32c``); return whether it does. Idempotent; where that package is
+    missing or is its pure-Python fallback (slower still), TensorBoard's own function stays and
+    this returns False.
 
     Why: without TensorFlow, every record TensorBoard writes (``RecordWriter.write``, in the
     writer thread of torch's ``SummaryWriter`` and so of Lightning's ``TensorBoardLogger``) is
-    checksummed twice (8-byte header, payload) by a pure-Python, byte-at-a-time CRC32C, holding
-    the GIL against the training loop. Measured on a 2-core AMD EPYC CPU (timeit, best of 5,
-    three runs): TensorBoard's function costs 150-190 us per KB (1 KB and 16 KB payloads) and
-    2.1-2.3 us a header; this one about 0.4 us for 1 KB (mostly the call), 0.06-0.09 us per KB
-    at 16 KB and 0.4-0.6 us a header, with the same results. A short run writes about 465 KB
-    of events: 70-90 ms of Python, against under a millisecond. Importing TensorBoard's writer
-    here adds about 0.14 s to the CLI's import (6.5 s), which a run's logger pays anyway.
-    Reading is untouched: TensorBoard's reader keeps checking with its own function.
+    checksummed twice (length header, payload) by a pure-Python, byte-at-a-time CRC32C, holding
+    the GIL against the training loop; a row-digits run writes about 465 KB of events.
+    ``python benchmarks/event_checksums.py`` times both functions. Reading is untouched:
+    TensorBoard's reader keeps checking with its own function.
 
-    Why this way: no TensorBoard or Lightning option chooses the checksum, and ``RecordWriter
+    Why by hand: no TensorBoard or Lightning option chooses the checksum, and ``RecordWriter
     .write`` looks ``masked_crc32c`` up in its module's globals at each call, so rebinding that
     global switches every writer, including those already open.
     """
+    global _crc32c
     try:
         from tensorboard.summary.writer import record_writer
     except ImportError:  # no tensorboard: nothing writes events through it
         return False
-    if getattr(record_writer.masked_crc32c, "fast_event_checksum", False):
+    if record_writer.masked_crc32c is masked_crc32c:
         return True
-    fast = _fast_masked_crc32c()
-    if fast is None:
+    try:
+        import google_crc32c
+    except ImportError:
         return False
-    record_writer.masked_crc32c = fast
+    if google_crc32c.implementation == "python":
+        return False
+    _crc32c = google_crc32c.value
+    record_writer.masked_crc32c = masked_crc32c
     return True
 
 
 # At import, not in a callback hook: every process that uses the project's callbacks or its CLI
-# imports this module (lightning_glif.callbacks imports it) before it writes an event. By hand,
-# as no TensorBoard or Lightning option switches TensorBoard's checksum.
+# imports this module (lightning_glif.callbacks imports it) before it writes an event.
 use_fast_event_checksums()
 
 
