@@ -15,11 +15,15 @@ all three alike:
 - ``fit, shipped``: ``train.py fit`` with the config as shipped: every monitor, the guard, both
   checkpoints, the learning-rate monitor, TensorBoard.
 
-The progress bar is off in both fits (this script's output is not a terminal). Printed: the
-median wall time of each over the rounds, its ratio to ``bare``'s median, and the median over
-the rounds of its ratio to that round's ``bare`` (on a machine whose speed drifts between
-phases, the paired figure is the steadier one). The model and data are
-built by the CLI from the same config for all three, with the same seed.
+The progress bar is off in both fits (this script's output is not a terminal). Each round runs
+the three in a rotated order (round ``i`` starts with way ``i mod 3``), so no way always runs
+first or after the same one. Printed: the median wall time of each over the rounds, its ratio
+to ``bare``'s median, and the paired ratio: the geometric mean over the rounds of its time over
+that round's ``bare``, with a 95% Student-t interval (of the log ratios,
+:func:`lightning_glif.stats.paired_ratio`). On a machine whose speed drifts between phases the
+paired figure is the steadier one, and its interval says what the rounds can resolve: a goal
+is met only where the interval's upper end is within it. The model and data are built by the
+CLI from the same config for all three, with the same seed.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import machine_note, markdown_table  # noqa: E402
 from lightning_glif.cli import cli_main  # noqa: E402
+from lightning_glif.stats import paired_ratio  # noqa: E402
 
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 
@@ -96,21 +101,23 @@ def main(argv: list[str] | None = None) -> None:
         "fit, shipped defaults": lambda root: fit(args.config, root, True),
     }
     times: dict[str, list[float]] = {name: [] for name in ways}
-    for _ in range(args.rounds):
-        for name, way in ways.items():
+    names = list(ways)
+    for i in range(args.rounds):
+        for name in names[i % 3 :] + names[: i % 3]:  # rotated: no way always goes first
             with tempfile.TemporaryDirectory() as root:
-                times[name].append(way(root))
+                times[name].append(ways[name](root))
     bare = times["bare PyTorch loop"]
     base = statistics.median(bare)
     rows = []
     for name, t in times.items():
         # The ratio within each round too: a round shares one phase of a shared machine.
-        paired = statistics.median(v / b for v, b in zip(t, bare, strict=True))
+        paired = paired_ratio(t, bare)
+        ci = "" if paired.n < 2 else f" [{paired.lo:.2f}, {paired.hi:.2f}]"
         rows.append([name, f"{statistics.median(t):.2f}", f"{statistics.median(t) / base:.2f}x",
-                     f"{paired:.2f}x", " ".join(f"{v:.1f}" for v in t)])  # fmt: skip
+                     f"{paired.mean:.2f}x{ci}", " ".join(f"{v:.1f}" for v in t)])  # fmt: skip
     print(f"# {args.config or 'conf/default.yaml'}, {args.rounds} interleaved rounds")
     print(f"# {machine_note(torch.device('cpu'))}")
-    header = ["run", "median s", "vs bare (medians)", "vs bare (median per round)"]
+    header = ["run", "median s", "vs bare (medians)", "vs bare per round (geo. mean [95% CI])"]
     header.append("each round (s)")
     print(markdown_table(header, rows))
 

@@ -1,5 +1,6 @@
-"""Small-sample statistics for ablation reports: Student-t intervals of a mean and of a paired
-(per-seed) difference, so a variant's accuracy is reported as ``mean ± half width``."""
+"""Small-sample statistics: Student-t intervals of a mean, of a paired (per-seed) difference, so
+a variant's accuracy is reported as ``mean ± half width``, and of a paired ratio (benchmarks:
+a run's time over its baseline's in the same round)."""
 
 from __future__ import annotations
 
@@ -75,6 +76,25 @@ def paired_difference(
     """Paired-t interval of ``mean(d)``, ``d_i = v_i - r_i`` over seeds aligned by position:
     :func:`mean_ci` of the differences, ``mean(d) ± t_{(1+c)/2, n-1} * s_d / sqrt(n)``."""
     return mean_ci(_differences(values, reference), confidence)
+
+
+def paired_ratio(
+    values: Sequence[float], reference: Sequence[float], confidence: float = 0.95
+) -> Interval:
+    """Paired interval of a ratio ``v_i / r_i`` of positive values aligned by position (one
+    timing round each): the Student-t interval of the mean log ratio, exponentiated. ``mean`` is
+    the geometric mean of the ratios, ``[lo, hi]`` its interval (not symmetric about it).
+
+    Why logs: a ratio's spread is multiplicative (a round twice as slow doubles both times), and
+    the mean of ``log(v_i / r_i)`` treats 2x and 0.5x alike, where the plain mean of ratios
+    would not."""
+    v, r = _as_1d(values, "values"), _as_1d(reference, "reference")
+    if v.size != r.size:
+        raise ValueError(f"paired lengths differ: {v.size} values vs {r.size} reference")
+    if (v <= 0).any() or (r <= 0).any():
+        raise ValueError("paired_ratio needs positive values (times, sizes), got one <= 0")
+    logs = mean_ci(np.log(v / r), confidence)
+    return Interval(math.exp(logs.mean), math.exp(logs.lo), math.exp(logs.hi), logs.n)
 
 
 def paired_p_value(values: Sequence[float], reference: Sequence[float]) -> float:

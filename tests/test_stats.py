@@ -14,6 +14,7 @@ from lightning_glif.stats import (
     mean_ci,
     paired_difference,
     paired_p_value,
+    paired_ratio,
 )
 
 ACC_A = [0.9412, 0.9455, 0.9431, 0.9470, 0.9448]
@@ -121,3 +122,39 @@ def test_format_and_interval():
     with pytest.raises(AttributeError):
         ci.mean = 1.0  # type: ignore[misc]
     assert "paired t" in PAIRED_METHOD
+
+
+def test_paired_ratio_by_hand():
+    # ratios 2 and 8: logs ln2 and 3 ln2, mean 2 ln2 (geometric mean 4), sample sd sqrt(2) ln2,
+    # half width t_{0.975, 1} * sqrt(2) ln2 / sqrt(2) = 12.7062047 ln2: [2**(2 - t), 2**(2 + t)].
+    ci = paired_ratio([2.0, 80.0], [1.0, 10.0])
+    t = 12.706204736174707
+    assert ci.n == 2 and ci.mean == pytest.approx(4.0, rel=1e-12)
+    assert ci.lo == pytest.approx(2 ** (2 - t), rel=1e-9)
+    assert ci.hi == pytest.approx(2 ** (2 + t), rel=1e-9)
+
+
+def test_paired_ratio_ignores_the_speed_of_each_round():
+    # Rounds as a whole 1x, 3x and 0.5x as slow (busy phases): same ratios, same interval.
+    fit, bare = [1.3, 1.5, 1.4], [1.0, 1.0, 1.0]
+    slow = [1.0, 3.0, 0.5]
+    a = paired_ratio(fit, bare)
+    b = paired_ratio(
+        [f * k for f, k in zip(fit, slow, strict=True)],
+        [r * k for r, k in zip(bare, slow, strict=True)],
+    )
+    assert (b.mean, b.lo, b.hi) == pytest.approx((a.mean, a.lo, a.hi), rel=1e-12)
+    assert a.mean == pytest.approx((1.3 * 1.5 * 1.4) ** (1 / 3), rel=1e-12)
+    assert a.lo < a.mean < a.hi
+
+
+def test_paired_ratio_of_constant_ratios_has_zero_width():
+    ci = paired_ratio([3.0, 6.0, 1.5], [2.0, 4.0, 1.0])
+    assert ci.mean == ci.lo == ci.hi == pytest.approx(1.5, rel=1e-12)
+
+
+def test_paired_ratio_needs_positive_paired_values():
+    with pytest.raises(ValueError, match="positive"):
+        paired_ratio([1.0, 0.0], [1.0, 1.0])
+    with pytest.raises(ValueError, match="2 values vs 1 reference"):
+        paired_ratio([1.0, 2.0], [1.0])
