@@ -16,7 +16,7 @@ all three alike:
   checkpoints, the learning-rate monitor, TensorBoard.
 
 The progress bar is off in both fits (this script's output is not a terminal). Each round runs
-the three in a rotated order (round ``i`` starts with way ``i mod 3``), so no way always runs
+the three in a rotated order (round ``i`` starts with the ``i mod 3``-th way), so no way always runs
 first or after the same one. Printed: the median wall time of each over the rounds, its ratio
 to ``bare``'s median, and the paired ratio: the geometric mean over the rounds of its time over
 that round's ``bare``, with a 95% Student-t interval (of the log ratios,
@@ -103,7 +103,8 @@ def main(argv: list[str] | None = None) -> None:
     times: dict[str, list[float]] = {name: [] for name in ways}
     names = list(ways)
     for i in range(args.rounds):
-        for name in names[i % 3 :] + names[: i % 3]:  # rotated: no way always goes first
+        first = i % len(names)
+        for name in names[first:] + names[:first]:  # rotated: no way always goes first
             with tempfile.TemporaryDirectory() as root:
                 times[name].append(ways[name](root))
     bare = times["bare PyTorch loop"]

@@ -63,10 +63,15 @@ def mean_ci(values: Sequence[float], confidence: float = 0.95) -> Interval:
     return Interval(m, m - half, m + half, n)
 
 
-def _differences(values: Sequence[float], reference: Sequence[float]) -> np.ndarray:
+def _paired(values: Sequence[float], reference: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
     v, r = _as_1d(values, "values"), _as_1d(reference, "reference")
     if v.size != r.size:
         raise ValueError(f"paired lengths differ: {v.size} values vs {r.size} reference")
+    return v, r
+
+
+def _differences(values: Sequence[float], reference: Sequence[float]) -> np.ndarray:
+    v, r = _paired(values, reference)
     return v - r
 
 
@@ -88,9 +93,7 @@ def paired_ratio(
     Why logs: a ratio's spread is multiplicative (a round twice as slow doubles both times), and
     the mean of ``log(v_i / r_i)`` treats 2x and 0.5x alike, where the plain mean of ratios
     would not."""
-    v, r = _as_1d(values, "values"), _as_1d(reference, "reference")
-    if v.size != r.size:
-        raise ValueError(f"paired lengths differ: {v.size} values vs {r.size} reference")
+    v, r = _paired(values, reference)
     if (v <= 0).any() or (r <= 0).any():
         raise ValueError("paired_ratio needs positive values (times, sizes), got one <= 0")
     logs = mean_ci(np.log(v / r), confidence)
