@@ -232,6 +232,30 @@ class GLIFCLI(LightningCLI):
     classes, resuming in place, and checkpoints that neither swap the configured model silently
     nor import code the user did not name."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._only_subcommand = _leading_subcommand(
+            sys.argv[1:] if kwargs.get("args") is None else kwargs["args"]
+        )
+        self._building_subcommands = False
+        super().__init__(*args, **kwargs)
+
+    def subcommands(self) -> dict[str, set[str]]:  # an instance method: Lightning calls it so
+        every = LightningCLI.subcommands()
+        only = self._only_subcommand if self._building_subcommands else None
+        return {only: every[only]} if only else every
+
+    def _add_subcommands(self, parser: LightningArgumentParser, **kwargs: Any) -> None:
+        """A command that starts with its subcommand (``fit ...``) gets only that subcommand's
+        parser. LightningCLI builds one per subcommand, each with every Trainer, model and data
+        option (about 0.1 s each on a CPU core): three of the four would go unused. Any other
+        command (``--help``, a typo) gets all four, so the top-level help lists them and a
+        misspelt subcommand is named among the valid ones."""
+        self._building_subcommands = True
+        try:
+            super()._add_subcommands(parser, **kwargs)
+        finally:
+            self._building_subcommands = False
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # One run directory: the logger (and so the checkpoints and the saved config) lives
         # under trainer.default_root_dir.
@@ -553,6 +577,13 @@ def resolve_config_paths(args: list[str]) -> list[str]:
         if path.startswith("conf/") and not Path(path).exists() and shipped.is_file():
             out[j] = str(shipped) if j != i else f"--config={shipped}"
     return out
+
+
+def _leading_subcommand(args: Any) -> str | None:
+    """The subcommand a command line starts with (``["fit", ...]``: ``"fit"``), else None."""
+    if isinstance(args, list | tuple) and args and args[0] in LightningCLI.subcommands():
+        return args[0]
+    return None
 
 
 def trainer_defaults(callbacks: list | None = None) -> dict[str, Any]:

@@ -212,6 +212,7 @@ def test_installed_package_runs_from_another_directory(tmp_path):
     reads the shipped default config."""
     # built from a copy: setuptools writes build/ beside the sources
     source = tmp_path / "source"
+
     def skip(folder: str, names: list[str]) -> set[str]:
         top = {".git", "runs", "build", "data"} if Path(folder) == ROOT else set()
         return {n for n in names if n in top or n == "__pycache__" or n.endswith(".egg-info")}
@@ -321,3 +322,67 @@ def test_a_fixed_version_that_exists_says_what_to_type(tmp_path):
                                 "--trainer.logger.init_args.version", "0",
                                 "--trainer.max_epochs", "2"))  # fmt: skip
     assert resumed.trainer.log_dir == str(run) and (run / "config.resume1.yaml").is_file()
+
+
+# -- one subcommand parser per command -----------------------------------------------------------
+@pytest.fixture
+def built_parsers(monkeypatch) -> list[str]:
+    """The subcommands whose parser the CLI builds, in order (Lightning's own builder, recorded)."""
+    from pytorch_lightning.cli import LightningCLI
+
+    built: list[str] = []
+    prepare = LightningCLI._prepare_subcommand_parser
+
+    def recording(self, klass, subcommand, **kwargs):
+        built.append(subcommand)
+        return prepare(self, klass, subcommand, **kwargs)
+
+    monkeypatch.setattr(LightningCLI, "_prepare_subcommand_parser", recording)
+    return built
+
+
+def printed_config(capsys, *args: str) -> dict:
+    with pytest.raises(SystemExit) as stop:
+        cli_main(list(args))
+    assert stop.value.code in (0, None)
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+def test_a_command_builds_only_its_subcommands_parser_and_resolves_the_same_config(
+    tmp_path, capsys, monkeypatch, built_parsers
+):
+    args = ("fit", "--config", ROW, "--trainer.default_root_dir", str(tmp_path), "--print_config")
+    alone = printed_config(capsys, *args)
+    assert built_parsers == ["fit"]
+    # The same command with every subcommand's parser built (as for `--help`): the same config.
+    import lightning_glif.cli as cli
+
+    monkeypatch.setattr(cli, "_leading_subcommand", lambda args: None)
+    built_parsers.clear()
+    every = printed_config(capsys, *args)
+    assert built_parsers == ["fit", "validate", "test", "predict"]
+    assert alone == every
+    assert alone["trainer"]["max_epochs"] == 60  # row_digits.yaml was read, not only the default
+
+
+def test_the_top_level_help_and_a_misspelt_subcommand_name_every_subcommand(capsys, built_parsers):
+    with pytest.raises(SystemExit):
+        cli_main(["--help"])
+    out = capsys.readouterr().out
+    assert built_parsers == ["fit", "validate", "test", "predict"]
+    assert "{fit,validate,test,predict}" in out
+    built_parsers.clear()
+    with pytest.raises(SystemExit) as stop:
+        cli_main(["fitt"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "fitt" in err and all(name in err for name in ("fit", "validate", "test", "predict"))
+    assert built_parsers == ["fit", "validate", "test", "predict"]
+
+
+def test_a_subcommands_help_lists_its_options(capsys, built_parsers):
+    with pytest.raises(SystemExit):
+        cli_main(["test", "--help"])
+    out = capsys.readouterr().out
+    assert built_parsers == ["test"]
+    assert "--ckpt_path" in out and "--trainer.max_epochs" in out and "--model.backbone" in out
