@@ -3,13 +3,13 @@ all four.
 
     python benchmarks/cli_startup.py --rounds 20
 
-``train.py fit ...`` builds only the ``fit`` parser (:class:`lightning_glif.cli.GLIFCLI`); a
-command that does not start with its subcommand (``--help``) builds LightningCLI's four. Both
-ways run ``train.py fit --config conf/experiment/row_digits.yaml --print_config`` (parse every
-config, check every value, print the resolved config, exit) in one process, interleaved round by
-round in a rotated order. Printed: the median wall time of each and the paired ratio to the
-four-parser way (geometric mean of the per-round ratios, 95% Student-t interval,
-:func:`lightning_glif.stats.paired_ratio`).
+``train.py fit ...`` builds only the ``fit`` parser (:class:`lightning_glif.cli.GLIFCLI`); a command
+that does not start with its subcommand (``--help``) builds LightningCLI's four. Both ways run
+``train.py fit --config conf/experiment/row_digits.yaml --print_config`` (parse every config, check
+every value, print the resolved config, exit) in one process, interleaved round by round in a
+rotated order (:func:`benchmarks.common.rotated_rounds`). Printed: the median wall time of each and
+the paired ratio to the four-parser way (geometric mean of the per-round ratios, 95% Student-t
+interval, :func:`lightning_glif.stats.paired_ratio`).
 """
 
 from __future__ import annotations
@@ -27,8 +27,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import lightning_glif.cli as cli  # noqa: E402
-from benchmarks.common import machine_note, markdown_table  # noqa: E402
-from lightning_glif.stats import paired_ratio  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    machine_note,
+    markdown_table,
+    paired_ratio_cell,
+    rotated_rounds,
+)
 
 COMMAND = ["fit", "--config", "conf/experiment/row_digits.yaml", "--print_config"]
 
@@ -51,20 +55,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=10, help="interleaved rounds")
     args = parser.parse_args(argv)
     sys.argv = [sys.argv[0]]  # LightningCLI reads sys.argv when given no args
-    ways = {"all four subcommand parsers": True, "the fit parser only (shipped)": False}
-    names = list(ways)
     print_config(True)  # warm-up: imports and first-call caches
-    times: dict[str, list[float]] = {name: [] for name in ways}
-    for i in range(args.rounds):
-        first = i % len(names)
-        for name in names[first:] + names[:first]:
-            times[name].append(print_config(ways[name]))
-    base = times[names[0]]
-    rows = []
-    for name, t in times.items():
-        paired = paired_ratio(t, base)
-        ci = "" if paired.n < 2 else f" [{paired.lo:.2f}, {paired.hi:.2f}]"
-        rows.append([name, f"{statistics.median(t):.3f}", f"{paired.mean:.2f}x{ci}"])
+    ways = {
+        "all four subcommand parsers": lambda: print_config(True),
+        "the fit parser only (shipped)": lambda: print_config(False),
+    }
+    times = rotated_rounds(ways, args.rounds)
+    base = times["all four subcommand parsers"]
+    rows = [[name, f"{statistics.median(t):.3f}", paired_ratio_cell(t, base)]
+            for name, t in times.items()]  # fmt: skip
     print(f"# train.py {' '.join(COMMAND)}, {args.rounds} interleaved rounds")
     print(f"# {machine_note(torch.device('cpu'))}")
     print(markdown_table(["parsers built", "median s", "vs all four (geo. mean [95% CI])"], rows))

@@ -35,6 +35,29 @@ def interleaved_times(
     return times
 
 
+def rotated_rounds(ways: dict[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:
+    """The seconds each way returns (it times itself: a whole run, a command), over ``rounds``
+    rounds; round ``i`` runs the ways in their order rotated to start with the ``i mod n``-th, so
+    none always runs first or after the same one."""
+    names = list(ways)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for i in range(rounds):
+        first = i % len(names)
+        for name in names[first:] + names[:first]:
+            times[name].append(ways[name]())
+    return times
+
+
+def paired_ratio_cell(values: list[float], reference: list[float]) -> str:
+    """``"1.43x [1.37, 1.48]"``: the geometric mean of the per-round ratios with its 95% interval
+    (:func:`lightning_glif.stats.paired_ratio`; no interval from one round)."""
+    from lightning_glif.stats import paired_ratio
+
+    paired = paired_ratio(values, reference)
+    ci = "" if paired.n < 2 else f" [{paired.lo:.2f}, {paired.hi:.2f}]"
+    return f"{paired.mean:.2f}x{ci}"
+
+
 def saved_bytes(fn: Callable[[], object]) -> int:
     """Bytes of every tensor autograd saves for the backward while ``fn`` runs (a tensor saved
     twice counts twice: an upper bound)."""

@@ -15,15 +15,15 @@ all three alike:
 - ``fit, shipped``: ``train.py fit`` with the config as shipped: every monitor, the guard, both
   checkpoints, the learning-rate monitor, TensorBoard.
 
-The progress bar is off in both fits (this script's output is not a terminal). Each round runs
-the three in a rotated order (round ``i`` starts with the ``i mod 3``-th way), so no way always runs
-first or after the same one. Printed: the median wall time of each over the rounds, its ratio
-to ``bare``'s median, and the paired ratio: the geometric mean over the rounds of its time over
-that round's ``bare``, with a 95% Student-t interval (of the log ratios,
-:func:`lightning_glif.stats.paired_ratio`). On a machine whose speed drifts between phases the
-paired figure is the steadier one, and its interval says what the rounds can resolve: a goal
-is met only where the interval's upper end is within it. The model and data are built by the
-CLI from the same config for all three, with the same seed.
+The progress bar is off in both fits (this script's output is not a terminal). Each round runs the
+three in a rotated order (round ``i`` starts with the ``i mod 3``-th way,
+:func:`benchmarks.common.rotated_rounds`), so no way always runs first or after the same one.
+Printed: the median wall time of each over the rounds, its ratio to ``bare``'s median, and the
+paired ratio: the geometric mean over the rounds of its time over that round's ``bare``, with a 95%
+Student-t interval (of the log ratios, :func:`lightning_glif.stats.paired_ratio`). On a machine
+whose speed drifts between phases the paired figure is the steadier one, and its interval says what
+the rounds can resolve: a goal is met only where the interval's upper end is within it. The model
+and data are built by the CLI from the same config for all three, with the same seed.
 """
 
 from __future__ import annotations
@@ -39,9 +39,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import machine_note, markdown_table  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    machine_note,
+    markdown_table,
+    paired_ratio_cell,
+    rotated_rounds,
+)
 from lightning_glif.cli import cli_main  # noqa: E402
-from lightning_glif.stats import paired_ratio  # noqa: E402
 
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 
@@ -89,6 +93,12 @@ def fit(config: str | None, root: str, shipped: bool) -> float:
     return time.perf_counter() - start
 
 
+def in_a_fresh_root(way, config: str | None, *more) -> float:
+    """``way(config, root, *more)`` with a new temporary ``root``, removed after."""
+    with tempfile.TemporaryDirectory() as root:
+        return way(config, root, *more)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default=None, help="experiment config (default run if unset)")
@@ -96,26 +106,18 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     sys.argv = [sys.argv[0]]  # LightningCLI reads sys.argv when given no args
     ways = {
-        "bare PyTorch loop": lambda root: bare_loop(args.config, root),
-        "fit, no callbacks/logger/checkpoints": lambda root: fit(args.config, root, False),
-        "fit, shipped defaults": lambda root: fit(args.config, root, True),
+        "bare PyTorch loop": lambda: in_a_fresh_root(bare_loop, args.config),
+        "fit, no callbacks/logger/checkpoints": lambda: in_a_fresh_root(fit, args.config, False),
+        "fit, shipped defaults": lambda: in_a_fresh_root(fit, args.config, True),
     }
-    times: dict[str, list[float]] = {name: [] for name in ways}
-    names = list(ways)
-    for i in range(args.rounds):
-        first = i % len(names)
-        for name in names[first:] + names[:first]:  # rotated: no way always goes first
-            with tempfile.TemporaryDirectory() as root:
-                times[name].append(ways[name](root))
+    times = rotated_rounds(ways, args.rounds)
     bare = times["bare PyTorch loop"]
     base = statistics.median(bare)
     rows = []
     for name, t in times.items():
         # The ratio within each round too: a round shares one phase of a shared machine.
-        paired = paired_ratio(t, bare)
-        ci = "" if paired.n < 2 else f" [{paired.lo:.2f}, {paired.hi:.2f}]"
         rows.append([name, f"{statistics.median(t):.2f}", f"{statistics.median(t) / base:.2f}x",
-                     f"{paired.mean:.2f}x{ci}", " ".join(f"{v:.1f}" for v in t)])  # fmt: skip
+                     paired_ratio_cell(t, bare), " ".join(f"{v:.1f}" for v in t)])  # fmt: skip
     print(f"# {args.config or 'conf/default.yaml'}, {args.rounds} interleaved rounds")
     print(f"# {machine_note(torch.device('cpu'))}")
     header = ["run", "median s", "vs bare (medians)", "vs bare per round (geo. mean [95% CI])"]
