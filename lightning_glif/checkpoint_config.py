@@ -1,10 +1,9 @@
 """What a checkpoint's stored config may do: the classes it may name (an allow-list, checked
-before anything is imported), and the config-tree helpers that compare it with the configured
-model (:mod:`lightning_glif.cli` words the errors)."""
+before anything is imported), and a lookup in it to compare it with the configured model
+(:mod:`lightning_glif.cli` words the errors)."""
 
 from __future__ import annotations
 
-import copy
 import re
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -106,22 +105,11 @@ def stored_hyperparameters(source: Any, weights_only: bool | None = True) -> dic
 
 
 # -- the stored model against the configured one ------------------------------------------------
-def flat(tree: Any, where: str = "") -> dict[str, Any]:
-    """The leaves of a config tree (Namespaces or dicts) by dotted key; lists are leaves."""
-    if isinstance(tree, Namespace):
-        tree = tree.as_dict()
-    if not isinstance(tree, dict):
-        return {where: tree} if where else {}
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        out.update(flat(value, f"{where}.{key}" if where else str(key)))
-    return out
-
-
 def lookup(tree: dict[str, Any], key: str) -> tuple[bool, Any]:
-    """``(found, value)`` at dotted ``key`` of ``tree``: a leaf met on the way (``loss: null``
-    where the user names a class) is found, with that leaf's value; a missing key is not (the
-    checkpoint does not record it: nothing to compare)."""
+    """``(found, value)`` at dotted ``key`` of ``tree`` (a checkpoint's stored config, plain
+    dicts): a leaf met on the way (``loss: null`` where the user names a class) is found, with
+    that leaf's value; a missing key is not (the checkpoint does not record it: nothing to
+    compare)."""
     node: Any = tree
     for part in key.split("."):
         if not isinstance(node, dict):
@@ -130,18 +118,3 @@ def lookup(tree: dict[str, Any], key: str) -> tuple[bool, Any]:
             return False, None
         node = node[part]
     return True, node
-
-
-def merged(stored: dict[str, Any], differ: list[tuple[str, Any, Any]]) -> dict[str, Any]:
-    """The stored model config with the user's differing values, to describe the configured
-    model in the error."""
-    out = copy.deepcopy(stored)
-    for key, value, _ in differ:
-        node = out
-        *parents, last = key.split(".")
-        for part in parents:
-            if not isinstance(node.get(part), dict):
-                node[part] = {}
-            node = node[part]
-        node[last] = value
-    return out

@@ -6,8 +6,8 @@
     python train.py test --ckpt_path runs/digits/version_0/checkpoints/last.ckpt
     python train.py fit --print_config       # the resolved config, without running
 
-``python train.py fit`` takes about 23 s on a 2-core CPU and reaches about 98.9% validation
-top-1 (12 epochs; README.md, "Training").
+``python train.py fit`` trains the GLIF convnet for 12 epochs on the 8x8 digits (README.md,
+"Training", says what it costs and reaches).
 
 ``conf/default.yaml`` is always read first; every ``--config`` after it overrides what it names,
 later files win, and ``--key value`` arguments win over all files. Experiment configs first,
@@ -51,7 +51,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from jsonargparse import Namespace
+from jsonargparse import ArgumentError, Namespace
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from lightning_glif import compat
@@ -63,9 +63,7 @@ from lightning_glif.checkpoint_config import (
     UntrustedCheckpointClass,
     check_checkpoint_classes,
     dotted_names,
-    flat,
     lookup,
-    merged,
 )
 from lightning_glif.checkpoint_io import (
     CorruptCheckpointError,
@@ -81,10 +79,8 @@ from lightning_glif.config_links import (
     reset_carried_options,
     signature_parameters,
 )
-from lightning_glif.heap import frozen_heap
 from lightning_glif.locks import DirectoryLock, DirectoryLocked
 from lightning_glif.module import SpikingClassifier
-from lightning_glif.profiling import skip_empty_batch_hooks, with_no_op_profiler
 
 log = logging.getLogger(__name__)
 #: Model options that change how a model runs, not what it is: a checkpoint's stored value
@@ -109,23 +105,45 @@ PREDICT_DESCRIPTION = (
 
 class GLIFParser(LightningArgumentParser):
     """jsonargparse's parser, whose errors about unknown keys also list the closest valid ones
-    (its errors about values already name the key and the allowed choices)."""
+    (its errors about values already name the key and the allowed choices).
+
+    The hints read jsonargparse's error wording (hence ``jsonargparse<5`` in the requirements):
+    where that wording changes, an error comes without hints, never with a wrong one.
+    """
+
+    subcommand_parsers: dict[str, LightningArgumentParser] | None = None
+
+    def add_subcommands(self, *args: Any, **kwargs: Any):
+        # Kept to list a subcommand's keys when this (top-level) parser reports a config file's
+        # unknown key: the subcommand action's choices are its parsers by name.
+        action = super().add_subcommands(*args, **kwargs)
+        self.subcommand_parsers = action.choices
+        return action
 
     def error(self, message: str, ex: Exception | None = None):
-        return super().error(message + _suggestions(message, self), ex)
+        return super().error(message + suggestions(message, self), ex)
 
 
-def _option_keys(parser) -> set[str]:
-    """Every ``--a.b.c`` option of ``parser`` and its subcommands, as ``a.b.c``."""
-    keys: set[str] = set()
-    for action in parser._actions:
-        keys.update(o[2:] for o in action.option_strings if o.startswith("--"))
-        for sub in getattr(action, "_name_parser_map", {}).values():
-            keys |= _option_keys(sub)
-    return keys
+def valid_keys(parser: LightningArgumentParser, message: str) -> list[str]:
+    """Every key a config may set where ``message`` was raised, from a parse of the defaults
+    (``conf/default.yaml`` included, so its classes' options are there), with each dotted prefix
+    (``model.backbone``). The top-level parser names the subcommand whose keys it checked."""
+    sub = re.search(r"Subcommand '(\w+)'", message)
+    if sub and sub.group(1) in (parser.subcommand_parsers or {}):
+        parser = parser.subcommand_parsers[sub.group(1)]
+    try:
+        defaults = parser.get_defaults()
+    except ArgumentError:  # a default config that does not parse: its own error says why
+        return []
+    keys = set()
+    for key in defaults.keys():
+        parts = key.split(".")
+        keys.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
+    return sorted(k for k in keys if not k.startswith("__"))
 
 
-def _suggestions(message: str, parser) -> str:
+def suggestions(message: str, parser: LightningArgumentParser) -> str:
+    """Hints for the unknown keys and class options ``message`` names, one per line."""
     hints = []
     # An option of a class given by class_path (a neuron, a backbone, a data module).
     # jsonargparse names them in two forms: after the option, or before it (command line).
@@ -145,12 +163,11 @@ def _suggestions(message: str, parser) -> str:
         )
     # A key of the config itself (--model.x, or model: x: in a YAML file).
     unknown = re.findall(r"(?:unrecognized arguments: --|not accept option ')([\w.]+)", message)
-    if unknown:
-        keys = sorted(_option_keys(parser))
-        for key in unknown:
-            close = difflib.get_close_matches(key, keys, n=3, cutoff=0.75)
-            if close:
-                hints.append(f"unknown key {key!r}: did you mean {' or '.join(map(repr, close))}?")
+    keys = valid_keys(parser, message) if unknown else []
+    for key in unknown:
+        close = difflib.get_close_matches(key, keys, n=3, cutoff=0.75)
+        if close:
+            hints.append(f"unknown key {key!r}: did you mean {' or '.join(map(repr, close))}?")
     # Nested parsers re-raise their children's errors: add each hint once.
     return "".join(f"\n  {h}" for h in dict.fromkeys(hints) if h not in message)
 
@@ -232,30 +249,6 @@ class GLIFCLI(LightningCLI):
     classes, resuming in place, and checkpoints that neither swap the configured model silently
     nor import code the user did not name."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._only_subcommand = _leading_subcommand(
-            sys.argv[1:] if kwargs.get("args") is None else kwargs["args"]
-        )
-        self._building_subcommands = False
-        super().__init__(*args, **kwargs)
-
-    def subcommands(self) -> dict[str, set[str]]:  # an instance method: Lightning calls it so
-        every = LightningCLI.subcommands()
-        only = self._only_subcommand if self._building_subcommands else None
-        return {only: every[only]} if only else every
-
-    def _add_subcommands(self, parser: LightningArgumentParser, **kwargs: Any) -> None:
-        """A command that starts with its subcommand (``fit ...``) gets only that subcommand's
-        parser. LightningCLI builds one per subcommand, each with every Trainer, model and data
-        option (about 0.1 s each on a CPU core): three of the four would go unused. Any other
-        command (``--help``, a typo) gets all four, so the top-level help lists them and a
-        misspelt subcommand is named among the valid ones."""
-        self._building_subcommands = True
-        try:
-            super()._add_subcommands(parser, **kwargs)
-        finally:
-            self._building_subcommands = False
-
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # One run directory: the logger (and so the checkpoints and the saved config) lives
         # under trainer.default_root_dir.
@@ -298,46 +291,37 @@ class GLIFCLI(LightningCLI):
             base = parser.parse_args(
                 [*([sub] if sub else []), "--config", str(DEFAULT_CONFIG)], defaults=False
             )
-            base = flat((base.get(sub) if sub else base).get("model"))
+            base = (base.get(sub) if sub else base).get("model") or Namespace()
             self._user_model = {
                 k: v
-                for k, v in flat(self._explicit.get("model")).items()
+                for k, v in (self._explicit.get("model") or Namespace()).items()
                 if k not in base or plain(base[k]) != plain(v)
             }
         self._authors_checkpoint: Path | None = None
         checkpoint = self._read_checkpoint()
         self._checkpoint_model = self._check_checkpoint_classes(checkpoint)
 
-    def _run_subcommand(self, subcommand: str) -> None:
-        if self._authors_checkpoint is not None:
-            self._use_authors_checkpoint(self.config_init[subcommand])
-        with frozen_heap():  # full collections walk only what the run allocates
-            super()._run_subcommand(subcommand)
-
-    def _use_authors_checkpoint(self, config: Namespace) -> None:
-        """validate/test/predict: convert the authors' file into a Lightning checkpoint in the
-        run directory (``<run dir>/authors_checkpoint/<name>.ckpt``) and run from that; fit:
-        start from its weights (it holds no optimizer or loop state to resume)."""
+    def after_instantiate_classes(self) -> None:
+        """The GLIF authors' checkpoint (``--ckpt_path`` one of their files): its weights are
+        converted into the configured model (:mod:`lightning_glif.compat`), which then runs as
+        built, without a ``ckpt_path``: the file holds no optimizer or loop state, so ``fit``
+        starts a new run from its weights."""
         source = self._authors_checkpoint
+        if source is None:
+            return
+        config = self.config_init[self.subcommand]
         weights_only = config.get("weights_only") is not False
         try:
-            if self.subcommand == "fit":
-                authors = compat.read_authors_checkpoint(source, weights_only)
-                self.model.backbone.load_state_dict(compat.convert_state_dict(authors, self.model))
-                config["ckpt_path"] = None
-                log.info("fit starts from the weights of the authors' checkpoint %s", source)
-                return
-            run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
-            target = run_dir / "authors_checkpoint" / f"{source.name.split('.')[0]}.ckpt"
-            compat.convert_checkpoint_file(source, self.model, target, weights_only=weights_only)
+            authors = compat.read_authors_checkpoint(source, weights_only)
+            self.model.backbone.load_state_dict(compat.convert_state_dict(authors, self.model))
         except (compat.AuthorsCheckpointMismatch, compat.NotAuthorsCheckpoint) as error:
             self.parser.error(f"--ckpt_path {source}: {error}")
-        log.info("converted the authors' checkpoint %s into %s", source, target)
-        config["ckpt_path"] = str(target)
+        config["ckpt_path"] = None
+        log.info("%s: the weights of the authors' checkpoint %s", self.subcommand, source)
 
     def _read_checkpoint(self) -> dict[str, Any] | None:
         """The ``--ckpt_path FILE`` checkpoint (tensors memory-mapped), read once, before
-        LightningCLI's ``_parse_ckpt_path`` reads it: a file that is no checkpoint (empty,
+        LightningCLI merges its stored config: a file that is no checkpoint (empty,
         truncated, text, another pickle) is one error naming the file, what is wrong and the
         intact checkpoint beside it (not a bare EOFError / UnpicklingError / KeyError). ``None``
         without a file (``last``, ``best``, no ``--ckpt_path``) and for one of the GLIF authors'
@@ -357,8 +341,8 @@ class GLIFCLI(LightningCLI):
             checkpoint = None
         if checkpoint is None or compat.is_authors_checkpoint(checkpoint):
             # One of the GLIF authors' released files: it stores no model config, so the
-            # configured model is built and the file converted for it before the run
-            # (:meth:`_run_subcommand`, :mod:`lightning_glif.compat`).
+            # configured model is built and the file converted into it before the run
+            # (:meth:`after_instantiate_classes`).
             self._authors_checkpoint = Path(path)
             return None
         return checkpoint
@@ -366,15 +350,13 @@ class GLIFCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any):
         # Checkpoints saved atomically in their own directory, unreadable ones reported by name
         # (lightning_glif.checkpoint_io), unless the config names another CheckpointIO plugin.
-        # Lightning's default profiler without its cost per hook call, and no call to the empty
-        # per-batch hooks of the callbacks (lightning_glif.profiling).
-        plugins = self._get(self.config_init, "trainer", default={}).get("plugins")
-        trainer = super().instantiate_trainer(**kwargs, plugins=with_atomic_checkpoint_io(plugins))
-        return skip_empty_batch_hooks(with_no_op_profiler(trainer))
+        where = f"{self.subcommand}.trainer" if self.subcommand else "trainer"
+        plugins = self.config_init.get(f"{where}.plugins")
+        return super().instantiate_trainer(**kwargs, plugins=with_atomic_checkpoint_io(plugins))
 
     def _check_checkpoint_classes(self, checkpoint: dict[str, Any] | None) -> dict[str, Any] | None:
-        """Before LightningCLI merges a checkpoint's stored model config (``_parse_ckpt_path``,
-        which imports every class path in it): its class paths must be the project's, torch's,
+        """Before LightningCLI merges a checkpoint's stored model config (which imports every
+        class path in it): its class paths must be the project's, torch's,
         Lightning's or named by the user. Returns the stored model config (None: no file)."""
         if checkpoint is None:
             return None
@@ -478,7 +460,9 @@ class GLIFCLI(LightningCLI):
                 stacklevel=1,
             )
             return
-        configured = merged(self._checkpoint_model, differ)
+        configured = config.model.clone()  # the checkpoint's model, as LightningCLI merged it
+        for key, value, _ in differ:
+            configured[key] = value
         time_hint = ""
         if any(k == "backbone.init_args.time_steps" for k, _, _ in differ):
             time_hint = (
@@ -486,7 +470,7 @@ class GLIFCLI(LightningCLI):
                 "--eval_time_steps T."
             )
         stored = describe_checkpoint({"hyper_parameters": self._checkpoint_model})
-        mine = describe_checkpoint({"hyper_parameters": configured})
+        mine = describe_checkpoint({"hyper_parameters": configured.as_dict()})
         models = (
             f"the checkpoint holds {stored}, the configured model is {mine}"
             if mine != stored
@@ -577,13 +561,6 @@ def resolve_config_paths(args: list[str]) -> list[str]:
         if path.startswith("conf/") and not Path(path).exists() and shipped.is_file():
             out[j] = str(shipped) if j != i else f"--config={shipped}"
     return out
-
-
-def _leading_subcommand(args: Any) -> str | None:
-    """The subcommand a command line starts with (``["fit", ...]``: ``"fit"``), else None."""
-    if isinstance(args, list | tuple) and args and args[0] in LightningCLI.subcommands():
-        return args[0]
-    return None
 
 
 def trainer_defaults(callbacks: list | None = None) -> dict[str, Any]:

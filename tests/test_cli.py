@@ -324,65 +324,51 @@ def test_a_fixed_version_that_exists_says_what_to_type(tmp_path):
     assert resumed.trainer.log_dir == str(run) and (run / "config.resume1.yaml").is_file()
 
 
-# -- one subcommand parser per command -----------------------------------------------------------
-@pytest.fixture
-def built_parsers(monkeypatch) -> list[str]:
-    """The subcommands whose parser the CLI builds, in order (Lightning's own builder, recorded)."""
-    from pytorch_lightning.cli import LightningCLI
-
-    built: list[str] = []
-    prepare = LightningCLI._prepare_subcommand_parser
-
-    def recording(self, klass, subcommand, **kwargs):
-        built.append(subcommand)
-        return prepare(self, klass, subcommand, **kwargs)
-
-    monkeypatch.setattr(LightningCLI, "_prepare_subcommand_parser", recording)
-    return built
-
-
-def printed_config(capsys, *args: str) -> dict:
-    with pytest.raises(SystemExit) as stop:
-        cli_main(list(args))
-    assert stop.value.code in (0, None)
-    return yaml.safe_load(capsys.readouterr().out)
-
-
-def test_a_command_builds_only_its_subcommands_parser_and_resolves_the_same_config(
-    tmp_path, capsys, monkeypatch, built_parsers
-):
-    args = ("fit", "--config", ROW, "--trainer.default_root_dir", str(tmp_path), "--print_config")
-    alone = printed_config(capsys, *args)
-    assert built_parsers == ["fit"]
-    # The same command with every subcommand's parser built (as for `--help`): the same config.
-    import lightning_glif.cli as cli
-
-    monkeypatch.setattr(cli, "_leading_subcommand", lambda args: None)
-    built_parsers.clear()
-    every = printed_config(capsys, *args)
-    assert built_parsers == ["fit", "validate", "test", "predict"]
-    assert alone == every
-    assert alone["trainer"]["max_epochs"] == 60  # row_digits.yaml was read, not only the default
-
-
-def test_the_top_level_help_and_a_misspelt_subcommand_name_every_subcommand(capsys, built_parsers):
+# -- help and misspellings ------------------------------------------------------------------------
+def test_the_top_level_help_and_a_misspelt_subcommand_name_every_subcommand(capsys):
     with pytest.raises(SystemExit):
         cli_main(["--help"])
-    out = capsys.readouterr().out
-    assert built_parsers == ["fit", "validate", "test", "predict"]
-    assert "{fit,validate,test,predict}" in out
-    built_parsers.clear()
+    assert "{fit,validate,test,predict}" in capsys.readouterr().out
     with pytest.raises(SystemExit) as stop:
         cli_main(["fitt"])
     assert stop.value.code == 2
     err = capsys.readouterr().err
     assert "fitt" in err and all(name in err for name in ("fit", "validate", "test", "predict"))
-    assert built_parsers == ["fit", "validate", "test", "predict"]
 
 
-def test_a_subcommands_help_lists_its_options(capsys, built_parsers):
+def test_a_subcommands_help_lists_its_options(capsys):
     with pytest.raises(SystemExit):
         cli_main(["test", "--help"])
     out = capsys.readouterr().out
-    assert built_parsers == ["test"]
     assert "--ckpt_path" in out and "--trainer.max_epochs" in out and "--model.backbone" in out
+
+
+@pytest.mark.parametrize(
+    ("typo", "meant"),
+    [
+        ("model.gate_lr_factr", "model.gate_lr_factor"),
+        ("trainer.max_epohcs", "trainer.max_epochs"),
+        ("model.bakcbone", "model.backbone"),  # a class option itself, not only its leaves
+    ],
+)
+def test_a_misspelled_key_is_suggested_on_the_command_line_and_in_a_config(
+    typo, meant, tmp_path, capsys
+):
+    """The command line's unknown key is the subcommand parser's error, a config file's the
+    top-level parser's: both name the key meant."""
+    with pytest.raises(SystemExit):
+        cli_main(["fit", f"--{typo}", "1"])
+    assert f"unknown key {typo!r}: did you mean {meant!r}" in capsys.readouterr().err
+    config = tmp_path / "typo.yaml"
+    group, _, key = typo.partition(".")
+    config.write_text(f"{group}:\n  {key}: 1\n")
+    with pytest.raises(SystemExit):
+        cli_main(["fit", "--config", str(config)])
+    assert f"unknown key {typo!r}: did you mean {meant!r}" in capsys.readouterr().err
+
+
+def test_a_key_far_from_every_valid_one_gets_no_guess(capsys):
+    with pytest.raises(SystemExit):
+        cli_main(["fit", "--completely.different", "1"])
+    err = capsys.readouterr().err
+    assert "completely.different" in err and "did you mean" not in err

@@ -1,23 +1,17 @@
-"""Two costs of a run taken off the loop: the monitors' scalars written as one TensorBoard event
-per call, and the interpreter's long-lived objects held out of full garbage collections."""
+"""A cost of a run taken off the loop: the monitors' scalars written as one TensorBoard event
+per call."""
 
 from __future__ import annotations
 
-import gc
-import weakref
 from pathlib import Path
 
 import numpy as np
-import pytest
-from pytorch_lightning import Callback
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
 
 from lightning_glif.ablation import read_scalars
 from lightning_glif.callbacks.hooks import log_scalars
 from lightning_glif.callbacks.tensorboard import add_scalars_event
-from lightning_glif.cli import cli_main
-from lightning_glif.heap import frozen_heap
 
 
 def scalar_events(log_dir) -> list[tuple[int, dict[str, float]]]:
@@ -81,58 +75,3 @@ def test_a_prefixed_logger_and_other_loggers_keep_lightnings_path(tmp_path):
     assert scalar_events(plain.log_dir) == [(4, {"a": 1.0, "b": 2.0})]
     rows = (Path(csv.log_dir) / "metrics.csv").read_text()
     assert rows.splitlines() == ["a,b,step", "1.0,2.0,4"]
-
-
-def test_the_frozen_heap_keeps_garbage_until_it_thaws():
-    class Node:
-        pass
-
-    assert gc.get_freeze_count() == 0
-    node = Node()
-    node.self = node  # a cycle: only the collector frees it
-    alive = weakref.ref(node)
-    with frozen_heap():
-        assert gc.get_freeze_count() > 0
-        del node
-        gc.collect()
-        assert alive() is not None  # frozen: full passes skip it
-        with frozen_heap():  # nested: the outer one decides when it thaws
-            pass
-        assert gc.get_freeze_count() > 0
-    assert gc.get_freeze_count() == 0
-    gc.collect()
-    assert alive() is None  # thawed, collected as before
-
-
-def test_it_thaws_on_error_and_leaves_a_disabled_collector_alone():
-    with pytest.raises(ValueError, match="inside"), frozen_heap():
-        raise ValueError("inside")
-    assert gc.get_freeze_count() == 0
-    gc.disable()
-    try:
-        with frozen_heap():
-            assert gc.get_freeze_count() == 0
-    finally:
-        gc.enable()
-
-
-class FreezeCount(Callback):
-    def __init__(self):
-        self.counts = []
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.counts.append(gc.get_freeze_count())
-
-
-def test_a_fit_runs_with_the_heap_frozen_and_thaws_after(tmp_path):
-    seen = FreezeCount()
-    cli_main(
-        ["fit", "--trainer.default_root_dir", str(tmp_path), "--trainer.max_epochs", "1",
-         "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
-         "--trainer.logger", "false", "--trainer.enable_checkpointing", "false",
-         "--trainer.enable_progress_bar", "false", "--trainer.callbacks", "[]",
-         "--model.backbone.init_args.channels", "[4, 8]"],
-        callbacks=[seen],
-    )  # fmt: skip
-    assert len(seen.counts) == 2 and min(seen.counts) > 10_000  # the imported libraries' objects
-    assert gc.get_freeze_count() == 0
