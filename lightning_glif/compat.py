@@ -36,7 +36,6 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -417,64 +416,3 @@ def convert_state_dict(checkpoint: Any, model: nn.Module) -> dict[str, torch.Ten
         for leaf, key in o.entries.items():
             out[key] = t.entries[leaf].detach().to(own[key].dtype).clone()
     return out
-
-
-def lightning_checkpoint(
-    module: nn.Module, backbone_state_dict: Mapping[str, torch.Tensor], source: str = ""
-) -> dict[str, Any]:
-    """A Lightning checkpoint dict for ``module`` (a SpikingClassifier) holding the converted
-    backbone weights: what ``trainer.test(model, ckpt_path=...)`` and
-    ``SpikingClassifier.load_from_checkpoint`` read. Weights only (no optimizer, scheduler or
-    loop state): for validate/test/predict or as initial weights, not to resume a fit.
-
-    ``state_dict`` is ``module.state_dict()`` with the ``backbone.`` entries replaced (so the
-    module's other state, e.g. ``val_acc_best``, loads strictly); ``hyper_parameters`` is
-    ``module.hparams`` as Lightning saves it (under the CLI the whole model config, so the file
-    rebuilds the model on its own); ``model_description`` as :class:`RunState` writes it;
-    ``authors_checkpoint`` names the source.
-    """
-    import pytorch_lightning as pl
-
-    from lightning_glif.callbacks.run_state import DESCRIPTION_KEY, describe_model
-
-    backbone = backbone_of(module)
-    prefix = next((f"{n}." for n, m in module.named_modules() if m is backbone and n), "")
-    state = dict(module.state_dict())
-    missing = [k for k in backbone.state_dict() if k not in backbone_state_dict]
-    if missing:
-        raise ValueError(
-            f"the converted state_dict lacks {len(missing)} entries, e.g. {missing[:3]}."
-        )
-    state.update({prefix + k: v for k, v in backbone_state_dict.items()})
-    checkpoint: dict[str, Any] = {
-        "epoch": 0,
-        "global_step": 0,
-        "pytorch-lightning_version": pl.__version__,
-        "state_dict": state,
-        DESCRIPTION_KEY: describe_model(module),
-        "authors_checkpoint": str(source),
-    }
-    hparams = getattr(module, "hparams", None)
-    if hparams:
-        if getattr(module, "_hparams_name", None):
-            checkpoint["hparams_name"] = module._hparams_name
-        checkpoint["hyper_parameters"] = dict(hparams)
-    return checkpoint
-
-
-def convert_checkpoint_file(
-    source: str | os.PathLike,
-    module: nn.Module,
-    target: str | os.PathLike,
-    weights_only: bool = True,
-) -> dict[str, Any]:
-    """Read the authors' file ``source``, convert it for ``module`` and write the Lightning
-    checkpoint to ``target`` (atomically, its directory created); returns the checkpoint dict."""
-    from lightning_glif.io import atomic_open
-
-    converted = convert_state_dict(read_authors_checkpoint(source, weights_only), module)
-    checkpoint = lightning_checkpoint(module, converted, source=os.fspath(source))
-    Path(target).parent.mkdir(parents=True, exist_ok=True)
-    with atomic_open(target) as f:
-        torch.save(checkpoint, f)
-    return checkpoint

@@ -22,16 +22,13 @@ from lightning_glif.compat import (
     AuthorsCheckpointMismatch,
     NotAuthorsCheckpoint,
     authors_state_dict,
-    convert_checkpoint_file,
     convert_state_dict,
     describe_authors,
     is_authors_checkpoint,
     is_authors_file,
-    lightning_checkpoint,
     read_authors_checkpoint,
 )
 from lightning_glif.models import ResNet18, ResNet18MS, ResNet19, WideNet7B
-from lightning_glif.module import SpikingClassifier
 from lightning_glif.neurons import GLIF
 from lightning_glif.neurons.functional import GLIFValues, glif_sequence
 
@@ -382,45 +379,3 @@ def test_other_objects_are_not_authors_checkpoints(tmp_path, resnet19_c10):
     assert is_authors_file(tmp_path / "checkpoint_max.pth")
     with pytest.raises(NotAuthorsCheckpoint, match="last.ckpt: not a GLIF authors'"):
         read_authors_checkpoint(tmp_path / "last.ckpt")
-
-
-# -- into Lightning --------------------------------------------------------------------------------
-def test_lightning_checkpoint_loads_in_trainer_test(tmp_path, resnet18ms):
-    from pytorch_lightning import Trainer
-
-    from lightning_glif.callbacks.run_state import RunState
-
-    sd = fabricate("resnet18ms_imagenet_t6", seed=7)
-    torch.save({"state_dict": {"module." + k: v for k, v in sd.items()}}, tmp_path / "a.pth.tar")
-    module = SpikingClassifier(build("resnet18ms"), num_classes=1000)
-    ckpt = convert_checkpoint_file(tmp_path / "a.pth.tar", module, tmp_path / "a.ckpt")
-    assert ckpt["hyper_parameters"]["num_classes"] == 1000
-    assert ckpt["model_description"] == "backbone ResNet18MS with neuron GLIF"
-    loaded = torch.load(tmp_path / "a.ckpt", weights_only=True)
-    assert set(loaded["state_dict"]) == set(module.state_dict())
-
-    image = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(8))
-    data = torch.utils.data.DataLoader(
-        torch.utils.data.TensorDataset(image, torch.tensor([3, 999])), batch_size=2
-    )
-    trainer = Trainer(
-        accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, callbacks=[RunState()], default_root_dir=tmp_path,
-    )  # fmt: skip
-    fresh = SpikingClassifier(build("resnet18ms"), num_classes=1000)
-    trainer.test(fresh, dataloaders=data, ckpt_path=str(tmp_path / "a.ckpt"), weights_only=True)
-    with torch.inference_mode():
-        ref = Reference(sd)
-        torch.testing.assert_close(fresh.eval()(image), ref.msresnet(image, 6).mean(0))
-    reloaded = SpikingClassifier.load_from_checkpoint(
-        tmp_path / "a.ckpt", backbone=build("resnet18ms"), weights_only=True
-    )
-    torch.testing.assert_close(reloaded.state_dict(), fresh.state_dict())
-
-    # The module's wrapping alone, for a converted dict in hand.
-    again = lightning_checkpoint(module, convert_state_dict(loaded_authors(tmp_path), module))
-    assert again["state_dict"].keys() == loaded["state_dict"].keys()
-
-
-def loaded_authors(tmp_path):
-    return torch.load(tmp_path / "a.pth.tar", weights_only=True)

@@ -32,8 +32,9 @@ def cifar10(tmp_path, monkeypatch) -> Path:
     # The fabricated files cannot match torchvision's md5 sums: skip that check only.
     monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda *args: True)
     batches = {f"data_batch_{i}": 4 for i in range(1, 6)}
-    write_cifar(tmp_path, "cifar-10-batches-py", "labels", {**batches, "test_batch": 6,
-                                                            "batches.meta": 0})
+    write_cifar(
+        tmp_path, "cifar-10-batches-py", "labels", {**batches, "test_batch": 6, "batches.meta": 0}
+    )
     return tmp_path
 
 
@@ -62,12 +63,10 @@ def args(data: Path, subcommand: str, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_test_evaluates_the_authors_checkpoint(cifar10):
     source = authors_file(cifar10)
     cli = cli_main(args(cifar10, "test", "--ckpt_path", str(source)))
-    run_dir = Path(cli.trainer.log_dir)
-    converted = run_dir / "authors_checkpoint" / "resCifar19-CIFAR10-step6-CW.ckpt"
-    assert converted.is_file()
     # an independent path: the file converted straight into a fresh ResNet-19, on the test split
     backbone = ResNet19(GLIF, 6, num_classes=10).eval()
     authors = torch.load(source, weights_only=True)
@@ -77,11 +76,13 @@ def test_test_evaluates_the_authors_checkpoint(cifar10):
         predicted = backbone(torch.stack(images)).mean(0).argmax(1)
     expected = (predicted == torch.tensor(labels)).float().mean().item()
     assert cli.trainer.callback_metrics["test/acc"].item() == pytest.approx(expected)
-    # the converted file is a checkpoint of this project: it runs on its own
-    again = cli_main(args(cifar10, "test", "--ckpt_path", str(converted)))
-    assert again.trainer.callback_metrics["test/acc"].item() == pytest.approx(expected)
+    # what was tested are the converted weights (no checkpoint replaced them)
+    torch.testing.assert_close(
+        cli.model.backbone.state_dict(), backbone.state_dict(), rtol=0, atol=0
+    )
 
 
+@pytest.mark.slow
 def test_fit_starts_from_the_authors_weights(cifar10):
     source = authors_file(cifar10)
     cli = cli_main(args(cifar10, "fit", "--ckpt_path", str(source), "--trainer.max_epochs", "0"))
