@@ -68,17 +68,15 @@ def reset_carried_options(config: Namespace, given: Namespace, key: str) -> None
     """Where the user named the class at ``key``, reset every option they did not give to that
     class's own default (instead of a value carried over from an earlier config's class)."""
     spec, named = config.get(key), given.get(key)
-    if not isinstance(spec, Namespace) or not isinstance(named, Namespace):
+    if not isinstance(named, Namespace) or "class_path" not in named:
         return
-    if "class_path" not in vars(named) or not isinstance(spec.get("init_args"), Namespace):
+    init_args = spec.get("init_args") if isinstance(spec, Namespace) else None
+    if not isinstance(init_args, Namespace):
         return
-    given_args = named.get("init_args")
-    given_args = vars(given_args) if isinstance(given_args, Namespace) else {}
-    defaults = signature_defaults(import_class(spec.class_path))
-    init_args = vars(spec.init_args)
-    for name in list(init_args):
-        if name not in given_args and name in defaults:
-            init_args[name] = defaults[name]
+    given_args = named.get("init_args") or Namespace()
+    for name, default in signature_defaults(import_class(spec.class_path)).items():
+        if name in init_args and name not in given_args:
+            init_args[name] = default
 
 
 def link_data_values(config: Namespace, given: Namespace | None) -> dict[str, Any]:
