@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -14,7 +15,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lightning_glif.cli import CONF_DIR, cli_main, resolve_config_paths
+from lightning_glif.checkpoint_io import AtomicCheckpointIO
+from lightning_glif.cli import (
+    CONF_DIR,
+    GLIFCLI,
+    GLIFParser,
+    RunConfig,
+    cli_main,
+    resolve_config_paths,
+)
 from lightning_glif.config_links import import_class, signature_defaults
 from lightning_glif.module import SpikingClassifier
 from lightning_glif.neurons.base import SpikingNeuron
@@ -372,3 +381,16 @@ def test_a_key_far_from_every_valid_one_gets_no_guess(capsys):
         cli_main(["fit", "--completely.different", "1"])
     err = capsys.readouterr().err
     assert "completely.different" in err and "did you mean" not in err
+
+
+# -- the libraries through their public surface ---------------------------------------------------
+@pytest.mark.parametrize("cls", [GLIFCLI, GLIFParser, RunConfig, AtomicCheckpointIO])
+def test_our_subclasses_neither_override_nor_use_a_private_name_of_their_base(cls):
+    """LightningCLI, jsonargparse's parser, SaveConfigCallback and TorchCheckpointIO are extended
+    through their public methods: no method of ours has the private name of one of theirs, and
+    no ``self._name`` read in our class is one of theirs (e.g. LightningCLI's ``_get``)."""
+    bases = cls.__mro__[1:]
+    own = {n for n in vars(cls) if n.startswith("_") and not n.startswith("__")} - {"_abc_impl"}
+    used = set(re.findall(r"self\.(_[a-z]\w*)", inspect.getsource(cls)))
+    reached = sorted(n for n in own | used if any(hasattr(b, n) for b in bases))
+    assert reached == [], f"{cls.__name__} reaches {reached} of its base classes"
