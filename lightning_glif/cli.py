@@ -356,8 +356,8 @@ class GLIFCLI(LightningCLI):
 
     def _check_checkpoint_classes(self, checkpoint: dict[str, Any] | None) -> dict[str, Any] | None:
         """Before LightningCLI merges a checkpoint's stored model config (which imports every
-        class path in it): its class paths must be the project's, torch's,
-        Lightning's or named by the user. Returns the stored model config (None: no file)."""
+        class path in it): its class paths must be the project's, torch's, Lightning's or named
+        by the user. Returns the stored model config (None: no file)."""
         if checkpoint is None:
             return None
         path = self.config[self.config.subcommand].ckpt_path
