@@ -10,17 +10,25 @@ in ``~/.cache/lightning_glif``).
 import ctypes
 import math
 import os
+import re
 import subprocess
 import sys
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from lightning_glif.neurons import GLIF, LIF, PLIF, ATan, GLIFf, Rectangular, Sigmoid, Triangle
 from lightning_glif.neurons.functional import GLIFValues, glif_coefficients, membrane_sequence
-from lightning_glif.neurons.fused import cpu, fused_available, membrane
+from lightning_glif.neurons.fused import (
+    cpu,
+    first_use_results,
+    fused_available,
+    membrane,
+    use_engine,
+)
 from lightning_glif.neurons.surrogate import Surrogate
 
 compile_ = pytest.mark.compile
@@ -41,9 +49,16 @@ NEURONS = {
 # linear [T, B, C]; conv [T, B, C, H, W]; one row longer than the kernel's 512-element tile
 # (two whole tiles and a part), rows of exactly one tile and one element more; T = 1 (only the
 # kernels' first-step branches) and T = 16; rows shorter than a vector (S = 3).
-SHAPES = {"linear": (6, 5, 7), "conv": (6, 3, 4, 5, 5), "long-row": (3, 2, 2, 1100),
-          "one-tile": (2, 2, 3, 512), "tile-plus-one": (3, 1, 2, 513), "T1": (1, 4, 3, 6, 6),
-          "T16": (16, 2, 3, 4, 5), "short-row": (5, 3, 4, 3)}
+SHAPES = {
+    "linear": (6, 5, 7),
+    "conv": (6, 3, 4, 5, 5),
+    "long-row": (3, 2, 2, 1100),
+    "one-tile": (2, 2, 3, 512),
+    "tile-plus-one": (3, 1, 2, 513),
+    "T1": (1, 4, 3, 6, 6),
+    "T16": (16, 2, 3, 4, 5),
+    "short-row": (5, 3, 4, 3),
+}
 SURROGATES = [Rectangular(), Rectangular(width=0.6), ATan(alpha=3.0), Sigmoid(), Triangle(0.8)]
 
 
@@ -113,11 +128,21 @@ def test_threshold_ties_do_not_fire_in_either_path():
     g = torch.Generator().manual_seed(3)
     x = torch.randint(0, 33, (8, 8, 3, 8, 8), generator=g).float() / 32
     half = torch.full((3,), 0.5)
-    exact = GLIFValues(alpha=half, beta=0 * half, gamma=half, tau=half / 2, v_threshold=half,
-                       v_leak=half / 8, v_reset=half, conductance=torch.full((8, 3), 0.5))
+    exact = GLIFValues(
+        alpha=half,
+        beta=0 * half,
+        gamma=half,
+        tau=half / 2,
+        v_threshold=half,
+        v_leak=half / 8,
+        v_reset=half,
+        conductance=torch.full((8, 3), 0.5),
+    )
     lif = LIF(3, 8, decay=0.5, v_threshold=0.5)
-    for c, surrogate in ((lif.coefficients(), lif.surrogate),
-                         (glif_coefficients(exact), Triangle())):
+    for c, surrogate in (
+        (lif.coefficients(), lif.surrogate),
+        (glif_coefficients(exact), Triangle()),
+    ):
         spikes, u = membrane_sequence(x, c, surrogate, return_membrane=True)
         assert (u == c.broadcast_to(2).v_threshold).sum() > 10  # ties happened
         assert torch.equal(membrane(x, c, surrogate, backend="fused"), spikes)
@@ -130,8 +155,10 @@ def test_random_data_bit_identical_over_many_seeds():
         spread(m, seed)
         x = current((6, 8, 16, 9, 9), seed=seed) * 1.5
         c = m.coefficients()
-        assert torch.equal(membrane(x, c, m.surrogate, backend="fused"),
-                           membrane(x, c, m.surrogate, backend="reference"))
+        assert torch.equal(
+            membrane(x, c, m.surrogate, backend="fused"),
+            membrane(x, c, m.surrogate, backend="reference"),
+        )
 
 
 @compile_
@@ -193,8 +220,10 @@ def test_inference_and_input_without_grad():
     m = spread(GLIF(4, 5))
     x = current((5, 3, 4, 6))
     with torch.no_grad():
-        assert torch.equal(membrane(x, m.coefficients(), m.surrogate, backend="fused"),
-                           membrane(x, m.coefficients(), m.surrogate, backend="reference"))
+        assert torch.equal(
+            membrane(x, m.coefficients(), m.surrogate, backend="fused"),
+            membrane(x, m.coefficients(), m.surrogate, backend="reference"),
+        )
     # x without grad: the parameter gradients still match.
     got = torch.autograd.grad((m(x) * x).sum(), list(m.parameters()))
     m.backend = "reference"
@@ -211,8 +240,12 @@ def test_gradients_do_not_depend_on_the_thread_count():
         results = []
         for n in (1, max(2, threads)):
             torch.set_num_threads(n)
-            results.append([run(m, current(s), "fused", current(s, seed=2))
-                            for s in (shape_conv, shape_linear)])
+            results.append(
+                [
+                    run(m, current(s), "fused", current(s, seed=2))
+                    for s in (shape_conv, shape_linear)
+                ]
+            )
     finally:
         torch.set_num_threads(threads)
     for (o1, g1), (o2, g2) in zip(*results, strict=True):
@@ -223,9 +256,11 @@ def test_gradients_do_not_depend_on_the_thread_count():
 # At least membrane_stream_min_bytes() per output: spikes and input gradient are written with
 # non-temporal stores. 32x32 rows are 64-byte aligned; 10x10 rows (400 bytes) are not, so the
 # stores start and end with a scalar part.
-STREAMED = {"aligned-rows": ((4, 16, 16, 32, 32), torch.float32),
-            "unaligned-rows": ((4, 41, 64, 10, 10), torch.float32),
-            "float64": ((4, 8, 16, 32, 32), torch.float64)}
+STREAMED = {
+    "aligned-rows": ((4, 16, 16, 32, 32), torch.float32),
+    "unaligned-rows": ((4, 41, 64, 10, 10), torch.float32),
+    "float64": ((4, 8, 16, 32, 32), torch.float64),
+}
 
 
 @compile_
@@ -322,13 +357,183 @@ def test_missing_compiler_warns_once_and_falls_back(monkeypatch):
         m(x)
 
 
+# ---------------------------------------------------------------- the first-use check
+def engine(name, forward=None, backward=None):
+    """An engine for ``use_engine``: the C kernel, with ``forward``/``backward`` replaced where
+    given, counting its calls in ``.calls``."""
+    calls = {"forward": 0, "backward": 0}
+
+    def counted(which, fn):
+        def call(*args):
+            calls[which] += 1
+            return fn(*args)
+
+        return call
+
+    return SimpleNamespace(
+        NAME=name, COMPUTE_DTYPES=cpu.COMPUTE_DTYPES, READS_HALF_PRECISION=False, calls=calls,
+        forward=counted("forward", forward or cpu.forward),
+        backward=counted("backward", backward or cpu.backward),
+    )  # fmt: skip
+
+
+def flipped_spike(x, coef, gain):
+    out = cpu.forward(x, coef, gain)
+    out.view(-1)[0] = 1 - out.view(-1)[0]
+    return out
+
+
+def kernel_fault(*args):
+    raise RuntimeError("simulated kernel fault")
+
+
+def scaled_gradient(which):
+    """A backward whose input (``which = None``) or coefficient row ``which`` (0-4: decay, hard,
+    leak, soft, v_threshold; 5: the gain) gradient is 5% off."""
+
+    def backward(*args):
+        gx, gc, gg = cpu.backward(*args)
+        if which is None:
+            return gx * 1.05, gc, gg
+        if which == 5:
+            return gx, gc, gg * 1.05
+        gc = gc.clone()
+        gc[which] *= 1.05
+        return gx, gc, gg
+
+    return backward
+
+
+BROKEN = {
+    "flipped-spike": (dict(forward=flipped_spike), r"1 of \d+ spikes differ"),
+    "forward-fault": (dict(forward=kernel_fault), "RuntimeError: simulated kernel fault"),
+    "backward-fault": (dict(backward=kernel_fault), "RuntimeError: simulated kernel fault"),
+    "input-gradient": (dict(backward=scaled_gradient(None)), "the input gradient differs"),
+    **{f"{n}-gradient": (dict(backward=scaled_gradient(i)), f"the gradient of {n} differs")
+       for i, n in enumerate(["decay", "hard", "leak", "soft", "v_threshold", "gain"])},
+}  # fmt: skip
+
+
+@compile_
+@pytest.mark.parametrize("name", list(BROKEN))
+def test_a_broken_engine_falls_back_with_a_warning_or_raises(name):
+    kernels, reason = BROKEN[name]
+    broken = engine(f"broken-{name}", **kernels)
+    m = spread(GLIF(3, 4))
+    x, w = current((4, 2, 3, 5)), current((4, 2, 3, 5), seed=2)
+    want = run(m, x, "reference", w)
+    with use_engine("cpu", broken):
+        with pytest.warns(RuntimeWarning) as record:
+            got = run(m, x, "auto", w)
+        # one warning naming the combination and the reason, and the reference loop's results
+        assert len(record) == 1
+        message = str(record[0].message)
+        assert f"engine broken-{name} on cpu, input float32 [T, B, C, ...]" in message
+        assert "surrogate Rectangular" in message and "gain [T, C]" in message
+        assert re.search(reason, message) and "first-use check" in message
+        assert torch.equal(got[0], want[0])
+        assert all(torch.equal(a, b) for a, b in zip(got[1], want[1], strict=True))
+        with pytest.raises(RuntimeError, match=f"backend='fused' cannot run.*{reason}"):
+            run(m, x, "fused", w)
+        combination = message.split(") for ")[1].split("; backend='auto'")[0]
+        assert re.search(reason, first_use_results()[combination])
+    assert broken.calls["forward"] == 1  # the check only: the calls above ran the reference
+
+
+@compile_
+def test_training_continues_on_the_reference_path():
+    # A small net whose neuron's engine returns one flipped spike: after the warning, a few SGD
+    # steps give exactly the reference loop's weights.
+    def train(backend, steps=3):
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Linear(6, 8), GLIF(8, 4, backend=backend),
+                                  torch.nn.Linear(8, 3))  # fmt: skip
+        opt = torch.optim.SGD(net.parameters(), lr=0.5)
+        g = torch.Generator().manual_seed(1)
+        for _ in range(steps):
+            x, y = torch.randn(4, 5, 6, generator=g) * 2, torch.randint(0, 3, (5,), generator=g)
+            loss = torch.nn.functional.cross_entropy(net(x).mean(0), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return net
+
+    want = train("reference")
+    broken = engine("flipped-in-training", forward=flipped_spike)
+    with use_engine("cpu", broken), pytest.warns(RuntimeWarning, match="1 of .* spikes differ"):
+        got = train("auto")
+    assert broken.calls == {"forward": 1, "backward": 1}  # the check, then never again
+    for (name, a), b in zip(got.named_parameters(), want.parameters(), strict=True):
+        assert torch.equal(a, b), name
+    assert not torch.equal(want[0].weight, train("reference", steps=0)[0].weight)  # it learnt
+
+
+@compile_
+def test_the_check_runs_once_per_combination():
+    counting = engine("counting")
+    m = spread(GLIF(3, 4))
+    x = current((4, 2, 3, 5))
+    with use_engine("cpu", counting), warnings.catch_warnings():
+        warnings.simplefilter("error")  # a passing check warns about nothing
+        # in inference mode (as Lightning's validation): the check enables gradients itself
+        with torch.inference_mode():
+            spikes = [m(x) for _ in range(3)]
+        assert counting.calls == {"forward": 4, "backward": 1}  # 1 check + 3 calls
+        m(x.double())  # a new combination: float64 input and compute
+        m(x[..., 0])  # linear input [T, B, C]
+        m(x[..., 0])
+        LIF(3, 4)(x)  # layer-wise coefficients
+        m.detach_reset = True
+        m(x)
+        m(x)
+        assert counting.calls == {"forward": 5 + 9, "backward": 5}  # 5 checks, 9 calls
+        results = {k: v for k, v in first_use_results().items() if "engine counting" in k}
+    assert len(results) == 5 and set(results.values()) == {""}
+    for new in ("input float64", "[T, B, C], ", "decay [], hard []", "detach_reset=True"):
+        assert sum(new in k for k in results) == 1, new
+    m.backend, m.detach_reset = "reference", False
+    assert all(torch.equal(s, m(x)) for s in spikes)
+
+
+@pytest.mark.slow
+@compile_
+def test_the_check_runs_while_compiling_and_its_fallback_is_compiled():
+    # The first call of a new combination is a torch.compile(fullgraph=True) trace: the check
+    # runs eagerly inside it (no graph break), and the fallback it chose is what gets compiled.
+    m = spread(GLIF(3, 4))
+    x = current((4, 2, 3, 5))
+    broken = engine("flipped-while-compiling", forward=flipped_spike)
+    with use_engine("cpu", broken), pytest.warns(RuntimeWarning, match="spikes differ"):
+        got = torch.compile(m, fullgraph=True, backend="eager")(x)
+    assert broken.calls["forward"] == 1
+    m.backend = "reference"
+    assert torch.equal(got, m(x))
+
+
+class NoKernelSurrogate(Rectangular):
+    """A subclass of a built-in: no kernel (its derivative could differ)."""
+
+
+def test_a_surrogate_without_kernel_warns_once_per_type():
+    m = GLIF(3, 4, surrogate=NoKernelSurrogate())
+    x = current((4, 2, 3))
+    with pytest.warns(RuntimeWarning, match="NoKernelSurrogate.*backend='reference'.*silence"):
+        m(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        GLIF(3, 4, surrogate=NoKernelSurrogate())(x)  # the same type: no second warning
+        m.backend = "reference"
+        m(x)
+
+
 # ---------------------------------------------------------------- the kernel library's ABI
+@pytest.mark.slow
 @compile_
 def test_abi_version_is_written_once_and_passed_to_the_compiler(tmp_path):
     # cpu.ABI_VERSION reaches the C code only through -DMEMBRANE_ABI_VERSION (also hashed)
     assert f"-DMEMBRANE_ABI_VERSION={cpu.ABI_VERSION}" in cpu.COMMON_FLAGS
     assert cpu.load().membrane_abi_version() == cpu.ABI_VERSION
-    cc = cpu._compiler()
+    cc = cpu.compiler()
     flags = [f for f in cpu.COMMON_FLAGS if not f.startswith("-DMEMBRANE_ABI_VERSION")]
     source = str(cpu.SOURCES[0])
     # without the macro, membrane.c refuses to build, saying why
@@ -358,13 +563,23 @@ def test_a_library_of_another_abi_is_refused(monkeypatch):
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 
+@pytest.mark.slow
 def test_triton_kernels_under_the_interpreter():
     pytest.importorskip("triton")
     if INTERPRETED:
         pytest.skip("this is the child process")
     root = Path(__file__).resolve().parents[1]
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__)),
-           "-k", "test_interpreted_triton"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        str(Path(__file__)),
+        "-k",
+        "test_interpreted_triton",
+    ]
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     done = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
@@ -378,16 +593,14 @@ def triton_engine():
     from lightning_glif.neurons.fused import triton_kernels
 
     triton_kernels.BLOCK = 16  # several programs per channel, and masked lanes, on small tensors
-    return triton_kernels
+    with use_engine("cpu", triton_kernels):  # behind the dispatcher for CPU tensors
+        yield triton_kernels
 
 
 def triton_run(engine, m, x, w):
-    from lightning_glif.neurons.fused import _fused
-
-    x = x.detach().requires_grad_()
-    spikes = _fused(engine, x, m.coefficients(), m.surrogate, m.detach_reset, torch.float32)
-    spikes = spikes.to(x.dtype)
-    return spikes, torch.autograd.grad((spikes * w).sum(), [x, *m.parameters()])
+    """``run`` on the Triton engine (the first-use check included: ``backend="fused"`` raises if
+    it fails)."""
+    return run(m, x, "fused", w)
 
 
 @pytest.mark.parametrize("shape", [(4, 3, 5), (3, 2, 3, 5, 7)], ids=["linear", "conv"])
@@ -434,11 +647,13 @@ def test_interpreted_triton_custom_ops_pass_opcheck(triton_engine):
     x = current(shape, torch.bfloat16).requires_grad_()
     coef = torch.tensor([[0.8, 0.5], [1.0, 0.0], [0.05, 0.1], [0.0, 0.5], [0.5, 0.6]])
     gain = torch.full((3, 2), 0.9)
-    torch.library.opcheck(membrane_fwd, (x, coef.requires_grad_(), gain, "triton", 3, 0.8, 1.25,
-                                         False))
+    torch.library.opcheck(
+        membrane_fwd, (x, coef.requires_grad_(), gain, "triton", 3, 0.8, 1.25, False)
+    )
     grad = current(shape, torch.bfloat16, seed=2)
-    torch.library.opcheck(membrane_bwd, (x.detach(), grad, coef.detach(), gain, "triton", 0, 0.5,
-                                         1.0, True))
+    torch.library.opcheck(
+        membrane_bwd, (x.detach(), grad, coef.detach(), gain, "triton", 0, 0.5, 1.0, True)
+    )
 
 
 @compile_
@@ -455,24 +670,44 @@ def test_cuda_kernels_compile_without_fma():
         pytest.skip(f"this Triton has no ahead-of-time compile API: {e}")
     from lightning_glif.neurons.fused import triton_kernels as tk
 
-    ptr = {n: "*fp32" for n in ("grad_ptr", "grad_x_ptr", "scratch_ptr", "partial_ptr",
-                                "coef_ptr", "gain_ptr")}
+    ptr = {
+        n: "*fp32"
+        for n in ("grad_ptr", "grad_x_ptr", "scratch_ptr", "partial_ptr", "coef_ptr", "gain_ptr")
+    }
     sizes = {n: "i32" for n in ("T", "N", "C", "S", "BS")}
     forward = ASTSource(
-        fn=tk._forward_kernel,
-        signature={"x_ptr": "*bf16", "out_ptr": "*bf16", "coef_ptr": "*fp32",
-                   "gain_ptr": "*fp32", **sizes, "S": "constexpr", "BLOCK": "constexpr"},
+        fn=tk.forward_kernel,
+        signature={
+            "x_ptr": "*bf16",
+            "out_ptr": "*bf16",
+            "coef_ptr": "*fp32",
+            "gain_ptr": "*fp32",
+            **sizes,
+            "S": "constexpr",
+            "BLOCK": "constexpr",
+        },
         constexprs={(7,): 1, (9,): 1024},
     )
     backward = ASTSource(
-        fn=tk._backward_kernel,
-        signature={"x_ptr": "*fp32", **ptr, **sizes, "p": "fp32", "q": "fp32",
-                   "KIND": "constexpr", "KEEP_RESET": "constexpr", "BLOCK": "constexpr"},
+        fn=tk.backward_kernel,
+        signature={
+            "x_ptr": "*fp32",
+            **ptr,
+            **sizes,
+            "p": "fp32",
+            "q": "fp32",
+            "KIND": "constexpr",
+            "KEEP_RESET": "constexpr",
+            "BLOCK": "constexpr",
+        },
         constexprs={(14,): 1, (15,): True, (16,): 1024},
     )
     for src in (forward, backward):
-        kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32),
-                                options={"num_warps": 4, "enable_fp_fusion": False})
+        kernel = triton.compile(
+            src,
+            target=GPUTarget("cuda", 90, 32),
+            options={"num_warps": 4, "enable_fp_fusion": False},
+        )
         ptx = kernel.asm["ptx"]
         assert "ld.global" in ptx and "fma.rn" not in ptx
 

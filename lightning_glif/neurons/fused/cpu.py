@@ -47,12 +47,19 @@ FLAG_SETS = (
 # -fno-math-errno -fno-trapping-math change no result (only errno and FP exception flags) but let
 # floor/min/selects vectorise.
 COMMON_FLAGS = (
-    "-std=c11", "-shared", "-fPIC", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math",
+    "-std=c11",
+    "-shared",
+    "-fPIC",
+    "-ffp-contract=off",
+    "-fno-math-errno",
+    "-fno-trapping-math",
     f"-DMEMBRANE_ABI_VERSION={ABI_VERSION}",
 )
 
 #: The engine's name in the custom ops of :mod:`.ops`.
 NAME = "cpu"
+#: The dtypes the membrane is computed in (the dispatcher promotes to at least float32).
+COMPUTE_DTYPES = (torch.float32, torch.float64)
 #: The input must arrive in the compute dtype (float32 or float64), bf16/fp16 converted first.
 READS_HALF_PRECISION = False
 
@@ -69,7 +76,8 @@ def cache_dir() -> Path:
     return Path(base) / "lightning_glif"
 
 
-def _compiler() -> str | None:
+def compiler() -> str | None:
+    """The C compiler the kernel is built with: ``$CC``, else the first of cc, gcc, clang."""
     for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
         if name and shutil.which(name):
             return name
@@ -88,7 +96,7 @@ def _cpu_signature() -> str:
 
 def _build() -> Path:
     """Compile the kernel (or find it in the cache); raise RuntimeError saying why not."""
-    cc = _compiler()
+    cc = compiler()
     if cc is None:
         raise RuntimeError("no C compiler found (set CC or install gcc/clang)")
     try:
@@ -107,8 +115,9 @@ def _build() -> Path:
     machine = [version, _cpu_signature(), platform.platform()]
     targets = []
     for flags in FLAG_SETS:
-        ident = b"\0".join([sources, repr((flags, COMMON_FLAGS)).encode(),
-                            *(m.encode() for m in machine)])
+        ident = b"\0".join(
+            [sources, repr((flags, COMMON_FLAGS)).encode(), *(m.encode() for m in machine)]
+        )
         targets.append(directory / f"membrane-{hashlib.sha256(ident).hexdigest()[:20]}.so")
     for target in targets:
         if target.exists():
@@ -214,8 +223,18 @@ def backward(
     partial = torch.zeros(slices, 5 + T, C, dtype=torch.float64)
     grad_x = torch.empty_like(x)
     status = getattr(lib, f"membrane_backward_{_suffix(x.dtype)}")(
-        x.data_ptr(), grad.data_ptr(), grad_x.data_ptr(), partial.data_ptr(), coef.data_ptr(),
-        gain.data_ptr(), T, B, C, S, *surrogate, int(detach_reset),
+        x.data_ptr(),
+        grad.data_ptr(),
+        grad_x.data_ptr(),
+        partial.data_ptr(),
+        coef.data_ptr(),
+        gain.data_ptr(),
+        T,
+        B,
+        C,
+        S,
+        *surrogate,
+        int(detach_reset),
     )
     if status != 0:
         raise MemoryError(f"fused membrane backward: kernel returned status {status}")

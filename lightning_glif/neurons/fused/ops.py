@@ -8,10 +8,11 @@ an ``autograd.Function`` whose forward calls ctypes; Inductor fuses and compiles
 it (convolutions, batch norms, the coefficient maps) and calls the kernels as extern calls.
 
 Why the ops take an ``engine`` name (``"cpu"``: the C kernel of :mod:`.cpu`; ``"triton"``: the
-kernels of :mod:`.triton_kernels`) instead of registering one kernel per device: the dispatcher
-(:func:`lightning_glif.neurons.fused._engine`) picks the engine, and the tests run the Triton
-kernels on CPU tensors under ``TRITON_INTERPRET=1``, which per-device dispatch could not express.
-In normal use CPU tensors get ``"cpu"`` and CUDA tensors ``"triton"``.
+kernels of :mod:`.triton_kernels`; another one added by :func:`register_engine`) instead of
+registering one kernel per device: the dispatcher (:func:`lightning_glif.neurons.fused.membrane`)
+picks the engine, and the tests run the Triton kernels on CPU tensors under
+``TRITON_INTERPRET=1``, or a deliberately broken engine, which per-device dispatch could not
+express. In normal use CPU tensors get ``"cpu"`` and CUDA tensors ``"triton"``.
 
 The surrogate ``(kind, p, q)`` and ``detach_reset`` are arguments of the forward op although only
 the backward uses them: ``register_autograd``'s ``setup_context`` sees only the op's inputs.
@@ -26,10 +27,20 @@ import torch
 from torch import Tensor
 
 ENGINES: tuple[str, ...] = ("cpu", "triton")
+_registered: dict[str, object] = {}  # engines added by register_engine, by NAME
 
 
-def engine_module(name: str) -> ModuleType:
-    """The engine module of that name (imports Triton only when asked for it)."""
+def register_engine(engine: ModuleType | object) -> None:
+    """Let the ops call ``engine`` by its ``NAME`` (an engine has what :mod:`.cpu` has: ``NAME``,
+    ``COMPUTE_DTYPES``, ``READS_HALF_PRECISION``, ``forward``, ``backward``). Used by
+    :func:`lightning_glif.neurons.fused.use_engine`; the two built-in names stay built in."""
+    if engine.NAME in ENGINES and engine is not engine_module(engine.NAME):
+        raise ValueError(f"engine name {engine.NAME!r} is taken by a built-in engine.")
+    _registered[engine.NAME] = engine
+
+
+def engine_module(name: str) -> ModuleType | object:
+    """The engine of that name (imports Triton only when asked for it)."""
     if name == "cpu":
         from . import cpu
 
@@ -38,7 +49,10 @@ def engine_module(name: str) -> ModuleType:
         from . import triton_kernels
 
         return triton_kernels
-    raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {name!r}.")
+    if name in _registered:
+        return _registered[name]
+    names = ", ".join([*ENGINES, *_registered])
+    raise ValueError(f"engine must be one of {names}, got {name!r}.")
 
 
 @torch.library.custom_op(
@@ -85,7 +99,11 @@ def membrane_bwd(
     """Gradients ``(x, coef, gain)`` of the loss given ``grad`` = dL/dspikes (any layout: a
     ``spikes.sum()`` hands a stride-0 one); arguments as :func:`membrane_fwd`."""
     grad_x, grad_coef, grad_gain = engine_module(engine).backward(
-        x.contiguous(), grad.contiguous(), coef.contiguous(), gain.contiguous(), (kind, p, q),
+        x.contiguous(),
+        grad.contiguous(),
+        coef.contiguous(),
+        gain.contiguous(),
+        (kind, p, q),
         detach_reset,
     )
     # The engines return the two coefficient gradients as slices of one [5 + T, C] sum (the
@@ -120,4 +138,4 @@ def _backward(ctx, grad):
 membrane_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
-__all__ = ["ENGINES", "engine_module", "membrane_bwd", "membrane_fwd"]
+__all__ = ["ENGINES", "engine_module", "membrane_bwd", "membrane_fwd", "register_engine"]

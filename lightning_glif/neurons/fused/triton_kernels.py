@@ -25,6 +25,8 @@ import triton.language as tl
 NAME = "triton"
 BLOCK = 1024
 NUM_WARPS = 4
+#: The membrane is float32 (no float64 kernels).
+COMPUTE_DTYPES = (torch.float32,)
 #: The input is read in its own dtype (the CPU engine needs it converted to the compute dtype).
 READS_HALF_PRECISION = True
 
@@ -78,7 +80,7 @@ def _step(u, o, x, a, h, l, r, b, th):
 
 
 @triton.jit
-def _forward_kernel(x_ptr, out_ptr, coef_ptr, gain_ptr, T, N, C, S, BS, BLOCK: tl.constexpr):
+def forward_kernel(x_ptr, out_ptr, coef_ptr, gain_ptr, T, N, C, S, BS, BLOCK: tl.constexpr):
     c, off, mask = _offsets(C, S, BS, BLOCK)
     a, h, l, r, th = _coefficients(coef_ptr, C, c)
     u = tl.zeros([BLOCK], dtype=tl.float32)
@@ -93,10 +95,24 @@ def _forward_kernel(x_ptr, out_ptr, coef_ptr, gain_ptr, T, N, C, S, BS, BLOCK: t
 
 
 @triton.jit
-def _backward_kernel(
-    x_ptr, grad_ptr, grad_x_ptr, scratch_ptr, partial_ptr, coef_ptr, gain_ptr,
-    T, N, C, S, BS, p, q,
-    KIND: tl.constexpr, KEEP_RESET: tl.constexpr, BLOCK: tl.constexpr,
+def backward_kernel(
+    x_ptr,
+    grad_ptr,
+    grad_x_ptr,
+    scratch_ptr,
+    partial_ptr,
+    coef_ptr,
+    gain_ptr,
+    T,
+    N,
+    C,
+    S,
+    BS,
+    p,
+    q,
+    KIND: tl.constexpr,
+    KEEP_RESET: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     c, off, mask = _offsets(C, S, BS, BLOCK)
     a, h, l, r, th = _coefficients(coef_ptr, C, c)
@@ -170,8 +186,18 @@ def forward(x: torch.Tensor, coef: torch.Tensor, gain: torch.Tensor) -> torch.Te
     T, N, C, S, BS, grid = _launch_shape(x)
     out = torch.empty_like(x)
     with _on(x.device):
-        _forward_kernel[grid](
-            x, out, coef, gain, T, N, C, S, BS, BLOCK=BLOCK, num_warps=NUM_WARPS,
+        forward_kernel[grid](
+            x,
+            out,
+            coef,
+            gain,
+            T,
+            N,
+            C,
+            S,
+            BS,
+            BLOCK=BLOCK,
+            num_warps=NUM_WARPS,
             enable_fp_fusion=False,
         )
     return out
@@ -185,9 +211,25 @@ def backward(x, grad, coef, gain, surrogate, detach_reset):
     scratch = torch.empty(x.shape, dtype=torch.float32, device=x.device)
     partial = torch.empty(C, grid[1], 5 + T, dtype=torch.float32, device=x.device)
     with _on(x.device):
-        _backward_kernel[grid](
-            x, grad, grad_x, scratch, partial, coef, gain, T, N, C, S, BS, float(p), float(q),
-            KIND=kind, KEEP_RESET=not detach_reset, BLOCK=BLOCK, num_warps=NUM_WARPS,
+        backward_kernel[grid](
+            x,
+            grad,
+            grad_x,
+            scratch,
+            partial,
+            coef,
+            gain,
+            T,
+            N,
+            C,
+            S,
+            BS,
+            float(p),
+            float(q),
+            KIND=kind,
+            KEEP_RESET=not detach_reset,
+            BLOCK=BLOCK,
+            num_warps=NUM_WARPS,
             enable_fp_fusion=False,
         )
     total = partial.sum(1).t()
