@@ -1,23 +1,32 @@
-"""The GPU check (issue 13): Triton vs reference, speed, ResNet-19 step, mixed precision.
+"""The GPU check (issues 13 and 33): the fused kernels' first-use check, Triton against the
+reference loop, speed, a ResNet-19 step, mixed precision; one markdown table per part, and all of
+them in one ``gpu.md`` ready for docs/performance.md.
 
-Triton against the reference loop, neuron and ResNet-19 speed, and a mixed-precision run through
-the real training path; one markdown table per part.
-
-    benchmarks/gpu_check.sh OUT                 # all four parts on CUDA, < 8 min on an H200
+    benchmarks/gpu_check.sh OUT                 # every part on CUDA, < 8 min on one H100
+    python benchmarks/gpu_check.py firstuse --device cpu --out OUT      # the C kernel's checks
     python benchmarks/gpu_check.py correctness --device cpu --out OUT   # Triton interpreted, tiny
     python benchmarks/gpu_check.py precision --device cpu --out OUT     # bf16-mixed on the CPU
 
 Parts (each writes ``OUT/<part>.md`` as it goes and ``OUT/<part>.json``, its PASS/FAIL/SKIP):
 
+- ``firstuse``: the first-use check of :mod:`lightning_glif.neurons.fused` for the combinations
+  the shipped configs use. Every neuron a config in ``conf/`` names (a ``neuron:`` entry, built
+  with the plain values the config gives it), on conv ``[T, B, C, H, W]`` and linear
+  ``[T, B, C]`` input in float32, bfloat16 and float16 (what ``32-true``, ``bf16-mixed`` and
+  ``16-mixed`` hand a neuron): one forward and backward with ``backend="auto"``, as training runs
+  it; then the verdict of every combination checked
+  (:func:`~lightning_glif.neurons.fused.first_use_results`). Exit 1 if a neuron does not run
+  fused (``backend="auto"`` then runs the reference loop for it on this machine). On the CPU it
+  checks the C kernel.
 - ``correctness``: every neuron of :mod:`lightning_glif.neurons` (GLIF in each gate mode, pinned,
   layer-wise, frozen membrane, every fused surrogate kernel and ``detach_reset``; GLIF_f, LIF,
   PLIF; any other exported membrane neuron with its defaults), in float32, bfloat16 and float16,
-  on linear ``[T, B, C]`` and conv ``[T, B, C, H, W]`` inputs, T = 2, 4, 6, 16: the Triton
-  kernels (``backend="fused"`` on CUDA) against the reference loop (``backend="reference"``):
-  spikes bit-identical, input and parameter gradients within tolerance. On the CPU the Triton
-  kernels run under ``TRITON_INTERPRET=1`` (set by this script before Triton is imported, as
-  tests/test_fused.py does) on tiny shapes, called through the same custom op. Exit 1 if a row
-  fails.
+  on linear ``[T, B, C]`` and conv ``[T, B, C, H, W]`` inputs, T = 2, 6, 16 on CUDA: the neuron
+  with ``backend="fused"`` (its first-use check included) against ``backend="reference"``: spikes
+  bit-identical, input and parameter gradients within tolerance. On the CPU the Triton kernels
+  run under ``TRITON_INTERPRET=1`` (set by this script before Triton is imported, as
+  tests/test_fused.py does) on tiny shapes, put behind the dispatcher with
+  :func:`~lightning_glif.neurons.fused.use_engine`. Exit 1 if a row fails.
 - ``speed``: forward+backward time at the ResNet-19 CIFAR layer sizes ``[6, B, 128, 32, 32]``,
   ``[6, B, 256, 16, 16]``, ``[6, B, 512, 8, 8]`` (B = 64 on CUDA), with the contenders of
   ``benchmarks/baselines.py`` timed by ``benchmarks/neuron_speed.py``'s functions, plus
@@ -27,27 +36,34 @@ Parts (each writes ``OUT/<part>.md`` as it goes and ``OUT/<part>.json``, its PAS
   (``torch.cuda.max_memory_allocated``), fused vs reference neuron; each backend in a child
   process of ``benchmarks/resnet19_step.py`` (its model building and timing).
 - ``precision``: one epoch of ``train.py fit`` (:func:`lightning_glif.cli.cli_main`) with
-  ``conf/experiment/cifar10_resnet19_t6.yaml`` on a fabricated CIFAR-10 (random 3x32x32 images
-  and labels, written in the python-pickle layout the CIFAR DataModule reads, a few hundred
-  images) under ``--trainer.precision 16-mixed`` and ``bf16-mixed``: wall time, losses finite,
-  accuracy (chance level: the labels are random), and what the neurons received. ``16-mixed`` is
-  CUDA-only in Lightning; on the CPU it is skipped, saying so.
-- ``summary``: ``OUT/summary.md`` from the parts' results; a part without one (timed out or
-  crashed) is a FAIL. Exit 1 if any part failed.
+  ``conf/experiment/cifar10_resnet19_t6.yaml`` on random images of CIFAR-10's shapes
+  (:class:`benchmarks.random_cifar.RandomCIFAR10`, a few hundred, made in memory) under
+  ``--trainer.precision 16-mixed`` and ``bf16-mixed``: wall time, losses finite, accuracy (chance
+  level: the labels are random), and what the neurons received. ``16-mixed`` is CUDA-only in
+  Lightning; on the CPU it is skipped, saying so.
+- ``summary``: ``OUT/summary.md`` from the parts' results (a part without one, timed out or
+  crashed, is a FAIL; exit 1 if any part failed), and ``OUT/gpu.md``: the date, the card
+  (``torch.cuda.get_device_name()``), the torch, CUDA and Triton versions, the commit, the summary
+  and every part's table, its headings under one ``##`` section to paste into
+  docs/performance.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import datetime
+import importlib
 import inspect
 import json
 import math
 import os
-import pickle
+import platform
 import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -55,7 +71,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from anywhere in the repo
 
-PARTS = ("correctness", "speed", "resnet19", "precision")
+PARTS = ("firstuse", "correctness", "speed", "resnet19", "precision")
 DTYPES = ("float32", "bfloat16", "float16")
 #: Relative tolerance of the input gradient per input dtype (the fused op rounds it to the input
 #: dtype at the end, as the reference does: one ulp apart at most), and of the parameter
@@ -64,11 +80,15 @@ X_RTOL = {"float32": 1e-5, "bfloat16": 1e-2, "float16": 1e-3}
 PARAM_RTOL = {"cuda": 1e-4, "cpu": 1e-5}
 #: Default correctness shapes: T x (linear [T, B, C], conv [T, B, C, H, W]). On CUDA the conv
 #: rows have B*H*W = 1156 > the kernels' 1024-element block (two programs per channel, a masked
-#: tail); on the CPU the interpreter runs with a 16-element block for the same reason.
-CUDA_TIMES = (2, 4, 6, 16)
+#: tail); on the CPU the interpreter runs with a 16-element block for the same reason. T = 4 is
+#: left out for the H100's 8 minutes: Triton specialises on an int being 1 or a multiple of 16,
+#: so T = 4 runs the variant that T = 2 and 6 compile, and T = 16 its own.
+CUDA_TIMES = (2, 6, 16)
 CUDA_SHAPES = ((48, 16), (4, 16, 17, 17))
 CPU_SHAPES = ("2x3x4", "4x2x3x3x3")
 INTERPRETER_BLOCK = 16
+#: The first-use part's inputs, T = 6 as the CIFAR configs (the CPU: a quarter of the batch).
+FIRSTUSE_SHAPES = {"conv": (6, 16, 16, 8, 8), "linear": (6, 64, 16)}
 PAPER_LAYERS = ((128, 32, 32), (256, 16, 16), (512, 8, 8))  # ResNet-19 CIFAR, T = 6
 PRECISION_CONFIG = "conf/experiment/cifar10_resnet19_t6.yaml"
 
@@ -128,21 +148,28 @@ def cuda_problem() -> str | None:
         return f"this PyTorch ({torch.__version__}) is built without CUDA"
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     hidden = f"; CUDA_VISIBLE_DEVICES={visible!r}" if visible is not None else ""
-    return (f"PyTorch {torch.__version__} (CUDA {torch.version.cuda}) sees no CUDA device "
-            f"(torch.cuda.is_available() is False: no GPU, no driver, or none visible{hidden})")
+    return (
+        f"PyTorch {torch.__version__} (CUDA {torch.version.cuda}) sees no CUDA device "
+        f"(torch.cuda.is_available() is False: no GPU, no driver, or none visible{hidden})"
+    )
 
 
 def cmd_cuda(args) -> int:
     problem = cuda_problem()
     if problem:
-        print(f"gpu_check: no CUDA: {problem}. The GPU check needs an NVIDIA GPU. Its CPU parts "
-              "run without one: python benchmarks/gpu_check.py correctness --device cpu --out "
-              "DIR (and precision).", file=sys.stderr)
+        print(
+            f"gpu_check: no CUDA: {problem}. The GPU check needs an NVIDIA GPU. Its CPU parts "
+            "run without one: python benchmarks/gpu_check.py correctness --device cpu --out "
+            "DIR (and precision).",
+            file=sys.stderr,
+        )
         return 1
     import torch
 
-    print(f"gpu_check: CUDA {torch.version.cuda}, {torch.cuda.device_count()} device(s), "
-          f"using {torch.cuda.get_device_name(0)}; torch {torch.__version__}")
+    print(
+        f"gpu_check: CUDA {torch.version.cuda}, {torch.cuda.device_count()} device(s), "
+        f"using {torch.cuda.get_device_name(0)}; torch {torch.__version__}"
+    )
     return 0
 
 
@@ -176,8 +203,12 @@ def neuron_cases() -> dict[str, Callable]:
     covered = {getattr(f, "func", f) for f in cases.values()}
     for name in neurons.__all__:
         cls = getattr(neurons, name)
-        if (inspect.isclass(cls) and issubclass(cls, neurons.MembraneNeuron)
-                and not inspect.isabstract(cls) and cls not in covered):
+        if (
+            inspect.isclass(cls)
+            and issubclass(cls, neurons.MembraneNeuron)
+            and not inspect.isabstract(cls)
+            and cls not in covered
+        ):
             cases[f"{name.lower()}-defaults"] = cls
     return cases
 
@@ -226,26 +257,24 @@ def grad_error(got, want, rtol: float) -> tuple[float, bool]:
     return worst, ok
 
 
-def _spikes_and_grads(forward, m, x, w):
+def spikes_and_grads(m, x, w):
+    """The neuron's spikes and the gradients of ``(spikes * w).sum()``: ``(spikes, input
+    gradient, [parameter gradients])``."""
     import torch
 
     x = x.detach().requires_grad_()
-    spikes = forward(x)
+    spikes = m(x)
     params = [p for p in m.parameters() if p.requires_grad]
     grads = torch.autograd.grad((spikes * w).sum(), [x, *params])
     return spikes, grads[0], list(grads[1:])
 
 
-def compare(factory, shape, dtype_name: str, device, interpreted) -> tuple[list[str], bool]:
-    """One row: the fused Triton op against the reference loop; ``(cells, passed)``.
-
-    On CUDA the fused side is the neuron itself with ``backend="fused"`` (after checking that
-    the dispatcher picks the Triton engine for it); on the CPU it is the same custom op called
-    with the Triton engine (``interpreted``, the module imported under ``TRITON_INTERPRET=1``),
-    as tests/test_fused.py does, since the dispatcher gives CPU tensors the C kernel."""
+def compare(factory, shape, dtype_name: str, device) -> tuple[list[str], bool]:
+    """One row: the neuron with ``backend="fused"`` against ``backend="reference"``; ``(cells,
+    passed)``. On CUDA the dispatcher gives the fused op the Triton kernels; on the CPU, the
+    engine that :func:`cmd_correctness` put behind it. ``backend="fused"`` runs the first-use
+    check before the first call of each combination, and raises saying why if it fails."""
     import torch
-
-    from lightning_glif.neurons.fused import _engine, _fused
 
     dtype = getattr(torch, dtype_name)
     T, C = shape[0], shape[2]
@@ -254,22 +283,9 @@ def compare(factory, shape, dtype_name: str, device, interpreted) -> tuple[list[
     x = current(shape, dtype, seed=1).to(device)
     w = current(shape, dtype, seed=2).to(device)
     m.backend = "reference"
-    want = _spikes_and_grads(m, m, x, w)
-    if device.type == "cuda":
-        engine, _, why = _engine(x, m.coefficients(), m.surrogate)
-        if engine is None or engine.NAME != "triton":
-            return [f"fused op does not run Triton: {why or engine.NAME}"], False
-        m.backend = "fused"
-        forward = m
-        name = "triton"
-    else:
-        def forward(x):
-            c = m.coefficients()
-            return _fused(interpreted, x, c, m.surrogate, m.detach_reset, torch.float32)
-
-        name = "triton (interpreted)"
-    got = _spikes_and_grads(forward, m, x, w)
-    m.backend = "auto"
+    want = spikes_and_grads(m, x, w)
+    m.backend = "fused"
+    got = spikes_and_grads(m, x, w)
     same = got[0].dtype == x.dtype and torch.equal(got[0], want[0])
     rate = want[0].float().mean().item()
     x_err, x_ok = grad_error([got[1]], [want[1]], X_RTOL[dtype_name])
@@ -290,10 +306,15 @@ def compare(factory, shape, dtype_name: str, device, interpreted) -> tuple[list[
         problems.append("input gradient")
     if not p_ok:
         problems.append("parameter gradients")
-    passed = not problems
-    cells = [name, "equal" if same else "DIFFER", f"{rate:.2f}", f"{x_err:.1e}", p_cell,
-             "PASS" if passed else "FAIL: " + ", ".join(problems)]
-    return cells, passed
+    result = "PASS" if not problems else "FAIL: " + ", ".join(problems)
+    name = "triton" if device.type == "cuda" else "triton (interpreted)"
+    cells = [name, "equal" if same else "DIFFER", f"{rate:.2f}", f"{x_err:.1e}", p_cell, result]
+    return cells, not problems
+
+
+def error_text(e: Exception, limit: int = 600) -> str:
+    """An exception on one line, for a table cell."""
+    return f"{type(e).__name__}: {' '.join(str(e).split())[:limit]}".replace("|", "/")
 
 
 def _shape_label(shape) -> str:
@@ -312,24 +333,40 @@ def correctness_shapes(args, device) -> list[tuple[int, ...]]:
     return shapes
 
 
-def cmd_correctness(args) -> int:
+CORRECTNESS_HOW = (
+    "{how}. Spikes must be bit-identical; gradients of (spikes * w).sum() with a random w: "
+    "'x err' / 'param err' are max |fused - reference| / max |reference| (over the parameter "
+    "tensors: the worst), within tolerance when |fused - reference| <= rtol (max |reference| + "
+    "|reference|) everywhere; rtol for x: {x_rtol}; for the parameters {param_rtol:g}. 'rate': "
+    "the firing rate (a row with none or all spikes proves nothing and fails). A row whose "
+    "first-use check fails says so, and why.\n"
+)
+CORRECTNESS_HEADER = ["neuron", "options", "shape", "dtype", "engine", "spikes", "rate", "x err"]
+CORRECTNESS_HEADER += ["param err", "result"]
+
+
+def cmd_correctness(args, engine=None) -> int:
+    """The correctness part; ``engine``: what runs CPU tensors (default: the Triton kernels,
+    interpreted), e.g. a deliberately broken one in tests/test_gpu_check.py."""
     import torch
 
+    from lightning_glif.neurons.fused import use_engine
+
     device = _device(args.device)
-    interpreted = None
-    if device.type != "cuda":
+    if device.type != "cuda" and engine is None:
         if os.environ.get("TRITON_INTERPRET") != "1":
-            sys.exit("correctness on the CPU needs TRITON_INTERPRET=1 before Triton is imported "
-                     "(main() sets it; call main() before importing torch or lightning_glif).")
+            sys.exit(
+                "correctness on the CPU needs TRITON_INTERPRET=1 before Triton is imported "
+                "(main() sets it; call main() before importing torch or lightning_glif)."
+            )
         try:
             from lightning_glif.neurons.fused import triton_kernels
         except ImportError as e:
             part = Part("correctness", args.out)
-            part.line(f"- skipped: Triton is not importable ({e}); the Triton kernels cannot "
-                      "run on this machine")
+            part.line(f"- skipped: Triton is not importable ({e}); its kernels cannot run here")
             return part.finish("SKIP", f"Triton is not importable ({e})")
         triton_kernels.BLOCK = INTERPRETER_BLOCK  # several programs per channel, masked lanes
-        interpreted = triton_kernels
+        engine = triton_kernels
     cases = neuron_cases()
     unknown = [n for n in args.neurons or [] if n not in cases]
     if unknown:
@@ -342,48 +379,136 @@ def cmd_correctness(args) -> int:
     from benchmarks.common import machine_note
 
     part.line(f"# Triton vs reference loop ({machine_note(device)})\n")
-    how = ("the neuron with backend='fused' (Triton) vs backend='reference'" if device.type ==
-           "cuda" else f"the Triton kernels under TRITON_INTERPRET=1 (block "
-           f"{INTERPRETER_BLOCK}), through the fused custom op, vs backend='reference'")
-    part.line(f"{how}. Spikes must be bit-identical; gradients of (spikes * w).sum() with a "
-              "random w: 'x err' / 'param err' are max |fused - reference| / max |reference| "
-              "(over the parameter tensors: the worst), within tolerance when |fused - "
-              f"reference| <= rtol (max |reference| + |reference|) everywhere; rtol for x: "
-              f"{', '.join(f'{k} {v:g}' for k, v in X_RTOL.items())}; for the parameters "
-              f"{PARAM_RTOL[device.type]:g}. 'rate': the firing rate (a row with none or all "
-              "spikes proves nothing and fails).\n")
-    part.header(["neuron", "options", "shape", "dtype", "engine", "spikes", "rate", "x err",
-                 "param err", "result"])
+    if device.type == "cuda":
+        how = "the neuron with backend='fused' (Triton) vs backend='reference'"
+    else:
+        how = (
+            f"the Triton kernels under TRITON_INTERPRET=1 (block {INTERPRETER_BLOCK}), behind "
+            "the dispatcher (use_engine), with backend='fused' vs backend='reference'"
+        )
+    x_rtol = ", ".join(f"{k} {v:g}" for k, v in X_RTOL.items())
+    param_rtol = PARAM_RTOL[device.type]
+    part.line(CORRECTNESS_HOW.format(how=how, x_rtol=x_rtol, param_rtol=param_rtol))
+    part.header(CORRECTNESS_HEADER)
     failed, total = [], 0
     planned = len(cases) * len(shapes) * len(dtypes)
-    for name, factory in cases.items():
-        for shape in shapes:
-            for dtype in dtypes:
-                if args.budget and time.perf_counter() - part.start > args.budget:
-                    break
-                total += 1
-                label = [name, describe(factory), _shape_label(shape), dtype]
-                try:
-                    cells, passed = compare(factory, shape, dtype, device, interpreted)
-                except Exception as e:  # a kernel that does not compile or run is a failed row
-                    text = f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
-                    cells, passed = ["-", "-", "-", "-", "-", f"FAIL: {text}"], False
-                if len(cells) == 1:  # no Triton engine for this input
-                    cells = ["-", "-", "-", "-", "-", f"FAIL: {cells[0]}"]
-                part.row(label + [c.replace("|", "/") for c in cells])
-                if not passed:
-                    failed.append(f"{name} {_shape_label(shape)} {dtype}")
+    rows = [(n, f, s, d) for n, f in cases.items() for s in shapes for d in dtypes]
+    # On the CPU, the engine runs CPU tensors (the C kernel otherwise), for all rows at once: a
+    # use_engine block checks each combination afresh.
+    cpu = use_engine("cpu", engine) if device.type != "cuda" else contextlib.nullcontext()
+    with cpu:
+        for name, factory, shape, dtype in rows:
+            if args.budget and time.perf_counter() - part.start > args.budget:
+                break
+            total += 1
+            label = [name, describe(factory), _shape_label(shape), dtype]
+            try:
+                cells, passed = compare(factory, shape, dtype, device)
+            except Exception as e:  # a kernel that fails its check or does not run
+                cells, passed = ["-"] * 5 + [f"FAIL: {error_text(e)}"], False
+            part.row(label + [c.replace("|", "/") for c in cells])
+            if not passed:
+                failed.append(f"{name} {_shape_label(shape)} {dtype}")
     if device.type == "cuda":
         torch.cuda.synchronize()
     if failed:
-        shown = "; ".join(failed[:5]) + (f"; and {len(failed) - 5} more" if len(failed) > 5
-                                           else "")
+        more = f"; and {len(failed) - 5} more" if len(failed) > 5 else ""
+        shown = "; ".join(failed[:5]) + more
         return part.finish("FAIL", f"{len(failed)} of {total} rows failed: {shown}")
     if total < planned:
-        return part.finish("FAIL", f"incomplete: the {args.budget:g} s budget ran out after "
-                                   f"{total} of {planned} rows (all of those passed)")
-    return part.finish("PASS", f"{total} rows ({len(cases)} neurons x {len(shapes)} shapes x "
-                               f"{len(dtypes)} dtypes): spikes equal, gradients within tolerance")
+        note = f"incomplete: the {args.budget:g} s budget ran out after {total} of {planned} rows"
+        return part.finish("FAIL", note + " (all of those passed)")
+    note = f"{total} rows ({len(cases)} neurons x {len(shapes)} shapes x {len(dtypes)} dtypes)"
+    return part.finish("PASS", note + ": spikes equal, gradients within tolerance")
+
+
+# ------------------------------------------------------------------------------------- firstuse
+def config_neurons() -> dict[str, tuple[Callable, list[str]]]:
+    """``label -> (factory(C, T), the configs naming it)``: every neuron that a shipped config
+    (``lightning_glif.cli.CONF_DIR``) names (a ``neuron:`` entry, dotted keys included), with
+    the plain (not nested) values of its ``init_args``."""
+    import yaml
+
+    found: dict[str, tuple[Callable, list[str]]] = {}
+
+    def visit(node, config: str) -> None:
+        if isinstance(node, list):
+            node = dict(enumerate(node))
+        if not isinstance(node, dict):
+            return
+        for key, value in node.items():
+            spec = {"class_path": value} if isinstance(value, str) else value
+            named = str(key).rsplit(".", 1)[-1] == "neuron"
+            if named and isinstance(spec, dict) and "class_path" in spec:
+                module, _, name = spec["class_path"].rpartition(".")
+                args = spec.get("init_args") or {}
+                options = {k: v for k, v in args.items() if not isinstance(v, dict | list)}
+                label = f"{name}({', '.join(f'{k}={v!r}' for k, v in options.items())})"
+                cls = getattr(importlib.import_module(module), name)
+                found.setdefault(label, (partial(cls, **options), []))[1].append(config)
+            visit(value, config)
+
+    from lightning_glif.cli import CONF_DIR
+
+    for path in sorted(CONF_DIR.rglob("*.yaml")):
+        visit(yaml.safe_load(path.read_text()), str(path.relative_to(CONF_DIR)))
+    return found
+
+
+def cmd_firstuse(args) -> int:
+    import torch
+
+    from benchmarks.common import machine_note
+    from lightning_glif.neurons.fused import first_use_results, fused_available
+
+    device = _device(args.device)
+    part = Part("firstuse", args.out)
+    part.line(f"# First-use check of the fused kernels ({machine_note(device)})\n")
+    part.line(
+        "Each neuron a config in conf/ names, as the config builds it, on the inputs below in "
+        "float32, bfloat16 and float16 (what 32-true, bf16-mixed and 16-mixed hand a neuron): one "
+        "forward and backward with backend='auto', as training runs it. The first call of each "
+        "new combination runs the fused engine once on a small random input against the "
+        "reference loop (spikes equal, input and coefficient gradients within tolerance); a "
+        "combination that fails runs the reference loop from then on. 'runs': what "
+        "backend='auto' runs for the neuron afterwards.\n"
+    )
+    part.header(["neuron", "configs", "input", "dtype", "runs", "result"])
+    failed, rows = [], 0
+    batch = 1 if device.type == "cuda" else 4  # a quarter of the batch on the CPU
+    for label, (factory, configs) in config_neurons().items():
+        names = ", ".join(configs[:3]) + (
+            f" and {len(configs) - 3} more" if len(configs) > 3 else ""
+        )
+        for kind, shape in FIRSTUSE_SHAPES.items():
+            shape = (shape[0], shape[1] // batch, *shape[2:])
+            for dtype in DTYPES:
+                rows += 1
+                torch.manual_seed(0)
+                x = current(shape, getattr(torch, dtype), seed=1).to(device).requires_grad_()
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # a failed check's warning: in the row
+                    try:
+                        m = factory(shape[2], shape[0]).to(device)
+                        m(x).sum().backward()
+                        c = m.coefficients()
+                        why = fused_available(x.detach(), c, m.surrogate, m.detach_reset)
+                    except Exception as e:
+                        why = error_text(e)
+                runs = "fused" if why is None else "reference loop"
+                result = "PASS" if why is None else f"FAIL: {why}"
+                part.row([label, names, _shape_label(shape), dtype, runs, result.replace("|", "/")])
+                if why is not None:
+                    failed.append(f"{label} {kind} {dtype}")
+    part.line("\nEvery combination checked in this process, and its verdict:\n")
+    part.header(["combination", "verdict"])
+    results = first_use_results()
+    for combination, why in results.items():
+        part.row([combination, "PASS" if not why else f"FAIL: {why}".replace("|", "/")])
+    if failed:
+        return part.finish("FAIL", f"{len(failed)} of {rows} runs not fused: {'; '.join(failed)}")
+    note = f"{rows} runs fused, {len(results)} combinations checked, all passed"
+    return part.finish("PASS", note)
 
 
 # ---------------------------------------------------------------------------------------- speed
@@ -400,8 +525,10 @@ def spikingjelly_accelerated(device) -> tuple[dict, dict[str, str]]:
     except ImportError:
         return {}, {}  # contenders() already says that SpikingJelly is missing
     if device.type != "cuda":
-        return {}, {"SpikingJelly cupy/triton backends": "CUDA only; SpikingJelly runs its "
-                                                         "torch backend here"}
+        return {}, {
+            "SpikingJelly cupy/triton backends": "CUDA only; SpikingJelly runs its "
+            "torch backend here"
+        }
     builds = {
         "GatedLIFNode": lambda C, T, **kw: neuron.GatedLIFNode(T=T, inplane=C, **kw),
         "LIFNode": lambda C, T, **kw: neuron.LIFNode(step_mode="m", **kw),
@@ -444,21 +571,23 @@ def cmd_speed(args) -> int:
     device = _device(args.device)
     cuda = device.type == "cuda"
     batch = args.batch or (64 if cuda else 1)
-    rounds = args.rounds or (9 if cuda else 3)
+    rounds = args.rounds or (7 if cuda else 3)
     if args.shapes:
         shapes = [tuple(int(d) for d in s.split("x")) for s in args.shapes]
     else:
         shapes = [(6, batch, *layer) for layer in PAPER_LAYERS]
     part = Part("speed", args.out)
-    part.line(f"# Neuron forward+backward at the ResNet-19 CIFAR layer sizes "
-              f"({machine_note(device)})\n")
+    part.line(
+        f"# Neuron forward+backward at the ResNet-19 CIFAR layer sizes ({machine_note(device)})\n"
+    )
     makers, missing = contenders()
     extra, extra_missing = spikingjelly_accelerated(device)
     makers.update(extra)
     for name, why in {**missing, **extra_missing}.items():
         part.line(f"- skipped {name}: {why}")
-    baseline = neuron_speed.BASELINE if neuron_speed.BASELINE in makers else \
-        "GLIF reference loop (ours)"
+    baseline = (
+        neuron_speed.BASELINE if neuron_speed.BASELINE in makers else "GLIF reference loop (ours)"
+    )
     ran = 0
     for shape in shapes:
         times, saved, failed = neuron_speed.bench_shape(shape, makers, rounds, device)
@@ -469,16 +598,23 @@ def cmd_speed(args) -> int:
         table, med = neuron_speed.report(shape, times, saved, base)
         part.line(table)
         fused = neuron_speed.FUSED
-        goals = {"SpikingJelly GatedLIFNode": 0.25, "SpikingJelly LIFNode": 0.5,
-                 "copy roofline": 3.0}
+        goals = {
+            "SpikingJelly GatedLIFNode": 0.25,
+            "SpikingJelly LIFNode": 0.5,
+            "copy roofline": 3.0,
+        }
         ratios = []
         for name in med:
             if name == "GLIF reference loop (ours)":
                 ratios.append(f"fused GLIF / {name} = {med[fused] / med[name]:.3f}")
             elif name.startswith("SpikingJelly") or name in goals:
                 goal = next((g for k, g in goals.items() if name.startswith(k)), None)
-                met = "" if goal is None else f", goal <= {goal}: " + (
-                    "met" if med[fused] / med[name] <= goal else "NOT met")
+                met = (
+                    ""
+                    if goal is None
+                    else f", goal <= {goal}: "
+                    + ("met" if med[fused] / med[name] <= goal else "NOT met")
+                )
                 ratios.append(f"fused GLIF / {name} = {med[fused] / med[name]:.3f}{met}")
         part.line("\n" + "; ".join(ratios))
         ran += fused in med
@@ -499,20 +635,33 @@ def cmd_resnet19(args) -> int:
     device = _device(args.device)
     cuda = device.type == "cuda"
     batch = args.batch or (64 if cuda else 2)
-    steps = args.steps or (5 if cuda else 1)
+    steps = args.steps or (4 if cuda else 1)
     part = Part("resnet19", args.out)
-    part.line(f"# ResNet-19 training step, T={args.time_steps}, batch {batch}, 3x32x32, SGD "
-              f"({machine_note(device)})\n")
-    part.line(f"Each neuron backend in its own process, the net built and timed by "
-              f"benchmarks/resnet19_step.py (--child --backend fused / reference): one "
-              f"warm-up step, then the median of {steps} timed steps; peak memory: "
-              + ("torch.cuda.max_memory_allocated over the warm-up and timed steps."
-                 if cuda else "growth of the peak RSS (CPU).") + "\n")
+    part.line(
+        f"# ResNet-19 training step, T={args.time_steps}, batch {batch}, 3x32x32, SGD "
+        f"({machine_note(device)})\n"
+    )
+    part.line(
+        f"Each neuron backend in its own process, the net built and timed by "
+        f"benchmarks/resnet19_step.py (--child --backend fused / reference): one "
+        f"warm-up step, then the median of {steps} timed steps; peak memory: "
+        + (
+            "torch.cuda.max_memory_allocated over the warm-up and timed steps."
+            if cuda
+            else "growth of the peak RSS (CPU)."
+        )
+        + "\n"
+    )
     results, errors = {}, {}
     for backend in ("fused", "reference"):
-        cmd = [sys.executable, resnet19_step.__file__, "--child", "--backend", backend,
-               "--batch", str(batch), "--time-steps", str(args.time_steps), "--steps",
-               str(steps), "--device", args.device]
+        cmd = [
+            sys.executable, resnet19_step.__file__, "--child",
+            "--backend", backend,
+            "--batch", str(batch),
+            "--time-steps", str(args.time_steps),
+            "--steps", str(steps),
+            "--device", args.device,
+        ]  # fmt: skip
         done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
         try:
             results[backend] = json.loads(done.stdout.strip().splitlines()[-1])
@@ -521,66 +670,60 @@ def cmd_resnet19(args) -> int:
             errors[backend] = f"exit {done.returncode}: " + " / ".join(tail)
     peak = "peak MB (max_memory_allocated)" if cuda else "peak RSS growth MB"
     # What the child reports besides step_s and peak_mb (resnet19_step.py may add figures).
-    extra = {"saved_mb": ("saved for backward MB", 0), "distinct_mb": ("distinct saved MB", 0),
-             "neurons_s": ("of which neurons s", 4), "first_s": ("first step s", 2)}
+    extra = {
+        "saved_mb": ("saved for backward MB", 0),
+        "distinct_mb": ("distinct saved MB", 0),
+        "neurons_s": ("of which neurons s", 4),
+        "first_s": ("first step s", 2),
+    }
     extra = {k: v for k, v in extra.items() if any(k in r for r in results.values())}
-    part.header(["neuron", "step s", "images/s", "speed-up vs reference", peak,
-                 *(label for label, _ in extra.values())])
+    labels = [label for label, _ in extra.values()]
+    part.header(["neuron", "step s", "images/s", "speed-up vs reference", peak, *labels])
     for backend, r in results.items():
         ref = results.get("reference", {}).get("step_s")
-        cells = [f"{r[k]:.{digits}f}" if isinstance(r.get(k), float) and math.isfinite(r[k])
-                 else "-" for k, (_, digits) in extra.items()]
-        part.row([f"GLIF {backend}", f"{r['step_s']:.4f}", f"{batch / r['step_s']:.1f}",
-                  f"{ref / r['step_s']:.2f}" if ref else "-", f"{r['peak_mb']:.0f}", *cells])
+        cells = [
+            f"{r[k]:.{digits}f}" if isinstance(r.get(k), float) and math.isfinite(r[k]) else "-"
+            for k, (_, digits) in extra.items()
+        ]
+        speedup = f"{ref / r['step_s']:.2f}" if ref else "-"
+        step, rate = f"{r['step_s']:.4f}", f"{batch / r['step_s']:.1f}"
+        part.row([f"GLIF {backend}", step, rate, speedup, f"{r['peak_mb']:.0f}", *cells])
     for backend, why in errors.items():
         part.row([f"GLIF {backend}", "-", "-", "-", f"FAILED: {why}", *("-" for _ in extra)])
     if errors:
         return part.finish("FAIL", "; ".join(f"{b}: {w}" for b, w in errors.items()))
     fused, ref = results["fused"], results["reference"]
-    note = (f"fused / reference: step time {fused['step_s'] / ref['step_s']:.3f} (a speed-up of "
-            f"{ref['step_s'] / fused['step_s']:.2f}; resnet19_step.py's goal: >= 1.5), peak "
-            f"memory {fused['peak_mb'] / ref['peak_mb']:.3f}")
+    note = (
+        f"fused / reference: step time {fused['step_s'] / ref['step_s']:.3f} (a speed-up of "
+        f"{ref['step_s'] / fused['step_s']:.2f}; resnet19_step.py's goal: >= 1.5), peak "
+        f"memory {fused['peak_mb'] / ref['peak_mb']:.3f}"
+    )
     part.line(f"\n{note}")
     return part.finish("PASS", note + " (a measurement)")
 
 
 # ------------------------------------------------------------------------------------ precision
-def fabricate_cifar10(root: Path, train: int, test: int, seed: int = 0) -> None:
-    """A CIFAR-10 of random images and labels in torchvision's on-disk layout,
-    ``<root>/cifar-10-batches-py/``: pickled dicts of uint8 rows ``[N, 3072]`` (``data_batch_1``
-    .. ``5``, ``test_batch``) and ``batches.meta``."""
-    import numpy as np
-
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    sizes = {f"data_batch_{i}": train // 5 + (i <= train % 5) for i in range(1, 6)}
-    sizes["test_batch"] = test
-    for name, n in sizes.items():
-        entry = {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-                 "labels": rng.integers(0, 10, n).tolist()}
-        (folder / name).write_bytes(pickle.dumps(entry))
-    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": list("abcdefghij")}))
-
-
-def precision_run(precision: str, args, device, data_root: Path, runs: Path) -> dict:
-    """One epoch of ``train.py fit`` on the fabricated CIFAR-10; its figures."""
+def precision_run(precision: str, args, device, runs: Path) -> dict:
+    """One epoch of ``train.py fit`` on random CIFAR-10-shaped images; its figures."""
     import torch
     from pytorch_lightning import Callback
 
     from lightning_glif.cli import cli_main
     from lightning_glif.neurons import MembraneNeuron
-    from lightning_glif.neurons.fused import _engine
+    from lightning_glif.neurons.fused import fused_available
 
     seen: dict[str, int] = {}
 
     class NeuronInputs(Callback):
-        """At the first training batch: each neuron's input dtype and the engine it gets."""
+        """At the first training batch: each neuron's input dtype and what runs it."""
 
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
             if batch_idx == 0 and not seen:
-                self.hooks = [m.register_forward_pre_hook(self.record)
-                              for m in pl_module.modules() if isinstance(m, MembraneNeuron)]
+                self.hooks = [
+                    m.register_forward_pre_hook(self.record)
+                    for m in pl_module.modules()
+                    if isinstance(m, MembraneNeuron)
+                ]
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
             for hook in getattr(self, "hooks", []):
@@ -591,15 +734,17 @@ def precision_run(precision: str, args, device, data_root: Path, runs: Path) -> 
         def record(module, inputs) -> None:
             x = inputs[0]
             with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
-                engine, _, why = _engine(x, module.coefficients(), module.surrogate)
-            what = ("reference loop" if module.backend == "reference" else
-                    engine.NAME if engine is not None else "reference loop")
+                c = module.coefficients()
+                why = fused_available(x, c, module.surrogate, module.detach_reset)
+            fused = module.backend != "reference" and why is None
+            what = f"fused ({x.device.type})" if fused else "reference loop"
             key = f"{str(x.dtype).removeprefix('torch.')} -> {what}"
             seen[key] = seen.get(key, 0) + 1
 
     cli_args = [
         "fit", "--config", PRECISION_CONFIG,
-        "--data.init_args.data_dir", str(data_root),
+        "--data", "benchmarks.random_cifar.RandomCIFAR10",
+        "--data.init_args.samples", str(args.samples),
         "--data.init_args.val_size", str(args.val),
         "--data.init_args.batch_size", str(args.batch),
         "--data.init_args.num_workers", str(args.num_workers),
@@ -613,8 +758,8 @@ def precision_run(precision: str, args, device, data_root: Path, runs: Path) -> 
         "--trainer.enable_model_summary", "false",
     ]  # fmt: skip
     if args.backbone == "convnet":  # a small net for the CPU
-        cli_args += ["--model.backbone", "lightning_glif.models.convnet.SpikingConvNet",
-                     "--model.backbone.init_args.channels", "[8, 16]"]
+        cli_args += ["--model.backbone", "lightning_glif.models.convnet.SpikingConvNet"]
+        cli_args += ["--model.backbone.init_args.channels", "[8, 16]"]
     if args.time_steps:
         cli_args += ["--model.backbone.init_args.time_steps", str(args.time_steps)]
     if device.type == "cuda":
@@ -623,34 +768,35 @@ def precision_run(precision: str, args, device, data_root: Path, runs: Path) -> 
     cli = cli_main(cli_args, callbacks=[NeuronInputs()])
     wall = time.perf_counter() - start
     trainer = cli.trainer
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    expected = (args.samples - args.val) // args.batch
+    neuron = next(m for m in cli.model.modules() if isinstance(m, MembraneNeuron))
     scaler = getattr(trainer.precision_plugin, "scaler", None)
     return {
         "wall_s": wall,
-        "metrics": metrics,
+        "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
         "batches": trainer.fit_loop.epoch_loop.batch_progress.total.completed,
         "steps": trainer.global_step,
-        "expected_steps": expected,
+        "expected_steps": (args.samples - args.val) // args.batch,
         "epochs": trainer.current_epoch,
         "precision": str(trainer.precision),
         "backbone": type(cli.model.backbone).__name__,
-        "time_steps": getattr(next(m for m in cli.model.modules()
-                                   if isinstance(m, MembraneNeuron)), "time_steps", None),
+        "time_steps": neuron.time_steps,
         "neurons": seen,
         "grad_scale": float(scaler.get_scale()) if scaler is not None else None,
         "peak_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
     }
 
 
-def cmd_precision(args) -> int:
-    import torchvision.datasets.cifar
+PRECISION_HEADER = ["precision", "backbone", "wall s", "batches (optimizer steps)", "train loss"]
+PRECISION_HEADER += ["val loss", "train acc", "val acc", "losses finite", "neuron inputs"]
+PRECISION_HEADER += ["grad scale", "peak MB", "result"]
 
+
+def cmd_precision(args) -> int:
     device = _device(args.device)
     cuda = device.type == "cuda"
     precisions = args.precisions or ["16-mixed", "bf16-mixed"]
     args.backbone = args.backbone or ("resnet19" if cuda else "convnet")
-    args.samples = args.samples or (640 if cuda else 160)
+    args.samples = args.samples or (512 if cuda else 160)
     args.val = args.val or (128 if cuda else 32)
     args.batch = args.batch or (64 if cuda else 32)
     args.num_workers = args.num_workers if args.num_workers is not None else (4 if cuda else 0)
@@ -660,35 +806,30 @@ def cmd_precision(args) -> int:
     from benchmarks.common import machine_note
 
     part.line(f"# One epoch of train.py fit under mixed precision ({machine_note(device)})\n")
-    net = ("ResNet-19 as configured" if args.backbone == "resnet19"
-           else "a small SpikingConvNet (channels [8, 16]) in place of its ResNet-19")
-    part.line(f"`cli_main(['fit', '--config', '{PRECISION_CONFIG}', ...])`, {net}"
-              + (f", T={args.time_steps}" if args.time_steps else "") + f", on a fabricated "
-              f"CIFAR-10 in its on-disk format: {args.samples} random 3x32x32 training images "
-              f"({args.val} held out for validation), random labels of 10 classes (accuracy is "
-              f"chance level: this checks the precision plumbing, not learning), batch "
-              f"{args.batch}, 1 epoch. The fabricated files cannot match torchvision's md5 sums, "
-              "so that check (only) is switched off in this process.\n")
-    part.header(["precision", "backbone", "wall s", "batches (optimizer steps)", "train loss",
-                 "val loss", "train acc", "val acc", "losses finite", "neuron inputs",
-                 "grad scale", "peak MB", "result"])
-    # The fabricated files cannot match torchvision's md5 sums: skip that check only.
-    torchvision.datasets.cifar.check_integrity = lambda *a, **k: True
+    if args.backbone == "resnet19":
+        net = "ResNet-19 as configured"
+    else:
+        net = "a small SpikingConvNet (channels [8, 16]) in place of its ResNet-19"
+    steps = f", T={args.time_steps}" if args.time_steps else ""
+    part.line(
+        f"`cli_main(['fit', '--config', '{PRECISION_CONFIG}', ...])`, {net}{steps}, on random "
+        f"images of CIFAR-10's shapes (benchmarks/random_cifar.py): {args.samples} standard-normal "
+        f"3x32x32 images ({args.val} held out for validation), random labels of 10 classes "
+        "(accuracy is chance level: this checks the precision plumbing, not learning), batch "
+        f"{args.batch}, 1 epoch.\n"
+    )
+    part.header(PRECISION_HEADER)
     failed, ran = [], 0
     with tempfile.TemporaryDirectory(prefix="gpu_check_precision_") as tmp:
-        data_root = Path(tmp) / "data"
-        fabricate_cifar10(data_root, args.samples, args.test)
         for precision in precisions:
             if precision == "16-mixed" and not cuda:
-                part.row([precision, "-", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-",
-                          "SKIP: 16-mixed (float16 autocast with a gradient scaler) is CUDA-only "
-                          "in Lightning; it runs on a GPU"])
+                why = "16-mixed (float16 autocast with a gradient scaler) is CUDA-only in Lightning"
+                part.row([precision, *["-"] * 11, f"SKIP: {why}; it runs on a GPU"])
                 continue
             try:
-                r = precision_run(precision, args, device, data_root, Path(tmp) / "runs")
+                r = precision_run(precision, args, device, Path(tmp) / "runs")
             except Exception as e:  # e.g. NonFiniteLossError from the guard
-                text = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
-                part.row([precision] + ["-"] * 11 + [f"FAIL: {text}"])
+                part.row([precision, *["-"] * 11, f"FAIL: {error_text(e)}"])
                 failed.append(precision)
                 continue
             ran += 1
@@ -699,36 +840,73 @@ def cmd_precision(args) -> int:
             if not finite:
                 problems.append("non-finite loss")
             if r["epochs"] != 1 or r["batches"] != r["expected_steps"]:
-                problems.append(f"{r['batches']} of {r['expected_steps']} training batches, "
-                                f"{r['epochs']} epochs")
+                batches = f"{r['batches']} of {r['expected_steps']} training batches"
+                problems.append(f"{batches}, {r['epochs']} epochs")
             if r["precision"] != precision:
                 problems.append(f"trainer precision {r['precision']}")
             if problems:
                 failed.append(precision)
             neurons = ", ".join(f"{k} ({n} neurons)" for k, n in r["neurons"].items())
-            scale = "-" if r["grad_scale"] is None else f"{r['grad_scale']:g}"
-            peak = "-" if r["peak_mb"] is None else f"{r['peak_mb']:.0f}"
-            part.row([precision, f"{r['backbone']} T={r['time_steps']}", f"{r['wall_s']:.1f}",
-                      f"{r['batches']} ({r['steps']})", f"{losses[0]:.4f}", f"{losses[1]:.4f}",
-                      f"{m.get('train/acc', math.nan):.3f}", f"{m.get('val/acc', math.nan):.3f}",
-                      "yes" if finite else "NO", neurons or "-", scale, peak,
-                      "PASS" if not problems else "FAIL: " + "; ".join(problems)])
+            part.row([
+                precision,
+                f"{r['backbone']} T={r['time_steps']}",
+                f"{r['wall_s']:.1f}",
+                f"{r['batches']} ({r['steps']})",
+                f"{losses[0]:.4f}",
+                f"{losses[1]:.4f}",
+                f"{m.get('train/acc', math.nan):.3f}",
+                f"{m.get('val/acc', math.nan):.3f}",
+                "yes" if finite else "NO",
+                neurons or "-",
+                "-" if r["grad_scale"] is None else f"{r['grad_scale']:g}",
+                "-" if r["peak_mb"] is None else f"{r['peak_mb']:.0f}",
+                "PASS" if not problems else "FAIL: " + "; ".join(problems),
+            ])  # fmt: skip
     if failed:
         return part.finish("FAIL", f"failed: {', '.join(failed)}")
-    skipped = [p for p in precisions if p == "16-mixed" and not cuda]
     note = f"{ran} run(s) finished with finite losses"
-    if skipped:
+    if "16-mixed" in precisions and not cuda:
         note += "; 16-mixed skipped: CUDA-only"
     return part.finish("PASS", note)
 
 
 # -------------------------------------------------------------------------------------- summary
+def machine(device_name: str) -> dict[str, str]:
+    """What the tables were measured with: the card (or CPU), torch, CUDA, Triton, the commit."""
+    import torch
+
+    if device_name.startswith("cuda") and torch.cuda.is_available():
+        card = (
+            f"{torch.cuda.get_device_name(torch.device(device_name))} (torch.cuda.get_device_name)"
+        )
+    elif device_name.startswith("cuda"):
+        card = "no CUDA device visible"
+    else:
+        card = f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores"
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = "not installed"
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    return {
+        "card": card,
+        "torch": f"{torch.__version__} (CUDA {torch.version.cuda})",
+        "triton": triton_version,
+        "commit": commit or "unknown (not a git checkout)",
+    }
+
+
 def cmd_summary(args) -> int:
     out: Path = args.out
     codes = dict(item.split("=", 1) for item in args.rc or [])
-    lines = ["# GPU check summary\n", "| check | result | s | note |", "|---|---|---|---|"]
+    rows = ["| check | result | s | note |", "|---|---|---|---|"]
     failed = []
-    for name in args.parts or PARTS:
+    parts = args.parts or PARTS
+    for name in parts:
         path = out / f"{name}.json"
         rc = codes.get(name)
         if path.is_file():
@@ -742,73 +920,103 @@ def cmd_summary(args) -> int:
             note = f"no result: {why} (exit code {rc}); see {name}.log and {name}.md"
         if status == "FAIL":
             failed.append(name)
-        lines.append(f"| {name} | {status} | {seconds} | {note.replace('|', '/')} |")
+        rows.append(f"| {name} | {status} | {seconds} | {note.replace('|', '/')} |")
     verdict = "FAIL: " + ", ".join(failed) if failed else "PASS"
-    lines.append(f"\n**overall: {verdict}**")
-    text = "\n".join(lines) + "\n"
+    summary = "\n".join(rows) + f"\n\n**overall: {verdict}**\n"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.md").write_text(text)
-    print(text, end="")
+    (out / "summary.md").write_text("# GPU check summary\n\n" + summary)
+    print("# GPU check summary\n\n" + summary, end="")
+    # gpu.md: one section for docs/performance.md, every part's headings two levels down.
+    info = machine(args.device)
+    date = datetime.datetime.now(datetime.UTC).date().isoformat()
+    took = f", {args.seconds} s in all" if args.seconds is not None else ""
+    lines = [
+        f"## GPU check, {date}: {info['card'].split(' (')[0]}\n",
+        f"`bash benchmarks/gpu_check.sh OUT` on commit {info['commit']}{took}: {info['card']}; "
+        f"torch {info['torch']}, Triton {info['triton']}.\n",
+        "### Summary\n",
+        summary,
+    ]
+    for name in parts:
+        path = out / f"{name}.md"
+        text = path.read_text() if path.is_file() else f"# {name}\n\n(no table: see {name}.log)\n"
+        lines += ["##" + line if line.startswith("#") else line for line in text.splitlines()]
+        lines.append("")
+    (out / "gpu.md").write_text("\n".join(lines))
     return 1 if failed else 0
 
 
 # ----------------------------------------------------------------------------------------- main
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0].replace("\n", " "),
+        epilog="Every part on CUDA, in under 8 minutes on one H100: benchmarks/gpu_check.sh OUT",
+    )
     sub = p.add_subparsers(dest="part", required=True)
 
     def part(name: str, help: str) -> argparse.ArgumentParser:
-        s = sub.add_parser(name, help=help)
+        s = sub.add_parser(name, help=help, description=help)
         s.add_argument("--device", default="cuda", help="cuda (default) or cpu")
         s.add_argument("--out", type=Path, help="folder for <part>.md and <part>.json")
         return s
 
     sub.add_parser("cuda", help="exit 1 with a message unless PyTorch sees a CUDA device")
+    part("firstuse", "the fused kernels' first-use check for the neurons the configs use")
     s = part("correctness", "Triton vs the reference loop, every neuron, dtype and shape kind")
     s.add_argument("--neurons", nargs="+", help="case ids (default: all)")
     s.add_argument("--dtypes", nargs="+", choices=DTYPES, help="default: all three")
-    s.add_argument("--times", nargs="+", type=int, help="T values (CUDA default: 2 4 6 16)")
+    s.add_argument("--times", nargs="+", type=int, help="T values (CUDA default: 2 6 16)")
     s.add_argument("--shapes", nargs="+", help="TxBxC or TxBxCxHxW, replacing the defaults")
-    s.add_argument("--budget", type=float,
-                   help="seconds: stop starting rows after this, and fail as incomplete")
+    s.add_argument(
+        "--budget", type=float, help="seconds: start no row after this; incomplete fails"
+    )
     s = part("speed", "neuron forward+backward at the ResNet-19 CIFAR layer sizes")
     s.add_argument("--batch", type=int, help="B of the layer shapes (CUDA 64, CPU 1)")
-    s.add_argument("--rounds", type=int, help="timed rounds (CUDA 9, CPU 3)")
+    s.add_argument("--rounds", type=int, help="timed rounds (CUDA 7, CPU 3)")
     s.add_argument("--shapes", nargs="+", help="TxBxCxHxW, replacing the layer shapes")
     s = part("resnet19", "ResNet-19 training step time and peak memory, fused vs reference")
     s.add_argument("--batch", type=int, help="CUDA 64, CPU 2")
     s.add_argument("--time-steps", type=int, default=6)
-    s.add_argument("--steps", type=int, help="timed steps per backend (CUDA 5, CPU 1)")
-    s = part("precision", "one fabricated-CIFAR epoch of train.py fit under 16-mixed/bf16-mixed")
-    s.add_argument("--precisions", nargs="+", choices=["16-mixed", "bf16-mixed", "32-true"],
-                   help="default: 16-mixed bf16-mixed")
-    s.add_argument("--samples", type=int, help="training images, --val included (CUDA 640, "
-                                                "CPU 160)")
+    s.add_argument("--steps", type=int, help="timed steps per backend (CUDA 4, CPU 1)")
+    s = part("precision", "one epoch of train.py fit on random images, 16-mixed and bf16-mixed")
+    precisions = ["16-mixed", "bf16-mixed", "32-true"]
+    s.add_argument("--precisions", nargs="+", choices=precisions, help="16-mixed bf16-mixed")
+    s.add_argument("--samples", type=int, help="images, --val included (CUDA 512, CPU 160)")
     s.add_argument("--val", type=int, help="of them held out for validation (CUDA 128, CPU 32)")
-    s.add_argument("--test", type=int, default=64, help="test images (not used by fit)")
     s.add_argument("--batch", type=int, help="CUDA 64 (the paper's), CPU 32")
-    s.add_argument("--backbone", choices=["resnet19", "convnet"],
-                   help="CUDA: resnet19 (as configured); CPU: convnet (small)")
+    backbones = ["resnet19", "convnet"]
+    s.add_argument("--backbone", choices=backbones, help="CUDA resnet19 (configured), CPU convnet")
     s.add_argument("--time-steps", type=int, help="T (default: the config's 6; CPU: 2)")
     s.add_argument("--num-workers", type=int, help="DataLoader workers (CUDA 4, CPU 0)")
-    s = sub.add_parser("summary", help="OUT/summary.md from the parts' results")
+    s = sub.add_parser("summary", help="OUT/summary.md and OUT/gpu.md from the parts' results")
     s.add_argument("--out", type=Path, required=True)
     s.add_argument("--parts", nargs="+", choices=PARTS)
     s.add_argument("--rc", nargs="*", metavar="PART=CODE", help="the parts' exit codes")
+    s.add_argument("--device", default="cuda", help="the device the parts ran on (for gpu.md)")
+    s.add_argument("--seconds", type=int, help="the whole check's wall time (for gpu.md)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.part == "correctness" and args.device == "cpu":
-        # The interpreter only applies if set before Triton is first imported (torch imports it
-        # with torch.library/dynamo): so before anything else.
+        # The interpreter only applies if set before Triton is first imported (Lightning imports
+        # it, and torch with dynamo): so before anything else.
         if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
-            sys.exit("Triton was imported before TRITON_INTERPRET=1 could be set: run the CPU "
-                     "correctness check in a fresh process (python benchmarks/gpu_check.py).")
+            sys.exit(
+                "Triton was imported before TRITON_INTERPRET=1 could be set: run the CPU "
+                "correctness check in a fresh process (python benchmarks/gpu_check.py)."
+            )
         os.environ["TRITON_INTERPRET"] = "1"
-    commands = {"cuda": cmd_cuda, "correctness": cmd_correctness, "speed": cmd_speed,
-                "resnet19": cmd_resnet19, "precision": cmd_precision, "summary": cmd_summary}
+    commands = {
+        "cuda": cmd_cuda,
+        "firstuse": cmd_firstuse,
+        "correctness": cmd_correctness,
+        "speed": cmd_speed,
+        "resnet19": cmd_resnet19,
+        "precision": cmd_precision,
+        "summary": cmd_summary,
+    }
     return commands[args.part](args)
 
 
