@@ -510,6 +510,16 @@ def test_the_check_runs_while_compiling_and_its_fallback_is_compiled():
     assert torch.equal(got, m(x))
 
 
+def test_an_engine_cannot_take_a_built_in_name():
+    impostor = engine("cpu")
+    with pytest.raises(ValueError, match="'cpu' is taken by a built-in engine"):
+        with use_engine("cpu", impostor):
+            pass
+    m = GLIF(3, 4)
+    m(current((4, 2, 3)))
+    assert impostor.calls["forward"] == 0
+
+
 class NoKernelSurrogate(Rectangular):
     """A subclass of a built-in: no kernel (its derivative could differ)."""
 
