@@ -1,33 +1,36 @@
 """End to end: one ResNet-19 training step (T=6, batch 8, CIFAR-sized input) with the fused and the
-reference GLIF, and (``--compile``) the fused one under ``torch.compile``; images per second and
-peak memory.
+reference GLIF, and (``--compile``) the fused one under ``torch.compile``; images per second,
+peak memory and what autograd keeps for the backward.
 
-    python benchmarks/resnet19_step.py                 # ~2-3 min on 2 cores
+    python benchmarks/resnet19_step.py                 # minutes on a 2-core CPU
     python benchmarks/resnet19_step.py --steps 5 --repeats 3
     python benchmarks/resnet19_step.py --compile       # + a compiled row (first compile: minutes)
-    python benchmarks/resnet19_step.py --repeats 1 --no-saving-off   # memory figures only need 1
+    python benchmarks/resnet19_step.py --repeats 1 --steps 1   # the memory columns need only 1
 
-Memory saving (:mod:`lightning_glif.models.saving`: spikes kept as bits for the next layer's
-backward, tdBN saving only its input, the neuron recomputing its tdBN input) is on in the fused
-row and off in the "fused, memory saving off" row (``--no-saving-off`` drops that row) and in the
-reference row (the baseline: the reference neuron as before).
+Memory saving (``ResNet19(memory_saving=True)``, :mod:`lightning_glif.models.saving`: spikes
+kept as bits by the convolutions they feed, each tdBN + neuron keeping only the tdBN's input and
+recomputed in the backward) is on in the fused row and off in the "fused, memory saving off" row
+(``--no-saving-off`` drops that row) and in the reference row (the baseline: the reference neuron
+on the plain layers).
 
 ``--compile``: the net with fused GLIF, ``net.compile(fullgraph=True)`` (Inductor, as
-``--model.compile true``); its warm-up step compiles (the "first step s" column) and is not timed.
-Its "saved MB" and "of which neurons s" are not measured (the compiled graph decides what it
-saves; the neurons are the fused row's), its peak RSS growth includes the compiler's.
+``--model.compile true``; the memory saving steps aside there); its warm-up step compiles (the
+"first step s" column) and is not timed. Its "saved MB" and "of which neurons s" are not measured
+(the compiled graph decides what it saves; the neurons are the fused row's), its peak RSS growth
+includes the compiler's.
 
 Each backend runs in its own child process (so that peak memory is its own), alternately
 ``--repeats`` times; a child builds the net, takes one warm-up step, then times ``--steps``
 SGD steps (forward, cross-entropy on the time-averaged logits, backward, update) and reports the
 median. Peak memory: on CPU the growth of the peak resident set over the process before the first
-step; on CUDA ``max_memory_allocated``. "saved MB" is what autograd keeps for the backward
-in one forward pass (``saved_tensors_hooks``, chained with the savings' own hooks, so it counts
-what they store: packed bits, and a recomputed tensor's inputs once more; a tensor saved twice
-counts twice: an upper bound), "distinct MB" the bytes of the distinct storages among those (what
-the graph actually holds); "of which neurons s" is the forward+backward time
-of the 17 neurons alone on inputs of the shapes they see in the step (the part of the step the
-neuron backend can change; the rest is mostly convolutions).
+step; on CUDA ``max_memory_allocated``. "saved MB" is what autograd keeps for the backward of one
+training forward (every tensor passed to ``save_for_backward`` or saved by an op, seen through
+``saved_tensors_hooks``: packed bits and the inputs the recomputation starts from included; a
+tensor saved twice counts twice, a broadcast view its full size: an upper bound), "distinct MB"
+the bytes of the distinct storages among those (what the graph actually holds); both are
+deterministic. "of which neurons s" is the forward+backward time of the 17 neurons alone on
+inputs of the shapes they see in the step (the part of the step the neuron backend can change;
+the rest is mostly convolutions).
 """
 
 from __future__ import annotations
@@ -57,16 +60,19 @@ def rss_mb() -> float:
 
 def child(args) -> dict:
     from lightning_glif.models.resnet import ResNet19
-    from lightning_glif.models.saving import memory_saving, set_memory_saving
     from lightning_glif.neurons import GLIF
 
     device = torch.device(args.device)
-    torch.manual_seed(0)
     compiled = args.backend == "compiled"
     backend = {"compiled": "fused", "fused-off": "fused"}.get(args.backend, args.backend)
     saving = args.backend in ("fused", "compiled")  # the reference row is the old baseline
-    net = ResNet19(partial(GLIF, backend=backend), args.time_steps).to(device)
-    set_memory_saving(net, saving)
+
+    def build(memory_saving: bool) -> torch.nn.Module:
+        torch.manual_seed(0)
+        neuron = partial(GLIF, backend=backend)
+        return ResNet19(neuron, args.time_steps, memory_saving=memory_saving).to(device)
+
+    net = build(saving)
     if compiled:
         net.compile(fullgraph=True)  # what SpikingClassifier(compile=True) does
     opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
@@ -75,8 +81,7 @@ def child(args) -> dict:
 
     def step():
         opt.zero_grad(set_to_none=True)
-        with memory_saving(saving):
-            loss = torch.nn.functional.cross_entropy(net(images).mean(0), labels)
+        loss = torch.nn.functional.cross_entropy(net(images).mean(0), labels)
         loss.backward()
         opt.step()
 
@@ -100,19 +105,20 @@ def child(args) -> dict:
     result = {"step_s": statistics.median(times), "first_s": first, "peak_mb": peak}
     nan = float("nan")
     if compiled:
-        return {**result, "saved_mb": nan, "distinct_mb": nan, "neurons_s": nan,
-                "saved_on_mb": nan}
+        return {**result, "saved_mb": nan, "distinct_mb": nan, "neurons_s": nan, "saved_on_mb": nan}
     opt.zero_grad(set_to_none=True)
-    with memory_saving(saving):
-        saved = saved_bytes(lambda: net(images)) / 2**20
-        distinct = distinct_saved_bytes(lambda: net(images)) / 2**20
+    saved = saved_bytes(lambda: net(images)) / 2**20
+    distinct = distinct_saved_bytes(lambda: net(images)) / 2**20
     saved_on = nan
     if args.backend == "reference":  # for the record: the reference neuron with the savings on
-        set_memory_saving(net, True)
-        saved_on = saved_bytes(lambda: net(images)) / 2**20
-        set_memory_saving(net, False)
-    return {**result, "saved_mb": saved, "distinct_mb": distinct, "saved_on_mb": saved_on,
-            "neurons_s": neuron_seconds(net, images, device)}
+        saved_on = saved_bytes(lambda: build(True)(images)) / 2**20
+    return {
+        **result,
+        "saved_mb": saved,
+        "distinct_mb": distinct,
+        "saved_on_mb": saved_on,
+        "neurons_s": neuron_seconds(net, images, device),
+    }
 
 
 def distinct_saved_bytes(fn) -> int:
@@ -169,10 +175,14 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=2, help="child processes per backend")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
-    parser.add_argument("--compile", action="store_true",
-                        help="also time the fused net under torch.compile(fullgraph=True)")
-    parser.add_argument("--no-saving-off", action="store_true",
-                        help="drop the 'fused, memory saving off' row")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time the fused net under torch.compile(fullgraph=True)",
+    )
+    parser.add_argument(
+        "--no-saving-off", action="store_true", help="drop the 'fused, memory saving off' row"
+    )
     parser.add_argument("--backend", help=argparse.SUPPRESS)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -190,9 +200,21 @@ def main(argv=None) -> None:
         results["compiled"] = []
     for _ in range(args.repeats):
         for backend in results:
-            cmd = [sys.executable, __file__, "--child", "--backend", backend,
-                   "--batch", str(args.batch), "--time-steps", str(args.time_steps),
-                   "--steps", str(args.steps), "--device", args.device]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--child",
+                "--backend",
+                backend,
+                "--batch",
+                str(args.batch),
+                "--time-steps",
+                str(args.time_steps),
+                "--steps",
+                str(args.steps),
+                "--device",
+                args.device,
+            ]
             cmd += ["--threads", str(args.threads)] if args.threads else []
             out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
             if out.returncode != 0:
@@ -200,39 +222,73 @@ def main(argv=None) -> None:
             results[backend].append(json.loads(out.stdout.strip().splitlines()[-1]))
     med = {b: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for b, rs in results.items()}
     ref = med["reference"]["step_s"]
-    names = {"fused": "GLIF fused (eager)", "reference": "GLIF reference (eager, no saving)",
-             "compiled": "GLIF fused, torch.compile", "fused-off": "GLIF fused, memory saving off"}
+    names = {
+        "fused": "GLIF fused (eager)",
+        "reference": "GLIF reference (eager, no saving)",
+        "compiled": "GLIF fused, torch.compile",
+        "fused-off": "GLIF fused, memory saving off",
+    }
     rows = []
     for backend, r in med.items():
-        rows.append([names[backend], f"{r['step_s']:.3f}", f"{args.batch / r['step_s']:.2f}",
-                     f"{ref / r['step_s']:.2f}", f"{r['step_s'] / med['fused']['step_s']:.2f}",
-                     f"{r['first_s']:.1f}", _num(r["neurons_s"], 3), f"{r['peak_mb']:.0f}",
-                     _num(r["saved_mb"], 0), _num(r["distinct_mb"], 0)])
-    print(f"T={args.time_steps}, batch {args.batch}, 3x32x32, SGD; median over "
-          f"{args.repeats} processes x {args.steps} steps\n")
+        rows.append(
+            [
+                names[backend],
+                f"{r['step_s']:.3f}",
+                f"{args.batch / r['step_s']:.2f}",
+                f"{ref / r['step_s']:.2f}",
+                f"{r['step_s'] / med['fused']['step_s']:.2f}",
+                f"{r['first_s']:.1f}",
+                _num(r["neurons_s"], 3),
+                f"{r['peak_mb']:.0f}",
+                _num(r["saved_mb"], 0),
+                _num(r["distinct_mb"], 0),
+            ]
+        )
+    print(
+        f"T={args.time_steps}, batch {args.batch}, 3x32x32, SGD; median over "
+        f"{args.repeats} processes x {args.steps} steps\n"
+    )
     peak = "peak MB (CUDA allocated)" if device.type == "cuda" else "peak RSS growth MB"
-    header = ["neuron", "step s", "images/s", "speed-up vs reference", "step / fused eager",
-              "first step s", "of which neurons s", peak, "saved MB", "distinct MB"]
+    header = [
+        "neuron",
+        "step s",
+        "images/s",
+        "speed-up vs reference",
+        "step / fused eager",
+        "first step s",
+        "of which neurons s",
+        peak,
+        "saved MB",
+        "distinct MB",
+    ]
     print(markdown_table(header, rows))
     fused, reference = med["fused"], med["reference"]
-    print(f"\nsaved for backward, fused (memory saving on) / reference = "
-          f"{fused['saved_mb'] / reference['saved_mb']:.3f} "
-          f"(distinct storages: {fused['distinct_mb'] / reference['distinct_mb']:.3f}; "
-          "goal: <= 0.25)")
+    print(
+        f"\nsaved for backward, fused (memory saving on) / reference = "
+        f"{fused['saved_mb'] / reference['saved_mb']:.3f} "
+        f"(distinct storages: {fused['distinct_mb'] / reference['distinct_mb']:.3f}; "
+        "goal: <= 0.25)"
+    )
     if "fused-off" in med:
         off = med["fused-off"]
-        print("memory saving off: fused / reference = "
-              f"{off['saved_mb'] / reference['saved_mb']:.3f} (distinct "
-              f"{off['distinct_mb'] / reference['distinct_mb']:.3f}); on / off = "
-              f"{fused['saved_mb'] / off['saved_mb']:.3f} (distinct "
-              f"{fused['distinct_mb'] / off['distinct_mb']:.3f})")
+        print(
+            "memory saving off: fused / reference = "
+            f"{off['saved_mb'] / reference['saved_mb']:.3f} (distinct "
+            f"{off['distinct_mb'] / reference['distinct_mb']:.3f}); on / off = "
+            f"{fused['saved_mb'] / off['saved_mb']:.3f} (distinct "
+            f"{fused['distinct_mb'] / off['distinct_mb']:.3f})"
+        )
     print(f"(reference neuron with the memory saving on: {reference['saved_on_mb']:.0f} saved MB)")
-    print(f"\nfused / reference step time = {med['fused']['step_s'] / ref:.3f} (goal: speed-up "
-          ">= 1.5)")
+    print(
+        f"\nfused / reference step time = {med['fused']['step_s'] / ref:.3f} (goal: speed-up "
+        ">= 1.5)"
+    )
     if args.compile:
-        print(f"compiled / fused eager step time = "
-              f"{med['compiled']['step_s'] / med['fused']['step_s']:.3f}, compiled / reference = "
-              f"{med['compiled']['step_s'] / ref:.3f}")
+        print(
+            f"compiled / fused eager step time = "
+            f"{med['compiled']['step_s'] / med['fused']['step_s']:.3f}, compiled / reference = "
+            f"{med['compiled']['step_s'] / ref:.3f}"
+        )
     print(f"({machine_note(device)} at the end)")
 
 

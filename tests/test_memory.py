@@ -1,37 +1,37 @@
-"""Memory saving (lightning_glif.models.saving): spikes kept as bits, tdBN saving its input only,
-the neuron recomputing its tdBN input; same gradients, fewer saved bytes, off switch."""
+"""Memory saving (lightning_glif.models.saving): spikes kept as bits by the layers they feed,
+tdBN + neuron recomputed in the backward; the same outputs, gradients and running statistics as
+the plain layers, fewer saved bytes (counted by hand), and out of the way where it cannot apply."""
 
+import ast
 import math
+from functools import partial
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
 from lightning_glif.models import saving
-from lightning_glif.models.layers import TimeDistributed
 from lightning_glif.models.mlp import SpikingMLP
-from lightning_glif.models.resnet import ResNet18
-from lightning_glif.models.tdbn import TdBatchNorm, _TdBatchNormTrain
-from lightning_glif.neurons import GLIF, Rectangular
+from lightning_glif.models.msresnet import MSResNet
+from lightning_glif.models.resnet import BasicBlock, SpikingResNet
+from lightning_glif.models.saving import SpikeConv2d, SpikeLinear, norm_spike
+from lightning_glif.models.sew import WideNet7B
+from lightning_glif.models.tdbn import TdBatchNorm
+from lightning_glif.models.vgg import SpikingVGG
+from lightning_glif.neurons import GLIF, Rectangular, SpikingNeuron
 from lightning_glif.neurons.fused import fused_available
 
-
-@pytest.fixture(autouse=True)
-def _every_size(monkeypatch):
-    """The tensors here are tiny: let the savings apply to every size (as they do to ResNet-19's
-    layers), except in the test of the threshold itself."""
-    monkeypatch.setattr(saving, "MIN_ELEMENTS", 0)
-
-T, B = 3, 5
+T, B = 3, 4
 
 
-def fused_glif(c, t):
-    """The fused op where it builds (the reference loop elsewhere: the savings apply to both)."""
-    return GLIF(c, t, backend="auto")
+def binary(*shape, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(*shape, generator=g) > 0.6).float()
 
 
 def record_saved(fn):
-    """(result of fn, the tensors autograd saved, as this outer hook sees them)."""
+    """(result of fn, the tensors autograd saved while it ran)."""
     seen = []
 
     def pack(t):
@@ -43,9 +43,36 @@ def record_saved(fn):
     return out, seen
 
 
-def binary(*shape, seed=0):
+def moved_neurons(net, seed=1):
+    """Move every neuron's parameters off their init, so that each of them matters."""
     g = torch.Generator().manual_seed(seed)
-    return (torch.rand(*shape, generator=g) > 0.6).float()
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, SpikingNeuron):
+                for p in m.parameters():
+                    p.add_(0.5 * torch.randn(p.shape, generator=g))
+    return net
+
+
+def step(net, x):
+    """Output, parameter gradients and buffers after one training forward + backward."""
+    net.zero_grad()
+    out = net(x)
+    weights = torch.linspace(-1, 1, out.numel()).view_as(out)
+    (out * weights).sum().backward()
+    grads = {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
+    return out.detach(), grads, {n: b.clone() for n, b in net.named_buffers()}
+
+
+def assert_same_step(on, off, x):
+    out_on, grads_on, buffers_on = step(on, x)
+    out_off, grads_off, buffers_off = step(off, x)
+    assert torch.equal(out_on, out_off)
+    assert grads_on.keys() == grads_off.keys() and grads_off
+    for name, grad in grads_off.items():
+        assert torch.equal(grads_on[name], grad), name
+    for name, buffer in buffers_off.items():  # running statistics updated once, as without
+        assert torch.equal(buffers_on[name], buffer), name
 
 
 # --- packing ----------------------------------------------------------------------------------
@@ -67,241 +94,245 @@ def test_packed_bits_round_trip_exactly(dtype, shape):
     assert saving.pack_bits(ones).tolist() == [0b1001, 1]
 
 
-# --- which tensors are packed -----------------------------------------------------------------
+# --- spike-input layers -----------------------------------------------------------------------
 
 
-def test_only_marked_spikes_are_packed_and_not_the_weight():
-    layer = TimeDistributed(nn.Linear(7, 4, bias=False))
-    spikes = binary(T, B, 7).requires_grad_()
-    saving.mark_binary(spikes)
-    assert saving.is_binary(spikes)
-    _, seen = record_saved(lambda: layer(spikes))
-    packed = [t for t in seen if t.dtype == torch.uint8]
-    assert [t.numel() for t in packed] == [math.ceil(T * B * 7 / 8)]
-    assert any(t.numel() == 28 and t.dtype == torch.float32 for t in seen)  # the weight, as is
-    # unmarked 0/1 tensors, views, pooled or summed spikes, in-place changed ones: saved as is
-    plain = binary(T, B, 7).requires_grad_()
-    view = spikes[:, :]
-    summed = spikes + spikes
-    changed = binary(T, B, 7)
-    saving.mark_binary(changed)
-    changed.mul_(2)
-    assert not any(saving.is_binary(t) for t in (plain, view, summed, changed))
-    for x in (plain, view, summed, changed.requires_grad_()):
-        _, seen = record_saved(lambda x=x: layer(x))
-        assert not any(t.dtype == torch.uint8 for t in seen)
-    layer.memory_saving = False
-    _, seen = record_saved(lambda: layer(spikes))
-    assert not any(t.dtype == torch.uint8 for t in seen)
-
-
-def test_neurons_mark_their_spikes_only_when_it_applies():
-    x = torch.randn(T, B, 6)
-    for backend in ("auto", "reference"):
-        neuron = GLIF(6, T, backend=backend)
-        assert saving.is_binary(neuron(x))
-        with torch.no_grad():
-            assert not saving.is_binary(neuron(x))
-        with saving.memory_saving(False):
-            assert not saving.is_binary(neuron(x))
-
-    class Shifted(Rectangular):  # a spike function that need not be 0/1
-        def forward(self, v):
-            return super().forward(v) * 2
-
-    assert not saving.is_binary(GLIF(6, T, surrogate=Shifted())(x))
-    pooled = TimeDistributed(nn.AvgPool1d(2))(GLIF(6, T)(x))
-    assert not saving.is_binary(pooled)
-
-
-# --- gradients: on equals off -----------------------------------------------------------------
-
-
-def grads(net, x, tdbn_saving=True, on=True):
-    saving.set_memory_saving(net, on)
-    for m in net.modules():
-        if isinstance(m, TdBatchNorm):
-            m.memory_saving = on and tdbn_saving
-    net.zero_grad()
-    torch.manual_seed(3)
-    out = net(x)
-    (out * torch.randn_like(out)).sum().backward()
-    return out.detach(), {n: p.grad.clone() for n, p in net.named_parameters()}
-
-
-@pytest.mark.parametrize("make", [
-    lambda: (ResNet18(fused_glif, T), torch.randn(2, 3, 16, 16)),
-    lambda: (SpikingMLP(fused_glif, T, in_features=8, hidden=(24, 16)), torch.randn(4, T, 8)),
-])
-def test_packing_gives_bit_identical_gradients_and_tdbn_path_equal_within_float(make):
+@pytest.mark.parametrize(
+    "make, x",
+    [
+        (lambda cls: cls(4, 6, 3, padding=1, bias=False), binary(B, 4, 7, 7)),
+        (lambda cls: cls(4, 6, 3, stride=2, padding=2, dilation=2), binary(B, 4, 9, 8)),
+        (lambda cls: cls(4, 6, 1, stride=2, groups=2), binary(B, 4, 5, 5)),
+    ],
+)
+def test_spike_conv_equals_conv2d_and_keeps_its_input_as_bits(make, x):
     torch.manual_seed(0)
-    net, x = make()
-    out_off, off = grads(net, x, on=False)
-    out_bits, bits = grads(net, x, tdbn_saving=False)  # spikes as bits only
-    out_on, on = grads(net, x)  # + tdBN saving its input, the neuron its recipe
-    assert torch.equal(out_bits, out_off) and torch.equal(out_on, out_off)  # forward unchanged
-    for name in off:
-        assert torch.equal(bits[name], off[name]), name
-        torch.testing.assert_close(on[name], off[name], rtol=1e-4, atol=1e-6, msg=name)
+    plain = make(nn.Conv2d)
+    spike = make(SpikeConv2d)
+    spike.load_state_dict(plain.state_dict())
+    x_plain, x_spike = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out, seen = record_saved(lambda: spike(x_spike))
+    assert [t.numel() for t in seen if t.dtype == torch.uint8] == [math.ceil(x.numel() / 8)]
+    assert not any(t.numel() == x.numel() and t.is_floating_point() for t in seen)
+    expected = plain(x_plain)
+    assert torch.equal(out, expected)
+    g = torch.randn_like(out)
+    params = [p for p in spike.parameters()]
+    got = torch.autograd.grad(out, [x_spike, *params], g)
+    want = torch.autograd.grad(expected, [x_plain, *plain.parameters()], g)
+    for a, b in zip(got[:2], want[:2], strict=True):  # input and weight: bit for bit
+        assert torch.equal(a, b)
+    for a, b in zip(got[2:], want[2:], strict=True):  # the bias: a sum in another order
+        torch.testing.assert_close(a, b)
 
 
-def test_recomputed_tdbn_input_gives_the_neuron_bit_identical_gradients():
+@pytest.mark.parametrize("bias", [False, True])
+def test_spike_linear_equals_linear_and_keeps_its_input_as_bits(bias):
     torch.manual_seed(0)
-    bn, neuron = TdBatchNorm(6), fused_glif(6, T)
-    x = torch.randn(T, B, 6, 4, 4, requires_grad=True)
-    g = torch.randn(T, B, 6, 4, 4)
-
-    def run(keep_recipe):
-        y = bn(x)
-        assert saving.recipe_of(y) is not None
-        spikes = neuron(y if keep_recipe else y.clone())  # a clone carries no recipe
-        return torch.autograd.grad((spikes * g).sum(), [x, *neuron.parameters()])
-
-    for a, b in zip(run(True), run(False), strict=True):
+    plain, spike = nn.Linear(9, 5, bias=bias), SpikeLinear(9, 5, bias=bias)
+    spike.load_state_dict(plain.state_dict())
+    x = binary(T * B, 9)
+    x_plain, x_spike = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out, seen = record_saved(lambda: spike(x_spike))
+    assert [t.numel() for t in seen if t.dtype == torch.uint8] == [math.ceil(x.numel() / 8)]
+    expected = plain(x_plain)
+    assert torch.equal(out, expected)
+    g = torch.randn_like(out)
+    got = torch.autograd.grad(out, [x_spike, *spike.parameters()], g)
+    want = torch.autograd.grad(expected, [x_plain, *plain.parameters()], g)
+    for a, b in zip(got, want, strict=True):
         assert torch.equal(a, b)
 
 
-def test_tdbn_gradient_matches_autograd_of_the_plain_formula():
-    torch.manual_seed(0)
-    bn = TdBatchNorm(4, alpha=2**-0.5).double()
+def test_spike_conv_rejects_padding_its_backward_does_not_take():
+    with pytest.raises(ValueError, match="padding='same'.*use nn.Conv2d"):
+        SpikeConv2d(2, 3, 3, padding="same")
+    with pytest.raises(ValueError, match="padding_mode='reflect'"):
+        SpikeConv2d(2, 3, 3, padding=1, padding_mode="reflect")
+
+
+def test_spike_layers_step_aside_without_grad_and_under_autocast():
+    conv = SpikeConv2d(2, 3, 3, padding=1)
+    x = binary(B, 2, 5, 5).requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, seen = record_saved(lambda: conv(x))
+    assert out.dtype == torch.bfloat16 and not any(t.dtype == torch.uint8 for t in seen)
     with torch.no_grad():
-        bn.weight.uniform_(0.5, 1.5)
-        bn.bias.uniform_(-0.5, 0.5)
-    x = (torch.randn(T, B, 4, 3, 3, dtype=torch.float64) * 2 + 1).requires_grad_()
-    g = torch.randn_like(x)
-    assert bn._saves_less(x.reshape(T * B, 4, -1))
-    got = torch.autograd.grad((bn(x) * g).sum(), [x, bn.weight, bn.bias])
-    dims = (0, 1, 3, 4)
-    mean = x.mean(dims, keepdim=True)
-    var = x.var(dims, unbiased=False, keepdim=True)
-    w, b = bn.weight.view(4, 1, 1), bn.bias.view(4, 1, 1)
-    plain = w * (bn.scale * (x - mean) / (var + bn.bn.eps).sqrt()) + b
-    want = torch.autograd.grad((plain * g).sum(), [x, bn.weight, bn.bias])
-    for a, e in zip(got, want, strict=True):
-        torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-12)
+        assert torch.equal(conv(x), nn.functional.conv2d(x, conv.weight, conv.bias, padding=1))
 
 
-# --- statistics, eval mode, the fallback ------------------------------------------------------
+# --- tdBN + neuron recomputed -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("momentum", [0.1, None])
-def test_running_statistics_equal_batchnorm1d_after_train_steps(momentum):
+def test_norm_spike_pair_and_residual_give_the_plain_gradients_and_statistics():
     torch.manual_seed(0)
-    td = TdBatchNorm(5, momentum=momentum)
-    ref = nn.BatchNorm1d(5, momentum=momentum, affine=False)
-    for step in range(4):
-        x = torch.randn(T, B, 5, 6) * (step + 1) + step
-        assert td._saves_less(x.reshape(T * B, 5, -1))
-        td(x.requires_grad_()).sum().backward()
-        ref(x.detach().reshape(T * B, 5, -1))
-    assert torch.equal(td.bn.running_mean, ref.running_mean)
-    assert torch.equal(td.bn.running_var, ref.running_var)
-    assert td.bn.num_batches_tracked.item() == ref.num_batches_tracked.item() == 4
-
-
-def test_train_and_eval_outputs_unchanged():
-    torch.manual_seed(0)
-    on, off = TdBatchNorm(3, alpha=2**-0.5), TdBatchNorm(3, alpha=2**-0.5, memory_saving=False)
-    with torch.no_grad():
-        for m in (on, off):
-            m.weight.copy_(torch.tensor([1.5, 0.5, 2.0]))
-            m.bias.copy_(torch.tensor([0.1, -0.2, 0.3]))
-    for _ in range(3):
-        x = torch.randn(T, B, 3, 4, requires_grad=True)
-        assert torch.equal(on(x), off(x))  # train mode: bit-identical forward
-    assert torch.equal(on.bn.running_var, off.bn.running_var)
-    on.eval(), off.eval()
-    x = torch.randn(T, B, 3, 4)
-    assert not on._saves_less(x.reshape(T * B, 3, -1))
-    expected = off(x)
-    assert torch.equal(on(x), expected)
-    stats = (x - on.bn.running_mean.view(3, 1)) / (on.bn.running_var.view(3, 1) + 1e-5).sqrt()
-    torch.testing.assert_close(
-        expected, on.weight.view(3, 1) * on.scale * stats + on.bias.view(3, 1)
+    mods = nn.ModuleDict(
+        {"bn": TdBatchNorm(5), "sn": GLIF(5, T), "skip": TdBatchNorm(5, alpha=2**-0.5)}
     )
+    moved_neurons(mods)
+    twin = nn.ModuleDict({k: type(v)(5, T) for k, v in mods.items()})
+    twin.load_state_dict(mods.state_dict())
+    x = torch.randn(T, B, 5, 4, 4) + 0.5
+    s = binary(T, B, 5, 4, 4)
+    g = torch.randn(T, B, 5, 4, 4)
+    results = []
+    for m, enabled in ((mods, True), (twin, False)):
+        xs, ss = x.clone().requires_grad_(), s.clone().requires_grad_()
+        skip = (m["skip"], ss, True)
+        run = partial(norm_spike, m["bn"], m["sn"], xs, skip, enabled)
+        out, seen = record_saved(run)
+        grads = torch.autograd.grad((out * g).sum(), [xs, ss, *m.parameters()])
+        results.append((out, grads, [b.clone() for b in m.buffers()], seen))
+    (out_on, grads_on, buffers_on, seen_on), (out_off, grads_off, buffers_off, _) = results
+    assert torch.equal(out_on, out_off)
+    for a, b in zip(grads_on, grads_off, strict=True):
+        assert torch.equal(a, b)
+    for a, b in zip(buffers_on, buffers_off, strict=True):
+        assert torch.equal(a, b)
+    n = x.numel()  # kept: x as it is, s as bits, and nothing else of that size
+    assert [t.numel() for t in seen_on if t.numel() == n] == [n]
+    assert [t.numel() for t in seen_on if t.dtype == torch.uint8] == [math.ceil(n / 8)]
 
 
-def test_sync_batchnorm_converted_norm_takes_the_old_path(monkeypatch):
+def test_forward_hooks_see_each_module_once_per_step():
     torch.manual_seed(0)
-    bn = TdBatchNorm(3)
-    x = torch.randn(T, B, 3, 4, requires_grad=True)
-    assert bn._saves_less(x.reshape(T * B, 3, -1))
-    expected = bn(x)
-    synced = nn.SyncBatchNorm.convert_sync_batchnorm(bn)
-    assert isinstance(synced.bn, nn.SyncBatchNorm)
-    assert not synced._saves_less(x.reshape(T * B, 3, -1))
-
-    def boom(*args):
-        raise AssertionError("the memory-saving path ran on a SyncBatchNorm")
-
-    monkeypatch.setattr(_TdBatchNormTrain, "apply", boom)
-    y = synced(x)  # no process group: SyncBatchNorm normalises locally
-    assert saving.recipe_of(y) is None
-    assert torch.equal(y, expected)
+    bn, sn = TdBatchNorm(3), GLIF(3, T)
+    calls = []
+    for m in (bn, sn):
+        m.register_forward_hook(lambda m, i, o: calls.append(type(m).__name__))
+    x = torch.randn(T, B, 3, requires_grad=True)
+    norm_spike(bn, sn, x).sum().backward()
+    assert calls == ["TdBatchNorm", "GLIF"] and x.grad is not None
 
 
-# --- saved bytes ------------------------------------------------------------------------------
+class Unreliable(SpikingNeuron):
+    """A stochastic layer: each input reaches the output with probability 1/2 (its gradient
+    depends on the random draw)."""
+
+    def forward(self, x):
+        return x * torch.bernoulli(torch.full_like(x, 0.5))
 
 
-def test_saved_bytes_of_a_tiny_net_drop_as_counted_by_hand():
-    """x -> Linear(4, H) -> tdBN -> GLIF -> Linear(H, 3). N = T*B*H activations (float32):
-    off: tdBN's batch norm keeps its input, its affine keeps ``scale * x_hat``, the neuron its
-    input, the readout the spikes: 4 tensors of N. On: tdBN keeps its input (N), the neuron's
-    recipe names that same input again (N, the same storage), the readout keeps N bits."""
+def test_the_recomputation_replays_the_forwards_random_numbers():
     torch.manual_seed(0)
-    h = 7
-    net = nn.Sequential(
-        TimeDistributed(nn.Linear(4, h, bias=False)), TdBatchNorm(h), fused_glif(h, T),
-        TimeDistributed(nn.Linear(h, 3, bias=False)),
-    )
+    bn = TdBatchNorm(4)
     x = torch.randn(T, B, 4)
-    if fused_available(x.new_zeros(T, B, h), net[2].coefficients(), net[2].surrogate):
-        pytest.skip("the fused CPU kernel is not available here")
-    n = T * B * h  # 105: no parameter or coefficient tensor has this many elements
+    grads = []
+    for enabled in (True, False):
+        torch.manual_seed(5)
+        xs = x.clone().requires_grad_()
+        out = norm_spike(bn, Unreliable(4, T), xs, enabled=enabled)
+        grads.append(torch.autograd.grad((out * torch.arange(4.0)).sum(), xs)[0])
+    assert torch.equal(grads[0], grads[1])
 
-    def activations(on):
-        with saving.memory_saving(on):
-            _, seen = record_saved(lambda: net(x))
+
+# --- whole nets: saving on equals saving off --------------------------------------------------
+
+
+def resnet(on):
+    torch.manual_seed(0)
+    net = SpikingResNet(GLIF, T, 5, 3, 8, (8, 16), (2, 1), (1, 2), head_hidden=0, memory_saving=on)
+    return moved_neurons(net)
+
+
+NETS = {
+    "resnet": (resnet, torch.randn(B, 3, 12, 12) * 2),
+    "msresnet": (
+        lambda on: moved_neurons(MSResNet(GLIF, T, 5, 3, (1, 1, 1, 1), memory_saving=on)),
+        torch.randn(2, 3, 16, 16) * 2,
+    ),
+    "vgg": (
+        lambda on: moved_neurons(SpikingVGG(GLIF, T, 11, 5, memory_saving=on)),
+        torch.randn(2, 3, 32, 32) * 2,
+    ),
+    "sew": (
+        lambda on: moved_neurons(WideNet7B(GLIF, T, 5, 2, 16, memory_saving=on)),
+        (torch.rand(2, T, 2, 16, 16) * 3).round(),
+    ),
+    "mlp": (
+        lambda on: moved_neurons(SpikingMLP(GLIF, T, 5, 8, (12, 10), memory_saving=on)),
+        torch.randn(B, T, 8) * 2,
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(name, marks=[pytest.mark.slow] if name in ("msresnet", "vgg", "sew") else [])
+        for name in NETS
+    ],
+)
+def test_saving_on_gives_the_same_outputs_gradients_and_statistics_as_off(name):
+    make, x = NETS[name]
+    torch.manual_seed(0)
+    on = make(True)
+    torch.manual_seed(0)
+    off = make(False)
+    assert any(isinstance(m, SpikeConv2d | SpikeLinear) for m in on.modules())
+    assert not any(isinstance(m, SpikeConv2d | SpikeLinear) for m in off.modules())
+    assert on.state_dict().keys() == off.state_dict().keys()
+    assert_same_step(on, off, x)
+    on.eval(), off.eval()
+    with torch.no_grad():
+        assert torch.equal(on(x), off(x))
+
+
+def test_neurons_without_binary_spikes_are_recomputed_but_not_packed():
+    class Doubled(Rectangular):  # a spike function whose output is not 0/1
+        def forward(self, v):
+            return super().forward(v) * 2
+
+    assert GLIF(2, T).binary_spikes and not GLIF(2, T, surrogate=Doubled()).binary_spikes
+    neuron = partial(GLIF, surrogate=Doubled(), backend="reference")
+    torch.manual_seed(0)
+    on = SpikingResNet(neuron, T, 5, 3, 8, (8,), (1,), (1,), head_hidden=0)
+    torch.manual_seed(0)
+    off = SpikingResNet(neuron, T, 5, 3, 8, (8,), (1,), (1,), head_hidden=0, memory_saving=False)
+    assert not any(isinstance(m, SpikeConv2d) for m in on.modules())
+    assert_same_step(on, off, torch.randn(B, 3, 6, 6) * 2)
+
+
+# --- saved bytes, counted by hand -------------------------------------------------------------
+
+
+def test_saved_bytes_of_a_residual_block_drop_as_counted_by_hand():
+    """BasicBlock on spikes x [T, B, C, H, W], identity shortcut; N = T*B*C*H*W (float32).
+
+    Off: conv1 keeps x; tdBN1 its input and ``scale * x_hat``; the neuron its input; conv2 the
+    spikes; tdBN2 two; the shortcut's tdBN two; the last neuron its input: 10 tensors of N.
+    On: conv1, conv2 and the shortcut keep their spikes as bits (3 x ceil(N/8) bytes); the two
+    recomputed tdBN + neuron units keep the convolutions' outputs (2 of N)."""
+    c, h = 6, 5
+    x = binary(T, B, c, h, h).requires_grad_()
+    neuron = partial(GLIF, backend="fused")
+    if fused_available(x, GLIF(c, T).coefficients(), Rectangular()):
+        pytest.skip("the fused CPU kernel is not available here")
+    n = x.numel()
+    counts = {}
+    for on in (True, False):
+        torch.manual_seed(0)
+        block = BasicBlock(neuron, T, c, c, memory_saving=on, spike_bits=on)
+        _, seen = record_saved(lambda block=block: block(x))
         floats = [t for t in seen if t.is_floating_point() and t.numel() == n]
         bits = [t for t in seen if t.dtype == torch.uint8]
-        return floats, bits
-
-    floats, bits = activations(False)
-    assert len(floats) == 4 and not bits
-    floats, bits = activations(True)
-    assert len(floats) == 2 and [t.numel() for t in bits] == [math.ceil(n / 8)]
-    assert floats[0].untyped_storage().data_ptr() == floats[1].untyped_storage().data_ptr()
-    distinct_on = n * 4 + math.ceil(n / 8)
-    assert distinct_on / (4 * n * 4) < 0.26  # 1/4 + 1/128 of the activations kept before
+        assert all(t.numel() == math.ceil(n / 8) for t in bits)
+        counts[on] = (len(floats), len(bits))
+    assert counts == {False: (10, 0), True: (2, 3)}
+    kept_off, kept_on = 10 * n * 4, 2 * n * 4 + 3 * math.ceil(n / 8)
+    assert kept_on / kept_off < 0.21  # 1/5 + 3/320 of what the plain block keeps
 
 
-def test_no_savings_under_checkpoint_or_no_grad():
-    from torch.utils.checkpoint import checkpoint
-
-    torch.manual_seed(0)
-    net = SpikingMLP(fused_glif, T, in_features=8, hidden=(12, 12))
-    x = torch.randn(4, T, 8)
-    _, off = grads(net, x, on=False)
-    saving.set_memory_saving(net, True)
-    net.zero_grad()
-    torch.manual_seed(3)
-    out = checkpoint(net, x, use_reentrant=False)
-    (out * torch.randn_like(out)).sum().backward()
-    for name, p in net.named_parameters():
-        torch.testing.assert_close(p.grad, off[name], rtol=1e-5, atol=1e-7)
-    with torch.no_grad():
-        assert not saving.active()
+# --- dependencies -----------------------------------------------------------------------------
 
 
-def test_tensors_below_the_threshold_are_left_alone(monkeypatch):
-    """Below MIN_ELEMENTS nothing is marked, no recipe is attached and the norm runs as
-    self.bn: a small net saves exactly what it saves with the savings off."""
-    monkeypatch.setattr(saving, "MIN_ELEMENTS", 1 << 18)
-    small = torch.ones(4, 8, 16)  # 512 elements
-    assert not saving.is_binary(saving.mark_binary(small))
-    assert saving.recipe_of(saving.attach_recipe(small, torch.clone, small)) is None
-    norm = TdBatchNorm(16).train()
-    assert not norm._saves_less(small.reshape(32, 16, -1))
-    big = torch.ones(4, 64, 1024)  # exactly 2 ** 18
-    assert saving.is_binary(saving.mark_binary(big))
-    assert TdBatchNorm(64).train()._saves_less(big.reshape(256, 64, -1))
+def test_neurons_do_not_import_the_models():
+    root = Path(__file__).resolve().parents[1] / "lightning_glif" / "neurons"
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            assert not any(n.startswith("lightning_glif.models") for n in names), path

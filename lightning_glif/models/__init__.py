@@ -8,6 +8,7 @@ from .layers import TimeDistributed
 from .mlp import SpikingMLP
 from .msresnet import ResNet18MS, ResNet34MS
 from .resnet import ResNet18, ResNet19
+from .saving import SpikeConv2d, SpikeLinear, SpikingSequential
 from .sew import WideNet7B
 from .tdbn import TdBatchNorm
 from .vgg import SpikingVGG
@@ -21,6 +22,9 @@ __all__ = [
     "ResNet34MS",
     "WideNet7B",
     "SpikingVGG",
+    "SpikeConv2d",
+    "SpikeLinear",
+    "SpikingSequential",
     "TdBatchNorm",
     "TimeDistributed",
     "to_time_first",

@@ -9,6 +9,7 @@ from torch import nn
 
 from lightning_glif.models.encoding import check_image_size, to_time_first
 from lightning_glif.models.layers import TimeDistributed
+from lightning_glif.models.saving import SpikingSequential, binary_spikes, spike_conv
 from lightning_glif.models.tdbn import TdBatchNorm
 
 
@@ -34,6 +35,10 @@ class SpikingConvNet(nn.Module):
         image_size: height (= width) of the input images; sets the readout's input size.
         channels: output channels of each conv stage. Stages after the first halve the
             resolution with a 2x2 average pool after their neuron.
+        memory_saving: keep less for the backward, with the same gradients (each tdBN + neuron
+            keeps only the tdBN's input, recomputed in the backward; the second stage's conv
+            keeps its input spikes as bits): see :mod:`lightning_glif.models.saving`. Off by
+            default: on 8x8 digits the net keeps a few MB, and the recomputation costs time.
     """
 
     def __init__(
@@ -44,6 +49,7 @@ class SpikingConvNet(nn.Module):
         in_channels: int = 1,
         image_size: int = 8,
         channels: Sequence[int] = (32, 64),
+        memory_saving: bool = False,
     ) -> None:
         super().__init__()
         if not channels:
@@ -58,15 +64,17 @@ class SpikingConvNet(nn.Module):
         self.image_size = image_size
         stages = []
         c_in = in_channels
+        bits = False  # the neurons' spikes are 0/1 (known once the first is built)
         for i, c_out in enumerate(channels):
-            layers = [
-                TimeDistributed(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)),
+            layers = [  # the second stage takes the first's spikes unpooled
+                TimeDistributed(spike_conv(c_in, c_out, 3, bits and i == 1, padding=1)),
                 TdBatchNorm(c_out),
                 neuron(c_out, time_steps),
             ]
             if i > 0:
                 layers.append(TimeDistributed(nn.AvgPool2d(2)))
-            stages.append(nn.Sequential(*layers))
+            stages.append(SpikingSequential(*layers, memory_saving=memory_saving))
+            bits = memory_saving and binary_spikes(layers[2])
             c_in = c_out
         self.features = nn.Sequential(*stages)
         self.classifier = nn.Linear(c_in * size * size, num_classes)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lightning_glif.models import saving
-
 
 class TimeDistributed(nn.Module):
     """Apply a per-frame module (conv, linear, pooling) to every step of ``[T, B, ...]``.
@@ -17,27 +15,16 @@ class TimeDistributed(nn.Module):
     the module runs once and its output is broadcast again: the first layer of a network on static
     images costs one frame instead of T. Only stateless per-frame modules may be wrapped (not batch
     norm, whose statistics depend on the folded batch).
-
-    When the input is a neuron's spikes (marked binary, :func:`~lightning_glif.models.saving.
-    mark_binary`), what the module saves of it for its backward (a convolution's or linear
-    layer's weight gradient) is kept as 1 bit per element (:mod:`lightning_glif.models.saving`),
-    gradients unchanged. ``memory_saving=False`` (or the attribute) keeps the full tensor.
     """
 
-    def __init__(self, module: nn.Module, memory_saving: bool = True) -> None:
+    def __init__(self, module: nn.Module) -> None:
         super().__init__()
         self.module = module
-        self.memory_saving = bool(memory_saving)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         t, b = x.shape[:2]
-        broadcast = t > 1 and x.stride(0) == 0
-        frames = x[0] if broadcast else x.flatten(0, 1)
-        if self.memory_saving and saving.active() and saving.is_binary(x):
-            with saving.saved_as_bits(frames):
-                y = self.module(frames)
-        else:
-            y = self.module(frames)
-        if broadcast:
+        if t > 1 and x.stride(0) == 0:
+            y = self.module(x[0])
             return y.unsqueeze(0).expand(t, *y.shape)
+        y = self.module(x.flatten(0, 1))
         return y.reshape(t, b, *y.shape[1:])

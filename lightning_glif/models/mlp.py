@@ -9,6 +9,7 @@ from torch import nn
 
 from lightning_glif.models.encoding import to_time_first
 from lightning_glif.models.layers import TimeDistributed
+from lightning_glif.models.saving import SpikeLinear, SpikingSequential, binary_spikes
 from lightning_glif.models.tdbn import TdBatchNorm
 
 
@@ -35,6 +36,10 @@ class SpikingMLP(nn.Module):
         num_classes: outputs of the readout.
         in_features: ``F``, features per time step after flattening.
         hidden: width of each hidden layer.
+        memory_saving: keep less for the backward, with the same gradients (each tdBN + neuron
+            keeps only the tdBN's input, recomputed in the backward; the linear layers taking
+            spikes keep them as bits): see :mod:`lightning_glif.models.saving`. Off by default:
+            the net keeps a few MB, and the recomputation costs time.
     """
 
     def __init__(
@@ -44,6 +49,7 @@ class SpikingMLP(nn.Module):
         num_classes: int = 10,
         in_features: int = 8,
         hidden: Sequence[int] = (128, 128),
+        memory_saving: bool = False,
     ) -> None:
         super().__init__()
         if not hidden:
@@ -52,15 +58,18 @@ class SpikingMLP(nn.Module):
         self.in_features = in_features
         layers: list[nn.Module] = []
         f_in = in_features
+        linear = nn.Linear  # SpikeLinear after a neuron whose spikes are 0/1
         for f_out in hidden:
             layers += [
-                TimeDistributed(nn.Linear(f_in, f_out, bias=False)),
+                TimeDistributed(linear(f_in, f_out, bias=False)),
                 TdBatchNorm(f_out),
                 neuron(f_out, time_steps),
             ]
+            if memory_saving and binary_spikes(layers[-1]):
+                linear = SpikeLinear
             f_in = f_out
-        self.features = nn.Sequential(*layers)
-        self.classifier = TimeDistributed(nn.Linear(f_in, num_classes))
+        self.features = SpikingSequential(*layers, memory_saving=memory_saving)
+        self.classifier = TimeDistributed(linear(f_in, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, T, F]`` (or ``[B, T, ...]``) -> per-step logits ``[T, B, num_classes]``."""

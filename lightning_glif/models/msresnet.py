@@ -9,6 +9,7 @@ shortcut without a neuron after the sum. ``forward`` returns per-step logits ``[
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 from torch import nn
@@ -23,6 +24,7 @@ from lightning_glif.models.resnet import (
     residual_shortcut,
     td_norm,
 )
+from lightning_glif.models.saving import SpikingSequential, binary_spikes, norm_spike
 
 
 class MSBlock(nn.Module):
@@ -41,6 +43,8 @@ class MSBlock(nn.Module):
         out_channels: C_out.
         stride: stride s of the first convolution and of the projection shortcut.
         tdbn_scale: tdBN's ``alpha * V_th`` scale on every norm (False: plain batch norms).
+        memory_saving: see :class:`MSResNet`.
+        spike_bits: the neurons' spikes are 0/1: the convolutions keep them as bits.
     """
 
     def __init__(
@@ -51,19 +55,22 @@ class MSBlock(nn.Module):
         out_channels: int,
         stride: int = 1,
         tdbn_scale: bool = True,
+        memory_saving: bool = False,
+        spike_bits: bool = False,
     ) -> None:
         super().__init__()
+        self.memory_saving = bool(memory_saving)
         self.sn1 = neuron(in_channels, time_steps)
-        self.conv1 = conv3x3(in_channels, out_channels, stride)
+        self.conv1 = conv3x3(in_channels, out_channels, stride, spike_bits)
         self.bn1 = td_norm(out_channels, 1.0, tdbn_scale)
         self.sn2 = neuron(out_channels, time_steps)
-        self.conv2 = conv3x3(out_channels, out_channels)
+        self.conv2 = conv3x3(out_channels, out_channels, 1, spike_bits)
         self.bn2 = td_norm(out_channels, RESIDUAL_ALPHA, tdbn_scale)
         self.shortcut = residual_shortcut(in_channels, out_channels, stride, tdbn_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv1(self.sn1(x))
-        out = self.conv2(self.sn2(self.bn1(out)))
+        out = self.conv2(norm_spike(self.bn1, self.sn2, out, enabled=self.memory_saving))
         return self.bn2(out) + self.shortcut(x)
 
 
@@ -90,6 +97,9 @@ class MSResNet(nn.Module):
         tdbn_scale: scale every norm by tdBN's ``alpha * V_th`` (the paper). ``False``: plain
             batch norms (scale 1), the model the GLIF authors trained and evaluated for their
             ImageNet 68.10% (their SyncBatchNorm conversion dropped the scale).
+        memory_saving: keep less for the backward, with the same gradients: each tdBN +
+            neuron keeps only the tdBN's input, and the convolutions taking spikes keep them
+            as bits (:mod:`lightning_glif.models.saving`).
     """
 
     def __init__(
@@ -101,27 +111,29 @@ class MSResNet(nn.Module):
         stage_blocks: Sequence[int],
         stem_padding: int = 3,
         tdbn_scale: bool = True,
+        memory_saving: bool = True,
     ) -> None:
         super().__init__()
         if len(stage_blocks) != 4:
             raise ValueError(f"stage_blocks needs four entries, got {list(stage_blocks)}.")
         self.time_steps = int(time_steps)
         self.num_classes = int(num_classes)
-        self.stem = nn.Sequential(
+        self.stem = SpikingSequential(
             TimeDistributed(
                 nn.Conv2d(in_channels, 64, 7, stride=2, padding=stem_padding, bias=False)
             ),
             td_norm(64, 1.0, tdbn_scale),
             neuron(64, time_steps),
+            memory_saving=memory_saving,
         )
+        bits = memory_saving and binary_spikes(self.stem[2])
+        block = partial(MSBlock, neuron, time_steps, tdbn_scale=tdbn_scale, spike_bits=bits)
         blocks: list[nn.Module] = []
         channels = 64
         for out_channels, n_blocks in zip((64, 128, 256, 512), stage_blocks, strict=True):
             for i in range(n_blocks):
                 blocks.append(
-                    MSBlock(
-                        neuron, time_steps, channels, out_channels, 2 if i == 0 else 1, tdbn_scale
-                    )
+                    block(channels, out_channels, 2 if i == 0 else 1, memory_saving=memory_saving)
                 )
                 channels = out_channels
         self.blocks = nn.Sequential(*blocks)
@@ -152,6 +164,7 @@ class ResNet18MS(MSResNet):
         tdbn_scale: scale every norm by tdBN's ``alpha * V_th`` (the paper). ``False``: plain
             batch norms (scale 1), the model the GLIF authors trained and evaluated for their
             ImageNet 68.10% (their SyncBatchNorm conversion dropped the scale).
+        memory_saving: keep less for the backward, same gradients (see :class:`MSResNet`).
     """
 
     def __init__(
@@ -162,9 +175,17 @@ class ResNet18MS(MSResNet):
         in_channels: int = 3,
         stem_padding: int = 3,
         tdbn_scale: bool = True,
+        memory_saving: bool = True,
     ) -> None:
         super().__init__(
-            neuron, time_steps, num_classes, in_channels, (2, 2, 2, 2), stem_padding, tdbn_scale
+            neuron,
+            time_steps,
+            num_classes,
+            in_channels,
+            (2, 2, 2, 2),
+            stem_padding,
+            tdbn_scale,
+            memory_saving,
         )
 
 
@@ -185,6 +206,7 @@ class ResNet34MS(MSResNet):
         tdbn_scale: scale every norm by tdBN's ``alpha * V_th`` (the paper). ``False``: plain
             batch norms (scale 1), the model the GLIF authors trained and evaluated for their
             ImageNet 68.10% (their SyncBatchNorm conversion dropped the scale).
+        memory_saving: keep less for the backward, same gradients (see :class:`MSResNet`).
     """
 
     def __init__(
@@ -195,7 +217,15 @@ class ResNet34MS(MSResNet):
         in_channels: int = 3,
         stem_padding: int = 3,
         tdbn_scale: bool = True,
+        memory_saving: bool = True,
     ) -> None:
         super().__init__(
-            neuron, time_steps, num_classes, in_channels, (3, 4, 6, 3), stem_padding, tdbn_scale
+            neuron,
+            time_steps,
+            num_classes,
+            in_channels,
+            (3, 4, 6, 3),
+            stem_padding,
+            tdbn_scale,
+            memory_saving,
         )

@@ -14,6 +14,7 @@ from torch import nn
 
 from lightning_glif.models.encoding import to_time_first
 from lightning_glif.models.layers import TimeDistributed
+from lightning_glif.models.saving import SpikingSequential, binary_spikes, norm_spike, spike_conv
 from lightning_glif.models.tdbn import TdBatchNorm
 
 NeuronFactory = Callable[[int, int], nn.Module]
@@ -23,31 +24,41 @@ NeuronFactory = Callable[[int, int], nn.Module]
 RESIDUAL_ALPHA = 2**-0.5
 
 
-def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> TimeDistributed:
-    """Bias-free 3x3 convolution (padding 1) applied per frame of ``[T, B, C, H, W]``."""
+def conv3x3(
+    in_channels: int, out_channels: int, stride: int = 1, spike_input: bool = False
+) -> TimeDistributed:
+    """Bias-free 3x3 convolution (padding 1) applied per frame of ``[T, B, C, H, W]``
+    (``spike_input``: of 0/1 spikes, kept as bits, :class:`~lightning_glif.models.SpikeConv2d`)."""
     return TimeDistributed(
-        nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+        spike_conv(in_channels, out_channels, 3, spike_input, stride=stride, padding=1)
     )
 
 
-def conv1x1(in_channels: int, out_channels: int, stride: int = 1) -> TimeDistributed:
-    """Bias-free 1x1 convolution applied per frame of ``[T, B, C, H, W]``."""
-    return TimeDistributed(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False))
+def conv1x1(
+    in_channels: int, out_channels: int, stride: int = 1, spike_input: bool = False
+) -> TimeDistributed:
+    """Bias-free 1x1 convolution applied per frame of ``[T, B, C, H, W]`` (``spike_input``: as
+    :func:`conv3x3`)."""
+    return TimeDistributed(spike_conv(in_channels, out_channels, 1, spike_input, stride=stride))
 
 
 def residual_shortcut(
-    in_channels: int, out_channels: int, stride: int, tdbn_scale: bool = True
+    in_channels: int,
+    out_channels: int,
+    stride: int,
+    tdbn_scale: bool = True,
+    spike_input: bool = False,
 ) -> nn.Module:
     """The shortcut branch of a block: tdBN(1/sqrt2) on the identity, or conv1x1 + tdBN(1/sqrt2).
 
     The identity carries a norm too (as in the GLIF authors' blocks), so both addends of the
     residual sum are tdBN outputs scaled by ``1/sqrt(2) * V_th``. ``tdbn_scale=False``: a plain
-    batch norm instead (see :func:`td_norm`).
+    batch norm instead (see :func:`td_norm`). ``spike_input``: see :func:`conv3x3`.
     """
     if stride == 1 and in_channels == out_channels:
         return td_norm(out_channels, RESIDUAL_ALPHA, tdbn_scale)
     return nn.Sequential(
-        conv1x1(in_channels, out_channels, stride),
+        conv1x1(in_channels, out_channels, stride, spike_input),
         td_norm(out_channels, RESIDUAL_ALPHA, tdbn_scale),
     )
 
@@ -88,6 +99,8 @@ class BasicBlock(nn.Module):
         in_channels: C_in.
         out_channels: C_out.
         stride: stride s of the first convolution and of the projection shortcut.
+        memory_saving: see :class:`SpikingResNet`.
+        spike_bits: the block's input and ``sn1``'s output are 0/1 spikes, kept as bits.
     """
 
     def __init__(
@@ -97,20 +110,27 @@ class BasicBlock(nn.Module):
         in_channels: int,
         out_channels: int,
         stride: int = 1,
+        memory_saving: bool = False,
+        spike_bits: bool = False,
     ) -> None:
         super().__init__()
-        self.conv1 = conv3x3(in_channels, out_channels, stride)
+        self.memory_saving, self.spike_bits = bool(memory_saving), bool(spike_bits)
+        self.conv1 = conv3x3(in_channels, out_channels, stride, self.spike_bits)
         self.bn1 = TdBatchNorm(out_channels)
         self.sn1 = neuron(out_channels, time_steps)
-        self.conv2 = conv3x3(out_channels, out_channels)
+        self.conv2 = conv3x3(out_channels, out_channels, 1, self.spike_bits)
         self.bn2 = TdBatchNorm(out_channels, alpha=RESIDUAL_ALPHA)
-        self.shortcut = residual_shortcut(in_channels, out_channels, stride)
+        self.shortcut = residual_shortcut(in_channels, out_channels, stride, True, self.spike_bits)
         self.sn2 = neuron(out_channels, time_steps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.sn1(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.sn2(out + self.shortcut(x))
+        out = norm_spike(self.bn1, self.sn1, self.conv1(x), enabled=self.memory_saving)
+        out = self.conv2(out)
+        if isinstance(self.shortcut, TdBatchNorm):  # identity: x itself (spikes) is kept
+            skip = (self.shortcut, x, self.spike_bits)
+        else:  # conv1x1 + tdBN: the convolution's output is kept
+            skip = (self.shortcut[1], self.shortcut[0](x), False)
+        return norm_spike(self.bn2, self.sn2, out, skip, enabled=self.memory_saving)
 
 
 class SpikingResNet(nn.Module):
@@ -138,6 +158,10 @@ class SpikingResNet(nn.Module):
         stage_strides: stride of the first block of each stage.
         head_hidden: width of the head's hidden linear layer; 0 for none, None for the authors'
             rule above.
+        memory_saving: keep less for the backward, with the same gradients: each tdBN +
+            neuron keeps only the tdBN's input, and the convolutions taking spikes keep them
+            as bits (:mod:`lightning_glif.models.saving`; what each setting keeps:
+            ``docs/performance.md``).
     """
 
     def __init__(
@@ -151,6 +175,7 @@ class SpikingResNet(nn.Module):
         stage_blocks: Sequence[int],
         stage_strides: Sequence[int],
         head_hidden: int | None = None,
+        memory_saving: bool = True,
     ) -> None:
         super().__init__()
         if not len(stage_channels) == len(stage_blocks) == len(stage_strides):
@@ -160,19 +185,22 @@ class SpikingResNet(nn.Module):
             )
         self.time_steps = int(time_steps)
         self.num_classes = int(num_classes)
-        self.stem = nn.Sequential(
+        self.stem = SpikingSequential(
             conv3x3(in_channels, stem_channels),
             TdBatchNorm(stem_channels),
             neuron(stem_channels, time_steps),
+            memory_saving=memory_saving,
         )
+        bits = memory_saving and binary_spikes(self.stem[2])
         blocks: list[nn.Module] = []
         channels = stem_channels
         for out_channels, n_blocks, stride in zip(
             stage_channels, stage_blocks, stage_strides, strict=True
         ):
             for i in range(n_blocks):
+                s = stride if i == 0 else 1
                 blocks.append(
-                    BasicBlock(neuron, time_steps, channels, out_channels, stride if i == 0 else 1)
+                    BasicBlock(neuron, time_steps, channels, out_channels, s, memory_saving, bits)
                 )
                 channels = out_channels
         self.blocks = nn.Sequential(*blocks)
@@ -212,6 +240,7 @@ class ResNet19(SpikingResNet):
         in_channels: channels of the input image.
         head_hidden: width of the head's hidden linear layer; 0 for a single linear layer, None
             for the authors' rule (256 when num_classes <= 50, else 0).
+        memory_saving: keep less for the backward, same gradients (see :class:`SpikingResNet`).
     """
 
     def __init__(
@@ -221,6 +250,7 @@ class ResNet19(SpikingResNet):
         num_classes: int = 10,
         in_channels: int = 3,
         head_hidden: int | None = None,
+        memory_saving: bool = True,
     ) -> None:
         super().__init__(
             neuron,
@@ -232,6 +262,7 @@ class ResNet19(SpikingResNet):
             stage_blocks=(3, 3, 2),
             stage_strides=(1, 2, 2),
             head_hidden=head_hidden,
+            memory_saving=memory_saving,
         )
 
 
@@ -256,6 +287,7 @@ class ResNet18(SpikingResNet):
         stage_strides: stride of the first block of each of the four stages.
         head_hidden: width of the head's hidden linear layer; 0 for a single linear layer, None
             for the authors' rule (256 when num_classes <= 50, else 0).
+        memory_saving: keep less for the backward, same gradients (see :class:`SpikingResNet`).
     """
 
     def __init__(
@@ -266,6 +298,7 @@ class ResNet18(SpikingResNet):
         in_channels: int = 3,
         stage_strides: Sequence[int] = (1, 2, 2, 2),
         head_hidden: int | None = None,
+        memory_saving: bool = True,
     ) -> None:
         super().__init__(
             neuron,
@@ -277,4 +310,5 @@ class ResNet18(SpikingResNet):
             stage_blocks=(2, 2, 2, 2),
             stage_strides=tuple(stage_strides),
             head_hidden=head_hidden,
+            memory_saving=memory_saving,
         )

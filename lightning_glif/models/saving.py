@@ -1,121 +1,56 @@
-"""Smaller saved-for-backward activations: spikes kept as packed bits, tdBN outputs kept as a
-recipe, both through ``torch.autograd.graph.saved_tensors_hooks`` scoped to one layer call.
+"""Keeping less for the backward of a spiking net: spikes as bits, tdBN + neuron recomputed.
 
-Two replacements, each applied only to the one tensor it is known to be right for:
+A conv -> tdBN -> neuron layer keeps, per element and step, four float tensors for the backward
+when run plainly: the batch norm's input, ``scale * x_hat`` (for the affine's weight gradient),
+the neuron's input and, in the next layer, the spikes (for its weight gradient). Two
+``torch.autograd.Function`` s reduce that to the convolution's output and the spikes as bits:
 
-- **Spikes as bits.** A neuron marks its output as binary (:func:`mark_binary`: exactly 0/1, by
-  construction). A layer whose input is such a tensor runs inside :func:`saved_as_bits`, which
-  stores that input, wherever the layer saves it for its backward (the convolution's or linear
-  layer's weight gradient), as 1 bit per element (:func:`pack_bits`, 1/32 of float32) and
-  restores it exactly (:func:`unpack_bits`: dtype, shape and values), so the gradients are
-  bit-identical. Views, pooled or summed spikes are other tensors and carry no mark; an in-place
-  change after marking (the version counter moves) voids it.
-- **Recipes.** A tensor that is cheap to recompute exactly from tensors that are saved anyway
-  carries a :class:`Recipe` (:func:`attach_recipe`; tdBN's output ``f(x, statistics)``, with
-  its input ``x`` saved by the norm itself). A consumer that would save it (the neuron's fused
-  op saves its input) runs inside :func:`saved_as_recipe`, which stores the recipe instead;
-  the backward recomputes the tensor with the same ops, bit-identical.
+- :class:`SpikeConv2d` / :class:`SpikeLinear`: a layer whose input is a neuron's 0/1 spikes keeps
+  them as 1 bit per element (:func:`pack_bits`, 1/32 of float32) and computes its backward from
+  the unpacked bits (``torch.nn.grad.conv2d_input`` / ``conv2d_weight``, or the two matmuls of a
+  linear layer): bit-identical gradients.
+- :func:`norm_spike`: ``neuron(norm(x))`` (or ``neuron(norm(x) + skip_norm(s))`` at a residual
+  addition) keeping only ``x`` (and ``s``, as bits when it is spikes). The backward runs the norm
+  and the neuron again on the kept inputs (with the forward's RNG state; the modules' buffers,
+  e.g. the running statistics, are restored afterwards, so they are updated once per step) and
+  differentiates that: the same values, so the same gradients.
 
-Nothing here runs under ``torch.compile`` (Inductor decides what the compiled graph saves), with
-grad disabled, inside ``torch.utils.checkpoint`` (which saves nothing there anyway), or while
-switched off: :func:`memory_saving` (``with memory_saving(False): ...``) for everything in a
-block, or the ``memory_saving`` attribute of the layers (:func:`set_memory_saving` on a whole
-net). Hooks already active outside (``torch.autograd.graph.save_on_cpu``, a byte counter) are
-chained: they see, and pack, what these hooks store.
+The backbones build these where they know the input is spikes (``memory_saving``; the neurons'
+``binary_spikes`` says whether their output is exactly 0/1). Both step aside, running the plain
+layers, under ``torch.compile`` (Inductor decides what a compiled graph saves, and recomputes on
+its own), under autocast, and with gradients disabled (eval, ``torch.no_grad``). What each setting
+keeps, measured on ResNet-19: ``docs/performance.md`` (``benchmarks/resnet19_step.py``).
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import math
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from functools import partial
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-_ENABLED: contextvars.ContextVar[bool] = contextvars.ContextVar(
-    "lightning_glif_memory_saving", default=True
-)
-_BINARY = "_lightning_glif_binary"  # tensor attribute: the version counter when marked
-_RECIPE = "_lightning_glif_recipe"  # tensor attribute: a Recipe
+from lightning_glif.models.tdbn import TdBatchNorm
+from lightning_glif.neurons import SpikingNeuron
 
 
-@contextlib.contextmanager
-def memory_saving(enabled: bool = True) -> Iterator[None]:
-    """Switch the savings of this module on or off for the code in the block (default: on
-    everywhere). ``with memory_saving(False): loss = net(x)...`` saves what it saved before."""
-    token = _ENABLED.set(bool(enabled))
-    try:
-        yield
-    finally:
-        _ENABLED.reset(token)
-
-
-def set_memory_saving(module: nn.Module, enabled: bool) -> nn.Module:
-    """Set the ``memory_saving`` attribute of every layer of ``module`` that has one
-    (:class:`~lightning_glif.models.layers.TimeDistributed`,
-    :class:`~lightning_glif.models.tdbn.TdBatchNorm`); returns ``module``."""
-    for m in module.modules():
-        if isinstance(getattr(m, "memory_saving", None), bool):
-            m.memory_saving = bool(enabled)
-    return module
-
-
-def _top_hooks():
-    top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
-    return top(False) if top is not None else None
-
-
-#: Smallest tensor (elements) the savings touch. Below it what they save is a few hundred
-#: kilobytes at most, and their extra small ops (the packing, the recomputed batch norm) cost
-#: more time than the memory is worth: on row digits' 8-128-128-10 MLP (activations of 65536
-#: elements) they made the bare training loop about 1.3x longer. ResNet-19's smallest layer has
-#: 6 x 8 x 512 x 4 x 4 = 393216 elements at batch 8.
-MIN_ELEMENTS = 1 << 18
-
-
-def worth_it(t: torch.Tensor) -> bool:
-    """Whether ``t`` is large enough for the savings (:data:`MIN_ELEMENTS`)."""
-    return t.numel() >= MIN_ELEMENTS
-
-
-def active() -> bool:
-    """Whether the savings apply to what autograd records right now."""
-    if torch.compiler.is_compiling() or not _ENABLED.get() or not torch.is_grad_enabled():
+def applies(x: torch.Tensor) -> bool:
+    """Whether the savings serve a call on ``x`` now: autograd records, not compiling, no
+    autocast (the recomputation would not see the forward's autocast state)."""
+    if torch.compiler.is_compiling():
         return False
-    if torch.is_inference_mode_enabled():
-        return False
-    if not torch._C._autograd._saved_tensors_hooks_is_enabled():  # e.g. under functorch
-        return False
-    outer = _top_hooks()
-    # Inside torch.utils.checkpoint its own hooks must see every saved tensor as saved.
-    return outer is None or not getattr(outer[0], "_checkpoint_internal", False)
+    return torch.is_grad_enabled() and not torch.is_autocast_enabled(x.device.type)
+
+
+def binary_spikes(neuron: nn.Module) -> bool:
+    """Whether ``neuron`` declares its output exactly 0/1 (its ``binary_spikes`` attribute, e.g.
+    :attr:`~lightning_glif.neurons.MembraneNeuron.binary_spikes`): only then may the layers it
+    feeds keep that output as bits. A backbone asks its first neuron: one factory builds them
+    all."""
+    return getattr(neuron, "binary_spikes", False) is True
 
 
 # --- spikes as bits ----------------------------------------------------------------------------
-
-
-def markable(t: torch.Tensor) -> bool:
-    """Whether :func:`mark_binary` would mark ``t``: it is large enough and the savings are
-    :func:`active` (a caller checks this before a dearer test of its own)."""
-    return active() and worth_it(t)
-
-
-def mark_binary(t: torch.Tensor) -> torch.Tensor:
-    """Mark ``t`` (returned as is) as exactly 0/1: only for tensors that are so by construction
-    (a neuron's spikes). No-op unless :func:`markable`."""
-    if markable(t):
-        setattr(t, _BINARY, t._version)
-    return t
-
-
-def is_binary(t: torch.Tensor) -> bool:
-    """``t`` was marked by :func:`mark_binary` and has not been changed in place since."""
-    version = getattr(t, _BINARY, None)
-    return version is not None and version == t._version
 
 
 def _shifts(device: torch.device) -> torch.Tensor:
@@ -140,137 +75,199 @@ def unpack_bits(packed: torch.Tensor, shape: torch.Size, dtype: torch.dtype) -> 
     return bits.view(-1)[: math.prod(shape)].to(dtype).view(shape)
 
 
-def _key(t: torch.Tensor) -> tuple:
-    """Same memory, layout and dtype: the same values."""
-    return (t.data_ptr(), t.device, t.dtype, tuple(t.shape), t.stride())
+class _SpikeInput(torch.autograd.Function):
+    """``layer``'s conv2d or linear map of 0/1 ``x``, keeping ``x`` as bits for the backward."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, layer):
+        ctx.layer, ctx.shape, ctx.dtype = layer, x.shape, x.dtype
+        ctx.save_for_backward(pack_bits(x), weight)
+        if isinstance(layer, nn.Linear):
+            return F.linear(x, weight, bias)
+        return F.conv2d(x, weight, bias, layer.stride, layer.padding, layer.dilation, layer.groups)
+
+    @staticmethod
+    def backward(ctx, grad):
+        packed, weight = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        x = unpack_bits(packed, ctx.shape, ctx.dtype) if need_w else None
+        gx = gw = gb = None
+        if isinstance(ctx.layer, nn.Linear):  # x [N, in], grad [N, out]: what addmm's backward does
+            gx = grad @ weight if need_x else None
+            gw = grad.t() @ x if need_w else None
+            gb = grad.sum(0) if need_b else None
+        else:
+            conv = (ctx.layer.stride, ctx.layer.padding, ctx.layer.dilation, ctx.layer.groups)
+            if need_x:
+                gx = torch.nn.grad.conv2d_input(ctx.shape, weight, grad, *conv)
+            if need_w:
+                gw = torch.nn.grad.conv2d_weight(x, weight.shape, grad, *conv)
+            gb = grad.sum((0, 2, 3)) if need_b else None
+        return gx, gw, gb, None
 
 
-def saved_as_bits(target: torch.Tensor) -> contextlib.AbstractContextManager:
-    """Context for one layer call on ``target``, a binary-marked tensor (or a view of one with
-    the same values, e.g. its time-folded ``flatten(0, 1)``; the caller checks the mark): where
-    the layer saves ``target`` for its backward, 1 bit per element is stored. A null context
-    when the savings are not :func:`active` or ``target`` is not contiguous."""
-    if not (active() and target.is_contiguous() and target.numel() > 0):
-        return contextlib.nullcontext()
-    key, version = _key(target), target._version  # no reference to target: the graph keeps
-    restore = partial(unpack_bits, shape=target.shape, dtype=target.dtype)  # the hooks
+class SpikeConv2d(nn.Conv2d):
+    """``nn.Conv2d`` for an input of 0/1 spikes ``[N, C, H, W]``: keeps it as 1 bit per element
+    for the weight gradient (the same gradients as ``nn.Conv2d``). Zero padding given as numbers
+    only. An input that is not 0/1 would get a wrong weight gradient: build it only after a
+    neuron whose spikes are (:func:`binary_spikes`)."""
 
-    def replace(t: torch.Tensor):
-        if t._version == version and _key(t) == key:
-            return restore, (pack_bits(t),)
-        return None
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if self.padding_mode != "zeros" or isinstance(self.padding, str):
+            raise ValueError(
+                f"SpikeConv2d takes zero padding given as numbers, got padding={self.padding!r}, "
+                f"padding_mode={self.padding_mode!r}; use nn.Conv2d for this layer."
+            )
 
-    return _ChainedHooks(replace)
-
-
-# --- recipes -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """How to recompute a tensor exactly: ``fn(*tensors)`` (the same ops as its forward).
-    ``tensors`` are detached and saved anyway elsewhere (or tiny); ``versions`` their version
-    counters when attached."""
-
-    fn: Callable[..., torch.Tensor]
-    tensors: tuple[torch.Tensor, ...]
-    versions: tuple[int, ...]
-
-    def __call__(self, *tensors: torch.Tensor) -> torch.Tensor:
-        return self.fn(*tensors)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if applies(x):
+            return _SpikeInput.apply(x, self.weight, self.bias, self)
+        return super().forward(x)
 
 
-def attach_recipe(t: torch.Tensor, fn: Callable[..., torch.Tensor], *tensors: torch.Tensor):
-    """Attach to ``t`` (returned as is) the recipe ``fn(*tensors)`` that recomputes it
-    bit-identically. No-op when the savings are not :func:`active` or ``t`` is smaller than
-    :data:`MIN_ELEMENTS`."""
-    if worth_it(t) and active():
-        tensors = tuple(u.detach() for u in tensors)
-        setattr(t, _RECIPE, (t._version, Recipe(fn, tensors, tuple(u._version for u in tensors))))
-    return t
+class SpikeLinear(nn.Linear):
+    """``nn.Linear`` for an input of 0/1 spikes ``[N, in_features]``: keeps it as 1 bit per
+    element for the weight gradient, as :class:`SpikeConv2d`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2 and applies(x):
+            return _SpikeInput.apply(x, self.weight, self.bias, self)
+        return super().forward(x)
 
 
-def recipe_of(t: torch.Tensor) -> Recipe | None:
-    """The recipe attached to ``t``, unless ``t`` changed in place since."""
-    entry = getattr(t, _RECIPE, None)
-    return entry[1] if entry is not None and entry[0] == t._version else None
+def spike_conv(in_channels: int, out_channels: int, kernel_size: int, spike_input: bool, **kw):
+    """A bias-free conv: :class:`SpikeConv2d` if ``spike_input``, else ``nn.Conv2d`` (the same
+    parameters and initialisation either way)."""
+    cls = SpikeConv2d if spike_input else nn.Conv2d
+    return cls(in_channels, out_channels, kernel_size, bias=False, **kw)
 
 
-def saved_as_recipe(target: torch.Tensor) -> contextlib.AbstractContextManager:
-    """Context for one call that saves ``target``: if ``target`` carries a recipe, store that
-    instead (its tensors are saved anyway), recomputed in the backward. A null context when it
-    carries none or the savings are not :func:`active`."""
-    recipe = recipe_of(target) if active() else None  # active() first: nothing under compile
-    if recipe is None:
-        return contextlib.nullcontext()
-    key, version = _key(target), target._version
-
-    def replace(t: torch.Tensor):
-        if t._version == version and _key(t) == key:
-            return partial(_recompute, recipe), recipe.tensors
-        return None
-
-    return _ChainedHooks(replace)
+# --- tdBN + neuron recomputed ------------------------------------------------------------------
 
 
-def _recompute(recipe: Recipe, *tensors: torch.Tensor) -> torch.Tensor:
-    if tuple(u._version for u in recipe.tensors) != recipe.versions:
-        raise RuntimeError(
-            "a tensor that a saved tdBN output is recomputed from was modified in place after "
-            "the forward; run without in-place changes, or with memory_saving(False)."
-        )
-    return recipe(*tensors)
+def _call(module: nn.Module, *args):
+    return module(*args)  # the forward: hooks run, once
 
 
-# --- the hooks ---------------------------------------------------------------------------------
+def _forward_only(module: nn.Module, *args):
+    return module.forward(*args)  # the recomputation: hooks (monitors) do not see it again
 
 
-class _ChainedHooks(torch.autograd.graph.saved_tensors_hooks):
-    """``replace(t)`` -> ``None`` (save ``t`` as it is) or ``(restore, tensors)`` (store
-    ``tensors``, give back ``restore(*tensors)``). The hooks active outside (if any) are
-    chained: they pack what is stored, and unpack it first."""
-
-    def __init__(self, replace: Callable[[torch.Tensor], tuple | None]) -> None:
-        outer = _top_hooks()
-        outer_pack, outer_unpack = outer if outer is not None else (_detach, _identity)
-
-        def pack(t: torch.Tensor):
-            replaced = replace(t)
-            if replaced is None:
-                return None, outer_pack(t)
-            restore, tensors = replaced
-            return restore, tuple(outer_pack(u) for u in tensors)
-
-        def unpack(packed) -> torch.Tensor:
-            restore, stored = packed
-            if restore is None:
-                return outer_unpack(stored)
-            return restore(*(outer_unpack(u) for u in stored))
-
-        super().__init__(pack, unpack)
+def _run(call, neuron, norms, inputs):
+    y = call(norms[0], inputs[0])
+    for norm, x in zip(norms[1:], inputs[1:], strict=True):
+        y = y + call(norm, x)
+    return call(neuron, y)
 
 
-def _detach(t: torch.Tensor) -> torch.Tensor:
-    return t.detach()  # what a pack hook keeps must not hold the graph (a reference cycle)
+class _NormSpike(torch.autograd.Function):
+    """``neuron(sum of norm(x))`` keeping the inputs ``x`` (``bits``: those kept as bits) for
+    the backward, which recomputes the forward. ``tensors``: the inputs, then the modules'
+    trainable parameters (passed so that autograd routes their gradients here)."""
+
+    @staticmethod
+    def forward(ctx, neuron, norms, bits, *tensors):
+        inputs = tensors[: len(bits)]
+        ctx.neuron, ctx.norms, ctx.bits = neuron, norms, bits
+        ctx.meta = [(x.shape, x.dtype) for x in inputs]
+        kept = [pack_bits(x) if b else x for x, b in zip(inputs, bits, strict=True)]
+        ctx.save_for_backward(*kept)
+        ctx.devices = sorted({x.device.index for x in inputs if x.is_cuda})
+        ctx.rng = torch.get_rng_state()
+        ctx.cuda_rng = [torch.cuda.get_rng_state(d) for d in ctx.devices]
+        return _run(_call, neuron, norms, inputs)
+
+    @staticmethod
+    def backward(ctx, grad):
+        modules = (ctx.neuron, *ctx.norms)
+        needs = ctx.needs_input_grad[3 : 3 + len(ctx.bits)]
+        inputs = []
+        kept_inputs = zip(ctx.saved_tensors, ctx.bits, ctx.meta, needs, strict=True)
+        for kept, b, (shape, dtype), need in kept_inputs:
+            x = unpack_bits(kept, shape, dtype) if b else kept.detach()
+            inputs.append(x.requires_grad_(need))
+        params = _params(modules)
+        buffers = [b for m in modules for b in m.buffers()]
+        state = [b.clone() for b in buffers]
+        with torch.random.fork_rng(devices=ctx.devices), torch.enable_grad():
+            torch.set_rng_state(ctx.rng)
+            for d, s in zip(ctx.devices, ctx.cuda_rng, strict=True):
+                torch.cuda.set_rng_state(s, d)
+            out = _run(_forward_only, ctx.neuron, ctx.norms, inputs)
+        wrt = [t for t in (*inputs, *params) if t.requires_grad]
+        grads = iter(torch.autograd.grad(out, wrt, grad, allow_unused=True))
+        for b, s in zip(buffers, state, strict=True):  # after the grad: its graph saved them
+            b.copy_(s)  # e.g. the running statistics: updated by the forward only
+        input_grads = [next(grads) if x.requires_grad else None for x in inputs]
+        return None, None, None, *input_grads, *grads
 
 
-def _identity(t: torch.Tensor) -> torch.Tensor:
-    return t
+def _params(modules) -> list[nn.Parameter]:
+    return [p for m in modules for p in m.parameters() if p.requires_grad]
+
+
+def norm_spike(
+    norm: nn.Module,
+    neuron: nn.Module,
+    x: torch.Tensor,
+    skip: tuple[nn.Module, torch.Tensor, bool] | None = None,
+    enabled: bool = True,
+) -> torch.Tensor:
+    """``neuron(norm(x))``, or with ``skip = (skip_norm, s, s_is_spikes)`` the residual
+    ``neuron(norm(x) + skip_norm(s))``, keeping for the backward only ``x`` and ``s`` (as bits
+    when ``s_is_spikes``: it must then be 0/1) and recomputing the rest there.
+
+    The modules run through their ``__call__`` in the forward (hooks see them once) and their
+    ``forward`` in the recomputation. They must give the same output for the same input and RNG
+    state, and no hook may change a value (it would not be replayed). ``enabled=False``, or where
+    the savings do not apply (:func:`applies`), runs the same expression plainly.
+    """
+    norms, inputs, bits = (norm,), (x,), (False,)
+    if skip is not None:
+        norms, inputs, bits = (norm, skip[0]), (x, skip[1]), (False, bool(skip[2]))
+    if not (enabled and applies(x)):
+        return _run(_call, neuron, norms, inputs)
+    return _NormSpike.apply(neuron, norms, bits, *inputs, *_params((neuron, *norms)))
+
+
+class SpikingSequential(nn.Sequential):
+    """``nn.Sequential`` (the same modules and state-dict keys) that, with ``memory_saving``,
+    runs each :class:`~lightning_glif.models.tdbn.TdBatchNorm` directly followed by a
+    :class:`~lightning_glif.neurons.SpikingNeuron` as :func:`norm_spike`: only the norm's input
+    is kept for their backward."""
+
+    def __init__(self, *modules: nn.Module, memory_saving: bool = False) -> None:
+        super().__init__(*modules)
+        self.memory_saving = bool(memory_saving)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        layers = list(self)
+        i = 0
+        while i < len(layers):
+            pair = layers[i : i + 2]
+            if (
+                self.memory_saving
+                and len(pair) == 2
+                and isinstance(pair[0], TdBatchNorm)
+                and isinstance(pair[1], SpikingNeuron)
+            ):
+                x = norm_spike(pair[0], pair[1], x)
+                i += 2
+            else:
+                x = layers[i](x)
+                i += 1
+        return x
 
 
 __all__ = [
-    "Recipe",
-    "active",
-    "attach_recipe",
-    "is_binary",
-    "mark_binary",
-    "markable",
-    "memory_saving",
+    "SpikeConv2d",
+    "SpikeLinear",
+    "SpikingSequential",
+    "applies",
+    "binary_spikes",
+    "norm_spike",
     "pack_bits",
-    "recipe_of",
-    "saved_as_bits",
-    "saved_as_recipe",
-    "set_memory_saving",
+    "spike_conv",
     "unpack_bits",
-    "worth_it",
 ]

@@ -2,26 +2,36 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import nn
 
 from lightning_glif.models.encoding import check_image_size, to_time_first
 from lightning_glif.models.layers import TimeDistributed
 from lightning_glif.models.resnet import NeuronFactory
+from lightning_glif.models.saving import SpikingSequential, binary_spikes, spike_conv
 from lightning_glif.models.tdbn import TdBatchNorm
 
 
 def conv_bn_neuron(
-    neuron: NeuronFactory, time_steps: int, in_channels: int, out_channels: int, kernel_size: int
-) -> nn.Sequential:
-    """Bias-free conv (stride 1, same padding) + plain batch norm over T*B + neuron."""
-    return nn.Sequential(
-        TimeDistributed(
-            nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False)
-        ),
+    neuron: NeuronFactory,
+    time_steps: int,
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int,
+    memory_saving: bool = False,
+    spike_input: bool = False,
+) -> SpikingSequential:
+    """Bias-free conv (stride 1, same padding) + plain batch norm over T*B + neuron
+    (``memory_saving``: see :class:`WideNet7B`; ``spike_input``: the input is 0/1 spikes)."""
+    conv = spike_conv(in_channels, out_channels, kernel_size, spike_input, padding=kernel_size // 2)
+    return SpikingSequential(
+        TimeDistributed(conv),
         # alpha = 1, V_th = 1: an ordinary BatchNorm2d over the folded T*B batch, as in SEW-ResNet.
         TdBatchNorm(out_channels, alpha=1.0, v_threshold=1.0),
         neuron(out_channels, time_steps),
+        memory_saving=memory_saving,
     )
 
 
@@ -35,13 +45,22 @@ class SEWBlock(nn.Module):
         neuron: factory called as ``neuron(channels, time_steps)``.
         time_steps: T.
         channels: C.
+        memory_saving: see :class:`WideNet7B`.
+        bits: the first neuron's spikes are 0/1: the second convolution keeps them as bits.
     """
 
-    def __init__(self, neuron: NeuronFactory, time_steps: int, channels: int) -> None:
+    def __init__(
+        self,
+        neuron: NeuronFactory,
+        time_steps: int,
+        channels: int,
+        memory_saving: bool = False,
+        bits: bool = False,
+    ) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            conv_bn_neuron(neuron, time_steps, channels, channels, 3),
-            conv_bn_neuron(neuron, time_steps, channels, channels, 3),
+            conv_bn_neuron(neuron, time_steps, channels, channels, 3, memory_saving),
+            conv_bn_neuron(neuron, time_steps, channels, channels, 3, memory_saving, bits),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -77,6 +96,10 @@ class WideNet7B(nn.Module):
         in_channels: channels of a frame (2 polarities).
         image_size: height = width of the frames; sets the classifier's input width
             ``128 * (image_size // 16) ** 2``.
+        memory_saving: keep less for the backward, with the same gradients: each BN + neuron
+            keeps only the BN's input, and the convolutions taking spikes (the second of each
+            block; the others take sums of spikes) keep them as bits
+            (:mod:`lightning_glif.models.saving`).
     """
 
     def __init__(
@@ -86,6 +109,7 @@ class WideNet7B(nn.Module):
         num_classes: int = 10,
         in_channels: int = 2,
         image_size: int = 48,
+        memory_saving: bool = True,
     ) -> None:
         super().__init__()
         if image_size < 16:
@@ -97,16 +121,19 @@ class WideNet7B(nn.Module):
         def pool() -> TimeDistributed:
             return TimeDistributed(nn.AvgPool2d(2, 2))
 
+        first = conv_bn_neuron(neuron, time_steps, in_channels, 64, 1, memory_saving)
+        bits = memory_saving and binary_spikes(first[2])
+        block = partial(SEWBlock, neuron, time_steps, memory_saving=memory_saving, bits=bits)
         self.features = nn.Sequential(
-            conv_bn_neuron(neuron, time_steps, in_channels, 64, 1),
-            *(SEWBlock(neuron, time_steps, 64) for _ in range(4)),
+            first,
+            *(block(64) for _ in range(4)),
             pool(),
-            conv_bn_neuron(neuron, time_steps, 64, 128, 1),
-            SEWBlock(neuron, time_steps, 128),
+            conv_bn_neuron(neuron, time_steps, 64, 128, 1, memory_saving),
+            block(128),
             pool(),
-            SEWBlock(neuron, time_steps, 128),
+            block(128),
             pool(),
-            SEWBlock(neuron, time_steps, 128),
+            block(128),
             pool(),
         )
         side = image_size

@@ -10,6 +10,7 @@ from torch import nn
 from lightning_glif.models.encoding import to_time_first
 from lightning_glif.models.layers import TimeDistributed
 from lightning_glif.models.resnet import NeuronFactory, conv3x3, init_weights
+from lightning_glif.models.saving import SpikingSequential, binary_spikes
 from lightning_glif.models.tdbn import TdBatchNorm
 
 #: Output channels of each 3x3 convolution, "P" a 2x2 average pool (the VGG paper's A, B, D).
@@ -44,6 +45,9 @@ class SpikingVGG(nn.Module):
         depth: number of weight layers, 11, 13 or 16.
         num_classes: K, the number of output logits.
         in_channels: channels of the input (3 for RGB, 2 for DVS polarity frames).
+        memory_saving: keep less for the backward, with the same gradients: each tdBN + neuron
+            keeps only the tdBN's input, and the convolutions taking spikes (not pooled ones)
+            keep them as bits (:mod:`lightning_glif.models.saving`).
     """
 
     def __init__(
@@ -53,6 +57,7 @@ class SpikingVGG(nn.Module):
         depth: Literal[11, 13, 16] = 11,
         num_classes: int = 10,
         in_channels: int = 3,
+        memory_saving: bool = True,
     ) -> None:
         super().__init__()
         if depth not in VGG_LAYOUTS:
@@ -62,18 +67,21 @@ class SpikingVGG(nn.Module):
         self.depth = depth
         layers: list[nn.Module] = []
         channels = in_channels
+        bits = False  # the neurons' spikes are 0/1 (known once the first is built)
         for item in VGG_LAYOUTS[depth]:
             if item == "P":
                 layers.append(TimeDistributed(nn.AvgPool2d(2, 2)))
             else:
                 out_channels = int(item)
+                spikes = bool(layers) and not isinstance(layers[-1], TimeDistributed)  # unpooled
                 layers += [
-                    conv3x3(channels, out_channels),
+                    conv3x3(channels, out_channels, 1, bits and spikes),
                     TdBatchNorm(out_channels),
                     neuron(out_channels, time_steps),
                 ]
+                bits = memory_saving and binary_spikes(layers[-1])
                 channels = out_channels
-        self.features = nn.Sequential(*layers)
+        self.features = SpikingSequential(*layers, memory_saving=memory_saving)
         self.pool = TimeDistributed(nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1)))
         self.head = TimeDistributed(nn.Linear(channels, num_classes, bias=False))
         init_weights(self)

@@ -12,10 +12,8 @@ from typing import Literal
 import torch
 from torch import nn
 
-from lightning_glif.models import saving
-
 from .functional import MembraneCoefficients
-from .fused import BACKENDS, Backend, fused_available, membrane
+from .fused import BACKENDS, Backend, membrane
 from .surrogate import Rectangular, Surrogate
 
 ObservableGroup = Literal["gates", "membrane"]
@@ -163,26 +161,16 @@ class MembraneNeuron(SpikingNeuron, metaclass=ABCMeta):
 
         Under autocast the membrane and the coefficients are kept in float32 (a bf16 membrane
         loses the small leaks and resets); the spikes come back in the input dtype.
-
-        Memory (:mod:`lightning_glif.models.saving`): an input that carries a recipe (a tdBN
-        output) is not kept for the backward but recomputed from it, and the spikes are marked
-        binary, so that the next layer keeps them as bits.
         """
         self.check_input(x)
         with torch.autocast(x.device.type, enabled=False):
-            c = self.coefficients()
-            with saving.saved_as_recipe(x):
-                spikes = membrane(x, c, self.surrogate, self.detach_reset, self.backend)
-        if saving.markable(spikes) and self._spikes_are_binary(x, c):
-            saving.mark_binary(spikes)
-        return spikes
+            return membrane(x, self.coefficients(), self.surrogate, self.detach_reset, self.backend)
 
-    def _spikes_are_binary(self, x: torch.Tensor, c: MembraneCoefficients) -> bool:
-        """Exactly 0/1 by construction: the fused kernels' spikes, or the reference loop's with
-        a surrogate whose forward is the Heaviside step of :class:`Surrogate`."""
+    @property
+    def binary_spikes(self) -> bool:
+        """Whether the spikes are exactly 0/1 by construction, so that the layer they feed may
+        keep them as 1 bit each for its backward: the fused kernels' spikes are, and so are the
+        reference loop's with a surrogate whose forward is the Heaviside step of
+        :class:`Surrogate` (a surrogate that redefines ``forward`` may emit other values)."""
         s = self.surrogate
-        if not isinstance(s, Surrogate):
-            return False
-        if type(s).forward is Surrogate.forward:
-            return True
-        return self.backend != "reference" and fused_available(x, c, s) is None
+        return isinstance(s, Surrogate) and type(s).forward is Surrogate.forward
