@@ -25,12 +25,28 @@ def test_tdbn_normalises_over_time_and_batch_and_scales_by_alpha_vth():
     torch.testing.assert_close(bn(x), 2 * expected - 1, rtol=1e-4, atol=1e-5)
 
 
+def test_tdbn_eval_normalises_by_the_running_statistics():
+    torch.manual_seed(0)
+    bn = TdBatchNorm(3, alpha=2**-0.5)
+    with torch.no_grad():
+        bn.weight.copy_(torch.tensor([1.5, 0.5, 2.0]))
+        bn.bias.copy_(torch.tensor([0.1, -0.2, 0.3]))
+    for _ in range(3):  # train steps move the running statistics off (0, 1)
+        bn(torch.randn(2, 4, 3, 5) * 3 + 1)
+    bn.eval()
+    x = torch.randn(2, 4, 3, 5)
+    mean, var = bn.bn.running_mean.view(3, 1), bn.bn.running_var.view(3, 1)
+    expected = bn.weight.view(3, 1) * bn.scale * (x - mean) / (var + 1e-5).sqrt()
+    torch.testing.assert_close(bn(x), expected + bn.bias.view(3, 1))
+
+
 def test_tdbn_works_on_linear_input_and_keeps_scale_under_syncbn():
     x = torch.randn(4, 6, 3)
     bn = TdBatchNorm(3, alpha=1.0, v_threshold=0.5)
     y = bn(x)
-    torch.testing.assert_close(y.reshape(-1, 3).std(0, unbiased=False), torch.full((3,), 0.5),
-                               rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(
+        y.reshape(-1, 3).std(0, unbiased=False), torch.full((3,), 0.5), rtol=1e-3, atol=1e-3
+    )
     synced = nn.SyncBatchNorm.convert_sync_batchnorm(bn)
     assert isinstance(synced.bn, nn.SyncBatchNorm) and synced.scale.item() == 0.5
 
