@@ -67,25 +67,6 @@ def atomic_open(path: str | os.PathLike) -> Iterator[BinaryIO]:
         yield f
 
 
-def atomic_link(source: str | os.PathLike, path: str | os.PathLike) -> bool:
-    """Make ``path`` a hard link to ``source`` atomically (a link beside ``path`` renamed over
-    it, the directory fsynced): both names then hold the same complete file, and replacing or
-    deleting either name later leaves the other as it is. False, with ``path`` untouched, where
-    the filesystem cannot link the two (another filesystem, no hard links): write instead."""
-    path = Path(path)
-    tmp = temp_path(path)
-    try:
-        os.link(source, tmp)
-    except OSError:
-        return False
-    try:
-        os.replace(tmp, path)
-        fsync_path(path.parent)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return True
-
-
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically."""
     with atomic_open(path) as f:

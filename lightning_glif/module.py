@@ -14,31 +14,31 @@ from pytorch_lightning import LightningModule
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from pytorch_lightning.trainer.states import TrainerFn
 from torch import nn
-from torchmetrics import MaxMetric
+from torchmetrics import MaxMetric, MeanMetric, MetricCollection
+from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_glif import tags
 from lightning_glif.checkpoint_config import check_checkpoint_classes, stored_hyperparameters
 from lightning_glif.losses import MeanCrossEntropy, TemporalLoss
-from lightning_glif.metrics import EpochStats
 from lightning_glif.neurons.base import SpikingNeuron
 
+#: Arguments that are objects when the module is built in Python, configs under LightningCLI.
+OBJECT_ARGUMENTS = ("backbone", "optimizer", "lr_scheduler", "loss")
 
-def _built_by_cli() -> bool:
-    """True while LightningCLI instantiates the module.
 
-    The one place that relies on a private name of Lightning: the ContextVar
-    ``pytorch_lightning.core.mixins.hparams_mixin._given_hyperparameters`` (Lightning 2.6.x; the
-    CLI sets it, with the resolved config, in ``pytorch_lightning.cli._InstantiatorFn``). If it
-    moves, this returns False under the CLI too: the checkpoints then lack the backbone's
-    config, so ``SpikingClassifier.load_from_checkpoint(path)`` and ``test --ckpt_path`` without
-    the run's config no longer rebuild the model (tests/test_training.py
-    ``test_built_by_cli_reads_lightnings_context`` and ``test_fit_test_predict_and_reload`` fail).
-    """
-    try:
-        from pytorch_lightning.core.mixins.hparams_mixin import _given_hyperparameters
-    except ImportError:  # pragma: no cover - only if Lightning moves its private context
-        return False
-    return _given_hyperparameters.get() is not None
+def accuracies(stage: str, num_classes: int) -> MetricCollection:
+    """Top-1 accuracy ``<stage>/acc`` and, with more than 5 classes, top-5 ``<stage>/acc_top5``:
+    the share of samples whose label is the argmax (among the 5 largest) of the logits.
+
+    ``average="micro"``: over samples, not the mean of per-class accuracies (torchmetrics'
+    default). No argument checks (``validate_args=False``) and no compute groups: both read
+    values back to the host, which would stall every step on a GPU."""
+    metrics = {"acc": MulticlassAccuracy(num_classes, average="micro", validate_args=False)}
+    if num_classes > 5:
+        metrics["acc_top5"] = MulticlassAccuracy(
+            num_classes, top_k=5, average="micro", validate_args=False
+        )
+    return MetricCollection(metrics, prefix=f"{stage}/", compute_groups=False)
 
 
 class SpikingClassifier(LightningModule):
@@ -116,12 +116,19 @@ class SpikingClassifier(LightningModule):
         compile: bool = False,
     ) -> None:
         super().__init__()
-        # Under LightningCLI the hyperparameters are the resolved config, with the backbone and
-        # the optimizer (and the loss) as class_path dicts: the checkpoint then rebuilds the whole
-        # model (`test --ckpt_path ...`, `SpikingClassifier.load_from_checkpoint`). Built
-        # from Python they are live objects, which a checkpoint must not pickle.
-        objects = [] if _built_by_cli() else ["backbone", "optimizer", "lr_scheduler", "loss"]
-        self.save_hyperparameters(ignore=objects)
+        # Under LightningCLI, save_hyperparameters stores the resolved config: the backbone and
+        # the optimizer (and the loss) as class_path dicts, so the checkpoint rebuilds the whole
+        # model (`test --ckpt_path ...`, `SpikingClassifier.load_from_checkpoint`). Built in
+        # Python they are live objects, which a checkpoint must not pickle: dropped. Lightning
+        # warns about a module among them and keeps one deep copy until they are dropped.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", r"Attribute '\w+' is an instance of `nn.Module`")
+            self.save_hyperparameters()
+        objects = [
+            k for k in OBJECT_ARGUMENTS if not isinstance(self.hparams[k], dict | str | None)
+        ]
+        if objects:
+            self.save_hyperparameters(ignore=objects)
         if lr_interval not in ("epoch", "step"):
             raise ValueError(f"lr_interval must be 'epoch' or 'step', got {lr_interval!r}.")
         self.backbone = backbone
@@ -140,11 +147,21 @@ class SpikingClassifier(LightningModule):
             # until the first forward.
             self.backbone.compile(fullgraph=True)
 
-        # Per stage: mean loss, top-1 and top-5 accuracy, summed on the device every step and
-        # reduced over the DDP ranks once, at the epoch's end.
-        self.train_stats = EpochStats(num_classes)
-        self.val_stats = EpochStats(num_classes)
-        self.test_stats = EpochStats(num_classes)
+        # Per stage: the mean loss (weighted by batch size) and the accuracies, counted on the
+        # device every step; Lightning computes them, summed over the DDP ranks, and resets them
+        # at the end of each epoch (they are logged as metric objects, see log_epoch).
+        self.train_loss, self.train_acc = (
+            MeanMetric(nan_strategy="disable"),
+            accuracies("train", num_classes),
+        )
+        self.val_loss, self.val_acc = (
+            MeanMetric(nan_strategy="disable"),
+            accuracies("val", num_classes),
+        )
+        self.test_loss, self.test_acc = (
+            MeanMetric(nan_strategy="disable"),
+            accuracies("test", num_classes),
+        )
         self.val_acc_best = MaxMetric()
         # Saved with the weights, so a resumed run keeps its best validation accuracy.
         self.val_acc_best.persistent(True)
@@ -198,28 +215,29 @@ class SpikingClassifier(LightningModule):
             checkpoint_path, map_location, hparams_file, strict, weights_only, **kwargs
         )
 
-    def _log_epoch(self, stage: str) -> dict[str, torch.Tensor]:
-        """Log the stage's loss and accuracies once, at the end of its epoch, and reset them;
-        returns them (empty for a stage that ran no batch).
+    def update_metrics(
+        self, stage: str, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor
+    ) -> None:
+        """Count one batch into the stage's metrics: its mean ``loss``, ``logits`` ``[B, K]``
+        and labels ``y`` ``[B]``."""
+        # The batch mean repeated once per sample (a view): MeanMetric then weights batches by
+        # their size; its weight argument is ignored with nan_strategy="disable", which spares
+        # the NaN check's host read every step.
+        getattr(self, f"{stage}_loss").update(loss.detach().expand(y.shape[0]))
+        getattr(self, f"{stage}_acc").update(logits.detach(), y)
 
-        Why not ``self.log`` in every step: each call costs Lightning a walk over the logged
-        metric objects (``_ResultMetric.to``), about a millisecond a step for the three tags,
-        a visible share of the embedded runs (benchmarks/loop_overhead.py). The values are
-        already reduced over the DDP ranks (:meth:`EpochStats.compute`), the same on every rank:
-        ``sync_dist`` with ``reduce_fx="max"`` keeps them exactly (and keeps Lightning from
-        warning that an epoch-level value is not synced)."""
-        stats: EpochStats = getattr(self, f"{stage}_stats")
-        if not stats.update_called:
-            return {}
-        values = stats.compute()
-        stats.reset()
-        shown = {"train": ("loss",), "val": ("acc", "acc_top5")}.get(stage, ())  # progress bar
-        for name, value in values.items():
-            self.log(
-                tags.metric(stage, name), value, sync_dist=True, reduce_fx="max",
-                prog_bar=name in shown,
-            )  # fmt: skip
-        return values
+    def log_epoch(self, stage: str) -> bool:
+        """Log the stage's loss and accuracies as metric objects, ``on_epoch``: Lightning
+        computes them (summed over the DDP ranks) at the end of the epoch and resets them.
+        False for a stage that ran no batch. Logged once, here, rather than in every step: each
+        ``self.log`` call costs Lightning a walk over its logged results."""
+        loss, accuracy = getattr(self, f"{stage}_loss"), getattr(self, f"{stage}_acc")
+        if not loss.update_called:
+            return False
+        epoch = {"on_step": False, "on_epoch": True}
+        self.log(tags.metric(stage, "loss"), loss, prog_bar=stage == "train", **epoch)
+        self.log_dict(accuracy, prog_bar=stage == "val", **epoch)
+        return True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class logits averaged over time, ``[B, num_classes]``."""
@@ -263,28 +281,28 @@ class SpikingClassifier(LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         loss, logits, y = self._step(batch)
-        self.train_stats.update(loss, logits.detach(), y)
+        self.update_metrics("train", loss, logits, y)
         return loss
 
     def on_train_epoch_end(self) -> None:
-        self._log_epoch("train")
+        self.log_epoch("train")
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self.val_stats.update(*self._step(batch))
+        self.update_metrics("val", *self._step(batch))
 
     def on_validation_epoch_end(self) -> None:
-        values = self._log_epoch("val")
+        logged = self.log_epoch("val")
         # The best of the training run: not the sanity check's untrained model, not `validate`.
         fitting = self.trainer.state.fn == TrainerFn.FITTING
-        if values and fitting and not self.trainer.sanity_checking:
-            self.val_acc_best.update(values["acc"])
+        if logged and fitting and not self.trainer.sanity_checking:
+            self.val_acc_best.update(self.val_acc["acc"].compute())
             self.log(tags.best("val", "acc"), self.val_acc_best.compute(), prog_bar=True)
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
-        self.test_stats.update(*self._step(batch))
+        self.update_metrics("test", *self._step(batch))
 
     def on_test_epoch_end(self) -> None:
-        self._log_epoch("test")
+        self.log_epoch("test")
 
     def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         """Time-averaged logits ``[B, num_classes]`` of a batch ``x`` or ``(x, y)``."""
@@ -292,7 +310,7 @@ class SpikingClassifier(LightningModule):
         return self(x)
 
     def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
+        datamodule = getattr(self.trainer, "datamodule", None)
         data_classes = getattr(datamodule, "num_classes", None)
         if data_classes is not None and data_classes != self.num_classes:
             raise ValueError(

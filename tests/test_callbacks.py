@@ -39,6 +39,7 @@ def fitted(tmp_path_factory):
 
 
 # -- FiringRateMonitor and SynapticOpsMonitor on the default model -------------------------------
+@pytest.mark.slow
 def test_firing_and_synops_tags_on_the_default_model(fitted):
     cli, events = fitted
     tags = events.Tags()
@@ -61,6 +62,7 @@ def test_firing_and_synops_tags_on_the_default_model(fitted):
     assert energy == pytest.approx((ac * 0.9 + mac * 4.6) * 1e-6, rel=1e-6)
 
 
+@pytest.mark.slow
 def test_monitors_keep_the_scalars_of_their_last_report(fitted):
     """``last[stage]`` is what the monitor logged at the stage's last epoch: the same tags, the
     same values (the event files hold float32)."""

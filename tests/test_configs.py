@@ -150,7 +150,7 @@ def test_default_run_has_checkpoints_and_the_monitors():
     callbacks = yaml.safe_load(DEFAULT.read_text())["trainer"]["callbacks"]
     assert [c["class_path"].rsplit(".", 1)[1] for c in callbacks] == [
         "ModelCheckpoint",
-        "LastCheckpoint",
+        "ModelCheckpoint",
         "LearningRateMonitor",
         "NonFiniteGuard",
         "GateMonitor",

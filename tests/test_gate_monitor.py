@@ -4,13 +4,15 @@ event files and compared with the model's values and with statistics computed by
 from __future__ import annotations
 
 import math
+from csv import DictReader as csv_reader
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from monitoring import last_scalar, read_events, tiny_fit
 from pytorch_lightning import Callback, LightningModule, Trainer
-from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -33,14 +35,15 @@ def fitted(tmp_path_factory):
 
 
 def fit(
-    tmp_path, model: LightningModule, monitor: GateMonitor, epochs: int = 2, channels=3, clock=None
-):
-    """``trainer.fit`` of ``model`` on 4 samples of noise ``[4, T, channels]`` in batches of 2;
-    the run's events. ``clock``: a :class:`_FakeClock` that also advances 1 s per epoch."""
-    logger = TensorBoardLogger(tmp_path, name="run", version=0)
+    tmp_path, model: LightningModule, monitor: GateMonitor, *others: Callback, epochs: int = 2,
+    channels=3, logger=None,
+):  # fmt: skip
+    """``trainer.fit`` of ``model`` on 4 samples of noise ``[4, T, channels]`` in batches of 2
+    (two steps an epoch); the run's events (of a TensorBoardLogger, unless ``logger`` is given)."""
+    logger = logger or TensorBoardLogger(tmp_path, name="run", version=0)
     trainer = Trainer(
         logger=logger,
-        callbacks=[monitor] if clock is None else [_Epochs(clock), monitor],
+        callbacks=[monitor, *others],
         max_epochs=epochs,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -71,7 +74,8 @@ class Chain(LightningModule):
         return torch.optim.SGD(self.parameters(), lr=self.lr)
 
 
-# -- the default model ---------------------------------------------------------------------------
+# -- the default model (a CLI fit, shared by these tests) -----------------------------------------
+@pytest.mark.slow
 def test_gate_and_membrane_tags_exist_for_every_glif_layer(fitted):
     cli, events = fitted
     tags_ = events.Tags()
@@ -99,6 +103,7 @@ def test_gate_and_membrane_tags_exist_for_every_glif_layer(fitted):
     assert [e.step for e in events.Scalars(f"gates/{layers[0]}/alpha_std")] == [0, 2, 4, 6]
 
 
+@pytest.mark.slow
 def test_last_alpha_histogram_equals_the_models_values(fitted):
     cli, events = fitted
     monitor = next(c for c in cli.trainer.callbacks if isinstance(c, GateMonitor))
@@ -139,8 +144,8 @@ def test_gate_monitor_state_survives_a_checkpoint():
     assert restored.stds == {"net.0": {"alpha": [0.01, 0.2]}}
     # the resumed run continues the evolution: the next epoch's means are appended
     glif = GLIF(2, T, gate_init=(0.75, 0.5, 0.25))
-    restored._layers = {"net.0": glif}
-    restored._record(2, restored.snapshot())
+    restored.layers = {"net.0": glif}
+    restored.record(2, restored.snapshot())
     assert restored.epochs == [0, 1, 2]
     assert restored.means["net.0"]["alpha"] == pytest.approx([0.5, 0.6, 0.75])
     assert restored.means["net.0"]["gamma"] == pytest.approx([0.25])
@@ -156,7 +161,7 @@ def test_std_equals_numpys_population_std_of_known_values(tmp_path):
         glif.alpha_latent.copy_(torch.tensor([logit(a) for a in alpha]))
         glif.conductance_latent.copy_(torch.tensor([[logit(g) for g in r] for r in conductance]))
     # lr = 0: the values logged at every step are the ones set above
-    monitor = GateMonitor(every_n_steps=1, histogram_budget=None)
+    monitor = GateMonitor(every_n_steps=1)
     events = fit(tmp_path, Chain(lr=0.0, glif=glif), monitor, epochs=1, channels=4)
     # by hand: mean 0.375, squared deviations .075625 + .030625 + .000625 + .180625 = .2875
     assert np.std(alpha) == pytest.approx(math.sqrt(0.2875 / 4), rel=1e-12)  # ddof=0
@@ -178,7 +183,7 @@ def test_std_equals_numpys_population_std_of_known_values(tmp_path):
 
 def test_gate_monitor_on_layer_wise_glif_and_gliff(tmp_path):
     model = Chain(glif=GLIF(3, T, granularity="layer", gamma=1.0), gliff=GLIFf(3, T))
-    monitor = GateMonitor(every_n_steps=1, figure_every_n_epochs=0, histogram_budget=None)
+    monitor = GateMonitor(every_n_steps=1)
     events = fit(tmp_path, model, monitor)
     tags_ = events.Tags()
     assert "gates/gliff/alpha" not in tags_["histograms"]  # GLIF_f has no gates
@@ -194,7 +199,7 @@ def test_gate_monitor_on_layer_wise_glif_and_gliff(tmp_path):
         assert events.Scalars(f"membrane/glif/conductance_mean/t{t}")[-1].value == pytest.approx(
             g[t].item()
         )
-    # figure_every_n_epochs=0: the images only after the last epoch
+    # by default the images only after the last epoch
     assert [e.step for e in events.Images("gates/distributions")] == [4]
     assert [e.step for e in events.Images("gates/evolution")] == [4]
 
@@ -225,7 +230,7 @@ class Resonator(SpikingNeuron):
 def test_lif_plif_and_any_spiking_neuron_are_logged(tmp_path):
     lif, plif = LIF(3, T, decay=0.25, v_threshold=0.75), PLIF(3, T, granularity="channel")
     model = Chain(lif=lif, resonator=Resonator(3, T), plif=plif)
-    monitor = GateMonitor(every_n_steps=1, histogram_budget=None, figure_every_n_epochs=1)
+    monitor = GateMonitor(every_n_steps=1, figure_every_n_epochs=1)
     events = fit(tmp_path, model, monitor)
     # LIF: fixed decay and threshold (scalars: std 0)
     for e in events.Scalars("membrane/lif/decay_mean"):
@@ -273,79 +278,46 @@ def test_evolution_panels_are_the_gates_of_the_data():
     assert [t.get_text() for t in legend.get_texts()] == ["a", "c"]  # "b" has no gates
 
 
-class _FakeClock:
-    """0.05 s per reading (so a pair of images takes 0.05 s to draw) plus 1 s per epoch."""
+class Values(Callback):
+    """The alpha of layer ``glif`` after every optimizer step, by global step."""
 
-    def __init__(self):
-        self.now = 0.0
+    def __init__(self) -> None:
+        self.alpha: dict[int, np.ndarray] = {}
 
-    def __call__(self) -> float:
-        self.now += 0.05
-        return self.now
-
-
-class _Epochs(Callback):
-    def __init__(self, clock: _FakeClock):
-        self.clock = clock
-
-    def on_train_epoch_start(self, trainer, pl_module):
-        self.clock.now += 1.0
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.alpha[trainer.global_step] = pl_module.glif.values().alpha.detach().numpy().copy()
 
 
-def test_images_keep_to_their_time_budget(tmp_path):
-    """figure_every_n_epochs=None: images once the time since the last ones (or since the start)
-    is at least their drawing time / figure_budget, the first time twice that (the last images
-    are held in reserve), and after the last epoch. By hand with the fake clock (0.05 s per
-    reading: a pair of images takes 0.05 s to draw, also taken as their cost before the first;
-    1 s per epoch) and budget 0.02: the first images need 5 s since the start (read at 0.05 s),
-    first met at the end of epoch 5 (5.30 s); then 2.5 s since the last ones: epochs 8 (3.15 s
-    after the images of epoch 5 ended at 5.40 s) and 11; the last epoch, 12, at the end. The
-    scalars and histograms are every step."""
-    clock = _FakeClock()
-    monitor = GateMonitor(every_n_steps=1, histogram_budget=None, figure_budget=0.02)
-    monitor.figure_timer.clock = clock
-    monitor.figure_timer.prior = 0.05
-    events = fit(tmp_path, Chain(glif=GLIF(3, T)), monitor, epochs=12, clock=clock)
-    for tag in (tags.GATE_EVOLUTION, tags.GATE_DISTRIBUTIONS):
-        assert [e.step // 2 for e in events.Images(tag)] == [5, 8, 11, 12]  # 2 steps per epoch
-    assert [e.step for e in events.Histograms("gates/glif/alpha")] == list(range(25))
-    assert monitor.figure_timer.cost == pytest.approx(0.05)
-
-
-def test_a_run_shorter_than_the_budget_allows_gets_its_images_at_the_end(tmp_path):
-    """With the default cost taken before the first images (GateMonitor.FIGURE_COST, 0.2 s) and
-    the default budget, 0.01, the first images need 40 s: 8 fake epochs of 1 s get theirs after
-    the last."""
-    clock = _FakeClock()
-    monitor = GateMonitor(every_n_steps=0)
-    monitor.figure_timer.clock = clock
-    assert monitor.figure_timer.prior == GateMonitor.FIGURE_COST == 0.2
-    assert monitor.figure_budget == 0.01
-    events = fit(tmp_path, Chain(glif=GLIF(3, T)), monitor, epochs=8, clock=clock)
-    assert [e.step for e in events.Images(tags.GATE_EVOLUTION)] == [16]
-    assert [e.step for e in events.Images(tags.GATE_DISTRIBUTIONS)] == [16]
-    assert monitor.epochs == list(range(9))  # the evolution still has every epoch
-
-
-def test_a_figure_budget_outside_0_1_is_refused():
-    with pytest.raises(ValueError, match="figure_budget"):
-        GateMonitor(figure_budget=0.0)
-    with pytest.raises(ValueError, match="figure_every_n_epochs"):
-        GateMonitor(figure_every_n_epochs=-1)
-
-
-def test_histograms_keep_to_their_time_budget(tmp_path):
-    """histogram_budget: a multiple of every_n_steps logs only once the time since the last
-    histograms is at least their cost / budget, the first time after the start's histograms
-    three times that (those of the start and of the end are held in reserve). Fake clock: 0.05 s
-    per reading (a set of histograms costs 0.05 s) and 1 s at each epoch's start (2 steps an
-    epoch); budget 0.02. The start (step 0, ends at 0.15 s); the first paced set needs
-    3 x 0.05 / 0.02 = 7.5 s since: step 13, read at 7.80 s; then 2.5 s: none before the end
-    (step 16, always)."""
-    clock = _FakeClock()
-    monitor = GateMonitor(every_n_steps=1, figure_every_n_epochs=0, histogram_budget=0.02)
-    monitor.histogram_timer.clock = clock
-    events = fit(tmp_path, Chain(glif=GLIF(3, T)), monitor, epochs=8, clock=clock)
+def test_cadences_and_each_histogram_holds_its_own_steps_values(tmp_path):
+    """Histograms and scalars at the start, every 3 steps and at the end; images every 3 epochs
+    and after the last. The histograms of a step are written at the end of its epoch, with the
+    values of that step (SGD changes alpha every step)."""
+    values = Values()
+    monitor = GateMonitor(every_n_steps=3, figure_every_n_epochs=3)
+    events = fit(tmp_path, Chain(lr=1.0, glif=GLIF(3, T)), monitor, values, epochs=4)
     steps = [e.step for e in events.Histograms("gates/glif/alpha")]
+    assert steps == [0, 3, 6, 8]  # 2 steps an epoch: the end is step 8
     assert [e.step for e in events.Scalars("gates/glif/alpha_mean")] == steps
-    assert steps == [0, 13, 16]
+    for e in events.Histograms("gates/glif/alpha")[1:]:
+        alpha = values.alpha[e.step]
+        h = e.histogram_value
+        assert (h.min, h.max) == (alpha.min(), alpha.max()), e.step
+    assert len({float(values.alpha[s].mean()) for s in steps[1:]}) == len(steps) - 1  # all moved
+    for tag in (tags.GATE_EVOLUTION, tags.GATE_DISTRIBUTIONS):
+        assert [e.step // 2 for e in events.Images(tag)] == [3, 4]  # epochs
+
+
+def test_without_a_tensorboard_logger_the_scalars_still_reach_the_logger(tmp_path):
+    csv = CSVLogger(tmp_path, name="csv", version=0)
+    with pytest.warns(UserWarning, match="no TensorBoardLogger, so its histograms and images"):
+        fit(tmp_path, Chain(glif=GLIF(3, T)), GateMonitor(every_n_steps=1), logger=csv, epochs=1)
+    rows = list(csv_reader((Path(csv.log_dir) / "metrics.csv").open()))
+    logged = [r for r in rows if r.get("gates/glif/alpha_mean")]
+    assert [int(r["step"]) for r in logged] == [0, 1, 2]
+
+
+def test_negative_cadences_are_refused():
+    with pytest.raises(ValueError, match="figure_every_n_epochs >= 0"):
+        GateMonitor(figure_every_n_epochs=-1)
+    with pytest.raises(ValueError, match="every_n_steps >= 0"):
+        GateMonitor(every_n_steps=-1)

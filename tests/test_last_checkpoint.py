@@ -1,27 +1,31 @@
-"""LastCheckpoint: the epochs that make last.ckpt current (first, kept, last, within the budget),
-by a hard link to the checkpoint written at the same step or by a write."""
+"""``last.ckpt`` from conf/default.yaml: a stock ModelCheckpoint (no monitor, every epoch) beside
+the best-``val/acc`` one. What it holds at the end of every epoch, what ``ckpt_path="last"``
+resumes from, what Lightning 2.6 keeps and says about the pair, and the documented
+``train_time_interval`` entry for epochs that take hours."""
 
 from __future__ import annotations
 
-import os
-import tempfile
+import sys
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from pytorch_lightning import Callback, LightningModule, Trainer
 from pytorch_lightning.callbacks import ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_glif.callbacks import LastCheckpoint
-from lightning_glif.io import atomic_link
+from lightning_glif.cli import CONF_DIR, cli_main
 
-SCORES = [1.0, 0.0, 0.0, 0.0, 0.0, 2.0, 0.0, 0.0]  # a new best at epochs 0 and 5
+SCORES = [0.5, 0.25, 0.75, 0.5, 0.5]  # val/acc per epoch: a new best at epochs 0 and 2
 
 
 class Scored(LightningModule):
-    def __init__(self):
+    """Two steps an epoch; logs ``val/acc`` from SCORES."""
+
+    def __init__(self) -> None:
         super().__init__()
         self.layer = nn.Linear(2, 1)
 
@@ -29,152 +33,132 @@ class Scored(LightningModule):
         return self.layer(batch[0]).pow(2).mean()
 
     def validation_step(self, batch, batch_idx):
-        self.log("score", SCORES[self.current_epoch])
+        self.log("val/acc", SCORES[self.current_epoch])
 
     def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.01)
+        return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-class Recording(LastCheckpoint):
-    """The epochs whose last.ckpt was made current (linked or written)."""
+class LastOnDisk(Callback):
+    """``(epoch, global_step)`` of last.ckpt at the start of every training epoch but the first
+    and at the end of training (Lightning runs the checkpoints' hooks after all others', so
+    their end-of-epoch saves come after this callback's ``on_train_epoch_end``), with the
+    trainer's global step."""
 
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.epochs = []
-
-    def _save_checkpoint(self, trainer, filepath):
-        self.epochs.append(trainer.current_epoch)
-        super()._save_checkpoint(trainer, filepath)
-
-
-class FakeClock:
-    """0.05 s per reading (a write costs 0.05 s) plus 1 s at each epoch's start."""
-
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self):
-        self.now += 0.05
-        return self.now
-
-
-class Epochs(Callback):
-    def __init__(self, clock):
-        self.clock = clock
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.seen: list[tuple[int, int, int]] = []
 
     def on_train_epoch_start(self, trainer, pl_module):
-        self.clock.now += 1.0
-
-
-def fit(tmp_path, last, epochs=8):
-    clock = FakeClock()
-    last.timer.clock = clock
-    best = ModelCheckpoint(dirpath=tmp_path, monitor="score", mode="max", filename="best")
-    trainer = Trainer(
-        max_epochs=epochs, callbacks=[Epochs(clock), best, last], logger=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-    )  # fmt: skip
-    data = DataLoader(TensorDataset(torch.ones(4, 2)), batch_size=2)
-    trainer.fit(Scored(), data, data)
-    return trainer
-
-
-def test_last_ckpt_is_current_when_kept_first_written_last_and_within_the_budget(tmp_path):
-    """By hand (0.05 s per clock reading, 1 s at each epoch's start; budget 0.02): epoch 0, a new
-    best: linked to best.ckpt (no write, so no cost measured); 1: the first write (0.05 s, ends
-    at 2.15 s); 2 to 4: the first paced write needs (1 + 1 reserved) x 0.05 / 0.02 = 5 s since
-    then, and 5.30 - 2.15 s is less; 5: a new best, linked; 6: 1.05 s since the link; 7: the
-    last epoch, written. Never older than the best."""
-    last = Recording(dirpath=tmp_path, budget=0.02)
-    fit(tmp_path, last)
-    assert last.epochs == [0, 1, 5, 7]
-    assert last.linked == [0, 5]
-    saved = torch.load(tmp_path / "last.ckpt", weights_only=True)
-    assert (saved["epoch"], saved["global_step"]) == (7, 16)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.ckpt", "last.ckpt"]
-
-
-class SameFileAtLinks(Callback):
-    """After every epoch: whether last.ckpt is the very file best.ckpt is, and its epoch."""
-
-    def __init__(self, tmp_path):
-        self.tmp_path, self.same = tmp_path, []
-
-    def on_train_epoch_start(self, trainer, pl_module):  # checkpoints are the last to run
-        self._look(trainer)
+        if trainer.current_epoch > 0:
+            self.on_train_end(trainer, pl_module)
 
     def on_train_end(self, trainer, pl_module):
-        self._look(trainer)
-
-    def _look(self, trainer):
-        last, best = self.tmp_path / "last.ckpt", self.tmp_path / "best.ckpt"
-        if last.exists():
-            epoch = torch.load(last, weights_only=True)["epoch"]
-            self.same.append((epoch, os.path.samefile(last, best)))
+        saved = torch.load(self.path, weights_only=True)
+        self.seen.append((saved["epoch"], saved["global_step"], trainer.global_step))
 
 
-def test_a_linked_last_ckpt_is_the_best_file_and_a_later_write_leaves_the_best_alone(tmp_path):
-    last = Recording(dirpath=tmp_path, budget=0.02)
-    look = SameFileAtLinks(tmp_path)
-    clock = FakeClock()
-    last.timer.clock = clock
-    best = ModelCheckpoint(dirpath=tmp_path, monitor="score", mode="max", filename="best")
+def shipped_checkpoints(dirpath: Path) -> list[ModelCheckpoint]:
+    """The ModelCheckpoint entries of conf/default.yaml, in their order, writing to ``dirpath``."""
+    entries = yaml.safe_load((CONF_DIR / "default.yaml").read_text())["trainer"]["callbacks"]
+    return [
+        ModelCheckpoint(dirpath=dirpath, **entry.get("init_args", {}))
+        for entry in entries
+        if entry["class_path"] == "pytorch_lightning.callbacks.ModelCheckpoint"
+    ]
+
+
+def fit(dirpath: Path, epochs: int, *extra: Callback, ckpt_path: str | None = None):
+    """Fit Scored for ``epochs`` with the shipped checkpoints; the trainer, the two checkpoint
+    callbacks and the warnings raised."""
+    best, last = shipped_checkpoints(dirpath)
     trainer = Trainer(
-        max_epochs=8, callbacks=[Epochs(clock), look, best, last], logger=False,
+        max_epochs=epochs, callbacks=[best, last, *extra], logger=False,
         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        log_every_n_steps=1,
     )  # fmt: skip
     data = DataLoader(TensorDataset(torch.ones(4, 2)), batch_size=2)
-    model = Scored()
-    trainer.fit(model, data, data)
-    # Seen at the start of epochs 1..7 and at the end: linked at 0 and 5, written at 1 and 7.
-    assert look.same == [(0, True), (1, False), (1, False), (1, False), (1, False), (5, True),
-                         (5, True), (7, False)]  # fmt: skip
-    best_saved = torch.load(tmp_path / "best.ckpt", weights_only=True)
-    assert (best_saved["epoch"], best_saved["global_step"]) == (5, 12)
-    last_saved = torch.load(tmp_path / "last.ckpt", weights_only=True)
-    for name, value in model.state_dict().items():
-        assert torch.equal(last_saved["state_dict"][name], value)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(Scored(), data, data, ckpt_path=ckpt_path)
+    return trainer, best, last, [str(w.message) for w in caught]
 
 
-def test_a_link_across_filesystems_falls_back_to_nothing_done(tmp_path):
-    """atomic_link from a tmpfs (/dev/shm) to the disk: the OS refuses (EXDEV); False, target
-    untouched (LastCheckpoint then writes)."""
-    shm = Path("/dev/shm")
-    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
-        pytest.skip("needs /dev/shm on another filesystem than the temporary directory")
-    with tempfile.NamedTemporaryFile(dir=shm) as source:
-        source.write(b"new")
-        source.flush()
-        target = tmp_path / "last.ckpt"
-        target.write_bytes(b"old")
-        assert atomic_link(source.name, target) is False
-        assert target.read_bytes() == b"old"
-        assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # no temporary left
-        same = tmp_path / "copy"
-        same.write_bytes(b"kept")
-        assert atomic_link(same, target) is True
-        assert target.read_bytes() == b"kept" and os.path.samefile(same, target)
+def about_checkpoints(messages: list[str]) -> list[str]:
+    return [m for m in messages if "checkpoint" in m.lower()]
 
 
-def test_no_budget_writes_every_epoch(tmp_path):
-    last = Recording(dirpath=tmp_path, budget=None)
-    fit(tmp_path, last, epochs=4)
-    assert last.epochs == [0, 1, 2, 3]
+def test_last_ckpt_holds_the_end_of_every_epoch(tmp_path):
+    on_disk = LastOnDisk(tmp_path / "last.ckpt")
+    trainer, best, last, messages = fit(tmp_path, 4, on_disk)
+    assert on_disk.seen == [(0, 2, 2), (1, 4, 4), (2, 6, 6), (3, 8, 8)]
+    assert about_checkpoints(messages) == []  # the pair raises no warning
+    # The best one stays the trainer's checkpoint_callback (what ckpt_path="best" loads); the
+    # last one's "best" is its one file. save_last is off in both (last_model_path empty).
+    assert trainer.checkpoint_callback is best and best.monitor == "val/acc"
+    assert best.best_model_path == str(tmp_path / "epoch002-val_acc0.7500.ckpt")
+    assert best.best_model_score == 0.75
+    assert last.monitor is None and last.best_model_path == str(tmp_path / "last.ckpt")
+    assert best.last_model_path == last.last_model_path == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "epoch002-val_acc0.7500.ckpt",
+        "last.ckpt",
+    ]
+    final = torch.load(tmp_path / "last.ckpt", weights_only=True)["state_dict"]
+    model = trainer.lightning_module
+    assert all(torch.equal(v, final[k]) for k, v in model.state_dict().items())
 
 
-def test_a_stop_requested_mid_run_writes_its_epoch(tmp_path):
-    class StopAt2(Callback):
-        def on_train_epoch_end(self, trainer, pl_module):
-            if trainer.current_epoch == 2:
-                trainer.should_stop = True
+def test_ckpt_path_last_resumes_in_the_same_directory(tmp_path):
+    fit(tmp_path, 2)
+    trainer, best, last, messages = fit(tmp_path, 4, ckpt_path="last")
+    assert trainer.ckpt_path == str(tmp_path / "last.ckpt")
+    assert trainer.global_step == 8
+    # Both callbacks' states came back (their state keys differ): the best so far is kept.
+    assert best.best_model_path == str(tmp_path / "epoch002-val_acc0.7500.ckpt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "epoch002-val_acc0.7500.ckpt",
+        "last.ckpt",
+    ]
+    assert torch.load(tmp_path / "last.ckpt", weights_only=True)["global_step"] == 8
+    # What Lightning says on a resume in place: one line per ModelCheckpoint, nothing else.
+    assert (
+        about_checkpoints(messages)
+        == [f"Checkpoint directory {tmp_path} exists and is not empty."] * 2
+    )
 
-    last = Recording(dirpath=tmp_path, budget=0.02)
-    clock = FakeClock()
-    last.timer.clock = clock
-    trainer = Trainer(
-        max_epochs=8, callbacks=[Epochs(clock), StopAt2(), last], logger=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+
+class LastEveryStep(Callback):
+    """At the start of every training batch (the checkpoints' batch hook runs after all others'
+    ``on_train_batch_end``): last.ckpt's global step, or None, and the trainer's."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[int | None, int]] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        path = Path(trainer.checkpoint_callback.dirpath) / "last.ckpt"
+        saved = torch.load(path, weights_only=True)["global_step"] if path.is_file() else None
+        self.seen.append((saved, trainer.global_step))
+
+
+@pytest.mark.slow
+def test_a_train_time_interval_entry_also_writes_inside_epochs(tmp_path, monkeypatch):
+    """The entry conf/default.yaml documents for long epochs, appended from a config file with an
+    interval of 1 us: last.ckpt is then written after every batch, not only every epoch."""
+    monkeypatch.setattr(sys, "argv", ["train.py"])
+    config = tmp_path / "interval.yaml"
+    config.write_text(
+        "trainer:\n  callbacks+:\n"
+        "    - class_path: pytorch_lightning.callbacks.ModelCheckpoint\n"
+        "      init_args: {filename: last, train_time_interval: '0:00:00.000001', "
+        "enable_version_counter: false}\n"
+    )
+    every_step = LastEveryStep()
+    cli_main(
+        ["fit", "--config", str(config), "--trainer.default_root_dir", str(tmp_path),
+         "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "3",
+         "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar", "false",
+         "--model.backbone.init_args.channels", "[4, 8]"],
+        callbacks=[every_step],
     )  # fmt: skip
-    data = DataLoader(TensorDataset(torch.ones(4, 2)), batch_size=2)
-    trainer.fit(Scored(), data, data)
-    assert last.epochs == [0, 2]
+    assert every_step.seen == [(None, 0)] + [(step, step) for step in range(1, 6)]

@@ -199,20 +199,30 @@ def test_parameter_groups_are_configurable_and_skip_empty_groups():
     assert [g["name"] for g in lif.configure_optimizers()["optimizer"].param_groups] == ["weights"]
 
 
-def test_built_by_cli_reads_lightnings_context():
-    """The module's one use of a private Lightning name (``_built_by_cli``): under LightningCLI
-    the backbone is saved as config (the checkpoint rebuilds it), from Python it is not."""
-    from pytorch_lightning.core.mixins.hparams_mixin import _given_hyperparameters_context
+def test_hyperparameters_keep_configs_and_drop_objects(tmp_path):
+    """Built in Python, the backbone, optimizer and loss are objects: left out of the
+    hyperparameters (a checkpoint must not pickle them), and no copy of them is kept. Under
+    LightningCLI they are the resolved config, which a checkpoint rebuilds the model from."""
+    from lightning_glif.losses import TETLoss
 
-    from lightning_glif.module import _built_by_cli
+    model = SpikingClassifier(
+        SpikingConvNet(LIF, time_steps=2),
+        optimizer=lambda p: torch.optim.SGD(p, lr=0.5),
+        loss=TETLoss(),
+        gate_lr_factor=2.0,
+    )
+    plain = {
+        "num_classes": 10, "lr_scheduler": None, "lr_interval": "epoch", "gate_lr_factor": 2.0,
+        "neuron_lr_factor": 1.0, "neuron_weight_decay": 0.0, "compile": False,
+    }  # fmt: skip
+    assert dict(model.hparams) == plain and dict(model.hparams_initial) == plain
 
-    assert not _built_by_cli()
-    assert "backbone" not in SpikingClassifier(SpikingConvNet(LIF, time_steps=2)).hparams
-    config = {"backbone": {"class_path": "lightning_glif.models.convnet.SpikingConvNet"}}
-    with _given_hyperparameters_context(config, "pytorch_lightning.cli.instantiate_module"):
-        assert _built_by_cli()
-        model = SpikingClassifier(SpikingConvNet(LIF, time_steps=2))
-    assert model.hparams["backbone"] == config["backbone"]
+    cli = cli_main(["--trainer.default_root_dir", str(tmp_path), *QUIET], run=False)
+    hparams = cli.model.hparams
+    assert hparams["backbone"]["class_path"] == "lightning_glif.models.convnet.SpikingConvNet"
+    assert hparams["backbone"]["init_args"]["neuron"]["class_path"] == "lightning_glif.neurons.GLIF"
+    assert hparams["optimizer"]["class_path"] == "torch.optim.SGD"
+    assert hparams["gate_lr_factor"] == 1000 and hparams["loss"] is None
 
 
 def test_loss_is_cross_entropy_of_time_averaged_logits():
@@ -237,7 +247,6 @@ def test_loss_is_cross_entropy_of_time_averaged_logits():
 
 
 # -- the CLI -------------------------------------------------------------------------------------
-@pytest.mark.slow
 class _StepRecorder(pl.Callback):
     """Each training step's loss and batch size."""
 
@@ -283,6 +292,7 @@ def test_epoch_metrics_are_the_batch_weighted_means_of_the_steps():
     assert metrics["val/acc_best"].item() == pytest.approx(top1 / n)
 
 
+@pytest.mark.slow
 def test_fit_test_predict_and_reload(tmp_path):
     cli = cli_main(["fit", *small_fit_args(tmp_path)])
     run = tmp_path / "digits" / "version_0"
@@ -387,6 +397,7 @@ def test_mismatched_classes_are_a_clear_error(tmp_path):
         trainer.fit(model, datamodule=DigitsDataModule())
 
 
+@pytest.mark.slow
 def test_cosine_can_step_per_batch(tmp_path):
     args = ["--trainer.default_root_dir", str(tmp_path), "--trainer.fast_dev_run", "3", *QUIET]
     cli = cli_main(["fit", *args, "--model.lr_interval", "step"])

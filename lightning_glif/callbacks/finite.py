@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,49 +15,24 @@ from torch import nn
 from lightning_glif.neurons.base import MembraneNeuron, SpikingNeuron
 from lightning_glif.neurons.functional import membrane_sequence
 
-#: ``{device: (found_inf, one)}``: :func:`all_finite`'s flag and scale per device, made once.
-Buffers = dict[torch.device, tuple[torch.Tensor, torch.Tensor]]
 
+def non_finite(tensors: Iterable[torch.Tensor | None]) -> torch.Tensor:
+    """Whether any element of the floating-point tensors among ``tensors`` is NaN or Inf
+    (``None`` and integer tensors are skipped), as a boolean scalar tensor on the device of the
+    first of them: nothing is read back to the host, the caller decides when to.
 
-def all_finite(grads: list[torch.Tensor | None], buffers: Buffers | None = None) -> bool:
-    """Whether every element of the tensors that are not ``None`` is finite.
-
-    Dense floating-point tensors go, grouped by device and dtype, through
-    ``torch._amp_foreach_non_finite_check_and_unscale_`` with a scale of 1 (one fused pass per
-    group, the check ``torch.amp.GradScaler`` runs; it multiplies them in place by 1.0, which
-    changes no value); any other tensor is checked with ``isfinite``.
-
-    ``buffers``: a dict the caller keeps between calls, where the flag and the scale of each
-    device are made once and then reused (zeroing the flag), as a check every step wants: two
-    small allocations per call are a visible share of the check on a small model's gradients.
+    The check is their largest absolute value (``torch.nn.utils.get_total_norm`` with
+    ``norm_type=inf``, one fused pass per device and dtype where torch has one), which is NaN or
+    Inf exactly when an element is: unlike the 2-norm, no square can overflow to Inf.
     """
-    groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
-    for g in grads:
-        if g is None:
-            continue
-        if g.layout != torch.strided or not g.is_floating_point():  # sparse, integer
-            if not bool(torch.isfinite(g.detach().to_dense()).all()):
-                return False
-            continue
-        # A gradient needs no detach unless it is part of a graph (create_graph=True); each
-        # detach makes a new tensor, on every gradient of every step.
-        groups.setdefault((g.device, g.dtype), []).append(g.detach() if g.requires_grad else g)
-    buffers = {} if buffers is None else buffers
-    found: dict[torch.device, torch.Tensor] = {}
-    for (device, _), group in groups.items():
-        if device not in buffers:
-            buffers[device] = (torch.zeros(1, device=device), torch.ones(1, device=device))
-        found_inf, one = buffers[device]
-        if device not in found:  # a device's dtypes add to one flag
-            found_inf.zero_()
-            found[device] = found_inf
-        torch._amp_foreach_non_finite_check_and_unscale_(group, found_inf, one)
-    if not found:
-        return True
-    flags = list(found.values())
-    if len(flags) == 1:  # one device, the usual case: read its flag
-        return flags[0].item() == 0
-    return not torch.stack([f.cpu() for f in flags]).any().item()
+    floats = [
+        t.to_dense() if t.layout != torch.strided else t
+        for t in tensors
+        if t is not None and (t.is_floating_point() or t.is_complex())
+    ]
+    if not floats:
+        return torch.tensor(False)
+    return ~torch.isfinite(torch.nn.utils.get_total_norm(floats, norm_type=math.inf))
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -126,7 +102,7 @@ class Diagnosis:
 class NonFiniteGuard(Callback):
     """Raises :class:`NonFiniteLossError` when the training loss, or a gradient, is NaN or Inf.
 
-    Both checks run before the optimizer step, so the broken step never updates the weights and
+    Both are checked before the optimizer step, so the broken step never updates the weights and
     no checkpoint is written after it: ``last.ckpt`` stays the last good one, to resume from
     (``--ckpt_path last``) after lowering the learning rate or fixing the data. The error names
     the global step, the epoch and batch, and the first neuron layer (in forward order, keyed by
@@ -139,25 +115,29 @@ class NonFiniteGuard(Callback):
     Why gradients too: a NaN membrane does not reach the loss, since ``NaN >= V_th`` is false and
     the layer just stops spiking; its gates then turn NaN through the backward pass first.
 
+    Cost per optimizer step: a finiteness flag of each loss since the last step, kept on the
+    device, and one pass over the gradients (:func:`non_finite`); then one flag read back to
+    the host. That read is the one per-step host read of the shipped callbacks: to stop before
+    the update, the decision must be on the host before the optimizer step runs, as it is for
+    ``torch.amp.GradScaler``'s skipped steps. Which loss or gradient broke is worked out only
+    once one did. With gradient accumulation the losses of all the accumulated batches are
+    checked at the optimizer step, and the first broken one is named.
+
     Args:
         check_gradients: also stop at a non-finite gradient (skipped under ``16-mixed``, whose
             gradient scaler skips such steps by design).
-
-    Cost per step: reading the loss, and one fused pass over the gradients per device and dtype
-    (the check ``torch.amp.GradScaler`` runs, with a scale of 1: the gradients are multiplied by
-    1.0, which leaves every value as it is), its flag and scale made once per device and reused;
-    a device sync each on a GPU. Which gradient is broken is worked out only once one is.
     """
 
     def __init__(self, check_gradients: bool = True) -> None:
         self.check_gradients = check_gradients
         self._batch: Any = None
         self._batch_idx = -1
+        self._losses: list[tuple[int, Any, torch.Tensor]] = []  # since the last optimizer step
         self._params: list[nn.Parameter] = []  # the module's, listed once per fit
-        self._buffers: Buffers = {}  # all_finite's flag and scale, made once
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._params = list(pl_module.parameters())
+        self._losses = []
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch, batch_idx):
         self._batch, self._batch_idx = batch, batch_idx
@@ -165,21 +145,26 @@ class NonFiniteGuard(Callback):
     def on_before_backward(
         self, trainer: Trainer, pl_module: LightningModule, loss: torch.Tensor
     ) -> None:
-        loss = loss.detach()
-        # One number: .item() is a tenth of the cost of isfinite().all() on the CPU.
-        finite = math.isfinite(loss.item()) if loss.numel() == 1 else torch.isfinite(loss).all()
-        if not finite:
-            shown = loss.item() if loss.numel() == 1 else loss.tolist()
-            self._stop(trainer, pl_module, f"non-finite training loss ({shown})")
+        self._losses.append((self._batch_idx, self._batch, loss.detach()))
 
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer):
-        if not self.check_gradients or trainer.precision == "16-mixed":
+        losses, self._losses = self._losses, []
+        flags = [~torch.isfinite(loss).all() for _, _, loss in losses]
+        if self.check_gradients and trainer.precision != "16-mixed":
+            flags.append(non_finite(p.grad for p in self._params or pl_module.parameters()))
+        if not flags:
             return
-        grads = [p.grad for p in self._params or pl_module.parameters()]
-        if all_finite(grads, self._buffers):
+        device = flags[0].device
+        # The one read per step (see the class docstring): stop before the update is applied.
+        if not bool(torch.stack([f.to(device) for f in flags]).any()):
             return
+        for batch_idx, batch, loss in losses:
+            if not torch.isfinite(loss).all():
+                self._batch, self._batch_idx = batch, batch_idx
+                shown = loss.item() if loss.numel() == 1 else loss.tolist()
+                self._stop(trainer, pl_module, f"non-finite training loss ({shown})")
         named = [(n, p.grad) for n, p in pl_module.named_parameters() if p.grad is not None]
-        bad = [n for n, g in named if not bool(torch.isfinite(g.detach()).all())]
+        bad = [n for n, g in named if bool(non_finite([g]))]
         what = f"non-finite gradient (first: {bad[0]})"
         self._stop(trainer, pl_module, what, broken=self.by_layer(pl_module, bad))
 
@@ -234,7 +219,7 @@ class NonFiniteGuard(Callback):
         def check(module: SpikingNeuron, args: tuple) -> None:
             if result.culprit:
                 return
-            what = NonFiniteGuard._diagnose(module, args[0])
+            what = neuron_problem(module, args[0])
             if what:
                 result.culprit = f"'{names[module]}' ({type(module).__name__}): {what}"
             elif not isinstance(module, MembraneNeuron) and names[module] not in result.unreplayed:
@@ -264,26 +249,29 @@ class NonFiniteGuard(Callback):
         :meth:`diagnose` says also what could not be checked."""
         return NonFiniteGuard.diagnose(trainer, pl_module, batch).culprit
 
-    @staticmethod
-    def _diagnose(neuron: SpikingNeuron, x: torch.Tensor) -> str | None:
-        bad = [n for n, p in neuron.named_parameters() if not torch.isfinite(p).all()]
-        if bad:
-            gates = {id(p) for p in neuron.gate_parameters()}
-            kinds = [
-                "gate" if id(p) in gates else "parameter"
-                for n, p in neuron.named_parameters()
-                if n in bad
-            ]
-            return "non-finite " + ", ".join(f"{k} {n}" for k, n in zip(kinds, bad, strict=True))
-        if not torch.isfinite(x).all():
-            return f"non-finite input current (shape {tuple(x.shape)}), so a non-finite membrane"
-        if not isinstance(neuron, MembraneNeuron):
-            return None  # its state is its own forward's business: nothing to replay
-        with torch.autocast(x.device.type, enabled=False):
-            _, u = membrane_sequence(
-                x.float(), neuron.coefficients(), neuron.surrogate, return_membrane=True
-            )
-        if not torch.isfinite(u).all():
-            t = int((~torch.isfinite(u)).flatten(1).any(1).nonzero()[0])
-            return f"the membrane overflowed at time step {t} (finite input and parameters)"
-        return None
+
+def neuron_problem(neuron: SpikingNeuron, x: torch.Tensor) -> str | None:
+    """What is non-finite in ``neuron`` called on input current ``x``: a parameter (gates named
+    as such), the input, or its membrane replayed by the recurrence (a
+    :class:`~lightning_glif.neurons.MembraneNeuron` only); ``None`` if nothing is."""
+    bad = [n for n, p in neuron.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        gates = {id(p) for p in neuron.gate_parameters()}
+        kinds = [
+            "gate" if id(p) in gates else "parameter"
+            for n, p in neuron.named_parameters()
+            if n in bad
+        ]
+        return "non-finite " + ", ".join(f"{k} {n}" for k, n in zip(kinds, bad, strict=True))
+    if not torch.isfinite(x).all():
+        return f"non-finite input current (shape {tuple(x.shape)}), so a non-finite membrane"
+    if not isinstance(neuron, MembraneNeuron):
+        return None  # its state is its own forward's business: nothing to replay
+    with torch.autocast(x.device.type, enabled=False):
+        _, u = membrane_sequence(
+            x.float(), neuron.coefficients(), neuron.surrogate, return_membrane=True
+        )
+    if not torch.isfinite(u).all():
+        t = int((~torch.isfinite(u)).flatten(1).any(1).nonzero()[0])
+        return f"the membrane overflowed at time step {t} (finite input and parameters)"
+    return None

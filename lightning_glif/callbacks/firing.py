@@ -11,8 +11,7 @@ from pytorch_lightning import LightningModule, Trainer
 from torch import nn
 
 from lightning_glif import tags
-from lightning_glif.callbacks.hooks import ForwardHookMonitor, Stage
-from lightning_glif.callbacks.tensorboard import summary_writer
+from lightning_glif.callbacks.hooks import ForwardHookMonitor, Stage, summary_writer
 from lightning_glif.neurons.base import SpikingNeuron
 
 

@@ -1,5 +1,7 @@
-"""Shared by the monitors that count what passes through modules: forward hooks that are active
-only inside the batches of chosen stages, per-epoch accumulators, one all-reduce per epoch."""
+"""Shared by the monitors: where their values go (every logger's ``log_metrics``; histograms and
+images to a TensorBoardLogger), and the base of the monitors that count what passes through
+modules: forward hooks active only inside the batches of chosen stages, per-epoch accumulators
+on the device, one all-reduce and one read per epoch."""
 
 from __future__ import annotations
 
@@ -10,22 +12,37 @@ from typing import Any, Literal
 import torch
 from pytorch_lightning import Callback, LightningModule, Trainer
 from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.utilities import rank_zero_warn
 from pytorch_lightning.utilities.data import extract_batch_size
 from torch import nn
-
-from lightning_glif.callbacks.tensorboard import add_scalars_event
+from torch.utils.tensorboard import SummaryWriter
 
 Stage = Literal["train", "val", "test"]
 STAGES: tuple[str, ...] = ("train", "val", "test")
 
 
 def log_scalars(trainer: Trainer, metrics: dict[str, float], step: int) -> None:
-    """Send scalars to every logger of the trainer (TensorBoard, CSV, ...) at ``step``; to a
-    TensorBoardLogger as one event (:func:`~lightning_glif.callbacks.tensorboard.
-    add_scalars_event`). Call it on global rank 0 only, as loggers write there."""
+    """Send scalars to every logger of the trainer (TensorBoard, CSV, ...) through its public
+    ``log_metrics``. Call it on global rank 0 only, as loggers write there."""
     for logger in trainer.loggers:
-        if not (isinstance(logger, TensorBoardLogger) and add_scalars_event(logger, metrics, step)):
-            logger.log_metrics(metrics, step)
+        logger.log_metrics(metrics, step)
+
+
+def summary_writer(trainer: Trainer, owner: str) -> SummaryWriter | None:
+    """The SummaryWriter of the trainer's first TensorBoardLogger, for histograms and images;
+    ``None`` where there is none (the callback's scalars still reach the other loggers: say so
+    once). Call it on global rank 0 only: other ranks hold a dummy experiment."""
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            return logger.experiment
+    if trainer.loggers and not trainer.fast_dev_run:  # fast_dev_run mutes the loggers on purpose
+        names = ", ".join(type(logger).__name__ for logger in trainer.loggers)
+        rank_zero_warn(
+            f"{owner}: the trainer has no TensorBoardLogger, so its histograms and images are "
+            f"skipped; its scalars still go to {names}. Add "
+            "pytorch_lightning.loggers.TensorBoardLogger to trainer.logger to get them."
+        )
+    return None
 
 
 class ForwardHookMonitor(Callback):

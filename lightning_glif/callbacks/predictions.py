@@ -27,8 +27,8 @@ class PredictionWriter(BasePredictionWriter):
     - ``target`` ``[N]``: the label, when the batches carry one (``(x, y)``).
 
     Lightning's writer, written per batch (only the batch's logits and labels are kept, on the
-    CPU) and saved once at the end of the epoch. The CLI adds it to every run; it does nothing
-    outside ``predict``.
+    device, so no batch waits for a copy to the host) and saved once at the end of the epoch.
+    The CLI adds it to every run; it does nothing outside ``predict``.
     """
 
     def __init__(self, filename: str = FILENAME) -> None:
@@ -51,18 +51,18 @@ class PredictionWriter(BasePredictionWriter):
         batch_idx: int,
         dataloader_idx: int,
     ) -> None:
-        self._logits.append(torch.as_tensor(prediction).detach().float().cpu())
+        self._logits.append(torch.as_tensor(prediction).detach().float())
         if isinstance(batch, list | tuple) and len(batch) > 1 and torch.is_tensor(batch[1]):
-            self._targets.append(batch[1].detach().cpu())
+            self._targets.append(batch[1].detach())
 
     def on_predict_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         super().on_predict_epoch_end(trainer, pl_module)
         if not self._logits:
             return
-        logits = torch.cat(self._logits)
+        logits = torch.cat(self._logits).cpu()
         out = {"logits": logits, "predicted": logits.argmax(1)}
         if len(self._targets) == len(self._logits):
-            out["target"] = torch.cat(self._targets)
+            out["target"] = torch.cat(self._targets).cpu()
         name = self.filename
         if trainer.world_size > 1:
             stem, dot, ext = name.rpartition(".")

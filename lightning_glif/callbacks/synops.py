@@ -29,6 +29,20 @@ def dense_macs(module: nn.Module, output: torch.Tensor) -> int:
     return output.numel() * (module.in_channels // module.groups) * math.prod(module.kernel_size)
 
 
+def pad_widths(conv: nn.Module) -> list[int]:
+    """The widths ``F.pad`` takes (last dim first, left then right) for the padding of ``conv``:
+    its ``padding`` as numbers, or ``"same"`` (``dilation x (kernel - 1)`` in all, the odd one
+    on the right, as torch pads) or ``"valid"`` (none)."""
+    if conv.padding == "valid":
+        per_dim = [(0, 0)] * len(conv.kernel_size)
+    elif conv.padding == "same":
+        total = [d * (k - 1) for d, k in zip(conv.dilation, conv.kernel_size, strict=True)]
+        per_dim = [(t // 2, t - t // 2) for t in total]
+    else:
+        per_dim = [(p, p) for p in conv.padding]
+    return [width for pair in reversed(per_dim) for width in pair]
+
+
 def synaptic_events(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Accumulates an event-driven layer does for input ``x``: one per nonzero input per synapse.
 
@@ -46,7 +60,7 @@ def synaptic_events(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         mask = mask.unflatten(1, (g, module.in_channels // g)).sum(2)  # [N, g, *S]
         padding = module.padding
         if module.padding_mode != "zeros":
-            mask = F.pad(mask, module._reversed_padding_repeated_twice, mode=module.padding_mode)
+            mask = F.pad(mask, pad_widths(module), mode=module.padding_mode)
             padding = 0
         ones = mask.new_ones(g, 1, *module.kernel_size)
         conv = _CONV[len(module.kernel_size)]
