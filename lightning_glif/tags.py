@@ -22,12 +22,6 @@ tag                                        written by
 
 from __future__ import annotations
 
-STAGES = ("train", "val", "test")
-
-#: The metric checkpoints are selected on (``ModelCheckpoint(monitor=...)`` in conf/default.yaml).
-SELECTION = "val/acc"
-SELECTION_MODE = "max"
-
 GATE_EVOLUTION = "gates/evolution"
 GATE_DISTRIBUTIONS = "gates/distributions"
 
@@ -40,12 +34,6 @@ def metric(stage: str, name: str) -> str:
 def best(stage: str, name: str) -> str:
     """``<stage>/<name>_best``: the best value of a metric so far in the run (``val/acc_best``)."""
     return metric(stage, f"{name}_best")
-
-
-def learning_rate(optimizer: str, group: str) -> str:
-    """``lr-<optimizer>/<group>``: Lightning's ``LearningRateMonitor`` name for a named parameter
-    group (``lr-SGD/weights``, ``lr-SGD/gates``)."""
-    return f"lr-{optimizer}/{group}"
 
 
 def observable(
@@ -80,9 +68,5 @@ def layers(tags, group: str) -> list[str]:
     ``"membrane"``) or of a stage's firing rates (``"spikes/<stage>"``) among ``tags``."""
     prefix = group.rstrip("/") + "/"
     depth = prefix.count("/")
-    found = [
-        t.split("/")[depth]
-        for t in tags
-        if t.startswith(prefix) and t.count("/") > depth
-    ]
+    found = [t.split("/")[depth] for t in tags if t.startswith(prefix) and t.count("/") > depth]
     return list(dict.fromkeys(found))

@@ -1,8 +1,8 @@
 """Matplotlib figures of the neurons' values per layer (drawn off-screen, no pyplot state).
 
-Layers are coloured by depth (their order in ``named_modules()``), from dark to light. Drawn
-once per epoch, so kept cheap: no layout engine and three ticks per axis (tick labels are most
-of the drawing time), about 13 ms per panel on a CPU core.
+Layers are coloured by depth (their order in ``named_modules()``), from dark to light. Kept
+cheap, as they may be drawn every epoch: no layout engine and three ticks per axis (tick labels
+are most of the drawing time).
 """
 
 from __future__ import annotations

@@ -26,7 +26,8 @@ class FiringRateMonitor(ForwardHookMonitor):
     rank 0 logs are global:
 
     - ``spikes/<stage>/<layer>/rate``: spikes / (neurons x steps x samples) of the layer (scalar);
-    - ``spikes/<stage>/<layer>/channel_rate``: histogram of the per-channel rates over [0, 1];
+    - ``spikes/<stage>/<layer>/channel_rate``: histogram of the per-channel rates over [0, 1]
+      (to a TensorBoardLogger; the scalars go to every logger);
     - ``spikes/<stage>/<layer>/dead``: fraction of channels that never fired in the epoch;
     - ``spikes/<stage>/<layer>/saturated``: fraction of channels that fired at every position,
       step and sample of the epoch;
@@ -43,9 +44,9 @@ class FiringRateMonitor(ForwardHookMonitor):
     the rate an unbiased estimate of the epoch's, ``dead`` and ``saturated`` the channels that
     never fired or always fired in them (an upper bound on the epoch's fractions). Validation
     and test batches are all counted, so their figures are exact. Why: the count is two small
-    ops per layer per batch, and a row-digits step takes only a few milliseconds: counting every
-    training batch was the largest single cost of the shipped callbacks in a sampling profile of
-    that run. ``train_every_n_batches=1`` counts them all.
+    ops per layer per batch, whose fixed cost is a visible share of a small model's step (the
+    embedded runs: ``benchmarks/loop_overhead.py``). ``train_every_n_batches=1`` counts them
+    all.
 
     Args:
         stages: the loops to monitor.
