@@ -3,6 +3,11 @@ model (``shared_values``), the one digits reader and the fixed-size hold-out."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -13,6 +18,8 @@ from lightning_glif import data
 from lightning_glif.data.base import SplitDataModule
 from lightning_glif.data.digits import load_digit_images
 from lightning_glif.data.splits import random_holdout
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # (class, constructor arguments, the values it determines), written out by hand from each
 # dataset's documentation; nothing is read from disk (setup is never called).
@@ -188,3 +195,41 @@ def test_random_holdout_out_of_range_names_the_option(size):
     message = rf"val_size must be in \(0, 12\) for 12 samples, got {size}: hold out at least one"
     with pytest.raises(ValueError, match=message):
         random_holdout(12, size, 0, name="val_size")
+
+
+@pytest.mark.slow
+def test_importing_the_package_or_the_digits_does_not_import_tonic():
+    """Tonic (GPL-3.0) is imported where event data is used, not by the package: checked in a
+    fresh interpreter, whose sys.modules nothing else has filled."""
+    code = (
+        "import sys, lightning_glif.data, lightning_glif.data.digits\n"
+        "assert 'tonic' not in sys.modules, 'imported Tonic'\n"
+        "from lightning_glif.data import NMNISTDataModule, EventDigitsDataModule\n"
+        "assert 'tonic' in sys.modules and NMNISTDataModule.tonic_class.__module__.startswith("
+        "'tonic')\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_without_tonic_the_event_modules_say_how_to_get_it(tmp_path):
+    """A Tonic that cannot be imported (a module of that name that raises, first on the path)."""
+    (tmp_path / "tonic").mkdir()
+    (tmp_path / "tonic" / "__init__.py").write_text(
+        "raise ModuleNotFoundError('gone', name='tonic')"
+    )
+    code = (
+        "import lightning_glif.data\n"
+        "try:\n"
+        "    lightning_glif.data.NMNISTDataModule\n"
+        "except ModuleNotFoundError as err:\n"
+        "    print(err)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
+    run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "read their recordings with Tonic" in run.stdout
+    assert "pip install 'tonic>=1.7,<1.8'" in run.stdout

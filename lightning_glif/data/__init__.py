@@ -2,18 +2,17 @@
 
 Every module yields ``(inputs, labels int64)``: static images ``[B, C, H, W]`` or sequences
 ``[B, T, ...]`` float32. Nothing downloads unless ``download=True`` is passed.
+
+The event data modules (``emulator``, ``neuromorphic``) are imported on first use: they need
+Tonic (GPL-3.0), which importing this package, or the digits, does not load.
 """
+
+from importlib import import_module
+from typing import Any
 
 from .base import SplitDataModule
 from .digits import DigitsDataModule
-from .emulator import EventDigits, EventDigitsDataModule
 from .errors import CorruptFileError, DatasetNotFoundError
-from .neuromorphic import (
-    CIFAR10DVSDataModule,
-    DVSGestureDataModule,
-    NMNISTDataModule,
-    SHDDataModule,
-)
 from .sequential import RowDigitsDataModule
 from .vision import (
     CIFAR10DataModule,
@@ -23,21 +22,33 @@ from .vision import (
     MNISTDataModule,
 )
 
+# name -> the module that defines it, imported when the name is first used (PEP 562)
+EVENT_DATA = {
+    "EventDigits": "emulator",
+    "EventDigitsDataModule": "emulator",
+    "NMNISTDataModule": "neuromorphic",
+    "CIFAR10DVSDataModule": "neuromorphic",
+    "DVSGestureDataModule": "neuromorphic",
+    "SHDDataModule": "neuromorphic",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in EVENT_DATA:
+        return getattr(import_module(f".{EVENT_DATA[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "SplitDataModule",
     "DigitsDataModule",
     "RowDigitsDataModule",
-    "EventDigits",
-    "EventDigitsDataModule",
     "MNISTDataModule",
     "FashionMNISTDataModule",
     "CIFAR10DataModule",
     "CIFAR100DataModule",
     "ImageNetDataModule",
-    "NMNISTDataModule",
-    "CIFAR10DVSDataModule",
-    "DVSGestureDataModule",
-    "SHDDataModule",
+    *EVENT_DATA,
     "DatasetNotFoundError",
     "CorruptFileError",
 ]

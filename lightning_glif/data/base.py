@@ -4,6 +4,7 @@ splits, and the values it tells the model."""
 from __future__ import annotations
 
 import math
+import os
 from typing import ClassVar
 
 import torch
@@ -13,13 +14,16 @@ from torch.utils.data import DataLoader, Dataset
 # What a DataModule may know about its inputs, in the names the model and the backbones use.
 SHARED_NAMES = ("num_classes", "time_steps", "in_channels", "image_size", "in_features")
 
+# The default DataLoader workers of the modules that read files: the CPUs this process may use,
+# at most 4 (more workers than CPUs only compete for them, and DataLoader warns every epoch).
+CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+LOADER_WORKERS = min(4, CPUS or 1)
+
 
 class SplitDataModule(LightningDataModule):
     """A DataModule whose ``setup`` fills ``self.datasets`` with ``"train"``, ``"val"`` and
     ``"test"`` splits; this class serves them. ``predict`` runs on the test split.
-
-    ``drop_last_train`` drops the last, smaller training batch (the paper's CIFAR/ImageNet
-    loaders).
+    ``drop_last_train`` drops the last, smaller training batch (each module says why or why not).
 
     Values for the model (:meth:`shared_values`): the CLI copies them into ``model.num_classes``
     and into the backbone's arguments of the same names, so each is set once, by the data.

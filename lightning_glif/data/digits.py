@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from functools import cache
+from typing import ClassVar
 
 import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
 from .base import SplitDataModule
-from .splits import check_fractions, stratified_split
+from .splits import stratified_split
 
 
 @cache
@@ -51,6 +52,7 @@ class DigitsDataModule(SplitDataModule):
     num_classes = 10
     in_channels = 1
     image_size = 8
+    dataset_class: ClassVar[type[TensorDataset]] = TensorDataset  # of each split
 
     def __init__(
         self,
@@ -61,21 +63,32 @@ class DigitsDataModule(SplitDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__(batch_size, num_workers)
-        check_fractions(type(self).__name__, val_fraction, test_fraction)
+        if not (
+            0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1
+        ):
+            raise ValueError(  # at construction, so a bad config fails early
+                f"{type(self).__name__}: val_fraction and test_fraction must be in (0, 1) and sum "
+                f"to less than 1, got {val_fraction} and {test_fraction}."
+            )
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction
         self.split_seed = split_seed
         self.indices: dict[str, np.ndarray] = {}  # rows of load_digits() in each split
 
+    def inputs(self) -> tuple[torch.Tensor, np.ndarray]:
+        """``(inputs [N, ...], labels [N])`` of all the digits in ``load_digits()`` order: the
+        images ``[N, 1, 8, 8]``. The row and event digits serve other inputs, the same split."""
+        pixels, targets = load_digit_images()
+        return torch.tensor(pixels).unsqueeze(1), targets  # a copy: the shared arrays are read-only
+
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
-        pixels, targets = load_digit_images()
-        images = torch.tensor(pixels).unsqueeze(1)  # a copy: the shared arrays are read-only
+        inputs, targets = self.inputs()
         labels = torch.tensor(targets)
         self.indices = stratified_split(
             targets, self.val_fraction, self.test_fraction, self.split_seed
         )
         for name, idx in self.indices.items():
             rows = torch.from_numpy(idx)
-            self.datasets[name] = TensorDataset(images[rows], labels[rows])
+            self.datasets[name] = self.dataset_class(inputs[rows], labels[rows])

@@ -8,15 +8,9 @@ from pathlib import Path
 class DatasetNotFoundError(FileNotFoundError):
     """A dataset is not where a DataModule looked for it, and downloading was not asked for.
 
-    The message says which dataset, which folder was looked at, what was missing there, the
-    layout expected, and how to get the data (the ``download`` flag or the manual steps).
-
-    Args:
-        dataset: the dataset's display name, e.g. ``"N-MNIST"``.
-        folder: the folder that was looked at (``<data_dir>/<Tonic class name>``).
-        missing: what was looked for and not found, one entry per line.
-        layout: the expected folder layout under ``folder``.
-        manual: the manual steps that produce that layout.
+    The message names the ``dataset`` (display name), the ``folder`` looked at, what was
+    ``missing`` there (one entry per line), the ``layout`` expected under it, and how to get the
+    data: the ``download`` flag or the ``manual`` steps.
     """
 
     def __init__(
@@ -41,13 +35,9 @@ class DatasetNotFoundError(FileNotFoundError):
 
 
 class CorruptFileError(ValueError):
-    """A data or cache file exists but cannot be read (truncated, or not the expected format).
-
-    Args:
-        path: the file.
-        reason: what was wrong, e.g. the reader's own error message.
-        fix: how to get a good file; by default: delete it and get it again.
-    """
+    """A data or cache file ``path`` exists but cannot be read (truncated, or not the expected
+    format): ``reason`` says what was wrong (e.g. the reader's own error), ``fix`` how to get a
+    good file (by default: delete it and get it again)."""
 
     def __init__(self, path: str | Path, reason: str, fix: str | None = None) -> None:
         self.path = Path(path)

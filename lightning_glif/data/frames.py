@@ -3,22 +3,21 @@ the augmentation that runs on the cached frames.
 
 Pipeline of every event DataModule (the cache sits between the slow and the random part)::
 
-    events (Tonic structured array) --EventsToFrames--> frames [T, P, H, W] --AtomicDiskCache-->
+    events (structured array) --EventsToFrames--> frames [T, P, H, W] --AtomicDiskCache-->
     --FrameAugment--> float32 tensor [T, P, H, W]
 """
 
 from __future__ import annotations
 
 import logging
-import os
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
+import h5py
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tonic import DiskCachedDataset
-from tonic.cached_dataset import load_from_disk_cache, save_to_disk_cache
-from tonic.transforms import ToFrame
+from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from ..io import atomic_path, remove_stale_temps
@@ -32,17 +31,19 @@ class EventsToFrames:
     """Bin an event array into exactly ``time_steps`` frames with Tonic's ``ToFrame``.
 
     ``binning="time"`` cuts the recording's duration into T equal windows (``n_time_bins``);
-    ``"events"`` cuts its events into T equal counts (``n_event_bins``, the CIFAR10-DVS recipe).
-    Each frame counts the events per polarity and pixel: ``[T, P, H, W]`` int16, or
+    ``"events"`` cuts its ``n`` events into T runs of ``n // T`` (``n_event_bins``, the
+    CIFAR10-DVS recipe), and the last frame also counts the ``n mod T`` events left over, as
+    SpikingJelly's ``split_by="number"`` does (the GLIF authors' CIFAR10-DVS frames; Tonic drops
+    them). Each frame counts the events per polarity and pixel: ``[T, P, H, W]`` int16, or
     ``[T, P, X]`` for sensors without a y axis (SHD). With ``size`` the frames are resized
     bilinearly (per frame and polarity, antialiased unless ``antialias=False``) to
     ``[T, P, size, size]`` float32.
 
     Tonic's own edge cases that this class fixes: an empty recording gets zero frames of the right
     shape and dtype (Tonic returns ``[T, P, W, H]`` float64 there), and unsorted timestamps are
-    sorted first (Tonic's time slicer assumes sorted ones). Kept from Tonic: the remainder of
-    ``n // T`` events (``"events"``) or of the integer window (``"time"``) falls off the end, and
-    a recording shorter than T µs or with fewer than T events gives empty frames.
+    sorted first (Tonic's time slicer assumes sorted ones). Kept from Tonic: with ``"time"``, the
+    remainder of the integer window falls off the end (the last event among it), and a recording
+    shorter than T µs gives empty frames.
 
     Args:
         sensor_size: Tonic's ``(W, H, P)`` (``(700, 1, 1)`` for SHD).
@@ -62,6 +63,8 @@ class EventsToFrames:
         size: int | None = None,
         antialias: bool = True,
     ) -> None:
+        from .tonic_guard import tonic  # Tonic only where event data is binned
+
         if binning not in ("time", "events"):
             raise ValueError(f"binning must be 'time' or 'events', got {binning!r}.")
         if time_steps < 1:
@@ -72,7 +75,7 @@ class EventsToFrames:
         self.size = None if size is None else int(size)
         self.antialias = bool(antialias)
         bins = {"n_time_bins" if binning == "time" else "n_event_bins": self.time_steps}
-        self.to_frame = ToFrame(sensor_size=self.sensor_size, **bins)
+        self.to_frame = tonic.transforms.ToFrame(sensor_size=self.sensor_size, **bins)
 
     @property
     def key(self) -> str:
@@ -84,14 +87,18 @@ class EventsToFrames:
 
     def __call__(self, events: np.ndarray) -> np.ndarray:
         w, h, p = self.sensor_size
+        image = "y" in events.dtype.names
         if len(events) == 0:
-            shape = (p, h, w) if "y" in events.dtype.names else (p, w)
-            frames = np.zeros((self.time_steps, *shape), dtype=np.int16)
+            frames = np.zeros((self.time_steps, p, *((h, w) if image else (w,))), dtype=np.int16)
         else:
             t = events["t"]
             if np.any(t[1:] < t[:-1]):
                 events = events[np.argsort(t, kind="stable")]
-            frames = self.to_frame(events)
+            frames = self.to_frame(events)  # a one-polarity sensor: Tonic sets every p to 0
+            if self.binning == "events":
+                rest = events[len(events) // self.time_steps * self.time_steps :]
+                where = (rest["y"], rest["x"]) if image else (rest["x"],)
+                np.add.at(frames[-1], (rest["p"].astype(int), *where), 1)
         if self.size is None:
             return frames
         resized = F.interpolate(
@@ -104,52 +111,44 @@ class EventsToFrames:
         return resized.numpy()
 
 
-class AtomicDiskCache(DiskCachedDataset):
-    """``tonic.DiskCachedDataset`` (one HDF5 file per sample, ``<index>_0.hdf5``) whose files
-    appear atomically.
+class AtomicDiskCache(Dataset):
+    """``dataset``'s ``(frames, label)`` samples, each cached in ``<cache_path>/<index>_0.hdf5``
+    (the frames lzf-compressed, the label an attribute) on first read, then read from there.
 
-    Tonic writes a cache file in place, so a run killed mid-write leaves a truncated file that a
-    later run may serve. Here each file is written under a unique temporary name
-    (``<index>_0.hdf5.tmp-<pid>-<random>``), fsynced and renamed with ``os.replace``
-    (:mod:`lightning_glif.io`), so a cache file is either complete or absent. A leftover
-    temporary file is never read, and is removed when the cache is next opened once its writer is
-    dead; a cache file that cannot be read (e.g. written by an older, non-atomic run) is logged
-    and rebuilt. One copy per sample (``num_copies`` is ignored): randomness belongs in
-    ``transform``, after the cache.
-
-    The cache does not know the transform that produced its files: callers put every pre-cache
-    parameter into ``cache_path``.
+    A cache file appears atomically: it is written under a temporary name, fsynced and renamed
+    (:func:`lightning_glif.io.atomic_path`), so a run killed mid-write leaves no half-written
+    file that a later run could serve. Leftover temporary files are removed when the cache is
+    opened once their writer is dead; a cache file that cannot be read (e.g. from an older
+    version) is logged and rebuilt. The cache does not know what produced its files: callers put
+    every parameter applied before the cache, and what identifies the source files, into
+    ``cache_path``. ``transform`` runs on the frames after the cache (e.g. augmentation).
     """
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    def __init__(self, dataset: Any, cache_path: str, transform: Any = None) -> None:
+        self.dataset = dataset
+        self.cache_path = Path(cache_path)
+        self.transform = transform
+        self.cache_path.mkdir(parents=True, exist_ok=True)  # several processes may race here
         remove_stale_temps(self.cache_path)  # what a killed writer left, before writing
 
-    def __getitem__(self, item: int) -> tuple[object, object]:
-        path = os.path.join(self.cache_path, f"{item}_0.hdf5")
-        data = target = None
-        if os.path.exists(path):
-            try:
-                data, target = load_from_disk_cache(path)
-            except (OSError, KeyError, ValueError) as err:
-                log.warning("unreadable cache file %s (%s): rebuilding it", path, err)
-                data = None
-        if data is None:
-            data, target = self._build(item, path)
-        if self.transform is not None:
-            data = self.transform(data)
-        if self.target_transform is not None:
-            target = self.target_transform(target)
-        if self.transforms is not None:
-            data, target = self.transforms(data, target)
-        return data, target
+    def __len__(self) -> int:
+        return len(self.dataset)
 
-    def _build(self, item: int, path: str) -> tuple[object, object]:
-        data, target = self.dataset[item]
-        with atomic_path(path) as tmp:
-            save_to_disk_cache(data, target, file_path=str(tmp), compress=self.compress)
-        # Read back, as Tonic does, so the first epoch returns the same types as later ones.
-        return load_from_disk_cache(path)
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        path = self.cache_path / f"{index}_0.hdf5"
+        frames = None
+        if path.exists():
+            try:
+                with h5py.File(path, "r") as f:
+                    frames, label = f["frames"][()], int(f.attrs["label"])
+            except (OSError, KeyError) as err:
+                log.warning("unreadable cache file %s (%s): rebuilding it", path, err)
+        if frames is None:
+            frames, label = self.dataset[index]
+            with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+                f.create_dataset("frames", data=frames, compression="lzf")
+                f.attrs["label"] = label
+        return (frames if self.transform is None else self.transform(frames)), label
 
 
 class FrameAugment:
@@ -159,7 +158,7 @@ class FrameAugment:
     (torchvision's v2 transforms treat the leading dims ``[T, P]`` as a batch of one image).
 
     Args:
-        size: side of the (square) frames; needed by the crop.
+        size: side of the (square) frames, for the crop.
         crop_padding: zero padding on each side before a random crop back to ``size``
             (0: no crop). The CIFAR10-DVS recipe uses 4.
         hflip: flip horizontally with probability 0.5.
@@ -168,8 +167,6 @@ class FrameAugment:
     def __init__(self, size: int | None = None, crop_padding: int = 0, hflip: bool = False) -> None:
         ops = []
         if crop_padding:
-            if size is None:
-                raise ValueError("FrameAugment: a random crop needs the frame size.")
             ops.append(v2.RandomCrop(size, padding=crop_padding))
         if hflip:
             ops.append(v2.RandomHorizontalFlip())

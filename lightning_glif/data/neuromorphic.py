@@ -3,9 +3,6 @@ DVS128 Gesture and the Spiking Heidelberg Digits (SHD).
 
 Every module serves ``(frames, label)`` batches: ``frames`` float32 ``[B, T, P, H, W]`` (event
 counts per time bin, polarity and pixel; ``[B, T, 1, 700]`` for SHD) and ``label`` int64.
-The data are looked for in ``<data_dir>/<Tonic class name>/`` (e.g. ``data/NMNIST/``) and nothing
-is downloaded unless ``download=True``. Binned frames are cached under
-``<data_dir>/cache/<name>/<binning>/<split>-<sources>/`` (see :class:`EventDataModule`).
 """
 
 from __future__ import annotations
@@ -15,79 +12,29 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import h5py
 import numpy as np
-import tonic
 from torch.utils.data import Dataset, Subset
 
-from .base import SplitDataModule
+from .base import LOADER_WORKERS, SplitDataModule
 from .errors import CorruptFileError, DatasetNotFoundError
 from .frames import AtomicDiskCache, Binning, EventsToFrames, FrameAugment
 from .splits import per_class_head_split, stratified_holdout
+from .tonic_guard import offline, tonic
 
 log = logging.getLogger(__name__)
 
 
-class _NeverDownload:
-    """Mixin for a Tonic dataset class: trust the DataModule's presence check, never download.
-
-    Tonic's constructor downloads unless its archive file and a minimum number of extracted files
-    are there. The DataModule checks for the extracted files itself before constructing it (so a
-    hand-extracted copy without its archive, or a subset, is used as it is) and downloads only on
-    ``download=True``, through Tonic's own class.
-    """
-
-    def _check_exists(self) -> bool:
-        return True
-
-    def download(self) -> None:  # pragma: no cover - unreachable while _check_exists is True
-        raise RuntimeError("lightning-glif never downloads unless download=True is set.")
-
-
-def _offline(tonic_class: type) -> type:
-    # Tonic puts a dataset under save_to/<class name>, so the subclass keeps Tonic's name; its
-    # qualname points at _Offline below, where pickle (spawned DataLoader workers) finds it.
-    cls = type(tonic_class.__name__, (_NeverDownload, tonic_class), {"__module__": __name__})
-    cls.__qualname__ = f"_Offline.{tonic_class.__name__}"
-    return cls
-
-
-class _Offline:
-    NMNIST = _offline(tonic.datasets.NMNIST)
-    CIFAR10DVS = _offline(tonic.datasets.CIFAR10DVS)
-    DVSGesture = _offline(tonic.datasets.DVSGesture)
-    SHD = _offline(tonic.datasets.SHD)
-
-
-def _check_nmnist_file(path: str) -> None:
-    size = os.path.getsize(path)
-    if size % 5:
-        raise ValueError(f"its size, {size} bytes, is not a multiple of N-MNIST's 5-byte events")
-
-
 class SourceFrames(Dataset):
-    """A Tonic dataset's samples binned into frames; a sample that cannot be read names its file.
+    """The Tonic dataset ``events``' samples binned by ``to_frames``, with their ``labels`` (read
+    once, without the events); a sample that cannot be read names its file."""
 
-    Args:
-        events: the Tonic dataset (returns ``(events, label)``; built without a transform).
-        to_frames: the binning.
-        labels: the label of every sample (read once, without loading the events).
-        check: optional quick test of a file before Tonic reads it (raises ``ValueError``).
-    """
-
-    def __init__(
-        self,
-        events: Any,
-        to_frames: EventsToFrames,
-        labels: np.ndarray,
-        check: Callable[[str], None] | None = None,
-    ) -> None:
+    def __init__(self, events: Any, to_frames: EventsToFrames, labels: np.ndarray) -> None:
         self.events = events
         self.to_frames = to_frames
         self.labels = np.asarray(labels, dtype=np.int64)
-        self.check = check
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -101,8 +48,6 @@ class SourceFrames(Dataset):
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
         try:
-            if self.check is not None:
-                self.check(self.events.data[index])
             events, _ = self.events[index]
         except ModuleNotFoundError as err:
             raise ModuleNotFoundError(
@@ -111,41 +56,42 @@ class SourceFrames(Dataset):
             ) from err
         except Exception as err:
             raise CorruptFileError(self.source(index), f"{type(err).__name__}: {err}") from err
-        try:
-            frames = self.to_frames(events)
-        except Exception as err:
-            raise ValueError(
-                f"binning the events of {self.source(index)} into frames failed: {err}"
-            ) from err
-        return frames, int(self.labels[index])
+        return self.to_frames(events), int(self.labels[index])
 
 
-class _Split(NamedTuple):
-    kwargs: dict[str, Any]  # Tonic constructor arguments
+class Split(NamedTuple):
+    """Where one split of a Tonic dataset lies on disk (see :class:`EventDataModule`)."""
+
+    kwargs: dict[str, Any]  # Tonic constructor arguments, e.g. {"train": True}
     pattern: str  # a glob under <data_dir>/<Tonic name>/ that matches only when the data is there
-    archive: str  # the archive Tonic downloads for it
 
 
 class EventDataModule(SplitDataModule):
     """Shared machinery and options of the Tonic DataModules; use one of its subclasses.
 
     ``setup`` checks that the files of the needed splits are there (else one
-    :class:`~lightning_glif.data.errors.DatasetNotFoundError`), opens them with Tonic, bins each
-    sample into exactly ``time_steps`` frames and caches the frames (see
-    :class:`~lightning_glif.data.frames.AtomicDiskCache`) in::
+    :class:`~lightning_glif.data.errors.DatasetNotFoundError`), opens them with Tonic (in sorted
+    path order, never downloading: :mod:`~lightning_glif.data.tonic_guard`), bins each sample
+    into exactly ``time_steps`` frames and caches the frames
+    (:class:`~lightning_glif.data.frames.AtomicDiskCache`) in::
 
         <data_dir>/cache/<Tonic name>/<T..-binning-size>/<split>-<sources hash>/<index>_0.hdf5
 
-    e.g. ``data/cache/CIFAR10DVS/T16-events-48x48p2/all-1a2b3c4d/``. Every parameter applied
-    before the cache is in that path, so changing ``time_steps``, ``binning`` or ``resize`` (or
-    the set of source files) never reads a stale cache; old caches stay until deleted.
-    The training augmentation runs after the cache. Files are read in sorted path order.
+    The folder names every parameter applied before the cache, and the hash covers each source
+    file's name, size, modification time and label: a changed ``time_steps``, ``binning`` or
+    ``resize``, or a recording added, removed or rewritten, reads a new cache, never stale
+    frames. Old caches stay until deleted. The training augmentation runs after the cache.
 
-    The options common to all Tonic modules are declared here, once. A subclass's ``__init__``
-    lists only its own options and those whose default differs, and passes the rest on with
-    ``**kwargs`` (jsonargparse follows it here, so ``--help`` and configs show all of them with
-    the subclass's defaults). An option that makes no sense for a dataset is passed explicitly
-    in the subclass's ``super().__init__`` call, which removes it from its options.
+    **A new event dataset** is a subclass that sets the class attributes ``name`` (display
+    name), ``tonic_class`` (the ``tonic.datasets`` class that reads it), ``num_classes``,
+    ``splits`` (``{"train": Split(...), "test": Split(...)}``: Tonic's arguments and a glob of
+    the extracted files) and ``layout`` (the expected files, for the not-found error), and
+    writes :meth:`manual` (how to get the files). :class:`NMNISTDataModule` is the model to copy.
+
+    The options common to all Tonic modules are declared here, once; a subclass's ``__init__``
+    lists its own and those whose default differs, and passes the rest on with ``**kwargs``
+    (which jsonargparse follows, so ``--help`` shows them all). An option passed explicitly in its
+    ``super().__init__`` call is removed from the subclass's options.
 
     Args:
         time_steps: frames per recording ``T``.
@@ -162,18 +108,16 @@ class EventDataModule(SplitDataModule):
         hflip: training augmentation: random horizontal flips.
         val_fraction: share of the training recordings held out for validation (stratified).
         split_seed: seed of that held-out split.
-        num_workers: DataLoader worker processes.
+        num_workers: DataLoader worker processes; the default is the number of CPUs this
+            process may use, at most 4 (reading and binning recordings is the slow part).
         download: download and extract the dataset if it is missing.
     """
 
-    name: ClassVar[str]  # display name
+    name: ClassVar[str]
     tonic_class: ClassVar[type]
-    offline_class: ClassVar[type]
-    splits: ClassVar[dict[str, _Split]]
-    layout: ClassVar[str]
     num_classes: ClassVar[int]
-    # a quick test of a file before Tonic reads it: raises ValueError on a broken one
-    file_check: ClassVar[Callable[[str], None] | None] = None
+    splits: ClassVar[dict[str, Split]]
+    layout: ClassVar[str]
 
     def __init__(
         self,
@@ -188,7 +132,7 @@ class EventDataModule(SplitDataModule):
         hflip: bool = False,
         val_fraction: float = 0.1,
         split_seed: int = 0,
-        num_workers: int = 0,
+        num_workers: int = LOADER_WORKERS,
         download: bool = False,
     ) -> None:
         super().__init__(batch_size, num_workers)
@@ -199,7 +143,7 @@ class EventDataModule(SplitDataModule):
         self.val_fraction = val_fraction
         self.split_seed = split_seed
         self.download = download
-        w, h, p = self.tonic_class.sensor_size
+        _, h, p = self.tonic_class.sensor_size
         image = h > 1  # SHD's sensor is a row of 700 channels, not an image
         self.to_frames = EventsToFrames(
             self.tonic_class.sensor_size, time_steps, binning, resize, resize_antialias
@@ -208,9 +152,6 @@ class EventDataModule(SplitDataModule):
         self.in_channels = p if image else None
         self.image_size = (resize or h) if image else None
         self.train_augment = FrameAugment(self.image_size, crop_padding, hflip)
-        self.frame_shape: tuple[int, ...] = (time_steps, p) + (
-            (self.image_size, resize or w) if image else (w,)
-        )
         self._sources: dict[str, SourceFrames] = {}
 
     def _refuse(self, kwargs: dict[str, Any], names: tuple[str, ...], why: str) -> None:
@@ -233,23 +174,14 @@ class EventDataModule(SplitDataModule):
         """The manual download steps (shown in the not-found error)."""
         raise NotImplementedError
 
-    def _missing(self, split: str) -> str | None:
-        spec = self.splits[split]
-        if any(self.folder.glob(spec.pattern)):
-            return None
-        what = str(self.folder / spec.pattern)
-        if (self.folder / spec.archive).is_file():
-            what += f" (found {spec.archive}, but not its extracted files: extract it there)"
-        return what
-
     def _ensure(self, splits: list[str]) -> None:
-        missing = [split for split in splits if self._missing(split)]
-        if missing and self.download:
-            for split in missing:
-                log.info("downloading %s (%s) into %s", self.name, split, self.folder)
-                self.tonic_class(str(self.folder.parent), **self.splits[split].kwargs)
-        still = [m for m in (self._missing(split) for split in missing) if m]
-        if still:
+        def missing() -> list[str]:
+            return [s for s in splits if not any(self.folder.glob(self.splits[s].pattern))]
+
+        for split in missing() if self.download else []:
+            log.info("downloading %s (%s) into %s", self.name, split, self.folder)
+            self.tonic_class(str(self.folder.parent), **self.splits[split].kwargs)
+        if still := [str(self.folder / self.splits[s].pattern) for s in missing()]:
             raise DatasetNotFoundError(self.name, self.folder, still, self.layout, self.manual())
 
     def prepare_data(self) -> None:
@@ -265,30 +197,45 @@ class EventDataModule(SplitDataModule):
             return ["test"]
         return list(self.splits)
 
-    def _labels(self, dataset: Any) -> np.ndarray:
+    def event_transform(self) -> Callable[[np.ndarray], np.ndarray] | None:
+        """A function applied to each recording's events before binning (e.g. a change of
+        coordinates), or ``None``. Its ``__name__`` is part of the cache path."""
+        return None
+
+    def read_labels(self, dataset: Any) -> np.ndarray:
+        """The label of every recording of the Tonic ``dataset``, without reading events."""
         return np.asarray(dataset.targets)
 
     def _open(self, split: str) -> SourceFrames:
-        kwargs = self.splits[split].kwargs
-        dataset = self.offline_class(str(self.folder.parent), **kwargs)
+        spec = self.splits[split]
+        try:
+            dataset = offline(self.tonic_class)(
+                str(self.folder.parent), transform=self.event_transform(), **spec.kwargs
+            )
+            labels = self.read_labels(dataset)
+        except (OSError, KeyError) as err:  # e.g. SHD's truncated .h5, read by Tonic here
+            path = self.folder / spec.pattern
+            raise CorruptFileError(path, f"{type(err).__name__}: {err}") from err
         if dataset.data:  # Tonic lists some folders in file-system order: make it reproducible
             order = np.argsort(dataset.data, kind="stable")
-            for attr in ("data", "targets", "users", "lighting"):
-                values = getattr(dataset, attr, None)
-                if values is not None and len(values) == len(order):
-                    setattr(dataset, attr, [values[i] for i in order])
-        return SourceFrames(dataset, self.to_frames, self._labels(dataset), type(self).file_check)
+            for attr in ("data", "targets", "users", "lighting"):  # DVSGesture: users, lighting
+                if hasattr(dataset, attr):
+                    setattr(dataset, attr, [getattr(dataset, attr)[i] for i in order])
+            labels = labels[order]
+        return SourceFrames(dataset, self.to_frames, labels)
 
     def _cache_path(self, split: str, source: SourceFrames) -> Path:
         events = source.events
-        if events.data:
-            names = [os.path.relpath(p, events.location_on_system) for p in events.data]
-        else:
-            path = os.path.join(events.location_on_system, events.data_filename)
-            names = [events.data_filename, str(os.path.getsize(path))]
-        digest = hashlib.sha1("\n".join(names + list(map(str, source.labels))).encode())
-        key = f"{split}-{digest.hexdigest()[:8]}"
-        return self.folder.parent / "cache" / self.tonic_class.__name__ / self.to_frames.key / key
+        root = events.location_on_system
+        files = events.data or [os.path.join(root, events.data_filename)]
+        # the format (bump it when the same key starts to give other frames), the event transform
+        lines = [f"cache 2 {getattr(self.event_transform(), '__name__', '')}"]
+        for path, label in zip(files, source.labels if events.data else [""], strict=True):
+            stat = os.stat(path)
+            lines.append(f"{os.path.relpath(path, root)} {stat.st_size} {stat.st_mtime_ns} {label}")
+        digest = hashlib.sha1("\n".join(lines).encode()).hexdigest()[:8]
+        folder = self.folder.parent / "cache" / self.tonic_class.__name__ / self.to_frames.key
+        return folder / f"{split}-{digest}"
 
     def _partition(self) -> dict[str, tuple[str, np.ndarray | None]]:
         """``{name: (source split, indices or None for all)}`` for train / val / test."""
@@ -311,8 +258,6 @@ class EventDataModule(SplitDataModule):
         for name, (split, index) in self._partition().items():
             source = self._sources[split]
             cache_path = self._cache_path(split, source)
-            # exist_ok: Tonic's own makedirs races when several processes start at once
-            cache_path.mkdir(parents=True, exist_ok=True)
             log.info(
                 "%s %s: %d recordings, frames cached in %s",
                 self.name,
@@ -321,31 +266,22 @@ class EventDataModule(SplitDataModule):
                 cache_path,
             )
             cache = AtomicDiskCache(
-                source,
-                cache_path=str(cache_path),
-                transform=self.train_augment if name == "train" else plain,
+                source, str(cache_path), self.train_augment if name == "train" else plain
             )
             self.datasets[name] = cache if index is None else Subset(cache, index.tolist())
 
-    def split_sources(self, name: str) -> list[str]:
-        """The file (or file and sample) behind each sample of split ``name`` (``"train"``,
-        ``"val"`` or ``"test"``), in loader order without shuffling: for auditing a split."""
-        dataset = self.datasets[name]
-        index = dataset.indices if isinstance(dataset, Subset) else None
-        cache = dataset.dataset if isinstance(dataset, Subset) else dataset
-        return [cache.dataset.source(i) for i in (range(len(cache)) if index is None else index)]
-
     def split_manifest(self) -> dict[str, list[str]]:
-        """``{split: [source, ...]}`` for every split set up so far, each source relative to
-        :attr:`folder` (so two machines with the data in different places compare equal), in
-        loader order without shuffling. :class:`~lightning_glif.callbacks.splits.SplitFiles`
-        writes it into the run directory."""
-        root = str(self.folder) + os.sep
-        return {
-            name: [s[len(root) :] if s.startswith(root) else s for s in self.split_sources(name)]
-            for name in ("train", "val", "test")
-            if name in self.datasets
-        }
+        """``{split: [source, ...]}``: the file (for one-file datasets, file and sample) behind
+        each sample of every split set up so far, in loader order without shuffling, relative to
+        :attr:`folder` (two machines with the data in different places compare equal).
+        :class:`~lightning_glif.callbacks.splits.SplitFiles` writes it into the run directory."""
+        manifest = {}
+        for name, dataset in self.datasets.items():
+            cache = dataset.dataset if isinstance(dataset, Subset) else dataset
+            index = dataset.indices if isinstance(dataset, Subset) else range(len(cache))
+            sources = [cache.dataset.source(i) for i in index]
+            manifest[name] = [os.path.relpath(s, self.folder) for s in sources]
+        return manifest
 
 
 class NMNISTDataModule(EventDataModule):
@@ -353,12 +289,8 @@ class NMNISTDataModule(EventDataModule):
 
     Frames ``[B, T, 2, 34, 34]``, 10 classes. 60,000 training recordings (a stratified
     ``val_fraction`` of them, drawn with ``split_seed``, is the validation set) and 10,000 test
-    recordings (only for testing). Expected in ``<data_dir>/NMNIST/``::
-
-        Train/0/*.bin ... Train/9/*.bin
-        Test/0/*.bin  ... Test/9/*.bin
-
-    The options are those of :class:`EventDataModule` (``resize`` ``None``: 34), with:
+    recordings (only for testing), expected in ``<data_dir>/NMNIST/`` (``layout``). The options
+    are those of :class:`EventDataModule` (``resize`` ``None``: 34), with:
 
     Args:
         time_steps: frames per recording ``T``.
@@ -366,12 +298,10 @@ class NMNISTDataModule(EventDataModule):
 
     name = "N-MNIST"
     tonic_class = tonic.datasets.NMNIST
-    offline_class = _Offline.NMNIST
     num_classes = 10
-    file_check = staticmethod(_check_nmnist_file)
     splits = {
-        "train": _Split({"train": True}, "Train/*/*.bin", "train.zip"),
-        "test": _Split({"train": False}, "Test/*/*.bin", "test.zip"),
+        "train": Split({"train": True}, "Train/*/*.bin"),
+        "test": Split({"train": False}, "Test/*/*.bin"),
     }
     layout = """
 Train/0/*.bin ... Train/9/*.bin    (60,000 recordings; the folder name is the label)
@@ -390,26 +320,39 @@ into {self.folder}, then unzip both there (they hold Train/ and Test/).
 """
 
 
+def authors_layout(events: np.ndarray) -> np.ndarray:
+    """CIFAR10-DVS events as Tonic reads them -> as the GLIF authors' frames saw them.
+
+    The original recordings are jAER AEDAT 2.0 files of a DVS128: a 32-bit address per event,
+    x in bits 7-1 and y in bits 14-8 with (0, 0) at the lower left, bit 0 the polarity (1 = ON).
+    Tonic reads AEDAT 4 copies converted with iniVation's DV, whose origin is the upper left:
+    ``x = x_raw, y = 127 - y_raw, p = p_raw``. The authors read the originals with SpikingJelly
+    (``CIFAR10DVS.load_origin_data``): ``x = 127 - y_raw, y = 127 - x_raw, p = 1 - p_raw``, and
+    its frames put polarity ``p`` in channel ``p`` and the event in row ``y``, column ``x``.
+    So, from Tonic's events: ``x = y_tonic, y = 127 - x_tonic, p = not p_tonic`` (the image
+    turned 90 degrees counter-clockwise, OFF events in channel 1).
+    """
+    out = events.copy()
+    out["x"], out["y"], out["p"] = events["y"], 127 - events["x"], ~events["p"]
+    return out
+
+
 class CIFAR10DVSDataModule(EventDataModule):
     """CIFAR10-DVS (Li et al. 2017): 10,000 CIFAR-10 images recorded by a DVS, 1,000 per class.
 
-    The dataset has no train/test split. The split here is fixed and documented: the files of
-    each class are sorted by name (lexicographically, as torchvision's and SpikingJelly's folder
-    datasets list them: ``..._0, ..._1, ..._10, ..._100, ...``) and the first ``train_fraction``
-    (90%: 900 per class) are the training set, the rest (100 per class) the test set, as the
-    GLIF authors split it. Results are only comparable between papers with the same split. A
-    stratified ``val_fraction`` of the training set (drawn with ``split_seed``) is held out for
-    validation, so training sees 8,100 recordings by default (the GLIF authors trained on all
-    9,000 and reported test accuracy).
+    The dataset has no train/test split. The split here is the GLIF authors': the files of each
+    class sorted by name (lexicographically, as SpikingJelly lists them: ``..._0, ..._1, ..._10,
+    ..._100, ...``), the first ``ceil(train_fraction * n)`` (900) train, the rest (100) test.
+    Results are only comparable between papers with the same split. A stratified
+    ``val_fraction`` of the training set (drawn with ``split_seed``) validates, so training sees
+    8,100 recordings by default (the authors trained on all 9,000 and reported test accuracy).
 
     The GLIF recipe (the defaults): ``T=16`` frames split by event count, resized to 48x48,
-    random crop 48 with padding 4: frames ``[B, 16, 2, 48, 48]``. Reading the ``.aedat4`` files
-    needs the ``aedat`` package (``pip install aedat``). Expected in ``<data_dir>/CIFAR10DVS/``::
-
-        airplane/*.aedat4  automobile/*.aedat4  ...  truck/*.aedat4
-
-    The options are those of :class:`EventDataModule` (``hflip`` is not in the GLIF recipe),
-    with the recipe's defaults and one more:
+    random crop 48 with padding 4: frames ``[B, 16, 2, 48, 48]``, in the layout the authors'
+    frames had (:func:`authors_layout`), so their checkpoint sees its images the right way round.
+    Reading the ``.aedat4`` files in ``<data_dir>/CIFAR10DVS/`` (``layout``) needs the ``aedat``
+    package (``pip install aedat``). The options are those of :class:`EventDataModule`
+    (``hflip`` is not in the GLIF recipe), with the recipe's defaults and these:
 
     Args:
         time_steps: frames per recording ``T``.
@@ -421,13 +364,15 @@ class CIFAR10DVSDataModule(EventDataModule):
         train_fraction: share of each class (in sorted file order) in the training set.
         drop_last: drop the last, smaller training batch of each epoch (the GLIF authors' loader
             does; the recipe's text does not say).
+        event_layout: ``"authors"``: x, y and polarity as the GLIF authors' frames had them
+            (:func:`authors_layout`); ``"tonic"``: as Tonic's files hold them (the layout of
+            this project before; for models trained on it).
     """
 
     name = "CIFAR10-DVS"
     tonic_class = tonic.datasets.CIFAR10DVS
-    offline_class = _Offline.CIFAR10DVS
     num_classes = 10
-    splits = {"all": _Split({}, "*/*.aedat4", "CIFAR10DVS.zip")}
+    splits = {"all": Split({}, "*/*.aedat4")}
     layout = """
 airplane/*.aedat4  automobile/*.aedat4  bird/*.aedat4  cat/*.aedat4  deer/*.aedat4
 dog/*.aedat4  frog/*.aedat4  horse/*.aedat4  ship/*.aedat4  truck/*.aedat4
@@ -444,12 +389,19 @@ dog/*.aedat4  frog/*.aedat4  horse/*.aedat4  ship/*.aedat4  truck/*.aedat4
         crop_padding: int = 4,
         train_fraction: float = 0.9,
         drop_last: bool = False,
+        event_layout: Literal["authors", "tonic"] = "authors",
         **kwargs: Any,
     ) -> None:
         if not 0 < train_fraction < 1:
             raise ValueError("CIFAR10DVSDataModule: train_fraction must be in (0, 1).")
+        if event_layout not in ("authors", "tonic"):
+            raise ValueError(
+                f"CIFAR10DVSDataModule: event_layout must be 'authors' or 'tonic', got "
+                f"{event_layout!r}."
+            )
         self.train_fraction = train_fraction
         self.drop_last_train = bool(drop_last)
+        self.event_layout = event_layout
         super().__init__(
             time_steps=time_steps,
             batch_size=batch_size,
@@ -469,6 +421,9 @@ unzip it there, then unzip each class archive in place: {classes}
     def _stage_splits(self, stage: str | None) -> list[str]:
         return ["all"]
 
+    def event_transform(self) -> Callable[[np.ndarray], np.ndarray] | None:
+        return authors_layout if self.event_layout == "authors" else None
+
     def _partition(self) -> dict[str, tuple[str, np.ndarray | None]]:
         labels = self._sources["all"].labels
         head, tail = per_class_head_split(labels, self.train_fraction)
@@ -480,15 +435,10 @@ class DVSGestureDataModule(EventDataModule):
     """DVS128 Gesture (Amir et al. 2017), in Tonic's preprocessed ``.npy`` form (one recording
     per gesture, timestamps in ms): 11 classes (10 gestures and "other"), frames
     ``[B, T, 2, 128, 128]`` (or ``resize``). Users 1-23 train (a stratified ``val_fraction``
-    of their recordings, drawn with ``split_seed``, is the validation set), users 24-29 test.
-    Do not flip horizontally: left- and right-hand gestures are different classes.
-    Expected in ``<data_dir>/DVSGesture/``::
-
-        ibmGestureTrain/user01_fluorescent/0.npy ... 10.npy    (file name = label)
-        ibmGestureTest/user24_fluorescent/0.npy ...
-
-    The options are those of :class:`EventDataModule` except ``hflip`` (``resize`` ``None``:
-    128; e.g. 64 or 32), with:
+    of their recordings, drawn with ``split_seed``, is the validation set), users 24-29 test;
+    expected in ``<data_dir>/DVSGesture/`` (``layout``). The options are those of
+    :class:`EventDataModule` except ``hflip`` (left- and right-hand gestures are different
+    classes; ``resize`` ``None``: 128, e.g. 64 or 32), with:
 
     Args:
         time_steps: frames per recording ``T``.
@@ -497,11 +447,10 @@ class DVSGestureDataModule(EventDataModule):
 
     name = "DVS128 Gesture"
     tonic_class = tonic.datasets.DVSGesture
-    offline_class = _Offline.DVSGesture
     num_classes = 11
     splits = {
-        "train": _Split({"train": True}, "ibmGestureTrain/*/*.npy", "ibmGestureTrain.tar.gz"),
-        "test": _Split({"train": False}, "ibmGestureTest/*/*.npy", "ibmGestureTest.tar.gz"),
+        "train": Split({"train": True}, "ibmGestureTrain/*/*.npy"),
+        "test": Split({"train": False}, "ibmGestureTest/*/*.npy"),
     }
     layout = """
 ibmGestureTrain/user<NN>_<lighting>/<label>.npy   (users 01-23; label 0-10)
@@ -529,13 +478,10 @@ class SHDDataModule(EventDataModule):
     for a :class:`~lightning_glif.models.mlp.SpikingMLP`, which does it itself). With
     ``binning="time"`` each recording is cut into T equal windows of its own duration. 8,156
     training recordings (a stratified ``val_fraction``, drawn with ``split_seed``, validates;
-    the speakers overlap with training) and 2,264 test recordings, partly by unseen speakers.
-    Expected in ``<data_dir>/SHD/``::
-
-        shd_train.h5  shd_test.h5
-
-    The options are those of :class:`EventDataModule` except ``resize``, ``crop_padding`` and
-    ``hflip`` (the 700 channels are not an image), with:
+    the speakers overlap with training) and 2,264 test recordings, partly by unseen speakers,
+    expected in ``<data_dir>/SHD/`` (``layout``). The options are those of
+    :class:`EventDataModule` except ``resize``, ``crop_padding`` and ``hflip`` (the 700 channels
+    are not an image), with:
 
     Args:
         time_steps: frames per recording ``T``.
@@ -543,12 +489,11 @@ class SHDDataModule(EventDataModule):
 
     name = "SHD"
     tonic_class = tonic.datasets.SHD
-    offline_class = _Offline.SHD
     num_classes = 20
     in_features = 700
     splits = {
-        "train": _Split({"train": True}, "shd_train.h5", "shd_train.h5.zip"),
-        "test": _Split({"train": False}, "shd_test.h5", "shd_test.h5.zip"),
+        "train": Split({"train": True}, "shd_train.h5"),
+        "test": Split({"train": False}, "shd_test.h5"),
     }
     layout = """
 shd_train.h5   (HDF5: spikes/times, spikes/units, labels, extra/speaker, extra/keys)
@@ -578,13 +523,6 @@ download {c.base_url}{c.train_zip}
 into {self.folder} and extract them there, leaving shd_train.h5 and shd_test.h5.
 """
 
-    def _open(self, split: str) -> SourceFrames:
-        path = self.folder / f"shd_{split}.h5"
-        try:
-            return super()._open(split)
-        except (OSError, KeyError) as err:
-            raise CorruptFileError(path, f"{type(err).__name__}: {err}") from err
-
-    def _labels(self, dataset: Any) -> np.ndarray:
+    def read_labels(self, dataset: Any) -> np.ndarray:
         with h5py.File(os.path.join(dataset.location_on_system, dataset.data_filename), "r") as f:
             return f["labels"][()]

@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch.utils.data import TensorDataset
 
-from .base import SplitDataModule
-from .digits import load_digit_images
-from .splits import check_fractions, stratified_split
+from .digits import DigitsDataModule, load_digit_images
 
 
-class RowDigitsDataModule(SplitDataModule):
+class RowDigitsDataModule(DigitsDataModule):
     """Digits as sequences ``[B, T, 8]`` float32 in ``[0, 1]``: each pixel row of the 8x8 image
     (top to bottom) occupies ``T // 8`` consecutive steps, of which the first
     ``T // 8 - blank_steps`` show the row and the last ``blank_steps`` are zeros. Without blank
@@ -44,7 +41,7 @@ class RowDigitsDataModule(SplitDataModule):
         num_workers: DataLoader worker processes (0: the data lives in memory).
     """
 
-    num_classes = 10
+    in_channels = image_size = None  # sequences, not images
     in_features = 8
 
     def __init__(
@@ -57,7 +54,7 @@ class RowDigitsDataModule(SplitDataModule):
         split_seed: int = 0,
         num_workers: int = 0,
     ) -> None:
-        super().__init__(batch_size, num_workers)
+        super().__init__(batch_size, val_fraction, test_fraction, split_seed, num_workers)
         if time_steps < 8 or time_steps % 8:
             raise ValueError(
                 f"RowDigitsDataModule: time_steps must be a multiple of 8 (one or more steps per "
@@ -76,27 +73,13 @@ class RowDigitsDataModule(SplitDataModule):
                 f"occupies time_steps // 8 = {per_row} steps, of which at least one shows the "
                 f"row), got blank_steps={blank_steps} with time_steps={time_steps}: {fix}."
             )
-        check_fractions(type(self).__name__, val_fraction, test_fraction)
         self.time_steps = time_steps
         self.blank_steps = blank_steps
-        self.val_fraction = val_fraction
-        self.test_fraction = test_fraction
-        self.split_seed = split_seed
-        self.indices: dict[str, np.ndarray] = {}  # rows of load_digits() in each split
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.datasets:
-            return
+    def inputs(self) -> tuple[torch.Tensor, np.ndarray]:
         pixels, targets = load_digit_images()
         pixels = torch.tensor(pixels)  # [N, 8 rows, 8 pixels], a copy of the read-only arrays
         per_row, shown = self.time_steps // 8, self.time_steps // 8 - self.blank_steps
         rows = pixels.new_zeros(len(pixels), 8, per_row, 8)  # [N, row, step within row, pixel]
         rows[:, :, :shown] = pixels.unsqueeze(2)  # the row, then blank_steps zero steps
-        rows = rows.flatten(1, 2)  # [N, T, 8]
-        labels = torch.tensor(targets)
-        self.indices = stratified_split(
-            targets, self.val_fraction, self.test_fraction, self.split_seed
-        )
-        for name, index in self.indices.items():
-            index = torch.from_numpy(index)
-            self.datasets[name] = TensorDataset(rows[index], labels[index])
+        return rows.flatten(1, 2), targets  # [N, T, 8]

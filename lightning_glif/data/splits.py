@@ -5,6 +5,8 @@ All return sorted index arrays.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
@@ -58,16 +60,6 @@ def random_holdout(
     return np.sort(order[size:]), np.sort(order[:size])
 
 
-def check_fractions(owner: str, val_fraction: float, test_fraction: float) -> None:
-    """Raise a ValueError naming ``owner`` unless both held-out shares are in (0, 1) and leave
-    some training data; called where the fractions are configured, so a bad config fails early."""
-    if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
-        raise ValueError(
-            f"{owner}: val_fraction and test_fraction must be in (0, 1) and sum to less than 1, "
-            f"got {val_fraction} and {test_fraction}."
-        )
-
-
 def stratified_split(
     labels: np.ndarray, val_fraction: float, test_fraction: float, seed: int
 ) -> dict[str, np.ndarray]:
@@ -84,12 +76,12 @@ def stratified_split(
 
 
 def per_class_head_split(labels: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarray]:
-    """``(head, tail)``: the first ``floor(fraction * n_c)`` indices of each class ``c`` in index
-    order, and the rest. No randomness: the CIFAR10-DVS split of the GLIF authors (0.9)."""
+    """``(head, tail)``: the first ``ceil(fraction * n_c)`` indices of each class ``c`` in index
+    order, and the rest. No randomness: the CIFAR10-DVS split of the GLIF authors (0.9, their
+    ``split_to_train_test_set`` rounds up)."""
     labels = np.asarray(labels)
     head = np.zeros(len(labels), dtype=bool)
     for c in np.unique(labels):
         members = np.flatnonzero(labels == c)
-        # 1e-9 keeps 0.9 * 1000 = 900.0000000000001 from becoming 899 or 901 either way.
-        head[members[: int(np.floor(fraction * len(members) + 1e-9))]] = True
+        head[members[: math.ceil(fraction * len(members))]] = True
     return np.flatnonzero(head), np.flatnonzero(~head)
