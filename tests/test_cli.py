@@ -25,6 +25,7 @@ from lightning_glif.cli import (
     resolve_config_paths,
 )
 from lightning_glif.config_links import import_class, signature_defaults
+from lightning_glif.data.base import LOADER_WORKERS
 from lightning_glif.module import SpikingClassifier
 from lightning_glif.neurons.base import SpikingNeuron
 
@@ -124,7 +125,7 @@ def test_time_steps_typed_in_the_model_must_agree_with_sequence_data(tmp_path, c
         ("lightning_glif.data.NMNISTDataModule", {"val_fraction": 0.1, "time_steps": 10}),
         ("lightning_glif.data.SHDDataModule", {"val_fraction": 0.1, "time_steps": 100}),
         ("lightning_glif.data.DVSGestureDataModule", {"val_fraction": 0.1, "batch_size": 16}),
-        ("lightning_glif.data.CIFAR10DataModule", {"num_workers": 4}),
+        ("lightning_glif.data.CIFAR10DataModule", {"num_workers": LOADER_WORKERS}),
     ],
 )
 def test_default_configs_data_options_do_not_leak_into_another_data_class(data, own, tmp_path):

@@ -1,12 +1,15 @@
 """The torchvision DataModules on data fabricated in the real on-disk formats, offline.
 
 MNIST and Fashion-MNIST: the four idx files torchvision reads (``<root>/<class>/raw/``, unpacked,
-big-endian headers); ImageNet: an ImageFolder of tiny PNGs. The CIFAR pickles and the missing
-CIFAR/ImageNet errors are tested in ``test_configs.py``.
+big-endian headers); CIFAR-10: the pickled batches of its python version; ImageNet: an
+ImageFolder of tiny PNGs. The missing CIFAR/ImageNet errors are tested in ``test_configs.py``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+import pickle
 import struct
 from pathlib import Path
 
@@ -17,6 +20,9 @@ import torchvision
 from PIL import Image
 
 from lightning_glif.data import (
+    CIFAR10DataModule,
+    CIFAR100DataModule,
+    CorruptFileError,
     DatasetNotFoundError,
     FashionMNISTDataModule,
     ImageNetDataModule,
@@ -193,15 +199,151 @@ def test_imagenet_names_the_missing_part(tmp_path):
     assert "train/ and" not in str(error.value)
 
 
-def test_imagenet_under_another_case_is_pointed_out(tmp_path):
-    """The folder is imagenet/ (lowercase), as the code reads it; ImageNet/ is another folder on
-    a case-sensitive filesystem, and the error says so."""
-    write_image_folder(tmp_path / "ImageNet" / "train", {"a": 1}, size=(8, 8))
-    write_image_folder(tmp_path / "ImageNet" / "val", {"a": 1}, size=(8, 8))
-    if (tmp_path / "imagenet").is_dir():
-        pytest.skip("case-insensitive filesystem: ImageNet/ is imagenet/")
-    with pytest.raises(FileNotFoundError) as error:
-        ImageNetDataModule(data_dir=str(tmp_path)).setup("fit")
+# -- defaults that fit the user's own files and machine -------------------------------------------
+def test_a_small_mnist_of_your_own_trains_with_the_defaults(tmp_path):
+    """4,000 training images (below the 5,000 a fixed default once held out): the default
+    holds out 10%, rounded up, and the loaders use at most the CPUs this process may use."""
+    write_mnist(tmp_path, "MNIST", n_train=4000, n_test=10)
+    dm = MNISTDataModule(data_dir=str(tmp_path))
+    dm.setup("fit")
+    assert {k: len(v) for k, v in dm.datasets.items()} == {"train": 3600, "val": 400, "test": 10}
+    order = torch.randperm(4000, generator=torch.Generator().manual_seed(0)).tolist()
+    assert dm.datasets["val"].indices == sorted(order[:400])  # the same rule as a count of 400
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert dm.num_workers == min(4, cpus) == dm.train_dataloader().num_workers
+
+
+def test_val_size_as_a_share_rounds_up_and_a_bad_share_is_named(tmp_path):
+    write_mnist(tmp_path, "MNIST", n_train=12, n_test=5)
+    dm = MNISTDataModule(data_dir=str(tmp_path), val_size=0.3, num_workers=0)
+    dm.setup("fit")
+    assert len(dm.datasets["val"]) == 4  # ceil(0.3 * 12) = ceil(3.6)
+    for share in (0.0, 1.0, 1.5):
+        with pytest.raises(ValueError, match=f"val_size {share} is a float, a share of the "):
+            MNISTDataModule(data_dir=str(tmp_path), val_size=share)
+
+
+# -- CIFAR: the authors' normalisation, the md5 check and its switch, the last batch --------------
+CIFAR10_FILES = {**{f"data_batch_{i}": 8 for i in range(1, 6)}, "test_batch": 6, "batches.meta": 0}
+
+
+def write_cifar10(root: Path) -> Path:
+    """A tiny CIFAR-10 in its python format: pickled dicts, ``data`` uint8 rows ``[N, 3072]``
+    (the red, green and blue planes of a 32x32 image), ``labels``; ``batches.meta`` the names."""
+    rng = np.random.default_rng(0)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for name, n in CIFAR10_FILES.items():
+        rows = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+        entry = {"data": rows, "labels": [(3 * i) % 10 for i in range(n)]} if n else {}
+        (folder / name).write_bytes(pickle.dumps(entry or {"label_names": list("abcdefghij")}))
+    return folder
+
+
+def md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def trust_the_fabricated_files(folder: Path, monkeypatch, meta: bool = True) -> None:
+    """torchvision's table of the originals' md5 sums, pointed at the fabricated files."""
+    names = [name for name, _ in torchvision.datasets.CIFAR10.train_list]
+    monkeypatch.setattr(
+        torchvision.datasets.CIFAR10, "train_list", [[n, md5(folder / n)] for n in names]
+    )
+    monkeypatch.setattr(
+        torchvision.datasets.CIFAR10, "test_list", [["test_batch", md5(folder / "test_batch")]]
+    )
+    if meta:
+        meta_md5 = {**torchvision.datasets.CIFAR10.meta, "md5": md5(folder / "batches.meta")}
+        monkeypatch.setattr(torchvision.datasets.CIFAR10, "meta", meta_md5)
+
+
+def test_cifar_normalisation_is_the_authors():
+    """GLIF_SPEC.md section 6, from the authors' data_builder.py: CIFAR-10 as written there,
+    CIFAR-100 computed there as 8-bit values / 255 (the spec rounds them to 5 digits)."""
+    assert CIFAR10DataModule.mean == (0.4914, 0.4822, 0.4465)
+    assert CIFAR10DataModule.std == (0.247, 0.243, 0.261)
+    assert CIFAR100DataModule.mean == (129.3 / 255, 124.1 / 255, 112.4 / 255)
+    assert CIFAR100DataModule.std == (68.2 / 255, 65.4 / 255, 70.4 / 255)
+    assert [round(v, 5) for v in CIFAR100DataModule.mean] == [0.50706, 0.48667, 0.44078]
+    assert [round(v, 5) for v in CIFAR100DataModule.std] == [0.26745, 0.25647, 0.27608]
+
+
+def test_cifar_eval_images_are_normalised_with_the_authors_constants(tmp_path, monkeypatch):
+    folder = write_cifar10(tmp_path)
+    trust_the_fabricated_files(folder, monkeypatch)
+    dm = CIFAR10DataModule(data_dir=str(tmp_path), num_workers=0)
+    dm.setup("test")
+    with open(folder / "test_batch", "rb") as f:
+        pixels = pickle.load(f)["data"][2].reshape(3, 32, 32)
+    mean = torch.tensor([0.4914, 0.4822, 0.4465]).view(3, 1, 1)
+    std = torch.tensor([0.247, 0.243, 0.261]).view(3, 1, 1)
+    image, label = dm.datasets["test"][2]
+    assert label == 6
+    torch.testing.assert_close(image, (torch.from_numpy(pixels) / 255 - mean) / std)
+
+
+def test_only_a_changed_batches_meta_is_named(tmp_path, monkeypatch):
+    folder = write_cifar10(tmp_path)
+    trust_the_fabricated_files(folder, monkeypatch, meta=False)  # the data batches match
+    with pytest.raises(CorruptFileError) as error:
+        CIFAR10DataModule(data_dir=str(tmp_path), num_workers=0).setup("fit")
+    assert error.value.path == folder / "batches.meta"
     message = str(error.value)
-    assert f"ImageNet was not found in {tmp_path / 'imagenet'}: train/ and val/ missing" in message
-    assert message.endswith(f"({tmp_path} has ImageNet/: rename it to imagenet/.)")
+    assert message.startswith(f"cannot read {folder / 'batches.meta'}: its md5 is ")
+    assert "and so do" not in message and "verify_md5: false" in message
+
+
+def test_repacked_cifar_is_named_then_read_as_it_is_with_verify_md5_false(tmp_path, monkeypatch):
+    folder = write_cifar10(tmp_path)
+    with pytest.raises(CorruptFileError) as error:
+        CIFAR10DataModule(data_dir=str(tmp_path), num_workers=0).setup("fit")
+    assert error.value.path == folder / "data_batch_1"
+    others = ", ".join([*(f"data_batch_{i}" for i in range(2, 6)), "test_batch", "batches.meta"])
+    assert f"(and so do {others})" in str(error.value)
+    assert "--data.init_args.verify_md5 false" in str(error.value)
+
+    unverified = CIFAR10DataModule(data_dir=str(tmp_path), num_workers=0, verify_md5=False)
+    unverified.setup("fit")
+    unverified.setup("test")
+    trust_the_fabricated_files(folder, monkeypatch)  # torchvision's own reader, for reference
+    verified = CIFAR10DataModule(data_dir=str(tmp_path), num_workers=0)
+    verified.setup("fit")
+    for split in ("val", "test"):
+        ours, theirs = unverified.datasets[split], verified.datasets[split]
+        assert len(ours) == len(theirs) > 0
+        for i in range(len(ours)):
+            assert torch.equal(ours[i][0], theirs[i][0]) and ours[i][1] == theirs[i][1]
+    assert unverified.datasets["train"].indices == verified.datasets["train"].indices
+
+
+@pytest.mark.parametrize("drop_last, sizes", [(False, [8, 8, 8, 8, 4]), (True, [8, 8, 8, 8])])
+def test_cifar_keeps_the_last_training_batch_unless_asked(tmp_path, drop_last, sizes):
+    """40 training images, 4 validate: 36 train in batches of 8. Kept by default, as the GLIF
+    authors' single-GPU loader."""
+    write_cifar10(tmp_path)
+    options = {"drop_last": drop_last} if drop_last else {}
+    dm = CIFAR10DataModule(
+        data_dir=str(tmp_path), batch_size=8, num_workers=0, verify_md5=False, **options
+    )
+    dm.setup("fit")
+    assert [len(y) for _, y in dm.train_dataloader()] == sizes
+
+
+def test_cifar100_without_the_md5_check_reads_the_fine_labels(tmp_path):
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    rows = np.arange(3 * 3072, dtype=np.uint8).reshape(3, 3072)
+    for name, labels in (("train", [5, 97, 42]), ("test", [7, 8, 9])):
+        entry = {"data": rows, "fine_labels": labels, "coarse_labels": [0, 1, 2]}
+        (folder / name).write_bytes(pickle.dumps(entry))
+    (folder / "meta").write_bytes(pickle.dumps({"fine_label_names": list(range(100))}))
+    dm = CIFAR100DataModule(data_dir=str(tmp_path), val_size=1, verify_md5=False, num_workers=0)
+    dm.setup("fit")
+    train = dm.datasets["train"].dataset
+    assert train.targets == [5, 97, 42] and train.data.shape == (3, 32, 32, 3)
+    assert train.data[1, 0, 1].tolist() == [
+        (3072 + 1) % 256,
+        (3072 + 1025) % 256,
+        (3072 + 2049) % 256,
+    ]

@@ -3,22 +3,24 @@ held-out validation split.
 
 Nothing is downloaded unless asked: a missing dataset is one error that names the dataset, the
 folder looked at, the layout expected there and how to get it. The validation split (model
-selection, the checkpoint on ``val/acc``) is held out of the training images with a fixed seed;
-the official test images are used only by ``test`` (docs/GLIF_SPEC.md section 8, defect 4:
-the authors picked their best checkpoint on the test set).
+selection) is held out of the training images with a fixed seed; the official test images are
+used only by ``test`` (the authors selected on the test set: docs/GLIF_SPEC.md section 8).
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 import struct
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from torch.utils.data import Subset
+from torch.utils.data import Dataset, Subset
+from torchvision import datasets
+from torchvision import transforms as T
 
-from .base import SplitDataModule
+from .base import CPUS, LOADER_WORKERS, SplitDataModule
 from .errors import CorruptFileError, DatasetNotFoundError
 from .splits import random_holdout
 
@@ -31,16 +33,41 @@ def _with_transform(dataset, transform):
 
 
 class _ClassificationDataModule(SplitDataModule):
-    """A train split, the val split held out of it, and the official test split."""
+    """A train split, the val split held out of it, and the official test split.
+
+    Drops the last, smaller training batch by default (``drop_last_train``): a batch of a few
+    images gives batch norm noisy statistics. The CIFAR modules make it an option.
+    """
 
     drop_last_train = True
-    val_size: int
-    split_seed: int
+
+    def __init__(
+        self,
+        data_dir: str,
+        batch_size: int,
+        eval_batch_size: int | None,
+        val_size: int | float,
+        split_seed: int,
+        num_workers: int,
+    ) -> None:
+        super().__init__(batch_size, num_workers, eval_batch_size)
+        if isinstance(val_size, float) and not 0 < val_size < 1:
+            raise ValueError(
+                f"{type(self).__name__}: val_size {val_size} is a float, a share of the training "
+                "images, and must be in (0, 1); give a whole number (e.g. 5000) for a count."
+            )
+        self.data_dir = Path(data_dir)
+        self.val_size = val_size
+        self.split_seed = split_seed
 
     def _holdout(self, n: int) -> tuple[list[int], list[int]]:
-        """Indices ``(train, val)`` of ``n`` training images: ``val_size`` of them, seeded
+        """Indices ``(train, val)`` of ``n`` training images: ``val_size`` of them (a float:
+        ``ceil(val_size * n)``, scikit-learn's rounding of ``test_size``), seeded
         (:func:`~lightning_glif.data.splits.random_holdout`)."""
-        train, val = random_holdout(n, self.val_size, self.split_seed, name="val_size")
+        size = self.val_size
+        if isinstance(size, float):
+            size = max(1, math.ceil(size * n))
+        train, val = random_holdout(n, size, self.split_seed, name="val_size")
         return train.tolist(), val.tolist()  # Subset indices as Python ints, as before
 
 
@@ -51,6 +78,18 @@ class _TorchvisionDataModule(_ClassificationDataModule):
     it is there (one :class:`DatasetNotFoundError` otherwise), holds ``val_size`` training images
     out with ``split_seed``, and builds the transforms: an optional RandomCrop (``crop_padding``)
     and horizontal flip for training, then the per-dataset mean/std normalisation.
+
+    Args:
+        data_dir: data root, the folder that holds the dataset's folder.
+        download: fetch and unpack the dataset into ``data_dir`` if it is missing.
+        batch_size: training batch size.
+        eval_batch_size: validation/test batch size; ``None``: ``batch_size``.
+        val_size: training images held out for validation (model selection), without
+            augmentation: a whole number is a count, a float in (0, 1) a share (rounded up, as
+            scikit-learn's ``test_size``), so the default fits a set of any size.
+        split_seed: seed of the held-out split.
+        num_workers: DataLoader worker processes; the default is the number of CPUs this
+            process may use, at most 4.
     """
 
     name: ClassVar[str]  # display name, e.g. "CIFAR-10"
@@ -69,19 +108,14 @@ class _TorchvisionDataModule(_ClassificationDataModule):
         download: bool = False,
         batch_size: int = 64,
         eval_batch_size: int | None = None,
-        val_size: int = 5000,
+        val_size: int | float = 0.1,
         split_seed: int = 0,
-        num_workers: int = 4,
+        num_workers: int = LOADER_WORKERS,
     ) -> None:
-        super().__init__(batch_size, num_workers, eval_batch_size)
-        self.data_dir = Path(data_dir)
+        super().__init__(data_dir, batch_size, eval_batch_size, val_size, split_seed, num_workers)
         self.download = download
-        self.val_size = val_size
-        self.split_seed = split_seed
 
     def _dataset_class(self):
-        from torchvision import datasets
-
         return getattr(datasets, self.dataset)
 
     def expected(self) -> tuple[Path, list[str], str, str]:
@@ -122,8 +156,6 @@ class _TorchvisionDataModule(_ClassificationDataModule):
 
     def transforms(self, train: bool):
         """The training (augmenting) or evaluation transform."""
-        from torchvision import transforms as T
-
         augment = []
         if train and self.crop_padding:
             augment.append(T.RandomCrop(self.image_size, padding=self.crop_padding))
@@ -131,18 +163,20 @@ class _TorchvisionDataModule(_ClassificationDataModule):
             augment.append(T.RandomHorizontalFlip())
         return T.Compose([*augment, T.ToTensor(), T.Normalize(self.mean, self.std)])
 
+    def read(self, train: bool, transform: Any) -> Dataset:
+        """The training or test images under ``transform``: torchvision's dataset."""
+        try:
+            return self._dataset_class()(str(self.data_dir), train=train, transform=transform)
+        except RuntimeError as e:  # torchvision's "Dataset not found or corrupted."
+            raise self._corrupt(e) from e
+
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
         self._check_present()
         self._check_files()
-        cls = self._dataset_class()
-        root = str(self.data_dir)
-        try:
-            train_aug = cls(root, train=True, transform=self.transforms(train=True))
-            test = cls(root, train=False, transform=self.transforms(train=False))
-        except RuntimeError as e:  # torchvision's "Dataset not found or corrupted."
-            raise self._corrupt(e) from e
+        train_aug = self.read(train=True, transform=self.transforms(train=True))
+        test = self.read(train=False, transform=self.transforms(train=False))
         train_eval = _with_transform(train_aug, self.transforms(train=False))
         train_idx, val_idx = self._holdout(len(train_aug))
         self.datasets = {
@@ -188,18 +222,11 @@ class MNISTDataModule(_TorchvisionDataModule):
     (``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``,
     ``t10k-labels-idx1-ubyte``). Training augmentation: RandomCrop(28, padding 2), no flips (a
     mirrored digit is another symbol); then MNIST's mean/std. The validation split is
-    ``val_size`` of the 60,000 training images (fixed by ``split_seed``), without augmentation;
-    ``test`` uses the 10,000 official test images.
-
-    Args:
-        data_dir: data root, the folder that holds ``MNIST/``.
-        download: fetch and unpack the four files into ``<data_dir>/MNIST/raw/`` if they are
-            missing (11 MB; Fashion-MNIST: 30 MB).
-        batch_size: training batch size.
-        eval_batch_size: validation/test batch size; ``None``: ``batch_size``.
-        val_size: training images held out for validation.
-        split_seed: seed of the held-out split.
-        num_workers: DataLoader worker processes.
+    ``val_size`` of the training images (by default 10%: 6,000 of the 60,000, fixed by
+    ``split_seed``), without augmentation; ``test`` uses the 10,000 official test images. Files
+    of your own in this format work too, of any size. The last, smaller training batch is dropped.
+    ``data_dir`` holds ``MNIST/``; ``download`` fetches the four files into
+    ``<data_dir>/MNIST/raw/`` (11 MB; Fashion-MNIST: 30 MB).
     """
 
     name = "MNIST"
@@ -268,19 +295,25 @@ class CIFAR10DataModule(_TorchvisionDataModule):
     Expects ``<data_dir>/cifar-10-batches-py/`` (``data_batch_1`` .. ``data_batch_5``,
     ``test_batch``, ``batches.meta``: the python version of the archive, as torchvision unpacks
     it). Training augmentation as the GLIF recipe (docs/GLIF_SPEC.md section 6): RandomCrop(32,
-    padding 4) and horizontal flips, then the per-dataset mean/std normalisation. The validation
-    split is ``val_size`` of the 50,000 training images (fixed by ``split_seed``), without
-    augmentation; ``test`` uses the 10,000 official test images. Note: the paper trained on all
-    50,000 images and selected on the test set; here selection uses the held-out split.
+    padding 4) and horizontal flips, then the GLIF authors' normalisation (their
+    ``data_builder.py``: mean (0.4914, 0.4822, 0.4465), std (0.247, 0.243, 0.261); CIFAR-100:
+    (129.3, 124.1, 112.4) / 255 and (68.2, 65.4, 70.4) / 255), so their checkpoints see the
+    inputs they were trained on. The validation split is ``val_size`` of the 50,000 training
+    images (10%: 5,000, fixed by ``split_seed``), without augmentation; ``test`` uses the 10,000
+    official test images. Note: the paper trained on all 50,000 images and selected on the test
+    set; here selection uses the held-out split.
+
+    The files are checked against the originals' md5 sums (torchvision's); a mismatch names
+    every file that differs. ``verify_md5=False`` reads files that differ on purpose (a repacked
+    copy) as they are.
+
+    ``data_dir`` holds ``cifar-10-batches-py/``; ``download`` fetches 170 MB. The options are
+    those of every torchvision module (as :class:`MNISTDataModule`), and:
 
     Args:
-        data_dir: data root, the folder that holds ``cifar-10-batches-py/``.
-        download: fetch and unpack the archive into ``data_dir`` if it is missing (170 MB).
-        batch_size: training batch size (64 in the paper).
-        eval_batch_size: validation/test batch size; ``None``: ``batch_size``.
-        val_size: training images held out for validation.
-        split_seed: seed of the held-out split.
-        num_workers: DataLoader worker processes.
+        verify_md5: check every file against the original's md5 before reading it.
+        drop_last: drop the last, smaller training batch of each epoch. Off by default, as the
+            GLIF authors' single-GPU loader (their multi-GPU loader drops it).
     """
 
     name = "CIFAR-10"
@@ -289,7 +322,7 @@ class CIFAR10DataModule(_TorchvisionDataModule):
     in_channels = 3
     image_size = 32
     mean = (0.4914, 0.4822, 0.4465)
-    std = (0.2470, 0.2435, 0.2616)
+    std = (0.247, 0.243, 0.261)
     crop_padding = 4
     hflip = True
     folder = "cifar-10-batches-py"  # what the archive unpacks to
@@ -300,6 +333,11 @@ class CIFAR10DataModule(_TorchvisionDataModule):
         "batches.meta",
     ]
 
+    def __init__(self, *, verify_md5: bool = True, drop_last: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.verify_md5 = verify_md5
+        self.drop_last_train = drop_last
+
     def expected(self) -> tuple[Path, list[str], str, str]:
         manual = (
             f"download {self.archive} from https://www.cs.toronto.edu/~kriz/cifar.html "
@@ -308,39 +346,61 @@ class CIFAR10DataModule(_TorchvisionDataModule):
         folder = self.data_dir / self.folder
         return folder, list(self.files), "(the python version of the dataset, unpacked)", manual
 
-    def _corrupt(self, error: RuntimeError) -> Exception:
-        # torchvision compares every file's md5 with the original's and names none: find it.
-        from torchvision.datasets.utils import calculate_md5, check_integrity  # torchvision's
+    def read(self, train: bool, transform: Any) -> Dataset:
+        if self.verify_md5:
+            return super().read(train, transform)
+        unverified = {"CIFAR10": UnverifiedCIFAR10, "CIFAR100": UnverifiedCIFAR100}
+        return unverified[self.dataset](str(self.data_dir), train=train, transform=transform)
 
+    def _corrupt(self, error: RuntimeError) -> Exception:
+        # torchvision compares every file's md5 with the original's and names none: find them.
         source = self._dataset_class()
         folder = self.data_dir / self.folder
         meta = (source.meta["filename"], source.meta["md5"])
         sums = [*source.train_list, *source.test_list, meta]
-        for name, md5 in sums:
-            path = folder / name
-            if not check_integrity(str(path), md5):
-                actual = calculate_md5(str(path))  # present: _check_present ran first
-                return CorruptFileError(
-                    path,
-                    f"its md5 is {actual}, the original {self.name} file's is {md5}: it is "
-                    "truncated, corrupt or not the original file",
-                    self._refetch(f"{folder}"),
-                )
-        return error
+        found = {name: hashlib.md5((folder / name).read_bytes()).hexdigest() for name, _ in sums}
+        bad = [(name, md5) for name, md5 in sums if found[name] != md5]
+        if not bad:
+            return error
+        (name, md5), others = bad[0], [other for other, _ in bad[1:]]
+        also = f" (and so do {', '.join(others)})" if others else ""
+        return CorruptFileError(
+            folder / name,
+            f"its md5 is {found[name]}, the original {self.name} file's is {md5}{also}: it is "
+            "truncated, corrupt or not the original file",
+            self._refetch(f"{folder}")
+            + " Files that differ on purpose (a repacked copy you trust) are read as they are "
+            "with verify_md5: false (--data.init_args.verify_md5 false).",
+        )
+
+
+# torchvision has no switch for its md5 check; a file listed without an md5 is only checked to
+# exist (check_integrity(path, None)), so these copies of its classes read any CIFAR files.
+class UnverifiedCIFAR10(datasets.CIFAR10):
+    train_list = [[name, None] for name, _ in datasets.CIFAR10.train_list]
+    test_list = [[name, None] for name, _ in datasets.CIFAR10.test_list]
+    meta = {**datasets.CIFAR10.meta, "md5": None}
+
+
+class UnverifiedCIFAR100(datasets.CIFAR100):
+    train_list = [[name, None] for name, _ in datasets.CIFAR100.train_list]
+    test_list = [[name, None] for name, _ in datasets.CIFAR100.test_list]
+    meta = {**datasets.CIFAR100.meta, "md5": None}
 
 
 class CIFAR100DataModule(CIFAR10DataModule):
     """CIFAR-100 through torchvision: ``[B, 3, 32, 32]``, labels ``0..99``.
 
     Expects ``<data_dir>/cifar-100-python/`` (``train``, ``test``, ``meta``). Everything else as
-    :class:`CIFAR10DataModule` (same arguments), with CIFAR-100's mean and std.
+    :class:`CIFAR10DataModule` (same options), with the GLIF authors' CIFAR-100 mean and std.
     """
 
     name = "CIFAR-100"
     dataset = "CIFAR100"
     num_classes = 100
-    mean = (0.5071, 0.4865, 0.4409)
-    std = (0.2673, 0.2564, 0.2762)
+    # as data_builder.py computes them: 8-bit channel means and deviations / 255
+    mean = tuple(v / 255 for v in (129.3, 124.1, 112.4))
+    std = tuple(v / 255 for v in (68.2, 65.4, 70.4))
     folder = "cifar-100-python"
     archive = "cifar-100-python.tar.gz"
     files: ClassVar[list[str]] = ["train", "test", "meta"]
@@ -354,15 +414,18 @@ class ImageNetDataModule(_ClassificationDataModule):
     ImageNet cannot be downloaded automatically (it needs a licence); nothing is fetched. Training
     augmentation as the GLIF recipe: RandomResizedCrop(224, scale (0.2, 1)) and flips;
     evaluation: resize 256, centre crop 224. The validation split (model selection) is
-    ``val_size`` images held out of ``train``; ``test`` uses the official ``val`` folder.
+    ``val_size`` images held out of ``train``; ``test`` uses the official ``val`` folder. The
+    last, smaller training batch is dropped, as the GLIF authors' multi-GPU loader.
 
     Args:
         data_dir: data root, the folder that holds ``imagenet/train/`` and ``imagenet/val/``.
         batch_size: training batch size (50 per GPU in the paper).
         eval_batch_size: validation/test batch size; ``None``: ``batch_size``.
-        val_size: training images held out for validation.
+        val_size: training images held out for validation: a whole number is a count, a float
+            in (0, 1) a share (rounded up).
         split_seed: seed of the held-out split.
-        num_workers: DataLoader worker processes.
+        num_workers: DataLoader worker processes; the default is the number of CPUs this
+            process may use, at most 8 (decoding JPEGs is the slow part).
     """
 
     name = "ImageNet"
@@ -377,26 +440,14 @@ class ImageNetDataModule(_ClassificationDataModule):
         data_dir: str = "data",
         batch_size: int = 50,
         eval_batch_size: int | None = None,
-        val_size: int = 10000,
+        val_size: int | float = 10000,
         split_seed: int = 0,
-        num_workers: int = 8,
+        num_workers: int = min(8, CPUS or 1),
     ) -> None:
-        super().__init__(batch_size, num_workers, eval_batch_size)
-        self.data_dir = Path(data_dir)
-        self.val_size = val_size
-        self.split_seed = split_seed
-
-    @staticmethod
-    def _other_spelling(root: Path) -> str:
-        """A hint when the folder is there under another case (``ImageNet/``): on a
-        case-sensitive filesystem that is another folder."""
-        others = [p.name for p in root.parent.glob("*") if p.name.lower() == root.name != p.name]
-        return f" ({root.parent} has {others[0]}/: rename it to {root.name}/.)" if others else ""
+        super().__init__(data_dir, batch_size, eval_batch_size, val_size, split_seed, num_workers)
 
     def transforms(self, train: bool):
         """The training (augmenting) or evaluation transform."""
-        from torchvision import transforms as T
-
         normalise = [T.ToTensor(), T.Normalize(self.mean, self.std)]
         if train:
             crop = [T.RandomResizedCrop(224, scale=(0.2, 1.0)), T.RandomHorizontalFlip()]
@@ -416,16 +467,13 @@ class ImageNetDataModule(_ClassificationDataModule):
                 "layout: train/<class>/*.JPEG and val/<class>/*.JPEG under it (the validation "
                 "images sorted into the same class folders). ImageNet cannot be downloaded "
                 "automatically: get ILSVRC2012 from https://image-net.org, arrange it so, and "
-                "point --data.init_args.data_dir at the folder that holds imagenet/."
-                + self._other_spelling(root)
+                "point --data.init_args.data_dir at the folder that holds imagenet/ (lowercase)."
             )
-        from torchvision.datasets import ImageFolder
-
-        train_aug = ImageFolder(str(root / "train"), transform=self.transforms(train=True))
+        train_aug = datasets.ImageFolder(str(root / "train"), transform=self.transforms(train=True))
         train_eval = _with_transform(train_aug, self.transforms(train=False))
         train_idx, val_idx = self._holdout(len(train_aug))
         self.datasets = {
             "train": Subset(train_aug, train_idx),
             "val": Subset(train_eval, val_idx),
-            "test": ImageFolder(str(root / "val"), transform=self.transforms(train=False)),
+            "test": datasets.ImageFolder(str(root / "val"), transform=self.transforms(train=False)),
         }
