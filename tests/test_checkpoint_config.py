@@ -12,7 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_glif.checkpoint_config import UntrustedCheckpointClass
+from lightning_glif.checkpoint_config import (
+    UntrustedCheckpointClass,
+    check_checkpoint_classes,
+    dotted_names,
+    lookup,
+    stored_hyperparameters,
+)
 from lightning_glif.cli import CONF_DIR, cli_main
 from lightning_glif.module import SpikingClassifier
 from lightning_glif.neurons.base import SpikingNeuron
@@ -60,7 +66,54 @@ def evaluate(tmp_path: Path, command: str, ckpt: Path, *extra: str):
     )  # fmt: skip
 
 
+# -- the stored config, read and checked without building anything --------------------------------
+STORED = {
+    "backbone": {
+        "class_path": "lightning_glif.models.convnet.SpikingConvNet",
+        "init_args": {"neuron": "mypkg.neurons.Neuron", "channels": [4, 8]},
+    },
+    "optimizer": {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.1}},
+    "loss": None,
+    "note": "a sentence. not a class path",
+}
+
+
+def test_every_dotted_name_of_a_stored_config_is_checked_against_the_allow_list():
+    assert dict(dotted_names(STORED)) == {
+        "backbone.class_path": "lightning_glif.models.convnet.SpikingConvNet",
+        "backbone.init_args.neuron": "mypkg.neurons.Neuron",  # the shorthand form too
+        "optimizer.class_path": "torch.optim.SGD",
+    }
+    with pytest.raises(UntrustedCheckpointClass) as error:
+        check_checkpoint_classes(STORED, "a.ckpt", how_to_allow=" (here is how)")
+    message = str(error.value)
+    assert "the checkpoint a.ckpt names 'mypkg.neurons.Neuron'" in message
+    assert "(at hyper_parameters.backbone.init_args.neuron)" in message
+    assert "torch.optim" not in message and message.endswith(" (here is how).")
+    check_checkpoint_classes(STORED, "a.ckpt", allowed=["mypkg"])  # its package, named
+    check_checkpoint_classes(STORED, "a.ckpt", allowed=["mypkg.neurons.Neuron"])  # the class
+    with pytest.raises(UntrustedCheckpointClass):  # a name that only starts the same
+        check_checkpoint_classes(STORED, "a.ckpt", allowed=["mypkg.neuron"])
+
+
+def test_lookup_finds_a_leaf_met_on_the_way_but_not_an_unrecorded_key():
+    assert lookup(STORED, "optimizer.init_args.lr") == (True, 0.1)
+    assert lookup(STORED, "loss.class_path") == (True, None)  # loss: null where a class is named
+    assert lookup(STORED, "backbone.init_args.time_steps") == (False, None)
+
+
+def test_stored_hyperparameters_are_read_from_a_path_or_a_file_object(tmp_path):
+    path = tmp_path / "a.ckpt"
+    torch.save({"state_dict": {"w": torch.ones(3)}, "hyper_parameters": STORED}, path)
+    assert stored_hyperparameters(path) == STORED
+    with open(path, "rb") as f:
+        assert stored_hyperparameters(f) == STORED
+    torch.save({"state_dict": {}}, tmp_path / "bare.ckpt")
+    assert stored_hyperparameters(tmp_path / "bare.ckpt") == {}
+
+
 # -- the configured model against the checkpoint's -------------------------------------------------
+@pytest.mark.slow
 def test_fit_from_a_checkpoint_of_another_model_is_refused(checkpoints, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         cli_main(small_fit(tmp_path, "--config", LIF_YAML, "--ckpt_path", str(checkpoints["GLIF"]),
@@ -74,6 +127,7 @@ def test_fit_from_a_checkpoint_of_another_model_is_refused(checkpoints, tmp_path
     assert not (tmp_path / "digits").exists()  # nothing was run
 
 
+@pytest.mark.slow
 def test_model_from_checkpoint_takes_the_checkpoints_model(checkpoints, tmp_path):
     with pytest.warns(UserWarning, match=r"--model_from_checkpoint: .* ignored model\.backbone"):
         cli = cli_main(small_fit(
@@ -84,6 +138,7 @@ def test_model_from_checkpoint_takes_the_checkpoints_model(checkpoints, tmp_path
     assert cli.trainer.global_step == 4  # the checkpoint's 2 steps, and 2 more
 
 
+@pytest.mark.slow
 def test_compile_is_how_a_model_runs_not_another_model(checkpoints, tmp_path):
     """``--model.compile`` differs from the checkpoint's (False) without a mismatch error, and
     the command's value is the one built (the limit 0 keeps the compile itself out of the test:
@@ -94,6 +149,7 @@ def test_compile_is_how_a_model_runs_not_another_model(checkpoints, tmp_path):
     assert cli.model.hparams["compile"] is True
 
 
+@pytest.mark.slow
 def test_test_at_another_time_steps_is_an_error_unless_asked(checkpoints, tmp_path, capsys):
     ckpt = checkpoints["LIF"]
     with pytest.raises(SystemExit):
@@ -114,12 +170,14 @@ def test_test_at_another_time_steps_is_an_error_unless_asked(checkpoints, tmp_pa
     assert {n.time_steps for n in neurons(cli.model)} == {6}
 
 
+@pytest.mark.slow
 def test_test_without_model_options_rebuilds_the_checkpoints_model(checkpoints, tmp_path):
     cli = evaluate(tmp_path, "test", checkpoints["LIF"])  # default.yaml names GLIF: not given
     assert {type(n).__name__ for n in neurons(cli.model)} == {"LIF"}
     assert {n.time_steps for n in neurons(cli.model)} == {4}
 
 
+@pytest.mark.slow
 def test_eval_time_steps_is_for_evaluating_a_checkpoint(checkpoints, tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli_main(small_fit(tmp_path, "--ckpt_path", str(checkpoints["LIF"]),
@@ -128,6 +186,7 @@ def test_eval_time_steps_is_for_evaluating_a_checkpoint(checkpoints, tmp_path, c
 
 
 # -- predictions -----------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_predict_writes_predictions_into_the_run_directory(checkpoints, tmp_path, capsys):
     ckpt = checkpoints["GLIF"]
     predicted = evaluate(tmp_path, "predict", ckpt, "--trainer.limit_predict_batches", "2")
@@ -183,6 +242,7 @@ def train_py(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_cli_refuses_a_checkpoint_class_outside_the_allow_list(checkpoints, tmp_path):
     path, marker = hostile_checkpoint(tmp_path, checkpoints["GLIF"], "hostile_cli_mod")
     done = train_py(tmp_path, "test", "--ckpt_path", str(path))
@@ -200,6 +260,7 @@ def test_cli_refuses_a_checkpoint_class_outside_the_allow_list(checkpoints, tmp_
     assert marker.exists()
 
 
+@pytest.mark.slow
 def test_load_from_checkpoint_refuses_a_class_outside_the_allow_list(
     checkpoints, tmp_path, monkeypatch
 ):
@@ -223,6 +284,7 @@ def test_load_from_checkpoint_refuses_a_class_outside_the_allow_list(
     assert {type(n).__name__ for n in neurons(own)} == {"GLIF"}
 
 
+@pytest.mark.slow
 def test_a_shorthand_class_path_is_checked_too(checkpoints, tmp_path, monkeypatch):
     """``neuron: pkg.Neuron`` (a string, not a class_path mapping) is resolved by jsonargparse
     just the same."""
@@ -239,6 +301,7 @@ def test_a_shorthand_class_path_is_checked_too(checkpoints, tmp_path, monkeypatc
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_weights_only_false_warns_naming_the_risk(checkpoints, tmp_path):
     with pytest.warns(UserWarning, match="runs any code the file holds"):
         SpikingClassifier.load_from_checkpoint(checkpoints["GLIF"], weights_only=False)
@@ -246,9 +309,8 @@ def test_weights_only_false_warns_naming_the_risk(checkpoints, tmp_path):
         evaluate(tmp_path, "test", checkpoints["GLIF"], "--weights_only", "false")
 
 
-def test_sequence_data_at_another_t_than_the_checkpoints_is_refused_unless_asked(
-    tmp_path, capsys
-):
+@pytest.mark.slow
+def test_sequence_data_at_another_t_than_the_checkpoints_is_refused_unless_asked(tmp_path, capsys):
     """Row digits: the data sets T; a checkpoint trained at T=8 meets data at T=16."""
     rows = str(CONF_DIR / "experiment" / "row_digits.yaml")
     root = tmp_path / "fit"

@@ -160,6 +160,7 @@ def test_a_failed_write_leaves_the_previous_file_and_no_temporary(tmp_path):
     assert path.read_bytes() == b"new" and [p.name for p in tmp_path.iterdir()] == ["cache.bin"]
 
 
+@pytest.mark.slow
 def test_stale_temporaries_of_dead_writers_only_are_removed(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -354,6 +355,7 @@ def tiny_frames_cache(root: str):
     return AtomicDiskCache(samples, cache_path=str(Path(root) / "cache"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["events", "frames"])
 def test_a_cache_writer_killed_mid_write_leaves_nothing_for_the_next_run(
     tmp_path, monkeypatch, kind

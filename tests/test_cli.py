@@ -86,6 +86,7 @@ def test_the_classifiers_num_classes_is_the_datas(tmp_path, capsys):
     assert build(tmp_path, "--model.num_classes", "10").model.num_classes == 10  # agrees
 
 
+@pytest.mark.slow
 def test_the_saved_config_rebuilds_the_run(tmp_path):
     """The run's config.yaml holds the linked values and the backbone's own T (static data),
     and building from it gives the same model."""

@@ -91,6 +91,7 @@ def test_fit_starts_from_the_authors_weights(cifar10):
     torch.testing.assert_close(cli.model.backbone.state_dict(), expected, rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_a_checkpoint_of_another_model_is_refused_naming_both(cifar10, capsys):
     source = authors_file(cifar10, layout="resnet19_cifar100_t6")
     with pytest.raises(SystemExit):

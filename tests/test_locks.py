@@ -42,6 +42,38 @@ def wait_for_holder(directory: Path, pid: int, proc: subprocess.Popen, timeout: 
     raise AssertionError(f"{lock} never named pid {pid}")
 
 
+def test_a_held_lock_stops_another_holder_naming_it_and_is_reentrant_in_its_process(tmp_path):
+    """The other holder is a second open file of the lock in this process, which the kernel's
+    flock treats as another holder (the killed-holder test below uses a real other process)."""
+    fcntl = pytest.importorskip("fcntl")
+    lock_file = tmp_path / LOCK_NAME
+
+    def try_flock() -> int | None:
+        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        return fd
+
+    other = try_flock()
+    os.write(other, b"pid 4242 on elsewhere: train.py fit\n")
+    with pytest.raises(DirectoryLocked) as error:
+        DirectoryLock(tmp_path, what="run directory").acquire()
+    assert f"{tmp_path} is in use by another command (pid 4242 on elsewhere: train.py fit)" in str(
+        error.value
+    )
+    assert "two commands writing one run directory" in str(error.value)
+    os.close(other)  # the other holder ends: its flock goes with it
+    with DirectoryLock(tmp_path), DirectoryLock(tmp_path):  # the same process locks it twice
+        assert lock_file.read_text().startswith(f"pid {os.getpid()} on ")
+    free = try_flock()  # both released: free for the next command
+    assert free is not None
+    os.close(free)
+
+
+@pytest.mark.slow
 def test_the_lock_is_released_when_its_holder_is_killed(tmp_path):
     code = (
         "import sys, time; from lightning_glif.locks import DirectoryLock; "
