@@ -278,6 +278,14 @@ def test_saving_on_gives_the_same_outputs_gradients_and_statistics_as_off(name):
         assert torch.equal(on(x), off(x))
 
 
+def test_a_sync_batchnorm_conversion_keeps_the_saving_exact():
+    """The recomputation runs the converted norm again (it normalises locally without a process
+    group): the same gradients and running statistics as without the saving."""
+    on, off = (nn.SyncBatchNorm.convert_sync_batchnorm(resnet(s)) for s in (True, False))
+    assert any(isinstance(m, nn.SyncBatchNorm) for m in on.modules())
+    assert_same_step(on, off, torch.randn(B, 3, 8, 8) * 2)
+
+
 def test_neurons_without_binary_spikes_are_recomputed_but_not_packed():
     class Doubled(Rectangular):  # a spike function whose output is not 0/1
         def forward(self, v):
