@@ -258,16 +258,3 @@ class SpikingSequential(nn.Sequential):
                 x = layers[i](x)
                 i += 1
         return x
-
-
-__all__ = [
-    "SpikeConv2d",
-    "SpikeLinear",
-    "SpikingSequential",
-    "applies",
-    "binary_spikes",
-    "norm_spike",
-    "pack_bits",
-    "spike_conv",
-    "unpack_bits",
-]
