@@ -137,6 +137,7 @@ def test_config_shares_32_time_steps():
     assert values == {"num_classes": 10, "time_steps": 32, "in_features": 8}
 
 
+@pytest.mark.slow
 def test_config_builds_through_the_cli(tmp_path):
     args = ["--config", str(CONFIG), "--trainer.default_root_dir", str(tmp_path)]
     cli = cli_main(args, run=False)

@@ -13,6 +13,7 @@ import torch
 from sklearn.datasets import load_digits
 
 from lightning_glif.data import emulator
+from lightning_glif.data.digits import DigitsDataModule
 from lightning_glif.data.emulator import (
     EventDigits,
     EventDigitsDataModule,
@@ -116,6 +117,25 @@ def test_cache_is_atomic_and_rebuilt_when_broken(tmp_path: Path, monkeypatch) ->
     assert other.path != first.path  # emulator settings are part of the cache name
 
 
+def test_event_digits_datamodule_serves_the_binned_events_in_the_digits_split(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """With one event per digit (x=1, y=2, ON, at t = its index): frames [T=1, 2, 34, 34] float32
+    with that one count, held as int16, in DigitsDataModule's split of the same rows."""
+    monkeypatch.setattr(emulator, "emulate_digits", fast_emulator)
+    dm = EventDigitsDataModule(str(tmp_path), time_steps=1, binning="events")
+    dm.setup("fit")
+    digits = DigitsDataModule()
+    digits.setup("fit")
+    for name in ("train", "val", "test"):
+        assert np.array_equal(dm.indices[name], digits.indices[name])
+        frames, labels = dm.datasets[name].tensors
+        assert frames.dtype == torch.int16 and frames.shape[1:] == (1, 2, 34, 34)
+        assert torch.equal(labels, digits.datasets[name].tensors[1])
+    frames, label = dm.datasets["val"][0]
+    assert frames.dtype == torch.float32 and frames.sum() == 1 and frames[0, 1, 2, 1] == 1
+
+
 @pytest.fixture(scope="module")
 def event_digits_root(tmp_path_factory: pytest.TempPathFactory) -> str:
     """The real emulated dataset, generated once for this module (a few seconds)."""
@@ -124,6 +144,7 @@ def event_digits_root(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(root)
 
 
+@pytest.mark.slow  # the real emulated dataset, generated once
 def test_event_digits_datamodule(event_digits_root: str) -> None:
     dm = EventDigitsDataModule(event_digits_root, time_steps=5, batch_size=16)
     dm.setup("fit")
@@ -136,6 +157,7 @@ def test_event_digits_datamodule(event_digits_root: str) -> None:
     assert frames.shape[1:] == (5, 2, 34, 34)
 
 
+@pytest.mark.slow  # the real emulated dataset, generated once
 def test_event_digits_emulate_the_digits_as_before(event_digits_root: str) -> None:
     """The shared float32 digits reach the emulator as the float64 ``images / 16`` it always
     computed with (exact in both), so the events of a sample are unchanged."""
