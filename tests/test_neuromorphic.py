@@ -492,6 +492,8 @@ def test_event_count_bins_put_the_remainder_in_the_last_frame() -> None:
     ]
     few = EventsToFrames((10, 1, 2), time_steps=12, binning="events")(events)
     assert few[:-1].sum() == 0 and few[-1].sum() == 10  # fewer events than frames: all last
+    backwards = EventsToFrames((10, 1, 2), time_steps=3, binning="events")(events[::-1].copy())
+    assert backwards[0, 1, 0].tolist() == [0, 0, 0, 0, 0, 0, 0, 1, 1, 1]  # file order, not time
 
 
 # -- the options, as the CLI reads them -----------------------------------------------------

@@ -40,10 +40,11 @@ class EventsToFrames:
     ``[T, P, size, size]`` float32.
 
     Tonic's own edge cases that this class fixes: an empty recording gets zero frames of the right
-    shape and dtype (Tonic returns ``[T, P, W, H]`` float64 there), and unsorted timestamps are
-    sorted first (Tonic's time slicer assumes sorted ones). Kept from Tonic: with ``"time"``, the
-    remainder of the integer window falls off the end (the last event among it), and a recording
-    shorter than T µs gives empty frames.
+    shape and dtype (Tonic returns ``[T, P, W, H]`` float64 there), and for ``"time"`` unsorted
+    timestamps are sorted first (Tonic's time slicer assumes sorted ones; ``"events"`` takes the
+    events in file order, as SpikingJelly). Kept from Tonic: with ``"time"``, the remainder of
+    the integer window falls off the end (the last event among it), and a recording shorter than
+    T µs gives empty frames.
 
     Args:
         sensor_size: Tonic's ``(W, H, P)`` (``(700, 1, 1)`` for SHD).
@@ -92,7 +93,7 @@ class EventsToFrames:
             frames = np.zeros((self.time_steps, p, *((h, w) if image else (w,))), dtype=np.int16)
         else:
             t = events["t"]
-            if np.any(t[1:] < t[:-1]):
+            if self.binning == "time" and np.any(t[1:] < t[:-1]):
                 events = events[np.argsort(t, kind="stable")]
             frames = self.to_frame(events)  # a one-polarity sensor: Tonic sets every p to 0
             if self.binning == "events":
