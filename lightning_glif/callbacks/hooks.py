@@ -56,7 +56,7 @@ class ForwardHookMonitor(Callback):
     accumulators over the DDP ranks with :meth:`all_sum` and, on global rank 0, hand the
     scalars to :meth:`publish`, which logs them and keeps them in :attr:`last`. Hooks run under
     ``torch.no_grad`` and should only add to accumulators that live on the device: no host
-    synchronisation per step.
+    synchronisation per step (tests/test_host_reads.py checks the shipped monitors).
 
     Subclasses implement :meth:`select`, :meth:`reset`, :meth:`observe` and :meth:`report`.
 
