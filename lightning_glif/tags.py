@@ -22,6 +22,10 @@ tag                                        written by
 
 from __future__ import annotations
 
+#: The metric checkpoints are selected on (``ModelCheckpoint(monitor=...)`` in conf/default.yaml).
+SELECTION = "val/acc"
+SELECTION_MODE = "max"
+
 GATE_EVOLUTION = "gates/evolution"
 GATE_DISTRIBUTIONS = "gates/distributions"
 
