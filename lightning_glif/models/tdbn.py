@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -19,10 +20,18 @@ class TdBatchNorm(nn.Module):
     ``alpha`` is 1, or ``1/sqrt(2)`` in the two norms that feed a residual addition. With
     ``alpha=1, v_threshold=1`` this is a plain batch norm over time and batch (SEW-style nets).
 
-    The normalisation itself is an inner ``nn.BatchNorm1d(affine=False)``, and the scale and the
-    affine live outside it. That is deliberate: ``nn.SyncBatchNorm.convert_sync_batchnorm`` swaps
-    the inner norm for a synchronised one and the tdBN scaling survives (the GLIF authors' code
-    subclassed BatchNorm and lost its scaling in that conversion).
+    In training the normalisation is an inner ``nn.BatchNorm1d(affine=False)``, and the scale and
+    the affine live outside it. That is deliberate: ``nn.SyncBatchNorm.convert_sync_batchnorm``
+    swaps the inner norm for a synchronised one and the tdBN scaling survives (the GLIF authors'
+    code subclassed BatchNorm and lost its scaling in that conversion).
+
+    In eval the running statistics are applied in the GLIF authors' order of operations, so that
+    their checkpoints give their outputs bit for bit (float arithmetic depends on the order):
+    ``alpha * V_th * (x - mean) / sqrt(var + eps)``, then ``* w + b`` (their ``tdBatchNorm``).
+    A plain batch norm (scale 1) evaluates as torch's batch norm with the affine on
+    ``[T * B, C, ...]``, which is what their plain ``nn.BatchNorm2d`` (the CIFAR10-DVS net) and
+    ``nn.SyncBatchNorm`` (their converted ImageNet model) compute. ``tests/test_compat.py`` checks
+    both against the authors' formulas.
 
     Args:
         num_features: channels ``C`` (dim 2 of the input).
@@ -44,6 +53,7 @@ class TdBatchNorm(nn.Module):
         self.num_features = num_features
         self.bn = nn.BatchNorm1d(num_features, eps=eps, momentum=momentum, affine=False)
         self.register_buffer("scale", torch.tensor(float(alpha) * float(v_threshold)))
+        self.plain = float(alpha) * float(v_threshold) == 1.0
         self.weight = nn.Parameter(torch.ones(num_features))
         self.bias = nn.Parameter(torch.zeros(num_features))
 
@@ -54,9 +64,16 @@ class TdBatchNorm(nn.Module):
                 f"[T, B, C={self.num_features}, ...], got shape {tuple(x.shape)}."
             )
         t, b, c = x.shape[:3]
+        view = (c,) + (1,) * (x.dim() - 3)
+        if not self.training:
+            mean, var, eps = self.bn.running_mean, self.bn.running_var, self.bn.eps
+            if self.plain:
+                y = F.batch_norm(x.flatten(0, 1), mean, var, self.weight, self.bias, eps=eps)
+                return y.reshape(x.shape)
+            y = self.scale * (x - mean.view(view)) / torch.sqrt(var.view(view) + eps)
+            return y * self.weight.view(view) + self.bias.view(view)
         # [T, B, C, ...] -> [T*B, C, L]: BatchNorm1d (and SyncBatchNorm) take this for any rank.
         normed = self.bn(x.reshape(t * b, c, -1)).reshape(x.shape)
-        view = (c,) + (1,) * (x.dim() - 3)
         return self.weight.view(view) * (self.scale * normed) + self.bias.view(view)
 
     def extra_repr(self) -> str:
