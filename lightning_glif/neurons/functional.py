@@ -6,7 +6,7 @@ time-first input ``x`` of shape ``[T, B, C, ...]``, with ``u[0] = 0`` and ``o[0]
 
 .. math::
 
-    u[t] = a \, u[t-1] \, (1 - h \, o[t-1]) - l - r \, o[t-1] + b[t] \, x[t], \qquad
+    u[t] = a \, u[t-1] \, (1 - h \, o[t-1]) - l + b[t] \, x[t] - r \, o[t-1], \qquad
     o[t] = H(u[t] - V_{th})
 
 ``a`` (decay), ``h`` (share of multiplicative, "hard" reset), ``l`` (linear leak), ``r``
@@ -14,7 +14,10 @@ time-first input ``x`` of shape ``[T, B, C, ...]``, with ``u[0] = 0`` and ``o[0]
 ``b`` (input gain) is ``[T, C]`` or ``[T]``. Coefficients broadcast over dim 2 of the input, so
 the same code serves linear ``[T, B, C]`` and conv ``[T, B, C, H, W]`` layers. The reset of step
 ``t-1``'s spike is applied at step ``t``; ``H`` is a
-:class:`~lightning_glif.neurons.surrogate.Surrogate`.
+:class:`~lightning_glif.neurons.surrogate.Surrogate`. The terms are summed left to right in the
+order written, the GLIF authors' order (their ``LIFSpike_CW``), so that their checkpoints give
+their spikes bit for bit (float addition is not associative;
+``tests/test_authors_arithmetic.py``).
 Each neuron's equation lives in the docstring of its coefficient map below.
 """
 
@@ -71,7 +74,7 @@ def membrane_step(
     gradient (GLIF's authors keep it attached).
     """
     r = o.detach() if detach_reset else o
-    u = c.decay * u * (1 - c.hard * r) - c.leak - c.soft * r + c.gain[t] * x_t
+    u = c.decay * u * (1 - c.hard * r) - c.leak + c.gain[t] * x_t - c.soft * r
     return u, spike_fn(u - c.v_threshold)
 
 
@@ -125,7 +128,7 @@ def glif_coefficients(v: GLIFValues) -> MembraneCoefficients:
 
         I[t] &= (1 - \beta (1 - g[t])) \, x[t] \\
         u[t] &= (1 - \alpha (1 - \tau)) \, u[t-1] \, (1 - \gamma \, o[t-1])
-                - (1 - \alpha) V_{leak} - (1 - \gamma) V_{reset} \, o[t-1] + I[t] \\
+                - (1 - \alpha) V_{leak} + I[t] - (1 - \gamma) V_{reset} \, o[t-1] \\
         o[t] &= H(u[t] - V_{th})
 
     ``alpha = 1``: exponential decay ``tau * u``; ``0``: linear decay ``u - V_leak``.
@@ -149,7 +152,11 @@ def gliff_coefficients(v: GLIFValues) -> MembraneCoefficients:
     """
     one = torch.ones_like(v.tau)
     return MembraneCoefficients(
-        decay=v.tau, hard=one, leak=v.v_leak, soft=v.v_reset, gain=v.conductance,
+        decay=v.tau,
+        hard=one,
+        leak=v.v_leak,
+        soft=v.v_reset,
+        gain=v.conductance,
         v_threshold=v.v_threshold,
     )
 

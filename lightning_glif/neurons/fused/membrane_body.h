@@ -59,7 +59,7 @@ ALWAYS_INLINE int FN(streams)(int64_t elements)
 /* One step of the recurrence, same operations and order as functional.membrane_step. */
 ALWAYS_INLINE real FN(step)(real a, real h, real l, real r, real b, real x, real u, real o)
 {
-    return a * u * (1 - h * o) - l - r * o + b * x;
+    return a * u * (1 - h * o) - l + b * x - r * o;
 }
 
 /* dH/dv of the built-in surrogates: (kind, p, q) is their Surrogate.kernel_code() (surrogate.py). */
@@ -122,7 +122,7 @@ ALWAYS_INLINE void FN(forward_row)(const real *restrict x, real *restrict out, i
         } else {
             for (int64_t i = 0; i < n; ++i) {
                 const int fired = o[i] > 0;
-                const real ui = a * u[i] * (fired ? f1 : f0) - l - (fired ? r1 : r0) + b * xt[i];
+                const real ui = a * u[i] * (fired ? f1 : f0) - l + b * xt[i] - (fired ? r1 : r0);
                 u[i] = ui;
                 o[i] = ui - th > 0 ? 1 : 0;
             }
@@ -222,7 +222,7 @@ ALWAYS_INLINE void FN(backward_row)(int kind, real p, real q, real keep, const r
         } else {
             for (int64_t i = 0; i < n; ++i) {
                 const int fired = up[i] - th > 0; /* o[t-1] */
-                ut[i] = a * up[i] * (fired ? f1 : f0) - l - (fired ? r1 : r0) + b * xt[i];
+                ut[i] = a * up[i] * (fired ? f1 : f0) - l + b * xt[i] - (fired ? r1 : r0);
             }
         }
     }

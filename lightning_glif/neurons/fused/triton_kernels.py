@@ -74,7 +74,7 @@ def _step(u, o, x, a, h, l, r, b, th):
     """One step of the recurrence, ``(u[t], o[t])`` from ``u[t-1], o[t-1]`` and ``x[t]``: the one
     place the kernels write it (the forward, and the backward's recompute, which must round
     exactly as the forward did). Same operation order as ``functional.membrane_step``."""
-    u = a * u * (1.0 - h * o) - l - r * o + b * x
+    u = a * u * (1.0 - h * o) - l + b * x - r * o
     o = tl.where(u - th > 0.0, 1.0, 0.0)
     return u, o
 
