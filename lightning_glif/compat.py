@@ -14,19 +14,24 @@ five released architectures map onto :class:`~lightning_glif.models.ResNet19`,
 
 The conversion is layer by layer, in registration order (both sides register conv, norm,
 neuron, linear in the order they run): each of the authors' layers (keys grouped by module) is
-paired with ours of the same kind and its tensors copied by name, cast to our dtype (the DVS
-gates are float64). Neuron parameters are latents used as ``sigmoid(latent)`` on both sides:
-``alpha, beta, gamma, tau, Vth, leak, reVth, conduct`` become ``alpha_latent, beta_latent,
-gamma_latent, tau_latent, v_threshold_latent, v_leak_latent, v_reset_latent,
-conductance_latent``. The tdBN ``Vth`` scalar is not copied: our :class:`TdBatchNorm` keeps
-``scale = alpha * V_th`` from its construction, and the converter checks that this scale is the
-authors' effective one (``alpha * Vth`` on CIFAR; 1 for their ImageNet model, whose SyncBatchNorm
-conversion dropped it, so its ``Vth`` entries are unused; 1 for the DVS net's plain BNs).
+paired with ours of the same kind and its tensors copied by name. Neuron parameters are latents
+used as ``sigmoid(latent)`` on both sides: ``alpha, beta, gamma, tau, Vth, leak, reVth,
+conduct`` become ``alpha_latent, beta_latent, gamma_latent, tau_latent, v_threshold_latent,
+v_leak_latent, v_reset_latent, conductance_latent``. Latents the file stores in float64 (the
+CIFAR10-DVS gates) make ours float64 too (:func:`keep_float64`): the authors' membrane runs in
+float64 there, and so does ours. Everything else is copied in our dtype (float32 both sides).
+
+The tdBN ``Vth`` scalar is not copied: our :class:`TdBatchNorm` keeps ``scale = alpha * V_th``
+from its construction, and the converter checks that this scale is the authors' effective one:
+``alpha * Vth`` where the file holds the tdBN ``Vth``, 1 where it holds none (plain BNs: the DVS
+net's, and any model saved after SyncBatchNorm conversion, which drops the scale, as their
+ImageNet file). A ResNet-19/18 file without ``Vth`` is refused: those backbones always scale.
 
 What the shapes cannot tell is checked too: conv strides and paddings (ResNet-18's
 ``(1, 1, 2, 2)`` stages, MS-ResNet-18's stem padding 1), the tdBN scales, the neuron class and
 soft gates. Any difference is a :class:`AuthorsCheckpointMismatch` naming the file's model, the
-configured one and the first difference.
+configured one and the first difference. What the converted models reproduce, bit for bit and
+within which tolerance: ``docs/reproducing.md``.
 """
 
 from __future__ import annotations
@@ -314,12 +319,15 @@ def _conv_geometry(family: str, name: str, kernel: int) -> tuple[int, int] | Non
 
 
 def _norm_scale(family: str, name: str, entries: dict[str, torch.Tensor]) -> float | None:
-    """The authors' effective tdBN scale of norm ``name`` (None where not known)."""
-    if family in ("7B-wideNet", "MS-ResNet-18"):
-        return 1.0  # plain BN; ImageNet: their SyncBatchNorm conversion dropped alpha * Vth
-    if family not in ("ResNet-19", "ResNet-18") or "Vth" not in entries:
+    """The authors' effective scale of norm ``name``: tdBN's ``alpha * Vth`` where the file holds
+    the tdBN ``Vth``; 1 where it holds none (a plain BN: the DVS net's, or any model saved after
+    SyncBatchNorm conversion, which drops tdBN's scale); None where ``alpha`` is not known."""
+    if "Vth" not in entries:
+        return 1.0
+    if family not in ("ResNet-19", "ResNet-18", "MS-ResNet-18"):
         return None
-    residual = ".downsample." in name or re.search(r"\.body\.2\.1$", name) is not None
+    # The norms before a residual addition: body.2.1 (ResNet), body.3.1 (MS), every shortcut.
+    residual = ".downsample." in name or re.search(r"\.body\.[23]\.1$", name) is not None
     return (2**-0.5 if residual else 1.0) * float(entries["Vth"])
 
 
@@ -336,10 +344,17 @@ def _structure_problem(family: str, theirs: _Layer, ours: _Layer) -> str | None:
     elif theirs.kind == "norm":
         scale = _norm_scale(family, theirs.name, theirs.entries)
         if scale is not None and not math.isclose(float(m.scale), scale, rel_tol=1e-6):
-            return (
+            problem = (
                 f"the authors' norm {theirs.name!r} scales by {scale:.6g} (tdBN alpha * V_th; 1 "
                 f"for a plain BN); this model's {ours.name!r} by {float(m.scale):.6g}"
             )
+            if "Vth" not in theirs.entries and family in ("ResNet-19", "ResNet-18"):
+                problem += (
+                    ". The file's norms hold no tdBN Vth: it was saved after SyncBatchNorm "
+                    "conversion, which trains them as plain batch norms; this project's "
+                    f"{family} has tdBN scales only, so it is refused"
+                )
+            return problem
     elif theirs.kind == "neuron":
         if not isinstance(m, GLIF):
             return f"this model's neuron {ours.name!r} is {type(m).__name__}, the authors' is GLIF"
@@ -383,6 +398,8 @@ def convert_state_dict(checkpoint: Any, model: nn.Module) -> dict[str, torch.Ten
     """The authors' ``checkpoint`` (a loaded file in either form, or its state_dict) as the
     state_dict of ``model``'s backbone (``model``: a SpikingClassifier or a backbone), for
     ``backbone.load_state_dict``. Our tdBN ``scale`` buffers are kept (checked, not copied).
+    Where the file stores a neuron latent in float64 (the CIFAR10-DVS gates), ``model``'s latent
+    is made float64 first (:func:`keep_float64`), so that ``load_state_dict`` keeps the values.
 
     Raises :class:`NotAuthorsCheckpoint` for anything else, :class:`AuthorsCheckpointMismatch`
     when the file holds another model than ``model``.
@@ -396,8 +413,8 @@ def convert_state_dict(checkpoint: Any, model: nn.Module) -> dict[str, torch.Ten
     def refuse(problem: str) -> AuthorsCheckpointMismatch:
         return AuthorsCheckpointMismatch(
             f"the checkpoint holds {held}, the configured model is {describe_backbone(backbone)}: "
-            f"{problem}. Configure the model the file was trained as (README, 'The authors' "
-            "checkpoints')."
+            f"{problem}. Configure the model the file was trained as, where this project has it "
+            "(docs/reproducing.md, 'The authors' checkpoints')."
         )
 
     for i, (t, o) in enumerate(zip(theirs, ours, strict=False)):
@@ -411,8 +428,28 @@ def convert_state_dict(checkpoint: Any, model: nn.Module) -> dict[str, torch.Ten
             f"the file has {len(theirs)} layers, this model {len(ours)}; first unmatched: "
             f"{side} {extra.kind} {extra.name!r}"
         )
+    for t, o in zip(theirs, ours, strict=True):
+        if t.kind == "neuron":
+            keep_float64(o.module, t.entries)
+    own = backbone.state_dict()
     out = dict(own)  # the scale buffers (and anything else not converted) stay ours
     for t, o in zip(theirs, ours, strict=True):
         for leaf, key in o.entries.items():
             out[key] = t.entries[leaf].detach().to(own[key].dtype).clone()
     return out
+
+
+def keep_float64(neuron: nn.Module, entries: dict[str, torch.Tensor]) -> None:
+    """Make ``neuron``'s latents float64 where the authors' ``entries`` are (their CIFAR10-DVS
+    gates, drawn with numpy): their membrane then runs in float64, and so does ours
+    (:func:`~lightning_glif.neurons.fused.membrane` computes in the promoted dtype). Replaced in
+    place, before ``load_state_dict``, which would otherwise cast the values to float32."""
+    for leaf, name in NEURON_KEYS.items():
+        current = getattr(neuron, name, None)
+        if leaf not in entries or entries[leaf].dtype != torch.float64 or current is None:
+            continue
+        if isinstance(current, nn.Parameter):
+            latent = nn.Parameter(current.detach().double(), requires_grad=current.requires_grad)
+            setattr(neuron, name, latent)
+        else:
+            neuron.register_buffer(name, current.double())

@@ -1,17 +1,21 @@
-"""The GLIF authors' checkpoints convert into this project's backbones (lightning_glif/compat.py).
+"""The GLIF authors' checkpoints convert into this project's backbones (lightning_glif/compat.py),
+and the converted models give the authors' spikes and logits bit for bit in eval.
 
 For each of the five released models a checkpoint is fabricated in exactly the authors' layout
-(``tests/data/authors_checkpoints/*.txt``: key, shape, dtype in registration order; random values),
-saved, read back and converted; our model's logits are then checked against a direct evaluation
-of the authors' tensors written here (F.conv2d, F.batch_norm with the tdBN scale, F.linear,
-average pools, and the GLIF recurrence on sigmoid(latents) from the spec's equations via
-``lightning_glif.neurons.functional``).
+(``tests/data/authors_checkpoints/*.txt``: key, shape, dtype in stored order; random values),
+saved, read back and converted. Our model's spikes (every neuron layer) and logits are then
+compared with a direct evaluation of the authors' tensors written here from their formulas, in
+their order of operations (their ``layers.py``: ``tdBatchNorm`` and ``LIFSpike_CW``; torch's
+batch norm for their plain ``BatchNorm2d`` / ``SyncBatchNorm``), with nothing of lightning_glif.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
+from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -28,13 +32,13 @@ from lightning_glif.compat import (
     is_authors_file,
     read_authors_checkpoint,
 )
-from lightning_glif.models import ResNet18, ResNet18MS, ResNet19, WideNet7B
+from lightning_glif.models import ResNet18, ResNet18MS, ResNet19, TdBatchNorm, WideNet7B
 from lightning_glif.neurons import GLIF
-from lightning_glif.neurons.functional import GLIFValues, glif_sequence
 
 LAYOUTS = Path(__file__).parent / "data" / "authors_checkpoints"
 RESIDUAL = 2**-0.5
 EPS = 1e-5
+NEURON = ("alpha", "beta", "gamma", "tau", "Vth", "leak", "reVth", "conduct")
 
 
 # -- fabricated checkpoints in the authors' layouts ------------------------------------------------
@@ -80,46 +84,64 @@ def fabricate(name: str, seed: int, time_steps: int | None = None) -> dict[str, 
         elif leaf == "running_var":
             value = torch.rand(shape, generator=g) * 1.5 + 0.5
         else:  # neuron latents, used as sigmoid(latent)
-            value = torch.randn(shape, generator=g)
+            value = torch.randn(shape, generator=g, dtype=torch.float64)
         out[key] = value.to(dtype)
     return out
 
 
+def strip(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k.removeprefix("module."): v for k, v in sd.items()}
+
+
 # -- the direct evaluation of the authors' tensors -------------------------------------------------
 class Reference:
-    """The authors' model evaluated from its tensors: time-first ``[T, B, C, H, W]``."""
+    """The authors' model in eval, from its tensors, time-first ``[T, B, C, H, W]``. Keeps the
+    outputs of every norm and neuron layer in the order they run."""
 
     def __init__(self, sd: dict[str, torch.Tensor]) -> None:
-        self.p = sd
-        self.rates: list[float] = []
+        self.p = strip(sd)
+        self.norms: list[torch.Tensor] = []
+        self.spikes: list[torch.Tensor] = []
 
     def conv(self, x, key, stride, padding):
         y = F.conv2d(x.flatten(0, 1), self.p[key], stride=stride, padding=padding)
         return y.reshape(*x.shape[:2], *y.shape[1:])
 
     def norm(self, x, name, alpha=None):
-        """Eval-mode BN over T*B; with ``alpha`` the tdBN scale ``alpha * Vth`` before the
-        affine."""
-        p = self.p
-        y = F.batch_norm(
-            x.flatten(0, 1), p[f"{name}.running_mean"], p[f"{name}.running_var"], eps=EPS
-        ).reshape(x.shape)
-        if alpha is not None:
-            y = (alpha * p[f"{name}.Vth"]) * y
-        shape = (-1, 1, 1)
-        return p[f"{name}.weight"].view(shape) * y + p[f"{name}.bias"].view(shape)
+        """Over T*B with the running statistics. With ``alpha``, their tdBatchNorm:
+        ``alpha * Vth * (x - mean) / sqrt(var + eps)``, then ``* weight + bias``; without, a
+        plain batch norm (their BatchNorm2d, and the SyncBatchNorm that replaced their tdBN)."""
+        p = {leaf: self.p[f"{name}.{leaf}"] for leaf in ("weight", "bias", "running_mean")}
+        var = self.p[f"{name}.running_var"]
+        if alpha is None:
+            y = F.batch_norm(x.flatten(0, 1), p["running_mean"], var, p["weight"], p["bias"],
+                             eps=EPS).reshape(x.shape)  # fmt: skip
+        else:
+            c = (-1, 1, 1)
+            y = alpha * self.p[f"{name}.Vth"] * (x - p["running_mean"].view(c))
+            y = y / torch.sqrt(var.view(c) + EPS)
+            y = y * p["weight"].view(c) + p["bias"].view(c)
+        self.norms.append(y)
+        return y
 
     def glif(self, x, name):
-        """GLIF (docs/GLIF_SPEC.md section 1) on sigmoid of the authors' latents."""
-        s = {k: torch.sigmoid(self.p[f"{name}.{k}"].float()) for k in
-             ("alpha", "beta", "gamma", "tau", "Vth", "leak", "reVth", "conduct")}  # fmt: skip
-        values = GLIFValues(
-            alpha=s["alpha"], beta=s["beta"], gamma=s["gamma"], tau=s["tau"],
-            v_threshold=s["Vth"], v_leak=s["leak"], v_reset=s["reVth"], conductance=s["conduct"],
-        )  # fmt: skip
-        spikes = glif_sequence(x, values, lambda v: (v > 0).to(v.dtype))
-        self.rates.append(spikes.mean().item())
-        return spikes
+        """Their LIFSpike_CW with soft gates: every latent used as sigmoid(latent) in its stored
+        dtype (the DVS gates are float64, and so is that membrane), the terms in their order."""
+        s = {k: torch.sigmoid(self.p[f"{name}.{k}"]) for k in NEURON}
+        al, be, ga, tau, th, leak, reset = (s[k].view(-1, 1, 1) for k in NEURON[:-1])
+        u = torch.zeros_like(x[0])
+        o = torch.zeros_like(x[0])
+        out = []
+        for t in range(x.shape[0]):
+            current = x[t] * (1 - be * (1 - s["conduct"][t].view(-1, 1, 1)))
+            u = (
+                (1 - al * (1 - tau)) * u * (1 - ga * o) - (1 - al) * leak
+                + current - (1 - ga) * reset * o
+            )  # fmt: skip
+            o = (u - th > 0).to(x.dtype)
+            out.append(o)
+        self.spikes.append(torch.stack(out))
+        return self.spikes[-1]
 
     def pool_head(self, x, linears):
         y = F.adaptive_avg_pool2d(x.flatten(0, 1), 1).flatten(1)
@@ -128,31 +150,30 @@ class Reference:
         return y.reshape(*x.shape[:2], -1)
 
     # -- the nets ---
-    def resnet(self, image, time_steps, strides, tdbn=True):
+    def resnet(self, image, time_steps, strides):
         """ResNet-19/18 (post-activation blocks); ``strides``: first conv of each block."""
-        a1, ar = (1.0, RESIDUAL) if tdbn else (None, None)
         stem = F.conv2d(image, self.p["conv1.0.0.weight"], padding=1)
-        x = stem.unsqueeze(0).expand(time_steps, *stem.shape)  # direct encoding
-        x = self.glif(self.norm(x, "conv1.0.1", a1), "conv1.1")
+        x = stem.unsqueeze(0).repeat(time_steps, 1, 1, 1, 1)  # direct encoding
+        x = self.glif(self.norm(x, "conv1.0.1", 1.0), "conv1.1")
         for i, s in enumerate(strides):
             n = f"features.{i}"
             out = self.glif(self.norm(self.conv(x, f"{n}.body.0.0.weight", s, 1),
-                                      f"{n}.body.0.1", a1), f"{n}.body.1")  # fmt: skip
-            out = self.norm(self.conv(out, f"{n}.body.2.0.weight", 1, 1), f"{n}.body.2.1", ar)
+                                      f"{n}.body.0.1", 1.0), f"{n}.body.1")  # fmt: skip
+            out = self.norm(self.conv(out, f"{n}.body.2.0.weight", 1, 1), f"{n}.body.2.1", RESIDUAL)
             if f"{n}.downsample.0.0.weight" in self.p:
                 short = self.conv(x, f"{n}.downsample.0.0.weight", s, 0)
-                short = self.norm(short, f"{n}.downsample.0.1", ar)
+                short = self.norm(short, f"{n}.downsample.0.1", RESIDUAL)
             else:
-                short = self.norm(x, f"{n}.downsample.0", ar)
+                short = self.norm(x, f"{n}.downsample.0", RESIDUAL)
             x = self.glif(out + short, f"{n}.lif")
         heads = sorted(k for k in self.p if k.startswith("lastave."))
-        return self.pool_head(x, heads)
+        return self.pool_head(x, heads).mean(0)
 
     def msresnet(self, image, time_steps):
         """MS-ResNet-18 as the authors evaluated it: stem padding 1, plain BNs (their
-        SyncBatchNorm dropped tdBN's scale, so the Vth entries are unused)."""
+        SyncBatchNorm replaced every tdBN, and the file holds no tdBN Vth)."""
         stem = F.conv2d(image, self.p["conv1.0.0.weight"], stride=2, padding=1)
-        x = stem.unsqueeze(0).expand(time_steps, *stem.shape)
+        x = stem.unsqueeze(0).repeat(time_steps, 1, 1, 1, 1)
         x = self.glif(self.norm(x, "conv1.0.1"), "conv1.1")
         for i in range(8):
             n, s = f"features.{i}", 2 if i % 2 == 0 else 1
@@ -166,7 +187,7 @@ class Reference:
             else:
                 short = self.norm(x, f"{n}.downsample.0")
             x = out + short
-        return self.pool_head(x, ["lastave.0.weight"])
+        return self.pool_head(x, ["lastave.0.weight"]).mean(0)
 
     def widenet(self, frames):
         """7B-wideNet on ``[B, T, 2, 48, 48]``: features averaged over T, then the classifier
@@ -202,7 +223,8 @@ def build(kind: str, **kwargs) -> torch.nn.Module:
     elif kind == "resnet18ms":
         model = ResNet18MS(GLIF, 6, **{"stem_padding": 1, "tdbn_scale": False, **kwargs})
     else:
-        model = WideNet7B(GLIF, 16, num_classes=10, in_channels=2, image_size=48)
+        model = WideNet7B(kwargs.get("neuron", GLIF), 16, num_classes=10, in_channels=2,
+                          image_size=48)  # fmt: skip
     return model.eval()
 
 
@@ -237,73 +259,130 @@ def save_and_convert(tmp_path, obj, model, name="ckpt.pth.tar"):
     return converted
 
 
-def check_close(ours: torch.Tensor, theirs: torch.Tensor, rates: list[float], rtol: float):
-    """Equal logits of a net whose every layer spikes (so a wrong tensor would show)."""
-    assert ours.shape == theirs.shape
+@contextlib.contextmanager
+def recording(model: torch.nn.Module, kind: type) -> Iterator[list[torch.Tensor]]:
+    """The outputs of every ``kind`` layer of ``model`` within the block, in the order they
+    run."""
+    outputs: list[torch.Tensor] = []
+    handles = [
+        m.register_forward_hook(lambda module, args, out: outputs.append(out.clone()))
+        for m in model.modules()
+        if isinstance(m, kind)
+    ]
+    try:
+        yield outputs
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def assert_same(ours: list[torch.Tensor], theirs: list[torch.Tensor], spikes: bool) -> None:
+    """Every layer's output bit-equal; with ``spikes``, in a net whose every layer fires some of
+    the time (so that a wrong tensor or a rounding difference would show)."""
+    assert len(ours) == len(theirs) > 0
+    for i, (a, b) in enumerate(zip(ours, theirs, strict=True)):
+        if spikes:
+            assert 0.01 < b.mean().item() < 0.99, f"layer {i} fires at {b.mean().item():.3f}"
+        assert torch.equal(a, b), f"layer {i}: {(a != b).sum().item()} values differ"
+
+
+def run_both(model, ref: Reference, evaluate, x) -> tuple[torch.Tensor, torch.Tensor]:
+    """``model``'s mean logits and the reference's (``evaluate(x)``, a method of ``ref``) on
+    ``x``, after checking that every norm and neuron layer gave the reference's output."""
+    with recording(model, TdBatchNorm) as norms, recording(model, GLIF) as spikes:
+        ours = model(x).mean(0)
+    theirs = evaluate(x)
+    assert_same(norms, ref.norms, spikes=False)
+    assert_same(spikes, ref.spikes, spikes=True)
     assert theirs.std() > 0.05  # the input reaches the logits
-    assert all(0.01 < r < 0.99 for r in rates), rates
-    scale = theirs.abs().max()
-    assert (ours - theirs).abs().max() <= rtol * scale, (ours - theirs).abs().max() / scale
+    return ours, theirs
 
 
-# -- the five models -------------------------------------------------------------------------------
+# -- the five models: the authors' spikes and logits, over several batches ------------------------
 @pytest.mark.parametrize(
     ("layout", "fixture", "wrapped"),
     [
         ("resnet19_cifar10_t6", "resnet19_c10", "module"),
-        ("resnet19_cifar100_t6", "resnet19_c100", "plain"),
-        ("resnet18_cifar100_t6", "resnet18", "module"),
+        pytest.param("resnet19_cifar100_t6", "resnet19_c100", "plain", marks=pytest.mark.slow),
+        pytest.param("resnet18_cifar100_t6", "resnet18", "module", marks=pytest.mark.slow),
     ],
 )
 @torch.inference_mode()
-def test_cifar_resnets_give_the_authors_logits(tmp_path, request, layout, fixture, wrapped):
+def test_cifar_resnets_give_the_authors_spikes_and_logits(
+    tmp_path, request, layout, fixture, wrapped
+):
     model = request.getfixturevalue(fixture)
     sd = fabricate(layout, seed=1)
     prefix = "module." if wrapped == "module" else ""
     obj = {"state_dict": {prefix + k: v for k, v in sd.items()}, "epoch": 199, "best_acc": 77.4}
     save_and_convert(tmp_path, obj, model)
-    image = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(2))
-    ref = Reference(sd)
     strides = (1, 1, 1, 2, 1, 1, 2, 1) if "resnet19" in layout else (1, 1, 1, 1, 2, 1, 2, 1)
-    theirs = ref.resnet(image, 6, strides)
-    ours = model(image)
-    check_close(ours, theirs, ref.rates, rtol=0.0)  # the same ops in the same order: bit-equal
+    g = torch.Generator().manual_seed(2)
+    for _ in range(3):
+        ref = Reference(sd)
+        image = torch.randn(1, 3, 16, 16, generator=g)
+        ours, theirs = run_both(
+            model, ref, partial(ref.resnet, time_steps=6, strides=strides), image
+        )
+        assert torch.equal(ours, theirs)
 
 
 @torch.inference_mode()
-def test_msresnet18_gives_the_authors_logits(tmp_path, resnet18ms):
-    sd = fabricate("resnet18ms_imagenet_t6", seed=3)
-    save_and_convert(tmp_path, {"state_dict": sd, "epoch": 149}, resnet18ms)
-    image = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
-    ref = Reference(sd)
-    check_close(resnet18ms(image), ref.msresnet(image, 6), ref.rates, rtol=0.0)
+def test_msresnet18_imagenet_file_as_released_gives_the_authors_spikes(tmp_path, resnet18ms):
+    released = fabricate("resnet18ms_imagenet_t6", seed=3)  # module. keys, no tdBN Vth
+    assert all(k.startswith("module.") for k in released)
+    assert not any(k.endswith(".1.Vth") and not v.shape for k, v in released.items())
+    save_and_convert(tmp_path, {"state_dict": released, "epoch": 149}, resnet18ms)
+    g = torch.Generator().manual_seed(4)
+    for _ in range(2):
+        ref = Reference(released)
+        image = torch.randn(2, 3, 32, 32, generator=g)
+        ours, theirs = run_both(resnet18ms, ref, partial(ref.msresnet, time_steps=6), image)
+        assert torch.equal(ours, theirs)
 
 
-@torch.inference_mode()
-def test_widenet7b_gives_the_authors_logits(tmp_path):
-    model = build("widenet7b")
+def widenet7b_file(tmp_path, model) -> dict[str, torch.Tensor]:
+    """An authors' CIFAR10-DVS file ({'net': ...}, float64 gates) converted into ``model``."""
     sd = fabricate("widenet7b_cifar10dvs_t16", seed=5)
     assert sd["conv.0.1.alpha"].dtype == torch.float64  # as the authors' DVS gates
     optimizer = {"state": {}, "param_groups": []}
     obj = {"net": sd, "optimizer": optimizer, "lr_scheduler": {}, "epoch": 168}
-    converted = save_and_convert(tmp_path, obj, model, "checkpoint_max.pth")
-    assert converted["features.0.2.alpha_latent"].dtype == torch.float32
-    torch.testing.assert_close(
-        converted["features.0.2.alpha_latent"], sd["conv.0.1.alpha"].float(), rtol=0, atol=0
-    )
+    save_and_convert(tmp_path, obj, model, "checkpoint_max.pth")
+    return sd
+
+
+def test_widenet7b_keeps_the_float64_gates(tmp_path):
+    model = build("widenet7b")
+    sd = widenet7b_file(tmp_path, model)
+    neuron = model.features[0][2]
+    for gate in ("alpha", "beta", "gamma"):
+        latent = getattr(neuron, f"{gate}_latent")
+        assert latent.dtype == torch.float64 and latent.requires_grad
+        assert torch.equal(latent, sd[f"conv.0.1.{gate}"])  # every bit of the file's value
+    assert neuron.tau_latent.dtype == torch.float32  # as the file's
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+@torch.inference_mode()
+def test_widenet7b_gives_the_authors_spikes(tmp_path, backend):
+    """The membrane in float64 as theirs: by the fused kernel ("auto" on the CPU) or the
+    reference loop (what a CUDA device runs in float64)."""
+    model = build("widenet7b", neuron=partial(GLIF, backend=backend))
+    sd = widenet7b_file(tmp_path, model)
     g = torch.Generator().manual_seed(6)
-    frames = (torch.rand(1, 16, 2, 48, 48, generator=g) < 0.3).float()  # [B, T, 2, 48, 48]
-    ref = Reference(sd)
-    # Ours applies the classifier per step, then averages; theirs averages first: 1e-6.
-    check_close(model(frames).mean(0), ref.widenet(frames), ref.rates, rtol=1e-6)
+    for _ in range(2):
+        ref = Reference(sd)
+        frames = (torch.rand(1, 16, 2, 48, 48, generator=g) < 0.3).float()  # [B, T, 2, 48, 48]
+        ours, theirs = run_both(model, ref, ref.widenet, frames)
+        # Ours applies the classifier per step, then averages; theirs averages first: 1e-6.
+        torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-6 * theirs.abs().max())
 
 
 def test_describes_each_file():
-    seen = {
-        name: str(describe_authors(fabricate(name, 0)))
-        for name in ("resnet19_cifar10_t6", "resnet18_cifar100_t6", "resnet18ms_imagenet_t6",
-                     "widenet7b_cifar10dvs_t16")
-    }  # fmt: skip
+    names = ("resnet19_cifar10_t6", "resnet18_cifar100_t6", "resnet18ms_imagenet_t6",
+             "widenet7b_cifar10dvs_t16")  # fmt: skip
+    seen = {name: str(describe_authors(strip(fabricate(name, 0)))) for name in names}
     assert seen["resnet19_cifar10_t6"].startswith(
         "the authors' ResNet-19 for CIFAR-10 (10 classes, T=6, in_channels=3, stem 128 channels"
     )
@@ -357,6 +436,32 @@ def test_what_the_shapes_do_not_tell_is_refused(resnet19_c10):
 
     lif = ResNet19(lambda c, t: GLIF(c, t, alpha="hard"), 6, num_classes=10)
     assert "gate modes {'alpha': 'hard'}" in refusal(fabricate("resnet19_cifar10_t6", 0), lif)
+
+
+def test_a_resnet_file_saved_after_syncbatchnorm_conversion_is_refused(resnet19_c10):
+    """Such a file holds no tdBN Vth: its norms trained as plain BNs, which ResNet19 (always
+    tdBN) is not; run with the tdBN scales, its logits would be off."""
+    sd = fabricate("resnet19_cifar10_t6", 0)
+    synced = {f"module.{k}": v for k, v in sd.items() if not (k.endswith(".Vth") and not v.shape)}
+    assert len(synced) == len(sd) - 25  # the 25 norms of ResNet-19
+    message = refusal(synced, resnet19_c10)
+    assert "the authors' norm 'conv1.0.1' scales by 1 (" in message and "by 0.5" in message
+    assert "saved after SyncBatchNorm conversion" in message and "ResNet-19 has tdBN" in message
+    assert "refused" in message
+
+
+def test_an_msresnet_file_with_tdbn_vth_needs_the_tdbn_scales():
+    """The released ImageNet file has no tdBN Vth (plain BNs: tdbn_scale false); one saved
+    without SyncBatchNorm keeps Vth, and its norms scale by alpha * Vth as the paper's tdBN."""
+    unsynced = {}
+    for k, v in strip(fabricate("resnet18ms_imagenet_t6", 0)).items():
+        unsynced[k] = v
+        if k.endswith(".num_batches_tracked"):  # the authors' tdBN registers Vth after it
+            unsynced[k.replace("num_batches_tracked", "Vth")] = torch.tensor(0.5)
+    message = refusal(unsynced, build("resnet18ms"))
+    assert "the authors' norm 'conv1.0.1' scales by 0.5" in message and "by 1" in message
+    scaled = build("resnet18ms", tdbn_scale=True)
+    scaled.load_state_dict(convert_state_dict({"state_dict": unsynced}, scaled))
 
 
 def test_other_objects_are_not_authors_checkpoints(tmp_path, resnet19_c10):
