@@ -1,12 +1,12 @@
-"""Neuron ablation: ``python ablate.py`` trains a grid of neuron variants and compares them.
+"""Neuron ablations and searches: ``python ablate.py --help`` (docs/sweeps.md).
 
-A thin entry point: the command lives in :func:`lightning_glif.ablation.main` (also installed as
-the ``lightning-glif-ablate`` console script). ``python ablate.py --help`` lists every option.
+A thin entry point: the command is :func:`lightning_glif.sweep.cli.main`, also installed as the
+``lightning-glif-ablate`` console script.
 """
 
 import sys
 
-from lightning_glif.ablation import main
+from lightning_glif.sweep.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -28,8 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lightning_glif import tags  # noqa: E402
-from lightning_glif.ablation import read_scalars  # noqa: E402
-from lightning_glif.stats import mean_ci  # noqa: E402
+from lightning_glif.sweep.report import mean_ci  # noqa: E402
+from lightning_glif.sweep.worker import read_scalars  # noqa: E402
 
 GATES = ("alpha", "beta", "gamma")
 
@@ -94,8 +94,10 @@ def main() -> None:
         " and the largest move of a layer's mean gate from its start.",
         "",
         "| gate_lr_factor | neuron_lr_factor | val top-1 (%) | "
-        + " | ".join(f"{g} std" for g in GATES) + " | "
-        + " | ".join(f"{g} moved" for g in GATES) + " |",
+        + " | ".join(f"{g} std" for g in GATES)
+        + " | "
+        + " | ".join(f"{g} moved" for g in GATES)
+        + " |",
         "|" + "---|" * (3 + 2 * len(GATES)),
     ]
     for gate, neuron in product(gates, neurons):
@@ -103,7 +105,9 @@ def main() -> None:
         s = summarise(picked)
         cells = [f"{mean(s['spread'][g]):.3f}" if s["spread"][g] else "–" for g in GATES]
         cells += [f"{mean(s['moved'][g]):.3f}" if s["moved"][g] else "–" for g in GATES]
-        row = f"| {gate:g} | {neuron:g} | {s['acc'].format(100)} | " + " | ".join(cells)
+        acc = s["acc"]
+        half = "n/a" if acc.n < 2 else f"{50 * (acc.hi - acc.lo):.2f}"
+        row = f"| {gate:g} | {neuron:g} | {100 * acc.mean:.2f} ± {half} | " + " | ".join(cells)
         lines.append(row + " |")
     table = "\n".join(lines) + "\n"
     (out / "sweep.md").write_text(table)

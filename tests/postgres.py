@@ -71,10 +71,12 @@ class PostgresServer:
         )  # fmt: skip
 
     def start(self) -> PostgresServer:
-        done = self._run(str(self.bindir / "initdb"), "-D", str(self.data), "-U", USER,
-                         "--auth=trust", "--no-sync", "-E", "UTF8")  # fmt: skip
-        if done.returncode:
-            raise RuntimeError(f"initdb failed: {done.stdout}{done.stderr}")
+        """Start the server (its cluster made on the first start); again after :meth:`stop`."""
+        if not self.data.exists():
+            done = self._run(str(self.bindir / "initdb"), "-D", str(self.data), "-U", USER,
+                             "--auth=trust", "--no-sync", "-E", "UTF8")  # fmt: skip
+            if done.returncode:
+                raise RuntimeError(f"initdb failed: {done.stdout}{done.stderr}")
         options = (f"-h 127.0.0.1 -p {self.port} -k {self.root} -F "
                    "-c max_connections=200 -c shared_buffers=16MB")  # fmt: skip
         log = str(self.root / "server.log")
@@ -85,9 +87,11 @@ class PostgresServer:
             raise RuntimeError(f"pg_ctl start failed: {done.stdout}{done.stderr}{log}")
         return self
 
-    def stop(self) -> None:
+    def stop(self, remove: bool = True) -> None:
+        """Stop the server at once (as a crash would), and remove its cluster unless told not to."""
         self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop")
-        shutil.rmtree(self.root, ignore_errors=True)
+        if remove:
+            shutil.rmtree(self.root, ignore_errors=True)
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://{USER}@127.0.0.1:{self.port}/{database}"

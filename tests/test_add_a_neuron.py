@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from lightning_glif import tags
-from lightning_glif.ablation import read_scalars
 from lightning_glif.cli import cli_main
 from lightning_glif.neurons import SpikingNeuron
+from lightning_glif.sweep.worker import read_scalars
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADING = "## Add a neuron"

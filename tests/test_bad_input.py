@@ -20,7 +20,6 @@ from torch.utils.data import TensorDataset
 from torchvision import datasets
 
 from ablate import main as ablate_main
-from lightning_glif.ablation import run_grid
 from lightning_glif.callbacks import NonFiniteLossError
 from lightning_glif.data import (
     CIFAR10DataModule,
@@ -36,6 +35,7 @@ from lightning_glif.models.convnet import SpikingConvNet
 from lightning_glif.models.sew import WideNet7B
 from lightning_glif.module import SpikingClassifier
 from lightning_glif.neurons import GLIF, LIF
+from lightning_glif.sweep.grid import run_grid
 
 CIFAR10_FILES = {**{f"data_batch_{i}": 4 for i in range(1, 6)}, "test_batch": 4, "batches.meta": 0}
 

@@ -1,7 +1,8 @@
 """Sweeps on a real PostgreSQL server (tests/postgres.py) and on the embedded SQLite storage, in
 real processes: two workers share a 4-trial grid, one is SIGKILLed mid-trial, its trial is
-retried by the other and every grid point ends exactly once with a result; the same grid on the
-embedded storage gives the same rows, and each local worker's runs saw only its own devices."""
+retried by the other and every grid point ends exactly once with a result; the report from the
+study alone; the same grid on the embedded storage gives the same rows, each local worker's runs
+on GPUs of their own; a server stopped mid-sweep is named, and a rerun recovers."""
 
 from __future__ import annotations
 
@@ -21,12 +22,17 @@ from tests.cli_runs import alive, children_of
 ROOT = Path(__file__).resolve().parents[1]
 GRID = ["--config", "conf/default.yaml", "--variants", "glif_soft,lif", "--seeds", "0,1"]
 TINY = [
-    "--trainer.max_epochs", "1",
-    "--trainer.limit_train_batches", "2",
-    "--trainer.limit_val_batches", "1",
-    "--trainer.limit_test_batches", "1",
-    "--trainer.enable_progress_bar", "false",
-]  # fmt: skip
+    "--trainer.max_epochs",
+    "1",
+    "--trainer.limit_train_batches",
+    "2",
+    "--trainer.limit_val_batches",
+    "1",
+    "--trainer.limit_test_batches",
+    "1",
+    "--trainer.enable_progress_bar",
+    "false",
+]
 POINTS = {(v, s) for v in ("glif_soft", "lif") for s in (0, 1)}
 
 pytestmark = [
@@ -35,99 +41,128 @@ pytestmark = [
 ]
 
 
-def ablate(*args: str, **kwargs) -> subprocess.Popen:
+def ablate(*args: str, env=None, **kwargs) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, str(ROOT / "ablate.py"), *args], cwd=ROOT, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kwargs,
-    )  # fmt: skip
+        [sys.executable, str(ROOT / "ablate.py"), *args],
+        cwd=ROOT,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
+        **kwargs,
+    )
+
+
+def finished(proc: subprocess.Popen, timeout: float = 400) -> str:
+    output, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, output
+    return output
 
 
 def rows(path: Path) -> set[tuple[str, int, str]]:
     return {(r["variant"], int(r["seed"]), r["status"]) for r in csv.DictReader(path.open())}
 
 
+def first_child(proc: subprocess.Popen) -> list[int]:
+    deadline = time.monotonic() + 120
+    while not (kids := children_of(proc.pid)):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
+        time.sleep(0.1)
+    return kids
+
+
 def test_a_killed_worker_s_trial_is_retried_and_every_point_ends_once(postgres, tmp_path):
     url = postgres.database("sweep_kill")
-    study_args = ["--storage", url, "--study", "kill"]
-    enqueue = ablate("enqueue", *study_args, *GRID, "--", *TINY)
-    output, _ = enqueue.communicate(timeout=120)
-    assert enqueue.returncode == 0, output
-    assert "enqueued 4 of 4 trials in study 'kill'" in output
-    # heartbeat 2 s: a trial silent for 6 s is stale
-    worker = [*study_args, "--workers", "1", "--heartbeat", "2"]
-    doomed = ablate("worker", *worker, "--out", str(tmp_path / "a"), start_new_session=True)
-    survivor = ablate("worker", *worker[:-4], "--workers", "2", "--heartbeat", "2",
-                      "--out", str(tmp_path / "b"))
+    study_args = ["--storage", url, "--study", "kill", "--heartbeat", "2"]  # stale after 6 s
+    assert "enqueued 4 of 4 trials" in finished(ablate("enqueue", *study_args, *GRID, "--", *TINY))
+    doomed = ablate("worker", *study_args, "--workers", "1", "--out", str(tmp_path / "a"))
+    survivor = ablate("worker", *study_args, "--workers", "2", "--out", str(tmp_path / "b"))
     try:
-        deadline = time.monotonic() + 120
-        while not (kids := children_of(doomed.pid)):  # its first trial's child is running
-            assert doomed.poll() is None and time.monotonic() < deadline, doomed.stdout.read()
-            time.sleep(0.1)
+        kids = first_child(doomed)
         os.kill(doomed.pid, signal.SIGKILL)
         doomed.communicate(timeout=30)
-        output, _ = survivor.communicate(timeout=400)
+        finished(survivor)
     finally:
         for proc in (doomed, survivor):
             if proc.poll() is None:
                 proc.kill()
-    assert survivor.returncode == 0, output
-    for _ in range(100):  # the killed worker's child got SIGTERM from the kernel (pdeathsig)
-        if not any(alive(k) for k in kids):
-            break
+    deadline = time.monotonic() + 30  # the killed worker's child saw its parent go
+    while any(alive(k) for k in kids) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not any(alive(k) for k in kids)
 
     study = optuna.load_study(study_name="kill", storage=url.replace("://", "+psycopg://", 1))
-    trials = study.get_trials()
     by_state: dict[str, list] = {}
-    for t in trials:
+    for t in study.get_trials():
         by_state.setdefault(t.state.name, []).append(t)
-    assert set(by_state) == {"COMPLETE", "FAIL"}, {t.number: t.state for t in trials}
+    assert set(by_state) == {"COMPLETE", "FAIL"}
     complete = by_state["COMPLETE"]
-    # every grid point exactly once with a result
     assert sorted((t.user_attrs["variant"], t.user_attrs["seed"]) for t in complete) == sorted(
         POINTS
     )
     for t in complete:
-        result = t.user_attrs["result"]
-        assert 0.0 <= result["test_acc"] <= 1.0 and t.value == result["test_acc"]
-        assert t.user_attrs["run_dir"].startswith(str(tmp_path / "b"))  # all done by survivor
-    # the killed trial: failed as stale (no error of a run), retried once, the retry complete
-    (killed,) = by_state["FAIL"]
-    assert "error" not in killed.user_attrs and f"pid {doomed.pid} " in killed.user_attrs["worker"]
+        assert t.value == t.user_attrs["result"]["test_acc"]
+        assert t.user_attrs["run_dir"].startswith(str(tmp_path / "b"))  # all by the survivor
+    (killed,) = by_state["FAIL"]  # failed as stale (no error of a run), retried once
+    assert "error" not in killed.user_attrs and f"pid {doomed.pid}" in killed.user_attrs["worker"]
     (retry,) = [t for t in complete if t.system_attrs.get("retry_history")]
     assert retry.system_attrs["retry_history"] == [killed.number]
-    key = ("variant", "seed")
-    assert [retry.user_attrs[k] for k in key] == [killed.user_attrs[k] for k in key]
+    assert retry.user_attrs["identity"] == killed.user_attrs["identity"]
 
     # the reports from the study alone, on "another machine" (a fresh --out)
-    report = ablate("report", *study_args, "--out", str(tmp_path / "report"))
-    output, _ = report.communicate(timeout=120)
-    assert report.returncode == 0, output
-    pg_rows = rows(tmp_path / "report" / "results.csv")
+    finished(ablate("report", "--storage", url, "--study", "kill", "--out", str(tmp_path / "r")))
+    pg_rows = rows(tmp_path / "r" / "results.csv")
     assert pg_rows == {(v, s, "ok") for v, s in POINTS}
 
-    # The same grid on the embedded storage, 2 local workers with 2 of 4 (fake) GPUs each.
+    # the same grid on the embedded storage: 2 local workers, 2 of 4 (visible) GPUs each
     emb = tmp_path / "embedded"
-    local = ablate(*GRID, "--out", str(emb), "--workers", "2", "--gpus", "0,1,2,3",
-                   "--gpus-per-trial", "2", "--", *TINY)  # fmt: skip
-    output, _ = local.communicate(timeout=400)
-    assert local.returncode == 0, output
+    local = ablate(
+        *GRID,
+        "--out",
+        str(emb),
+        "--workers",
+        "2",
+        "--gpus-per-trial",
+        "2",
+        "--",
+        *TINY,
+        env={"CUDA_VISIBLE_DEVICES": "0,1,2,3"},
+    )
+    finished(local)
     assert rows(emb / "results.csv") == pg_rows
     embedded = optuna.load_study(study_name="ablation", storage=f"sqlite:///{emb / 'study.db'}")
-    seen = {}  # worker slot -> the devices its children saw (their own environment and affinity)
-    for t in embedded.get_trials():
-        slot = t.user_attrs["worker"].rsplit(" ", 1)[1]
-        seen.setdefault(slot, set()).add(
-            (t.user_attrs["result"]["devices"]["CUDA_VISIBLE_DEVICES"],
-             tuple(t.user_attrs["result"]["devices"]["cpus"]),
-             t.user_attrs["result"]["devices"]["threads"])
-        )  # fmt: skip
-    cpus = sorted(os.sched_getaffinity(0))
-    share = max(1, len(cpus) // 2)
-    expected = {
-        "0": {("0,1", tuple(cpus[:share]), share)},
-        "1": {("2,3", tuple(cpus[share : 2 * share] or cpus[1 % len(cpus) :][:1]), share)},
-    }
-    assert {s: v for s, v in seen.items()} == {s: expected[s] for s in seen}
-    assert len(seen) == 2  # both workers ran trials
+    assert {t.user_attrs["gpus"] for t in embedded.get_trials()} == {"0,1", "2,3"}
+
+
+def test_a_server_stopped_mid_sweep_is_named_and_a_rerun_recovers(own_postgres, tmp_path):
+    """Today's main: a misleading "exceeding max length" error and a traceback per thread."""
+    url, out = own_postgres.database("sweep_stop"), str(tmp_path / "w")
+    study_args = ["--storage", url, "--study", "stop", "--heartbeat", "1"]
+    fit = ["--trainer.max_epochs", "4", "--trainer.enable_progress_bar", "false"]
+    finished(
+        ablate(
+            "enqueue",
+            *study_args,
+            *GRID[:3],
+            "lif",
+            "--seeds",
+            "0",
+            "--reference",
+            "lif",
+            "--",
+            *fit,
+        )
+    )
+    worker = ablate("worker", *study_args, "--workers", "1", "--out", out)
+    first_child(worker)
+    own_postgres.stop(remove=False)
+    output, _ = worker.communicate(timeout=300)
+    assert worker.returncode == 1, output
+    last = output.strip().splitlines()[-1]  # (before it, Optuna's heartbeat thread's traceback)
+    assert last.startswith("ablate.py: error: the study's storage postgresql+psycopg://")
+    assert "Connection refused" in last and "rerun the command" in last
+    own_postgres.start()
+    output = finished(ablate("worker", *study_args, "--out", out))
+    assert "[ablate] done lif seed 0" in output or "[ablate] adopt lif seed 0" in output
+    study = optuna.load_study(study_name="stop", storage=url.replace("://", "+psycopg://", 1))
+    assert [t.state.name for t in study.get_trials()].count("COMPLETE") == 1

@@ -1,69 +1,159 @@
-"""ablate.py search: TPE over the shipped search space (conf/search/gate_lr.yaml) on the
-embedded temporal task, two tiny trials in real child processes, two local workers; the best
-trial's options come back as a YAML overlay that train.py reads."""
+"""ablate.py search: the space is checked (its entries, and its options against train.py's)
+before any trial runs; TPE over the shipped space on the embedded temporal task, two tiny trials
+in real child processes, writes a best.yaml that train.py reads; a search whose every trial
+fails says so and writes none."""
 
 from __future__ import annotations
 
-import csv
-import sys
+from pathlib import Path
 
 import optuna
 import pytest
 import yaml
 
 from ablate import main
-from lightning_glif.cli import CONF_DIR
+from lightning_glif.sweep.grid import CONF
+from lightning_glif.sweep.search import read_space, suggest, write_report
 
-SPACE = CONF_DIR / "search" / "gate_lr.yaml"
+SPACE = CONF / "search" / "gate_lr.yaml"
 TINY = [
-    "--",
-    "--trainer.max_epochs", "1",
-    "--trainer.limit_train_batches", "2",
-    "--trainer.limit_val_batches", "1",
-    "--trainer.limit_test_batches", "1",
-    "--trainer.enable_progress_bar", "false",
-    "--model.backbone.init_args.hidden", "[16, 16]",
-]  # fmt: skip
+    "--trainer.max_epochs",
+    "1",
+    "--trainer.limit_train_batches",
+    "2",
+    "--trainer.limit_val_batches",
+    "1",
+    "--trainer.limit_test_batches",
+    "1",
+    "--trainer.enable_progress_bar",
+    "false",
+    "--model.backbone.init_args.hidden",
+    "[16, 16]",
+]
+
+
+def test_the_shipped_space():
+    space = read_space(SPACE)
+    assert [Path(c).name for c in space["config"]] == ["delayed_row_digits.yaml"]
+    assert (space["monitor"], space["mode"], space["seed"]) == ("val/acc", "max", 0)
+    trial = optuna.create_study().ask()
+    values = suggest(trial, space["params"])
+    assert 1.0 <= values["model.gate_lr_factor"] <= 1000.0
+    assert trial.distributions["model.gate_lr_factor"].log
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"model.x": 3}, "model.x: TypeError: .* A range is {low: 0.1"),
+        ({"model.x": {"low": 1}}, "model.x: TypeError"),
+        ({"model.x": {"low": 0, "high": 1, "log": True}}, "model.x: ValueError: .*log"),
+        ({"model.x": {"low": 0, "high": 1, "lg": True}}, r"unknown keys \['lg'\]"),
+        ({"model.x": {"choices": []}}, r"unknown keys \['choices'\]"),
+    ],
+)
+def test_a_bad_space_names_the_entry(tmp_path, params, message):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"params": params}))
+    with pytest.raises(ValueError, match=message):
+        read_space(path)
+    path.write_text(yaml.safe_dump({"params": {"model.x": {"low": 1, "high": 2}}, "mod": "max"}))
+    with pytest.raises(ValueError, match=r"a space has .*; it has \['config', 'mod', "):
+        read_space(path)
+
+
+def test_the_best_options_come_back_as_they_were_written(tmp_path):
+    """A list choice is a trial parameter as its YAML text, and a list again in best.yaml."""
+    hidden = "model.backbone.init_args.hidden"
+    params = {
+        hidden: {"choices": [[8, 8], [16, 16]]},
+        "model.gate_lr_factor": {"low": 1, "high": 9},
+    }
+    study = optuna.create_study(direction="maximize")
+    trial = study.ask()
+    values = suggest(trial, params)
+    assert values[hidden] in ("[8, 8]", "[16, 16]")
+    trial.set_user_attr("result", {"test_acc": 0.5})
+    trial.set_user_attr("run_dir", "runs/x")
+    study.tell(trial, 0.7)
+    attrs = {
+        "space": {"params": params, "config": ["base.yaml"], "monitor": "val/acc", "mode": "max"}
+    }
+    for key, value in attrs.items():
+        study.set_user_attr(key, value)
+    assert write_report(study, tmp_path)
+    best = yaml.safe_load((tmp_path / "best.yaml").read_text())
+    assert best == {
+        hidden: yaml.safe_load(values[hidden]),
+        "model.gate_lr_factor": values["model.gate_lr_factor"],
+    }
+    assert "| 0 | 0.7 |" in (tmp_path / "results.md").read_text()
 
 
 @pytest.mark.slow
-def test_search_two_trials_writes_the_best_overlay(tmp_path, monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["ablate.py"])  # cli_main below: no pytest arguments
+def test_a_misspelt_option_stops_the_search_before_any_trial(tmp_path, capsys):
+    """Today's main ran every trial to failure, then said it wrote best.yaml (it did not)."""
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump({"params": {"model.gate_lr_factr": {"low": 1, "high": 10}}}))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["search", "--space", str(space), "--trials", "2", "--out", str(tmp_path / "o")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "train.py refuses a trial's options: error: " in err
+    assert "did you mean 'model.gate_lr_factor'" in err
+    assert not (tmp_path / "o" / "study.db").exists()
+
+
+@pytest.mark.slow
+def test_a_search_writes_the_best_options_and_a_rerun_runs_nothing(tmp_path, capsys):
     out = tmp_path / "search"
-    code = main(["search", "--space", str(SPACE), "--trials", "2", "--workers", "2",
-                 "--out", str(out), *TINY])  # fmt: skip
-    assert code == 0
-    study = optuna.load_study(study_name="search-gate_lr", storage=f"sqlite:///{out / 'study.db'}")
+    argv = ["search", "--space", str(SPACE), "--trials", "2", "--workers", "2", "--out", str(out)]
+    assert main([*argv, "--", *TINY]) == 0
+    study = optuna.load_study(study_name="search-gate_lr", storage=f"sqlite:///{out}/study.db")
     trials = study.get_trials()
     assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
-    assert isinstance(study.sampler, optuna.samplers.TPESampler)
     for t in trials:
         assert set(t.params) == {"model.gate_lr_factor", "model.neuron_lr_factor"}
-        assert 1.0 <= t.params["model.gate_lr_factor"] <= 1000.0
-        assert 0.1 <= t.params["model.neuron_lr_factor"] <= 10.0
         result = t.user_attrs["result"]
         assert t.value == result["selected_score"] == pytest.approx(result["val_acc_best"])
-        # the trial's run trained with the sampled factors (its run.json's arguments)
-        args = yaml.safe_load((out / f"trial{t.number:04d}" / "run.json").read_text())["args"]
-        i = args.index("--model.gate_lr_factor")
-        assert float(args[i + 1]) == t.params["model.gate_lr_factor"]
+        args = yaml.safe_load((out / t.user_attrs["run_dir"] / "run.json").read_text())["args"]
+        assert (
+            float(args[args.index("--model.gate_lr_factor") + 1])
+            == t.params["model.gate_lr_factor"]
+        )
     best = study.best_trial
-    overlay = yaml.safe_load((out / "best.yaml").read_text())
-    factors = {k.split(".")[1]: v for k, v in best.params.items()}
-    assert overlay == {"model": factors}
-    assert f"# best trial #{best.number} " in (out / "best.yaml").read_text()
-    rows = list(csv.DictReader((out / "results.csv").open()))
-    assert [int(r["trial"]) for r in rows] == [0, 1] and {r["status"] for r in rows} == {"complete"}
-    assert "Best trial's overlay" in (out / "results.md").read_text()
-    assert (out / "results.png").stat().st_size > 0
-    # a rerun of the same search: the budget is spent, nothing runs again
-    assert main(["search", "--space", str(SPACE), "--trials", "2", "--out", str(out), *TINY]) == 0
-    assert len(study.get_trials()) == 2
-    # the overlay is a config train.py accepts: the model gets the best factors
-    from lightning_glif.cli import cli_main
+    assert yaml.safe_load((out / "best.yaml").read_text()) == best.params
+    assert f"trial #{best.number}:" in (out / "best.yaml").read_text().splitlines()[0]
+    assert "The best trial's options" in (out / "results.md").read_text()
+    capsys.readouterr()
+    assert main([*argv, "--", *TINY]) == 0  # the budget is spent: nothing runs again
+    assert len(study.get_trials()) == 2 and "[ablate] run" not in capsys.readouterr().out
+    assert main([*argv, "--sampler", "random", "--", *TINY]) == 1  # another search: refused
+    assert "holds another search" in capsys.readouterr().err
+    from lightning_glif.cli import cli_main  # the overlay is a config train.py reads
 
-    base = str(CONF_DIR / "experiment" / "delayed_row_digits.yaml")
-    cli = cli_main(["--config", base, "--config", str(out / "best.yaml"),
-                    "--trainer.default_root_dir", str(tmp_path / "check")], run=False)  # fmt: skip
+    base = str(CONF / "experiment" / "delayed_row_digits.yaml")
+    cli = cli_main(
+        [
+            "--config",
+            base,
+            "--config",
+            str(out / "best.yaml"),
+            "--trainer.default_root_dir",
+            str(tmp_path / "check"),
+        ],
+        run=False,
+    )
     assert cli.model.gate_lr_factor == best.params["model.gate_lr_factor"]
     assert cli.model.neuron_lr_factor == best.params["model.neuron_lr_factor"]
+
+
+@pytest.mark.slow
+def test_a_search_whose_every_trial_fails_says_so(tmp_path, capsys):
+    out = tmp_path / "search"
+    argv = ["search", "--space", str(SPACE), "--trials", "1", "--workers", "1", "--out", str(out)]
+    # no validation: no checkpoint can be selected on val/acc, the trial fails
+    assert main([*argv, "--", *TINY[:4], "--trainer.limit_val_batches", "0"]) == 1
+    md = (out / "results.md").read_text()
+    assert "0 of 1 trials complete" in md and "No trial succeeded, so there is no best.yaml" in md
+    assert "failed trial #0" in md and not (out / "best.yaml").exists()

@@ -1,8 +1,17 @@
-"""The ablation grid: a YAML file of neuron variants, and its (variant, seed) points as enqueued
-trials of a study (:func:`enqueue`), each with what it runs in its user attributes."""
+"""The ablation grid: neuron variants (a YAML file) times seeds, each point a trial of a study.
+
+A point's identity is a hash of the whole resolved run: the text of ``conf/default.yaml`` and of
+each base config (with the configs it names), the variant (name and neuron), the fit arguments,
+the seed and the selection metric. A point whose base, variant or arguments changed is a new
+one, trained anew; a finished point is not trained again. It runs in
+``OUT/<variant>/seed<k>-<id>/``.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -10,94 +19,127 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
-from lightning_glif.sweep import trials as T
-from lightning_glif.sweep.storage import fail_stale_trials
+from lightning_glif.sweep import report, worker
 
-ALL = "all"  # --variants all: every variant of the grid
+CONF = Path(__file__).resolve().parents[1] / "conf"
+#: The default base: memory over tens of steps matters there, so the gates do.
+BASE_CONFIG = CONF / "experiment" / "delayed_row_digits.yaml"
+#: run_grid's options and their defaults (ablate.py's options of the same names)
+DEFAULTS = dict(monitor="val/acc", mode="max", reference="glif_soft", storage=None)
+DEFAULTS |= dict(study="ablation", heartbeat=worker.HEARTBEAT_S, max_retries=worker.MAX_RETRIES)
+DEFAULTS |= dict(gpus_per_trial=1)
 
 
-def read_grid(grid: str | Path) -> tuple[dict[str, dict], list[str]]:
-    """A grid YAML file's ``variants`` mapping (name -> neuron class_path/init_args) and its
-    ``default`` subset (the variant names a run without ``--variants`` trains; every variant
-    when the file has no ``default:``)."""
-    data = yaml.safe_load(Path(grid).read_text()) or {}
+def read_grid(path: str | Path, names: list[str] | None = None) -> tuple[dict, dict, list[str]]:
+    """A grid file's variants ``names`` (in that order; all for ``["all"]``; its ``default:``
+    list when empty), all its variants (name -> neuron ``class_path``/``init_args``) and the
+    ``default:`` list (every variant when the file has none)."""
+    data = yaml.safe_load(Path(path).read_text()) or {}
     variants = data.get("variants")
-    if not isinstance(variants, dict) or not variants:
-        raise ValueError(f"{grid}: expected a top-level 'variants:' mapping name -> neuron.")
-    for name, neuron in variants.items():
-        if not isinstance(neuron, dict) or "class_path" not in neuron:
-            raise ValueError(f"{grid}: variant {name!r} needs a class_path (and init_args).")
-    if ALL in variants:
-        raise ValueError(f"{grid}: {ALL!r} is reserved (--variants {ALL}), rename that variant.")
+    if not isinstance(variants, dict) or not variants or "all" in variants:
+        raise ValueError(f"{path}: expected a 'variants:' mapping name -> neuron (not 'all').")
+    if bad := [n for n, neuron in variants.items() if "class_path" not in (neuron or {})]:
+        raise ValueError(f"{path}: variants {bad} need a class_path (and init_args).")
     default = data.get("default", list(variants))
-    if not isinstance(default, list) or not default:
-        raise ValueError(f"{grid}: 'default:' must be a non-empty list of variant names.")
-    unknown = [n for n in default if n not in variants]
-    if unknown:
-        raise ValueError(f"{grid}: 'default:' names unknown variants {unknown}.")
-    return variants, default
+    names = list(variants) if names == ["all"] else names or default
+    if unknown := [n for n in [*default, *names] if n not in variants]:
+        raise ValueError(f"unknown variants {unknown}; {path} has: {', '.join(variants)}.")
+    return {n: variants[n] for n in names}, variants, default
 
 
-def load_variants(grid: str | Path, names: list[str] | None = None) -> dict[str, dict]:
-    """The variants of a grid YAML file to run: ``names`` (in that order), every variant for
-    ``["all"]``, the file's ``default:`` subset when ``names`` is None or empty."""
-    variants, default = read_grid(grid)
-    if names == [ALL]:
-        return variants
-    names = names or default
-    unknown = [n for n in names if n not in variants]
-    if unknown:
-        raise ValueError(f"unknown variants {unknown}; {grid} has: {', '.join(variants)}.")
-    return {n: variants[n] for n in names}
+def config_path(path: str | Path) -> Path:
+    """``path``, else the shipped config it names (``conf/x.yaml``, or ``x.yaml`` in conf/)."""
+    for candidate in (Path(path), CONF.parent / path, CONF / path):
+        if candidate.is_file():
+            return candidate.resolve()
+    raise ValueError(f"config {path} does not exist: name a file, or a shipped one (conf/...).")
 
 
-def specs(
-    configs: list[str],
-    variants: dict[str, dict],
-    seeds: list[int],
-    train_args: list[str],
-    monitor: str,
-    mode: str,
-) -> list[dict[str, Any]]:
-    """One trial's user attributes per (variant, seed), variants first: what the run is."""
-    configs = [str(Path(c).resolve()) for c in configs]
-    return [
-        {"kind": T.GRID, "variant": name, "seed": seed, "neuron": neuron, "configs": configs,
-         "train_args": list(train_args), "monitor": monitor, "mode": mode}
-        for name, neuron in variants.items()
-        for seed in seeds
-    ]  # fmt: skip
+def config_text(path: Path) -> str:
+    """The text of a config and of the configs it names (``config:``), as train.py reads them."""
+    text = path.read_text()
+    data = yaml.safe_load(text)
+    nested = data.get("config", []) if isinstance(data, dict) else []
+    nested = [nested] if isinstance(nested, str) else nested
+    return text + "".join(config_text(path.parent / name) for name in nested)
 
 
-def enqueue(study: optuna.Study, points: list[dict[str, Any]], log=print) -> int:
-    """Enqueue each grid point that has no finished (COMPLETE), waiting or running trial; a
-    point whose trials all failed is enqueued again. Returns how many were enqueued."""
-    fail_stale_trials(study)  # a dead worker's trial: retried, not waited for
-    by_key: dict[tuple, list] = {}
-    for t in study.get_trials(deepcopy=False):
-        if T.key(t) is not None and not T.is_duplicate(t):
-            by_key.setdefault(T.key(t), []).append(t)
-    added = 0
-    for spec in points:
-        name, seed = spec["variant"], spec["seed"]
-        have = by_key.get((name, seed), [])
-        done = [t for t in have if t.state == TrialState.COMPLETE]
-        if done:
-            log(f"[ablate] skip {name} seed {seed}: finished (trial #{done[0].number})")
-            continue
-        active = [t for t in have if t.state in T.ACTIVE]
-        if active:
-            t = active[0]
-            if t.state == TrialState.WAITING and _spec(t) != spec:
-                # not started yet: it runs with this command's options, as a fresh one would
-                for k, v in spec.items():
-                    study._storage.set_trial_user_attr(t._trial_id, k, v)
-            log(f"[ablate] queued {name} seed {seed}: {t.state.name.lower()} (trial #{t.number})")
-            continue
-        study.enqueue_trial({}, user_attrs=spec)
-        added += 1
+def identity(configs: list[str], train_args: list[str], **run: Any) -> str:
+    """A hash of the resolved run: the text of conf/default.yaml, of ``configs`` and of the
+    configs that ``train_args`` name, ``train_args`` and ``run`` (neuron, seed, ...)."""
+    named = [a for i, a in enumerate(train_args) if i and train_args[i - 1] == "--config"]
+    texts = [config_text(config_path(c)) for c in [CONF / "default.yaml", *configs, *named]]
+    blob = json.dumps({"texts": texts, "args": train_args, **run}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def points(configs, variants, seeds, train_args, monitor: str, mode: str) -> list[dict]:
+    """One trial specification per (variant, seed), variants first, with its identity."""
+    configs, out = [str(config_path(c)) for c in configs], []
+    for name, neuron in variants.items():
+        for seed in seeds:
+            run = {"neuron": neuron, "seed": seed, "monitor": monitor, "mode": mode}
+            key = identity(configs, train_args, variant=name, **run)
+            spec = {"variant": name, "identity": key, "configs": configs, **run}
+            out.append(
+                spec | {"train_args": list(train_args), "dir": f"{name}/seed{seed}-{key[:8]}"}
+            )
+    return out
+
+
+def enqueue(url: str, study: optuna.Study, specs: list[dict], reference: str, log=print) -> int:
+    """Enqueue each point that has no finished, waiting or running trial (again if its trials
+    failed), record the grid and its reference (for ``ablate.py report``); how many were added."""
+    with worker.lock(url):  # two commands started at once on one --out enqueue each point once
+        if study.user_attrs.get("kind", "grid") != "grid":
+            raise worker.StorageError(
+                f"study {study.study_name!r} is a search: pass another --study"
+            )
+        ids = [spec["identity"] for spec in specs]
+        for key, value in {"kind": "grid", "reference": reference, "grid": ids}.items():
+            study.set_user_attr(key, value)
+        states, added = defaultdict(set), 0
+        for trial in study.get_trials(deepcopy=False):
+            states[trial.user_attrs.get("identity")].add(trial.state)
+        for spec in specs:
+            have, what = states[spec["identity"]], f"{spec['variant']} seed {spec['seed']}"
+            if TrialState.COMPLETE in have:
+                log(f"[ablate] skip {what}: finished")
+            elif have & {TrialState.WAITING, TrialState.RUNNING}:
+                log(f"[ablate] queued {what}: waiting or running")
+            else:  # skip_if_exists: not twice if another machine enqueues it at the same time
+                params = {k: spec[k] for k in ("variant", "seed", "identity")}
+                study.enqueue_trial(params, user_attrs=spec, skip_if_exists=not have)
+                added += 1
     return added
 
 
-def _spec(trial) -> dict[str, Any]:
-    return {k: trial.user_attrs.get(k) for k in T.SPEC_KEYS}
+def objective(workers: worker.Workers):
+    """A grid study's objective: run the enqueued point; its value is the test accuracy."""
+
+    def run(trial: optuna.Trial) -> float:
+        spec = trial.user_attrs
+        if "identity" not in spec:  # another worker took the last waiting point meanwhile
+            raise optuna.TrialPruned("no grid point was waiting")
+        return workers.run(trial, spec, f"{spec['variant']} seed {spec['seed']}", "test_acc")
+
+    return run
+
+
+def run_grid(configs, variants, seeds, out, jobs=None, train_args=(), log=print, **options):
+    """``python ablate.py`` as a function: enqueue each (variant, seed) in the study
+    (``OUT/study.db``, or ``storage``), run ``jobs`` at a time here (None: as
+    :class:`~lightning_glif.sweep.worker.Workers` chooses) until no trial waits or runs, write
+    the reports into ``out`` and return their rows. ``options``: those of :data:`DEFAULTS`."""
+    o = {**DEFAULTS, **options}
+    if jobs is not None and jobs < 1:
+        raise ValueError(f"jobs must be at least 1 (runs at once), got {jobs}.")
+    workers = worker.Workers(out, jobs, o["gpus_per_trial"], log)
+    specs = points(configs, variants, seeds, list(train_args), o["monitor"], o["mode"])
+    url, create = worker.storage_url(o["storage"], out), {"direction": "maximize"}
+    study = worker.open_study(url, o["study"], o["heartbeat"], o["max_retries"], create)
+    enqueue(url, study, specs, o["reference"], log)
+    workers.work(study, objective(workers))
+    rows, pending = report.grid_rows(study, [s["identity"] for s in specs])
+    report.write_reports(rows, out, o["reference"], pending)
+    return rows

@@ -1,141 +1,179 @@
-"""Reports from a study, on any machine that reaches its storage: a grid's rows for
-:func:`lightning_glif.ablation_report.write_reports` (results.csv/.md/.png with the intervals and
-paired differences), a search's trials table, plot and best overlay."""
+"""The ablation's reports, from its study (on any machine that reaches the storage):
+``results.csv`` (a row per run), ``results.md`` and ``results.png`` (per variant). A variant's
+test accuracy is its mean over seeds with the Student-t interval; it is compared with the
+reference variant by the paired difference over the seeds both have an ``ok`` run for (a paired
+t-test): a seed fixes the initialisation and the data order, so pairing removes their share of
+the spread. An interval needs two values: with one it is "n/a"."""
 
 from __future__ import annotations
 
 import csv
+import math
+from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import NamedTuple
 
+import numpy as np
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
+from scipy import stats
 
-from lightning_glif.ablation_report import write_reports
-from lightning_glif.sweep import search
-from lightning_glif.sweep import trials as T
+COLUMNS = (
+    "variant seed status val_acc_best test_acc alpha_mean beta_mean gamma_mean firing_rate "
+    "synops_ac energy_uJ wall_s run_dir error"
+).split()
+#: results.md's columns of means over the seeds: header -> (row key, scale, digits)
+MEANS = {
+    "best val acc (%)": ("val_acc_best", 100, 2),
+    "alpha": ("alpha_mean", 1, 2),
+    "beta": ("beta_mean", 1, 2),
+    "gamma": ("gamma_mean", 1, 2),
+    "firing rate": ("firing_rate", 1, 3),
+    "SOPs/sample (k)": ("synops_ac", 1e-3, 1),
+    "wall (s)": ("wall_s", 1, 0),
+}
 
 
-def grid_rows(
-    study: optuna.Study, points: list[tuple[str, int]] | None = None
-) -> tuple[list[dict[str, Any]], list[tuple[str, int]]]:
-    """One row per grid point (``points`` in order, else every point of the study: variants in
-    the order first enqueued, seeds sorted) and the points still waiting or running.
+class Interval(NamedTuple):
+    """A mean and its confidence interval ``[lo, hi]`` over ``n`` values (nan: undefined)."""
 
-    A point's row is its COMPLETE trial's result; else, when none of its trials is active, its
-    last failed try: ``error`` is the run's log tail, or says the worker was lost on every
-    try."""
-    by_key: dict[tuple, list[FrozenTrial]] = {}
+    mean: float
+    lo: float
+    hi: float
+    n: int
+
+
+def mean_ci(values, confidence: float = 0.95, test=None) -> Interval:
+    """The Student-t interval of the mean of ``values`` (``scipy.stats.ttest_1samp``, or
+    ``test()``): undefined (nan) for one value, of zero width for equal ones."""
+    x = np.asarray(values, dtype=float)
+    if x.size < 2 or np.ptp(x) == 0:  # no spread to estimate, or none at all
+        edge = math.nan if x.size < 2 else float(x[0])
+        return Interval(float(x.mean()), edge, edge, x.size)
+    ci = (test() if test else stats.ttest_1samp(x, 0.0)).confidence_interval(confidence)
+    return Interval(float(x.mean()), float(ci.low), float(ci.high), x.size)
+
+
+def paired_difference(values, reference, confidence: float = 0.95) -> Interval:
+    """The paired-t interval of the mean of ``values[i] - reference[i]`` (``ttest_rel``)."""
+    if len(values) != len(reference):
+        raise ValueError(f"paired lengths differ: {len(values)} values, {len(reference)} reference")
+    test = lambda: stats.ttest_rel(values, reference)  # noqa: E731
+    return mean_ci(np.subtract(values, reference), confidence, test)
+
+
+def grid_rows(study: optuna.Study, identities: list[str]) -> tuple[list[dict], list[str]]:
+    """A row per grid point, in the order of ``identities``, and the points not finished yet.
+    A point's row is its first COMPLETE trial's result (a point that a rare race ran twice
+    counts once); else, when no trial of it waits or runs, its last try's ``error``."""
+    trials = defaultdict(list)
     for t in study.get_trials(deepcopy=False):
-        if T.key(t) is not None and not T.is_duplicate(t):
-            by_key.setdefault(T.key(t), []).append(t)
-    if points is None:
-        variants = list(dict.fromkeys(k[0] for k in by_key))
-        points = [(v, s) for v in variants for s in sorted(s for w, s in by_key if w == v)]
+        if t.state != TrialState.PRUNED:
+            trials[t.user_attrs.get("identity")].append(t)
     rows, pending = [], []
-    grace = study._storage.get_heartbeat_interval()
-    for variant, seed in points:
-        have = by_key.get((variant, seed), [])
-        done = [t for t in have if t.state == TrialState.COMPLETE]
+    for have in map(trials.get, identities):
+        attrs, done = have[-1].user_attrs, [t for t in have if t.state == TrialState.COMPLETE]
+        row = {k: attrs.get(k) for k in ("variant", "seed", "run_dir")}
         if done:
-            rows.append({**done[0].user_attrs["result"], "variant": variant, "seed": seed,
-                         "status": "ok"})  # fmt: skip
-            continue
-        if not have or any(t.state in T.ACTIVE for t in have):
-            pending.append((variant, seed))
-            continue
-        last = max(have, key=lambda t: t.number)
-        error = last.user_attrs.get("error")
-        if error is None:
-            tries, run_dir = T.tries(last) + 1, last.user_attrs.get("run_dir")
-            error = (
-                f"worker lost on {tries} tries (no heartbeat for {3 * (grace or 0)} s); "
-                f"see {run_dir}/train.log"
-            )
-        rows.append({"variant": variant, "seed": seed, "status": "failed", "error": error,
-                     "wall_s": last.user_attrs.get("wall_s"), "trial": last.number})  # fmt: skip
+            rows.append({**row, **done[0].user_attrs["result"], "status": "ok"})
+        elif any(t.state in (TrialState.WAITING, TrialState.RUNNING) for t in have):
+            pending.append(f"{row['variant']} seed {row['seed']}")
+        else:
+            error = attrs.get("error") or f"worker lost on {len(have)} tries (no heartbeat)"
+            rows.append({**row, "status": "failed", "error": error})
     return rows, pending
 
 
-def write_grid_report(
-    study: optuna.Study, out: Path, reference: str, points=None
-) -> tuple[list[dict[str, Any]], list]:
-    rows, pending = grid_rows(study, points)
-    Path(out).mkdir(parents=True, exist_ok=True)
-    write_reports(rows, out, reference=reference)
-    if pending:
-        md = Path(out) / "results.md"
-        names = ", ".join(f"{v} seed {s}" for v, s in pending)
-        md.write_text(md.read_text() + f"\nNot finished yet (waiting or running): {names}.\n")
-    return rows, pending
-
-
-SEARCH_COLUMNS = ["trial", "status", "value", "val_acc_best", "test_acc", "wall_s", "run_dir",
-                  "error"]  # fmt: skip
-
-
-def search_rows(study: optuna.Study) -> list[dict[str, Any]]:
-    """One row per search trial (a retried one too: its state says it was failed)."""
-    rows = []
-    for t in study.get_trials(deepcopy=False):
-        result = t.user_attrs.get("result", {})
-        error = (t.user_attrs.get("error") or "").strip().splitlines()[-1:]
-        rows.append({"trial": t.number, "status": t.state.name.lower(), "value": t.value,
-                     **t.params, "val_acc_best": result.get("val_acc_best"),
-                     "test_acc": result.get("test_acc"), "wall_s": result.get("wall_s"),
-                     "run_dir": t.user_attrs.get("run_dir"),
-                     "error": error[0] if error else ""})  # fmt: skip
-    return rows
-
-
-def write_search_report(study: optuna.Study, out: Path) -> list[dict[str, Any]]:
-    """``results.csv`` (a row per trial), ``results.md`` (the trials, best first, and the best
-    overlay), ``results.png`` (Optuna's optimisation history) and ``best.yaml``."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    rows = search_rows(study)
-    params = list(study.user_attrs["space"]["params"])
-    columns = SEARCH_COLUMNS[:3] + params + SEARCH_COLUMNS[3:]
+def write_reports(rows: list[dict], out, reference: str, pending=(), confidence=0.95) -> None:
+    """``results.csv``, ``results.md`` and ``results.png`` of a grid's rows, in ``out``."""
+    (out := Path(out)).mkdir(parents=True, exist_ok=True)
     with open(out / "results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         writer.writeheader()
-        for r in rows:
-            writer.writerow({k: "" if r.get(k) is None else r[k] for k in columns})
-    attrs = study.user_attrs
-    sign = -1 if attrs["mode"] == "max" else 1
-    done = sorted((r for r in rows if r["value"] is not None), key=lambda r: sign * r["value"])
-    lines = [f"Search {study.study_name!r}: {len(done)} of {attrs['trials']} trials complete, "
-             f"value = best {attrs['monitor']} ({attrs['mode']}) on validation; best first.", "",
-             "| trial | value | " + " | ".join(params) + " | test acc |",
-             "|---" * (len(params) + 3) + "|"]  # fmt: skip
-    for r in done:
-        cells = [f"{r[p]:.4g}" if isinstance(r[p], float) else str(r[p]) for p in params]
-        acc = "–" if r["test_acc"] is None else f"{100 * r['test_acc']:.2f}"
-        lines.append(f"| {r['trial']} | {r['value']:.4f} | " + " | ".join(cells) + f" | {acc} |")
-    best = search.write_best(study, out / "best.yaml")
-    if best is not None:
-        lines += ["", f"Best trial's overlay: `{best}`:", "", "```yaml",
-                  best.read_text().strip(), "```"]  # fmt: skip
-    failed = [r for r in rows if r["status"] == "fail"]
-    if failed:
-        lines += ["", "Failed trials:", ""] + [f"- #{r['trial']}: {r['error']}" for r in failed]
-    (out / "results.md").write_text("\n".join(lines) + "\n")
-    if done:
-        _plot_history(study, out / "results.png")
-    return rows
+        writer.writerows({k: "" if r.get(k) is None else r[k] for k in COLUMNS} for r in rows)
+    ok: dict[str, dict[int, dict]] = defaultdict(dict)
+    for r in rows:
+        if r["status"] == "ok":
+            ok[r["variant"]][r["seed"]] = r
+    ref, variants = ok.get(reference, {}), []
+    for name, runs in ok.items():
+        seeds, delta = sorted(runs), None
+        if common := [s for s in seeds if s in ref] * (name != reference):
+            accs = [[x[s]["test_acc"] for s in common] for x in (runs, ref)]
+            delta = paired_difference(*accs, confidence)
+        acc = mean_ci([runs[s]["test_acc"] for s in seeds], confidence)
+        variants.append((name, [runs[s] for s in seeds], acc, delta))
+    variants.sort(key=lambda v: -v[2].mean)
+    note = None if ref else f"reference variant {reference!r} has no ok run in this grid"
+    text = markdown(rows, variants, note, reference, f"{100 * confidence:g}%")
+    pending_note = f"\nNot finished yet (waiting or running): {', '.join(pending)}.\n"
+    (out / "results.md").write_text(text + pending_note * bool(pending))
+    plot(variants, reference, note, out / "results.png")
 
 
-def _plot_history(study: optuna.Study, path: Path) -> None:
+def markdown(rows, variants, note, reference: str, pct: str) -> str:
+    """The text of ``results.md``: what the statistics are, the table, the failed runs."""
+
+    def pp(x: float, sign: str = "") -> str:  # a fraction in percent (points)
+        return "n/a" if math.isnan(x) else f"{100 * x:{sign}.2f}"
+
+    def mean(runs: list[dict], key: str, scale: float, digits: int) -> str:
+        values = [r[key] * scale for r in runs if r.get(key) is not None]
+        return f"{sum(values) / len(values):.{digits}f}" if values else "–"
+
+    lines = [
+        f"Test accuracy: mean ± half-width of the Student-t {pct} CI over seeds (n = the "
+        f"seeds column). Δ vs {reference}: paired difference in percentage points over the "
+        f"seeds both variants have, mean [{pct} CI], paired t-test; * marks an interval "
+        "that excludes 0. An interval needs two seeds (n/a with one). Other columns: means "
+        "over the seeds.",
+        "",
+    ]
+    lines += [f"Note: {note}; the Δ columns are n/a.", ""] * bool(note)
+    lines += [
+        f"| variant | seeds | test acc (%) mean ± {pct} CI | Δ vs {reference} (pp) mean "
+        f"[lo, hi] | excl. 0 | {' | '.join(MEANS)} |",
+        "|---" * (5 + len(MEANS)) + "|",
+    ]
+    for name, runs, acc, d in variants:
+        delta, excl = ("—", "—") if name == reference else ("n/a", "n/a")
+        if d is not None:
+            ci = "n/a" if math.isnan(d.lo) else f"{pp(d.lo, '+')}, {pp(d.hi, '+')}"
+            delta = f"{pp(d.mean, '+')} [{ci}]" + f" (n={d.n})" * (d.n != len(runs))
+            excl = "n/a" if math.isnan(d.lo) else "*" * (d.lo > 0 or d.hi < 0)
+        cells = [name, len(runs), f"{pp(acc.mean)} ± {pp((acc.hi - acc.lo) / 2)}", delta, excl]
+        lines.append(
+            "| " + " | ".join(map(str, cells + [mean(runs, *m) for m in MEANS.values()])) + " |"
+        )
+    if failed := [r for r in rows if r["status"] != "ok"]:
+        lines += ["", "Failed runs (see `<run_dir>/train.log`; rerun to retry):", ""]
+        for r in failed:
+            last = (r.get("error") or "").strip().splitlines()[-1:] or [""]
+            lines.append(f"- {r['variant']} seed {r['seed']}: {last[0]}")
+    return "\n".join(lines) + "\n"
+
+
+def plot(variants, reference: str, note: str | None, path: Path) -> None:
+    """Left: each variant's mean test accuracy with its interval; right: the paired differences
+    to the reference with theirs, red where they exclude 0."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from optuna.visualization.matplotlib import plot_optimization_history
 
-    from lightning_glif.sweep.storage import quiet
-
-    with quiet():
-        ax = plot_optimization_history(study)
-    ax.figure.tight_layout()
-    ax.figure.savefig(path, dpi=120)
-    plt.close(ax.figure)
+    fig, (ax, ax_d) = plt.subplots(1, 2, sharey=True, figsize=(11, 0.35 * len(variants) + 1.6))
+    for y, (_, _, acc, d) in enumerate(variants[::-1]):
+        ax.barh(y, 100 * acc.mean, xerr=np.nan_to_num(50 * (acc.hi - acc.lo)), color="tab:blue")
+        if d is not None:
+            red = d.lo > 0 or d.hi < 0
+            half = np.nan_to_num(50 * (d.hi - d.lo))
+            ax_d.errorbar(100 * d.mean, y, xerr=half, fmt="o", color="tab:red" if red else "gray")
+    ax.set_yticks(range(len(variants)), [v[0] for v in variants[::-1]])
+    ax.set_xlabel("test accuracy (%), mean ± 95% CI over seeds")
+    ax_d.axvline(0.0, color="k", lw=1)
+    ax_d.set_xlabel(f"Δ vs {reference} (pp), paired mean ± 95% CI (red: excludes 0)")
+    if note:
+        ax_d.text(0.5, 0.5, note, transform=ax_d.transAxes, ha="center", wrap=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

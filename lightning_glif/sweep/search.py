@@ -1,170 +1,157 @@
-"""Search: an Optuna sampler (TPE by default) over a YAML space of ``train.py`` options.
-
-A space file (``conf/search/*.yaml``)::
-
-    config: [experiment/delayed_row_digits.yaml]   # base configs (as train.py --config)
-    monitor: val/acc                               # what the search optimises, on validation
-    mode: max
-    seed: 0
-    params:                                        # dotted train.py option -> distribution
-      model.gate_lr_factor: {low: 1, high: 1000, log: true}         # float
-      model.backbone.init_args.channels: {choices: [[8, 16], [16, 32]]}
-      data.init_args.batch_size: {type: int, low: 32, high: 256, log: true}
-
-Each trial is one run, as a grid point is (its own child, run directory ``OUT/trial<k>/``,
-workers, heartbeat and retries); its value is the run's best ``monitor``. The best trial's
-parameters are written as a YAML overlay (:func:`write_best`).
-"""
+"""Search: an Optuna sampler (TPE by default) over a YAML space of ``train.py`` options (the
+format: conf/search/gate_lr.yaml, docs/sweeps.md). Each trial is one run, as a grid point is, in
+``OUT/<study>/<id>/``; the best trial's options are written to ``best.yaml``."""
 
 from __future__ import annotations
 
-import threading
-import warnings
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import optuna
 import yaml
-from optuna.distributions import (
-    BaseDistribution,
-    CategoricalDistribution,
-    FloatDistribution,
-    IntDistribution,
-)
+from optuna.trial import TrialState
 
-from lightning_glif.sweep import trials as T
+from lightning_glif.sweep.grid import config_path, identity
+from lightning_glif.sweep.worker import StorageError, Workers, child_env, option_args
 
 SAMPLERS = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}
+RANGE = {"type", "low", "high", "log", "step"}  # the keys of a params entry, or "choices"
 
 
-def read_space(path: str | Path) -> dict[str, Any]:
-    """The space file's content, checked: ``params`` (name -> distribution spec), ``config``
-    (a list), ``monitor``, ``mode``, ``seed``. ValueError naming the entry and the fix."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"--space {path}: no such file (the shipped spaces: conf/search/).")
-    data = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(data, dict) or not isinstance(data.get("params"), dict) or not data["params"]:
-        raise ValueError(f"{path}: expected a 'params:' mapping of train.py option -> range.")
-    unknown = set(data) - {"config", "monitor", "mode", "seed", "params"}
-    if unknown:
-        raise ValueError(f"{path}: unknown keys {sorted(unknown)}; a space has config, monitor, "
-                         "mode, seed and params.")  # fmt: skip
-    config = data.get("config", [])
-    data["config"] = [config] if isinstance(config, str) else list(config)
-    if data.setdefault("mode", "max") not in ("max", "min"):
-        raise ValueError(f"{path}: mode must be 'max' or 'min', got {data['mode']!r}.")
-    data.setdefault("monitor", "val/acc")
-    data.setdefault("seed", 0)
-    for name, spec in data["params"].items():
-        distribution(name, spec, path)
-    return data
-
-
-def distribution(name: str, spec: Any, where: Any = "space") -> BaseDistribution:
-    """The Optuna distribution of one ``params`` entry."""
-    if not isinstance(spec, dict):
-        raise ValueError(f"{where}: {name}: expected a mapping like {{low: 0.1, high: 10, log: "
-                         "true}} or {choices: [...]}, got {spec!r}.")  # fmt: skip
-    if "choices" in spec:
-        if not isinstance(spec["choices"], list) or not spec["choices"]:
-            raise ValueError(f"{where}: {name}: choices must be a non-empty list.")
-        # lists (e.g. channels) are stored as their YAML text: Optuna's choices are scalars
-        return CategoricalDistribution([_choice(c) for c in spec["choices"]])
-    kind = spec.get("type", "float")
-    if kind not in ("float", "int") or "low" not in spec or "high" not in spec:
-        raise ValueError(f"{where}: {name}: needs low and high (and optional type: float or "
-                         "int, log: true, step), or choices.")  # fmt: skip
-    extra = set(spec) - {"type", "low", "high", "log", "step"}
-    if extra:
-        raise ValueError(f"{where}: {name}: unknown keys {sorted(extra)}.")
-    try:
-        if kind == "int":
-            return IntDistribution(int(spec["low"]), int(spec["high"]), log=bool(spec.get("log")),
-                                   step=int(spec.get("step", 1)))  # fmt: skip
-        return FloatDistribution(float(spec["low"]), float(spec["high"]),
-                                 log=bool(spec.get("log")), step=spec.get("step"))  # fmt: skip
-    except ValueError as e:
-        raise ValueError(f"{where}: {name}: {e}") from None
+def read_space(path: str | Path, configs: list[str] | None = None) -> dict[str, Any]:
+    """The space file, checked, with its defaults and its configs (or ``configs``) as paths;
+    ValueError naming the entry and the fix."""
+    if not Path(path).is_file():
+        raise ValueError("no such file (the shipped spaces: conf/search/).")
+    space = {"config": [], "monitor": "val/acc", "mode": "max", "seed": 0, "params": None}
+    space |= yaml.safe_load(Path(path).read_text()) or {}
+    if (
+        len(space) > 5
+        or not isinstance(space["params"], dict)
+        or space["mode"] not in ("max", "min")
+    ):
+        raise ValueError(
+            f"a space has 'params:' (train.py option -> range), config, monitor, "
+            f"mode (max or min) and seed; it has {sorted(space)}."
+        )
+    trial = optuna.create_study(storage=optuna.storages.InMemoryStorage()).ask()
+    for name, spec in space["params"].items():
+        try:
+            suggest(trial, {name: spec})
+        except (AttributeError, KeyError, TypeError, ValueError) as e:
+            raise ValueError(
+                f"{name}: {type(e).__name__}: {e}. A range is {{low: 0.1, high: 10, log: true}} "
+                "or {type: int, low: 1, high: 8, step: 1}; a choice {choices: [...]}."
+            ) from None
+    configs = configs or space["config"]
+    configs = [configs] if isinstance(configs, str) else configs
+    return space | {"config": [str(config_path(c)) for c in configs]}
 
 
 def _choice(value: Any) -> Any:
-    if isinstance(value, list | dict):
-        return yaml.safe_dump(value, default_flow_style=True).strip()
-    return value
-
-
-def distributions(space: dict[str, Any]) -> dict[str, BaseDistribution]:
-    return {n: distribution(n, s) for n, s in space["params"].items()}
-
-
-class Asker:
-    """New trials of a search study from its sampler, until the study holds ``trials`` of them
-    (the originals of retried or requeued trials and duplicates do not count). Workers of one
-    process ask one at a time; workers of several processes may overshoot by one each."""
-
-    def __init__(self, study: optuna.Study) -> None:
-        self.study = study
-        attrs = study.user_attrs
-        self.space, self.budget = attrs["space"], int(attrs["trials"])
-        self.spec = {k: attrs[k] for k in ("configs", "train_args", "monitor", "mode", "seed")}
-        self._lock = threading.Lock()
-
-    def left(self) -> int:
-        trials = self.study.get_trials(deepcopy=False)
-        replaced = set()
-        for t in trials:
-            replaced.update(t.system_attrs.get("retry_history", []))
-            if "requeued_from" in t.system_attrs:
-                replaced.add(t.system_attrs["requeued_from"])
-        counted = [t for t in trials if t.number not in replaced and not T.is_duplicate(t)]
-        return self.budget - len(counted)
-
-    def ask(self):
-        with self._lock:
-            if self.left() <= 0:
-                return None
-            with warnings.catch_warnings():  # the heartbeat thread is ours (worker.py)
-                warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
-                trial = self.study.ask(fixed_distributions=distributions(self.space))
-            for k, v in {"kind": T.SEARCH, **self.spec}.items():
-                trial.set_user_attr(k, v)
-            return self.study._storage.get_trial(trial._trial_id)
-
-
-def best_trial(study: optuna.Study):
-    """The best COMPLETE trial, or None."""
-    done = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
-    return study.best_trial if done else None
-
-
-def overlay(params: dict[str, Any], space: dict[str, Any]) -> dict[str, Any]:
-    """Dotted ``train.py`` options as a nested config overlay (a list choice back as a list)."""
-    nested: dict[str, Any] = {}
-    for name, value in params.items():
-        if "choices" in space["params"].get(name, {}) and isinstance(value, str):
-            for c in space["params"][name]["choices"]:
-                if _choice(c) == value:
-                    value = c
-        node = nested
-        *parents, leaf = name.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return nested
-
-
-def write_best(study: optuna.Study, path: Path) -> Path | None:
-    """``path``: the best trial's parameters as a YAML overlay for ``train.py fit --config``."""
-    best = best_trial(study)
-    if best is None:
-        return None
-    attrs = study.user_attrs
-    configs = " ".join(f"--config {c}" for c in attrs["configs"])
-    head = (
-        f"# best trial #{best.number} of study {study.study_name!r}: {attrs['monitor']} = "
-        f"{best.value:.6g} ({attrs['mode']}), of {len(study.get_trials(deepcopy=False))} trials\n"
-        f"# python train.py fit {configs} --config {path.name}\n"
+    """Optuna's choices are scalars: a list or mapping (e.g. channels) as its YAML text."""
+    return (
+        yaml.safe_dump(value, default_flow_style=True).strip()
+        if isinstance(value, list | dict)
+        else value
     )
-    path.write_text(head + yaml.safe_dump(overlay(best.params, attrs["space"]), sort_keys=False))
-    return path
+
+
+def suggest(trial: optuna.Trial, params: dict[str, dict]) -> dict[str, Any]:
+    """The trial's value of each ``params`` entry (a retried trial gets its own again)."""
+    values = {}
+    for name, spec in params.items():
+        if set(spec) == {"choices"} and spec["choices"]:
+            values[name] = trial.suggest_categorical(name, [_choice(c) for c in spec["choices"]])
+        elif set(spec) - RANGE:
+            raise ValueError(f"unknown keys {sorted(set(spec) - RANGE)} (choices: alone)")
+        else:
+            suggest_range = trial.suggest_int if spec.get("type") == "int" else trial.suggest_float
+            values[name] = suggest_range(name, **{k: v for k, v in spec.items() if k != "type"})
+    return values
+
+
+def check_options(space: dict, train_args: list[str]) -> None:
+    """Parse a trial's command line (``train.py fit ... --print_config``) before any trial runs:
+    ValueError with train.py's message when an option of the space is not one of its own."""
+    example = {n: _choice(s.get("choices", [s.get("low")])[0]) for n, s in space["params"].items()}
+    args = [a for c in space["config"] for a in ("--config", c)] + option_args(example)
+    command = [sys.executable, "-c", "from lightning_glif.cli import main; main()", "fit", *args]
+    done = subprocess.run(
+        [*command, *train_args, "--print_config"], env=child_env(), capture_output=True, text=True
+    )
+    if done.returncode:
+        message = done.stderr[done.stderr.rfind("error:") :].strip()
+        raise ValueError(f"train.py refuses a trial's options: {message}")
+
+
+def start(study: optuna.Study, space: dict, train_args: list[str], sampler: str, trials: int):
+    """Record the search in its study; refuse a study that holds a grid or another search
+    (space, configs or their content, fit arguments, sampler)."""
+    attrs = {"kind": "search", "space": space, "train_args": train_args, "sampler": sampler}
+    attrs["base"] = identity(space["config"], train_args)
+    if any(study.user_attrs.get(k, v) != v for k, v in attrs.items()):
+        raise StorageError(
+            f"study {study.study_name!r} holds another search, or a grid: pass "
+            "another --study, or the same options."
+        )
+    for k, v in {**attrs, "trials": trials}.items():
+        study.set_user_attr(k, v)
+
+
+def objective(workers: Workers, study: optuna.Study):
+    """A search study's objective: sample the space and run it; its value is the best
+    ``monitor`` of the run (on validation, never the test split)."""
+    space, train_args = study.user_attrs["space"], study.user_attrs["train_args"]
+
+    def run(trial: optuna.Trial) -> float:
+        spec = {k: space[k] for k in ("monitor", "mode", "seed")} | {"train_args": train_args}
+        spec["params"] = suggest(trial, space["params"])
+        spec["identity"] = key = identity(space["config"], **spec)
+        spec |= {"configs": space["config"], "dir": f"{study.study_name}/{key[:8]}"}
+        return workers.run(trial, spec, f"trial #{trial.number}", "selected_score")
+
+    return run
+
+
+def write_report(study: optuna.Study, out: str | Path) -> bool:
+    """``results.md`` (the complete trials, best first; the failed ones' errors) and, when one
+    succeeded, ``best.yaml``: its options, an overlay for ``train.py fit --config``. False when
+    no trial succeeded."""
+    (out := Path(out)).mkdir(parents=True, exist_ok=True)
+    space, trials = study.user_attrs["space"], study.get_trials(deepcopy=False)
+    sign = -1 if space["mode"] == "max" else 1  # best first; ties in trial order, as Optuna's
+    done = sorted(
+        (t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: sign * t.value
+    )
+    lines = [
+        f"Search {study.study_name!r}: {len(done)} of {len(trials)} trials complete; value: "
+        f"the best {space['monitor']} ({space['mode']}) on validation.",
+        "",
+        f"| trial | value | {' | '.join(space['params'])} | test acc (%) | run |",
+        "|---" * (len(space["params"]) + 4) + "|",
+    ]
+    for t in done:
+        cells = [t.number, t.value, *t.params.values(), 100 * t.user_attrs["result"]["test_acc"]]
+        cells = [f"{c:.4g}" if isinstance(c, float) else c for c in cells]
+        lines.append(f"| {' | '.join(map(str, cells))} | {t.user_attrs['run_dir']} |")
+    if done:
+        params = space["params"]  # a list choice (e.g. channels) back from its YAML text:
+        lists = [n for n in params if any(_choice(c) != c for c in params[n].get("choices", []))]
+        options = {n: yaml.safe_load(v) if n in lists else v for n, v in done[0].params.items()}
+        configs = " ".join(f"--config {c}" for c in space["config"])
+        text = (
+            f"# the best of search {study.study_name!r}, trial #{done[0].number}: python "
+            f"train.py fit {configs} --config best.yaml\n{yaml.safe_dump(options, sort_keys=False)}"
+        )
+        (out / "best.yaml").write_text(text)
+        lines += ["", f"The best trial's options, {out / 'best.yaml'}:", "```yaml", text, "```"]
+    else:
+        lines += ["", "No trial succeeded, so there is no best.yaml: see the failed trials."]
+    for t in trials:
+        if error := t.user_attrs.get("error", "").strip().splitlines()[-1:]:
+            lines.append(f"- failed trial #{t.number} ({t.user_attrs['run_dir']}): {error[0]}")
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+    return bool(done)

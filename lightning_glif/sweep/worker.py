@@ -1,261 +1,342 @@
-"""A worker: take a trial from the study, run its child (``train.py fit`` and the test of its
-best-validation checkpoint, :mod:`lightning_glif.sweep.child`), put the result into the trial.
-
-Each local worker is a thread with its own :class:`~lightning_glif.sweep.devices.Slot`; workers
-on other machines are other ``ablate.py worker`` processes on the same storage. While a trial
-runs, Optuna's heartbeat thread marks it alive; a worker that is killed stops the heartbeat, and
-after the grace period any worker's :func:`optuna.storages.fail_stale_trials` fails the trial and
-the storage's :class:`~optuna.storages.RetryHeartbeatStaleTrialCallback` queues a retry (up to
-``--max-retries``). A worker returns when no trial it may run is waiting or running.
-"""
+"""A sweep's storage and workers. ``Study.optimize`` runs the trials here, each a child process,
+``python -m lightning_glif.sweep.worker RUN_DIR``: ``train.py fit`` (through ``cli_main``) and a
+test of the checkpoint it selected. ``optimize`` keeps a running trial's heartbeat: the trial of
+a worker that died goes stale after 3 heartbeats, and the next worker to look fails it and
+queues a retry (``RetryHeartbeatStaleTrialCallback``)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
-import shutil
+import queue
+import signal
 import socket
+import sqlite3
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections import Counter, defaultdict
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import optuna
 import yaml
-from optuna.storages._heartbeat import get_heartbeat_thread  # what Study.optimize runs
-from optuna.trial import FrozenTrial, TrialState
+from filelock import FileLock
+from optuna.trial import TrialState
 
-from lightning_glif.locks import DirectoryLock, DirectoryLocked
-from lightning_glif.sweep import trials as T
-from lightning_glif.sweep.devices import Slot
-from lightning_glif.sweep.processes import Children, launch
-from lightning_glif.sweep.storage import fail_stale_trials
-
-POLL_S = 1.0  # seconds between looks at the storage while other workers' trials run
-_take = threading.Lock()  # this process's workers take trials one at a time
+EMBEDDED, HEARTBEAT_S, MAX_RETRIES = "study.db", 10, 2  # --out's storage file; defaults
+ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_workers(
-    study: optuna.Study,
-    slots: list[Slot],
-    out: Path,
-    children: Children,
-    log=print,
-    accept: Callable[[FrozenTrial], bool] = lambda t: True,
-    asker=None,
-) -> None:
-    """Run one worker per slot (threads) until none has a trial left; ``asker`` (a
-    :class:`~lightning_glif.sweep.search.Asker`) samples new trials once none waits."""
-    threads = [
-        threading.Thread(
-            target=work, args=(study, slot, Path(out), children, log, accept, asker),
-            name=f"sweep-worker-{slot.index}", daemon=True,
+class StorageError(RuntimeError):
+    """A study that cannot be opened or is not there; the message says why and what to do."""
+
+
+def storage_url(storage: str | None, out: str | Path) -> str:
+    """``storage`` (``postgres[ql]://`` through psycopg 3), else the SQLite ``OUT/study.db``."""
+    if not storage:
+        return f"sqlite:///{Path(out).resolve() / EMBEDDED}"
+    scheme, _, rest = storage.partition("://")
+    return f"postgresql+psycopg://{rest}" if scheme in ("postgres", "postgresql") else storage
+
+
+def lock(url: str):
+    """A file lock beside an embedded study (none for a server's): commands started at once on
+    one ``--out`` create its tables and enqueue their grids one after the other."""
+    path = url.removeprefix("sqlite:///")
+    return FileLock(f"{path}.lock") if path != url else contextlib.nullcontext()
+
+
+class SQLiteStorage(optuna.storages.RDBStorage):
+    """The embedded storage. SQLite has no ``SELECT ... FOR UPDATE``, so two workers could take
+    the same waiting trial (Optuna's FAQ, "SQLite concurrency"): a file lock makes it atomic."""
+
+    def __init__(self, url: str, **kwargs: Any) -> None:
+        super().__init__(url, **kwargs)
+        self.state_lock = FileLock(url.removeprefix("sqlite:///") + ".state.lock")
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState, values=None) -> bool:
+        with self.state_lock:
+            return super().set_trial_state_values(trial_id, state, values)
+
+
+def open_study(url, name, heartbeat=HEARTBEAT_S, retries=MAX_RETRIES, create=None, sampler=None):
+    """The study ``name`` at ``url``, created with ``create`` (``optuna.create_study``'s keyword
+    arguments) if given. An embedded file that is not a sound SQLite database is moved aside
+    (not deleted) and a new study starts in its place."""
+    if heartbeat < 1 or retries < 0:
+        raise StorageError(f"need --heartbeat >= 1 and --max-retries >= 0: {heartbeat}, {retries}")
+    sqlite, path = url.startswith("sqlite:///"), Path(url.removeprefix("sqlite:///"))
+    if sqlite:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    with lock(url):
+        if sqlite and path.is_file() and (problem := damage(path)):
+            print(
+                f"[ablate] {path} is not a sound SQLite database ({problem}): moved it to "
+                f"{set_aside(path, 'damaged')}. A new study starts; a run with a result.json "
+                "is not trained again."
+            )
+        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=retries)
+        storage = (SQLiteStorage if sqlite else optuna.storages.RDBStorage)(
+            url,
+            engine_kwargs={"connect_args": {"timeout": 60}} if sqlite else {},
+            heartbeat_interval=heartbeat,
+            grace_period=3 * heartbeat,
+            heartbeat_stale_trial_callback=retry,
         )
-        for slot in slots
-    ]  # fmt: skip
-    for t in threads:
-        t.start()
-    for t in threads:
-        while t.is_alive():  # join with a timeout: the main thread keeps receiving signals
-            t.join(timeout=0.5)
-
-
-def _retrying(fn, *args):
-    """``fn(*args)``, again after a pause while the storage answers that it is busy (SQLite's
-    lock held by another process past its timeout, a dropped connection)."""
-    for attempt in range(5):
-        try:
-            return fn(*args)
-        except optuna.exceptions.StorageInternalError:
-            if attempt == 4:
-                raise
-            time.sleep(1.0 + attempt)
-
-
-def _next(study, accept, asker) -> FrozenTrial | None:
-    with _take:
-        _retrying(fail_stale_trials, study)
-        trial = _retrying(T.pop_waiting, study, accept)
-        if trial is None and asker is not None:
-            trial = asker.ask()
-        return trial
-
-
-def _running(study: optuna.Study, accept) -> list[FrozenTrial]:
-    states = (TrialState.RUNNING,)
-    return [t for t in study.get_trials(deepcopy=False, states=states) if accept(t)]
-
-
-def work(study, slot: Slot, out: Path, children: Children, log, accept, asker=None) -> None:
-    """One worker's loop: take a trial, run it, until none is waiting or running (or a stop)."""
-    waiting_logged = False
-    while children.signum is None:
-        trial = _next(study, accept, asker)
-        if trial is not None:
-            waiting_logged = False
-            try:
-                run_trial(study, trial, slot, out, children, log)
-            except Exception as error:  # a fault of the worker, not of the run: fail the trial
-                _fail_by_worker(study, trial, error, log)  # so that no one waits for it
-            continue
-        running = _retrying(_running, study, accept)
-        if not running:
-            return
-        if not waiting_logged:
-            grace = study._storage.get_heartbeat_interval() * 3
-            log(f"[ablate] worker {slot.index}: waiting for {len(running)} running trial(s) "
-                f"(#{', #'.join(str(t.number) for t in running)}); the trial of a lost worker "
-                f"is retried once its heartbeat is {grace} s old")  # fmt: skip
-            waiting_logged = True
-        _sleep(POLL_S, children)
-
-
-def _sleep(seconds: float, children: Children) -> None:
-    end = time.monotonic() + seconds
-    while children.signum is None and time.monotonic() < end:
-        time.sleep(0.1)
-
-
-def label(trial: FrozenTrial) -> str:
-    attrs = trial.user_attrs
-    if attrs.get("kind") == T.GRID:
-        return f"{attrs['variant']} seed {attrs['seed']}"
-    return f"trial #{trial.number}"
-
-
-def run_dir_of(trial: FrozenTrial, out: Path) -> Path:
-    attrs = trial.user_attrs
-    if attrs.get("kind") == T.GRID:
-        return out / attrs["variant"] / f"seed{attrs['seed']}"
-    # a retry runs in the directory of the trial it retries
-    first = (trial.system_attrs.get("retry_history") or [trial.number])[0]
-    first = trial.system_attrs.get("requeued_from", first)
-    return out / f"trial{first:04d}"
-
-
-def fit_args(trial: FrozenTrial, run_dir: Path) -> list[str]:
-    """The ``fit`` arguments of ``trial``'s run: its configs, the grid variant's neuron overlay
-    or the search trial's parameters, the run directory and seed, the extra arguments."""
-    attrs = trial.user_attrs
-    args = [a for c in attrs["configs"] for a in ("--config", c)]
-    if attrs.get("kind") == T.GRID:
-        args += ["--config", str(run_dir / "variant.yaml")]
-    for name, value in sorted(trial.params.items()):
-        args += [f"--{name}", value if isinstance(value, str) else json.dumps(value)]
-    args += ["--trainer.default_root_dir", str(run_dir), "--seed_everything", str(attrs["seed"])]
-    return args + list(attrs["train_args"])
-
-
-def _prepare(trial: FrozenTrial, run_dir: Path, args: list[str]) -> bool:
-    """Lay out ``run_dir`` for ``trial``; True if it already holds the result of a run with the
-    same arguments (a worker lost after its child finished): that result is taken, not redone."""
-    attrs = trial.user_attrs
+        if create is not None:
+            return optuna.create_study(
+                storage=storage, study_name=name, sampler=sampler, load_if_exists=True, **create
+            )
     try:
-        same = json.loads((run_dir / "run.json").read_text())["args"] == args
-    except (OSError, ValueError, KeyError):
-        same = False
-    if same and (run_dir / "result.json").is_file():
-        return True
-    if run_dir.exists():  # interrupted or failed before: start it again from scratch
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True)
-    if attrs.get("kind") == T.GRID:
-        overlay = {"model": {"backbone": {"init_args": {"neuron": attrs["neuron"]}}}}
-        (run_dir / "variant.yaml").write_text(
-            f"# ablation variant {attrs['variant']!r}\n" + yaml.safe_dump(overlay, sort_keys=False)
-        )
-    spec = {"variant": attrs.get("variant"), "seed": attrs["seed"], "args": args,
-            "monitor": attrs["monitor"], "mode": attrs["mode"]}  # fmt: skip
-    (run_dir / "run.json").write_text(json.dumps(spec, indent=2))
-    return False
+        return optuna.load_study(study_name=name, storage=storage, sampler=sampler)
+    except KeyError:
+        names = ", ".join(optuna.get_all_study_names(storage)) or "none"
+        raise StorageError(
+            f"no study {name!r} in {url} (it has: {names}): create it with `ablate.py enqueue` "
+            "or `ablate.py search`, or pass --study with one of those names."
+        ) from None
 
 
-def _wait_unlocked(run_dir: Path, children: Children, log, what: str) -> bool:
-    """Wait while a live process (the child of a trial failed as stale while it still ran)
-    holds ``run_dir``'s lock; False if the sweep was stopped meanwhile."""
-    said = False
-    while children.signum is None:
-        try:
-            with DirectoryLock(run_dir, what="run directory"):
-                return True
-        except DirectoryLocked as e:
+def set_aside(path: Path, why: str) -> Path:
+    """Rename ``path`` to ``<path>.<why>-<time>``: kept, under a name of its own."""
+    return path.rename(f"{path}.{why}-{datetime.now():%Y%m%d-%H%M%S-%f}")
+
+
+def damage(path: Path) -> str | None:
+    """What is wrong with a SQLite database file; None if it is sound."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            answer = db.execute("PRAGMA quick_check").fetchone()[0]
+    except sqlite3.DatabaseError as e:
+        return str(e)
+    return None if answer == "ok" else answer
+
+
+def left(study: optuna.Study, trials: int | None = None) -> tuple[int, int]:
+    """(Trials to run: those waiting, and for a search of ``trials`` the new ones to sample;
+    trials running.) A search does not count a lost try (failed without an ``error``)."""
+    have = Counter(
+        t.state
+        for t in study.get_trials(deepcopy=False)
+        if t.state != TrialState.FAIL or "error" in t.user_attrs
+    )
+    todo, running = have[TrialState.WAITING], have[TrialState.RUNNING]
+    if trials is not None:
+        todo += max(0, trials - have[TrialState.COMPLETE] - have[TrialState.FAIL] - running - todo)
+    return todo, running
+
+
+class Workers:
+    """``workers`` runs at a time in this process (default: one per ``gpus_per_trial`` GPUs on
+    CUDA, else 2), each on GPUs of its own (``CUDA_VISIBLE_DEVICES``; none: on the CPU) and an
+    equal share of the cores."""
+
+    def __init__(self, out, workers: int | None = None, gpus_per_trial: int = 1, log=print):
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        if visible is None and gpus_per_trial > 0:
+            import torch
+
+            visible = ",".join(map(str, range(torch.cuda.device_count())))
+        ids = [g for g in (visible or "").replace(" ", "").split(",") if g] * (gpus_per_trial > 0)
+        k = gpus_per_trial if ids else 0
+        workers = workers or (len(ids) // k if k else min(2, os.cpu_count() or 1))
+        if workers < 1 or gpus_per_trial < 0 or workers * k > len(ids):
+            raise ValueError(
+                f"--workers {workers} x --gpus-per-trial {gpus_per_trial} needs {workers * k} of "
+                f"the {len(ids)} GPUs visible ({','.join(ids)}): lower either (--gpus-per-trial 0 "
+                "trains on the CPU)."
+            )
+        self.slots: queue.SimpleQueue[str] = queue.SimpleQueue()
+        for i in range(workers):
+            self.slots.put(",".join(ids[i * k : (i + 1) * k]))
+        self.out, self.workers, self.log = Path(out).resolve(), workers, log
+        self.threads = max(1, (os.cpu_count() or 1) // workers)
+
+    def work(self, study: optuna.Study, objective, trials: int | None = None) -> None:
+        """Run ``objective`` on the waiting trials (a search: on ``trials`` in all) until none
+        waits or runs, here or elsewhere (a stale one is queued again meanwhile)."""
+
+        def enough(study: optuna.Study, trial) -> None:  # others took the waiting trials
+            if left(study, trials)[0] == 0:
+                study.stop()
+
+        said = False
+        while True:
+            optuna.storages.fail_stale_trials(study)
+            todo, running = left(study, trials)
+            if todo:
+                study.optimize(objective, todo, n_jobs=min(todo, self.workers), callbacks=[enough])
+                continue
+            if not running:
+                return
             if not said:
-                log(f"[ablate] {what}: waiting for {run_dir}, still in use ({e.holder})")
-                said = True
-            _sleep(2.0, children)
-    return False
+                self.log(
+                    f"[ablate] waiting for {running} trial(s) running elsewhere (a lost "
+                    "worker's trial is retried once its heartbeat is stale)"
+                )
+            said = True
+            time.sleep(2.0)
+
+    def run(self, trial: optuna.Trial, spec: dict[str, Any], label: str, value: str) -> float:
+        """Run ``spec`` (``configs``, ``neuron`` or ``params``, ``seed``, ``train_args``,
+        ``monitor``, ``mode``, ``identity``, ``dir``) as ``trial``, its value the result's
+        ``value``; a run that fails makes a failed trial with the end of its log in ``error``."""
+        run_dir = self.out / spec["dir"]
+        trial.set_user_attr("run_dir", str(run_dir))
+        trial.set_user_attr("worker", f"{socket.gethostname()} pid {os.getpid()}")
+        if (result := adopt(run_dir, spec["identity"], self.log)) is not None:
+            self.log(f"[ablate] adopt {label}: {run_dir}/result.json of an earlier run")
+        else:
+            self.log(f"[ablate] run {label} -> {run_dir}")
+            code = self.launch(trial, run_dir, spec)
+            if code or (result := adopt(run_dir, spec["identity"])) is None:
+                log = (run_dir / "train.log").read_text(errors="replace").strip().splitlines()
+                trial.set_user_attr("error", "\n".join(log[-15:]))
+                self.log(f"[ablate] FAILED {label} (exit {code}); see {run_dir}/train.log")
+                return math.nan
+        trial.set_user_attr("result", result)
+        self.log(f"[ablate] done {label}: test acc {result['test_acc']:.4f}")
+        return result[value]
+
+    def launch(self, trial: optuna.Trial, run_dir: Path, spec: dict[str, Any]) -> int:
+        """Write ``run.json`` (and a grid variant's ``variant.yaml``), run the child on a free
+        slot of GPUs; its exit code."""
+        run_dir.mkdir(parents=True, exist_ok=True)
+        args = [a for c in spec["configs"] for a in ("--config", c)]
+        if spec.get("neuron"):  # a grid variant: an overlay, as --config conf/neuron/x.yaml
+            overlay = {"model": {"backbone": {"init_args": {"neuron": spec["neuron"]}}}}
+            (run_dir / "variant.yaml").write_text(yaml.safe_dump(overlay, sort_keys=False))
+            args += ["--config", str(run_dir / "variant.yaml")]
+        args += option_args(spec.get("params", {})) + ["--seed_everything", str(spec["seed"])]
+        args += ["--trainer.default_root_dir", str(run_dir), *spec["train_args"]]
+        run = {k: spec[k] for k in ("identity", "monitor", "mode")} | {"args": args}
+        (run_dir / "run.json").write_text(json.dumps(run, indent=1))
+        env = child_env(OMP_NUM_THREADS=str(self.threads))
+        env["CUDA_VISIBLE_DEVICES"] = gpus = self.slots.get()
+        try:
+            trial.set_user_attr("gpus", gpus)
+            with open(run_dir / "train.log", "a") as log:  # appended: each try's log is kept
+                print(
+                    f"=== trial #{trial.number}, {socket.gethostname()}, {time.ctime()}", file=log
+                )
+                log.flush()
+                command = [sys.executable, "-m", "lightning_glif.sweep.worker", str(run_dir)]
+                child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+                try:
+                    return child.wait()
+                except KeyboardInterrupt:  # Ctrl-C reached the child too: it saves last.ckpt
+                    child.wait()
+                    raise
+        finally:
+            self.slots.put(gpus)
 
 
-def _set(study: optuna.Study, trial: FrozenTrial, **attrs: Any) -> bool:
-    """Set user attributes of a running trial; False if it was finished meanwhile (failed as
-    stale by another worker)."""
+def child_env(**extra: str) -> dict[str, str]:
+    """This process's environment, ``extra``, and this checkout importable from anywhere."""
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path, **extra}
+
+
+def option_args(params: dict[str, Any]) -> list[str]:
+    """``--name value`` for each train.py option (JSON for what is not a string)."""
+    return [
+        a for k, v in params.items() for a in (f"--{k}", v if isinstance(v, str) else json.dumps(v))
+    ]
+
+
+def adopt(run_dir: Path, identity: str, log=print) -> dict[str, Any] | None:
+    """``run_dir/result.json`` if it is the result of run ``identity``; another is moved aside
+    (``result.json.unreadable-<time>``) and None returned: the run trains again."""
+    path = run_dir / "result.json"
+    if not path.is_file():
+        return None
     try:
-        for k, v in attrs.items():
-            _retrying(study._storage.set_trial_user_attr, trial._trial_id, k, v)
-        return True
-    except optuna.exceptions.UpdateFinishedTrialError:
-        return False
+        result = json.loads(path.read_text())
+        if result["identity"] == identity and isinstance(result["test_acc"], float):
+            return result
+        problem = "is the result of another run"
+    except (ValueError, KeyError, TypeError) as e:
+        problem = f"is unreadable ({type(e).__name__}: {e})"
+    log(f"[ablate] {path} {problem}: moved to {set_aside(path, 'unreadable').name}")
+    return None
 
 
-def run_trial(study, trial: FrozenTrial, slot: Slot, out: Path, children: Children, log) -> None:
-    """Run ``trial``'s child in ``slot`` and finish the trial: COMPLETE with the result in its
-    ``result`` user attribute (value: the test accuracy of a grid run, the selection metric of a
-    search run), FAIL with the log tail in ``error``, or (stopped by a signal) FAIL and queued
-    again."""
-    run_dir = run_dir_of(trial, out).resolve()
-    what = label(trial)
-    _set(study, trial, run_dir=str(run_dir),
-         worker=f"{socket.gethostname()} pid {os.getpid()} slot {slot.index}")  # fmt: skip
-    t0 = time.perf_counter()
-    with get_heartbeat_thread(trial._trial_id, study._storage):
-        code, tail = None, ""
-        if _wait_unlocked(run_dir, children, log, what):
-            args = fit_args(trial, run_dir)
-            if _prepare(trial, run_dir, args):
-                log(f"[ablate] adopt {what}: {run_dir}/result.json of an earlier try")
-                code = 0
-            else:
-                log(f"[ablate] run {what} -> {run_dir}")
-                code, tail = launch(run_dir, slot.env(), children)
-        _finish(study, trial, run_dir, code, tail, time.perf_counter() - t0, children, log)
+def read_scalars(run_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar of every TensorBoard event file under ``run_dir``: tag -> [(step, value)]."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    scalars: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    for events in sorted(Path(run_dir).rglob("events.out.tfevents*")):
+        acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            scalars[tag] += [(e.step, e.value) for e in acc.Scalars(tag)]
+    return dict(scalars)
 
 
-def _fail_by_worker(study, trial: FrozenTrial, error: Exception, log) -> None:
-    """An exception in the worker itself (the storage, the run directory): the trial is failed
-    with the traceback in ``error`` (a rerun enqueues it again) and the worker goes on."""
-    import traceback
+def run_child(run_dir: Path) -> dict[str, Any]:
+    """The child: ``fit`` with ``run.json``'s arguments, test the checkpoint best on its
+    ``monitor``, write ``result.json`` (atomically: a run without one did not finish). The
+    monitors' figures are read from the run's events, however the monitors log them."""
+    from pytorch_lightning.callbacks import ModelCheckpoint
 
-    tail = "".join(traceback.format_exception(error))[-4000:]
-    try:
-        _set(study, trial, status="failed", error=f"worker error: {tail}")
-        _retrying(lambda: study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True))
-    except Exception as again:  # the storage itself is gone: its heartbeat will go stale
-        log(f"[ablate] could not fail trial #{trial.number} ({again}): it is retried once stale")
-    log(f"[ablate] FAILED {label(trial)}: the worker raised {type(error).__name__}: {error}")
+    from lightning_glif import tags
+    from lightning_glif.callbacks import FiringRateMonitor
+    from lightning_glif.cli import cli_main
+
+    class SelectionCheckpoint(ModelCheckpoint):
+        """A class of its own: Lightning refuses two checkpoints with one state key (class,
+        monitor, mode), which a config's checkpoint on the same metric would share."""
+
+    spec, start = json.loads((run_dir / "run.json").read_text()), time.perf_counter()
+    best = SelectionCheckpoint(monitor=spec["monitor"], mode=spec["mode"], filename="selected")
+    firing = FiringRateMonitor(stages=("test",), histograms=False)  # the test split's rate
+    cli = cli_main(["fit", *spec["args"]], callbacks=[best, firing])
+    if not best.best_model_path:
+        raise RuntimeError(f"no checkpoint was selected: the fit never logged {spec['monitor']!r}")
+    tested = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best.best_model_path)
+    cli.trainer.logger.finalize("success")  # flush the events before reading them back
+    scalars = {tag: values[-1][1] for tag, values in read_scalars(cli.trainer.log_dir).items()}
+    result = {
+        "identity": spec["identity"],
+        "test_acc": float(tested[0][tags.metric("test", "acc")]),
+        "val_acc_best": scalars.get(tags.best("val", "acc")),
+        "firing_rate": scalars.get(tags.firing("test")),
+        "synops_ac": scalars.get(tags.synops("test", "ac")),
+        "energy_uJ": scalars.get(tags.energy("test")),
+        "wall_s": time.perf_counter() - start,
+        "selected_score": float(best.best_model_score),
+        "best_ckpt": str(Path(best.best_model_path).relative_to(run_dir)),
+    }
+    layers = tags.layers(scalars, "gates")
+    for gate in ("alpha", "beta", "gamma"):  # each gate's last mean, averaged over the layers
+        means = [scalars.get(tags.observable("gates", n, gate, "mean")) for n in layers]
+        means = [m for m in means if m is not None]
+        result[f"{gate}_mean"] = sum(means) / len(means) if means else None
+    (run_dir / "result.json.tmp").write_text(json.dumps(result, indent=1))
+    os.replace(run_dir / "result.json.tmp", run_dir / "result.json")
+    return result
 
 
-def _finish(study, trial, run_dir, code, tail, wall, children: Children, log) -> None:
-    what = label(trial)
-    tell = study.tell
-    if code is None or run_dir in children.interrupted:
-        (run_dir / "result.json").unlink(missing_ok=True)  # it may have finished while stopping
-        _set(study, trial, interrupted=True)
-        _retrying(lambda: tell(trial.number, state=TrialState.FAIL, skip_if_finished=True))
-        T.requeue(study, trial)
-        log(f"[ablate] interrupted {what}: queued again, a rerun redoes it")
-        return
-    if code == 0 and (run_dir / "result.json").exists():
-        row = json.loads((run_dir / "result.json").read_text())
-        live = _set(study, trial, result=row, status="ok")
-        grid = trial.user_attrs.get("kind") == T.GRID
-        value = row["test_acc"] if grid else row["selected_score"]
-        _retrying(lambda: tell(trial.number, value, skip_if_finished=True))
-        log(f"[ablate] done {what}: test acc {row['test_acc']:.4f}")
-    else:
-        live = _set(study, trial, status="failed", error=tail, wall_s=wall)
-        _retrying(lambda: tell(trial.number, state=TrialState.FAIL, skip_if_finished=True))
-        log(f"[ablate] FAILED {what} (exit {code}); see {run_dir}/train.log")
-    if not live:
-        log(f"[ablate] {what}: trial #{trial.number} was failed as stale meanwhile (its "
-            "heartbeat was late); its retry takes this result")  # fmt: skip
+def end_with_parent() -> None:
+    """SIGTERM to this child once its worker is gone (even killed), so that no orphan trains on:
+    it stops as on SIGTERM (last.ckpt, no result). The standard library has no parent-death
+    signal, so a thread watches the parent's pid."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+if __name__ == "__main__":  # python -m lightning_glif.sweep.worker RUN_DIR
+    end_with_parent()
+    run_child(Path(sys.argv[1]).resolve())
