@@ -246,7 +246,7 @@ def test_installed_package_runs_from_another_directory(tmp_path):
     entry = next(n for n in names if n.endswith("entry_points.txt"))
     scripts = (site / entry).read_text()
     assert "lightning-glif = lightning_glif.cli:main" in scripts
-    assert "lightning-glif-ablate = lightning_glif.ablation:main" in scripts
+    assert "lightning-glif-ablate = lightning_glif.sweep.cli:main" in scripts
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -271,7 +271,9 @@ def test_train_and_ablate_are_thin_entry_points():
     for script in ("train.py", "ablate.py"):
         source = (ROOT / script).read_text()
         assert len(source.splitlines()) <= 15, f"{script} should only call into the package"
-    assert "import train" not in inspect.getsource(import_class("lightning_glif.ablation.run_one"))
+    assert "import train" not in inspect.getsource(
+        import_class("lightning_glif.sweep.worker.run_child")
+    )
 
 
 def test_a_misspelled_option_of_a_forwarding_class_is_suggested(tmp_path, capsys):
