@@ -295,6 +295,73 @@ def test_a_killed_run_resumes_to_the_same_weights(tmp_path):
     assert a["lr_schedulers"] == b["lr_schedulers"]
 
 
+class SignalInValidation(Callback):
+    """Test-only: SIGTERM to this process after the first validation batch of epoch
+    ``$GLIF_SIGTERM_IN_VAL`` (if set), while that validation still has batches to run."""
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, *args):
+        at = os.environ.get("GLIF_SIGTERM_IN_VAL")
+        if at is not None and trainer.current_epoch == int(at) and batch_idx == 0:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def scalars(run: Path, tag: str) -> list[tuple[int, float]]:
+    """``(step, value)`` of ``tag`` in every TensorBoard event file of ``run``, by step."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    found = []
+    for path in run.glob("events.out.tfevents.*"):
+        events = EventAccumulator(str(path))
+        events.Reload()
+        if tag in events.Tags()["scalars"]:
+            found += [(e.step, e.value) for e in events.Scalars(tag)]
+    return sorted(found)
+
+
+@pytest.mark.slow
+def test_a_stop_during_validation_keeps_that_epoch(tmp_path):
+    """SIGTERM during the validation at the end of epoch 1 of 3: that validation and the
+    epoch's checkpoints finish first (Lightning alone stopped mid-validation, and the resumed run
+    never validated epoch 1), then the resumed run goes on as the uninterrupted one."""
+    args = [
+        *small_args(tmp_path, epochs=3),
+        "--trainer.deterministic",
+        "true",
+        "--trainer.callbacks+=tests.test_reliability.SignalInValidation",
+    ]
+    whole_root, stopped_root = tmp_path / "whole", tmp_path / "stopped"
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.PIPE}
+    whole = train_py(*args, "--trainer.default_root_dir", str(whole_root), **quiet)
+    stop = {"GLIF_SIGTERM_IN_VAL": "1"}
+    stopped = finish(train_py(*args, "--trainer.default_root_dir", str(stopped_root), env=stop,
+                              **quiet))  # fmt: skip
+    assert stopped.returncode == 143, stopped.stderr[-3000:]
+    assert "SIGTERM: stopping after this validation" in stopped.stderr
+    run = stopped_root / "digits" / "version_0"
+    saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert saved["global_step"] == 8  # epoch 1's end
+    resumed = finish(train_py(*args, "--trainer.default_root_dir", str(stopped_root),
+                              "--ckpt_path", "last", **quiet))  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    whole = finish(whole)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+
+    reference = whole_root / "digits" / "version_0"
+    for tag in ("val/acc", "train/loss", "val/acc_best"):
+        expected = scalars(reference, tag)
+        assert [step for step, _ in expected] == [3, 7, 11], tag  # one per epoch
+        assert scalars(run, tag) == expected, tag
+    # The best checkpoint was offered every epoch's val/acc: the same file as uninterrupted.
+    names = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert names == sorted(p.name for p in (reference / "checkpoints").iterdir())
+    a = torch.load(reference / "checkpoints" / "last.ckpt", weights_only=True)
+    b = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert a["global_step"] == b["global_step"] == 12
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key
+    assert a["lr_schedulers"] == b["lr_schedulers"]
+
+
 def test_a_crash_during_a_save_leaves_the_previous_checkpoint(tmp_path):
     """The CLI's AtomicCheckpointIO writes a temporary file beside the checkpoint and renames it
     once complete, so a save that fails (here the checkpoint cannot be pickled) leaves the

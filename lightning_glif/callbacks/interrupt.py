@@ -12,8 +12,11 @@ True)`` saves on every exception too.
 
 :class:`InterruptCheckpoint` makes the first Ctrl-C stop like SIGTERM, at the end of the running
 batch (a consistent state: weights, optimizer and counters of the same step); a second Ctrl-C
-stops at once, Lightning's way. On either signal it writes ``last.ckpt`` in the ModelCheckpoint's
-directory with ``trainer.save_checkpoint``, so through the trainer's ``CheckpointIO`` (atomic with
+stops at once, Lightning's way. A stop asked for during validation waits for that validation to
+end and for the epoch's checkpoints (Lightning would stop mid-validation and save a state whose
+resume never validates that epoch: its ``val/acc`` lost, never offered to the best checkpoint).
+On either signal it writes ``last.ckpt`` in the ModelCheckpoint's directory with
+``trainer.save_checkpoint``, so through the trainer's ``CheckpointIO`` (atomic with
 :class:`~lightning_glif.checkpoint_io.AtomicCheckpointIO`), and the process exits with the shell's
 status for the signal (130 for Ctrl-C, 143 for SIGTERM; Lightning would exit 0 after SIGTERM).
 
@@ -22,8 +25,9 @@ interrupted epoch, it does not restart it. The global step, the epoch number and
 go on from the checkpoint, and the epoch runs only its remaining batches (``limit - done``). The
 DataLoader is not resumable, so those batches come from a new pass over the data (Lightning warns
 "You're resuming from a checkpoint that ended before the epoch ended"): in that one epoch some
-samples are seen twice and others not at all; later epochs are as usual. Stopped during
-validation, the resumed run first finishes that validation (Lightning's restart logic).
+samples are seen twice and others not at all; later epochs are as usual. Stopped during the
+validation at an epoch's end, the run saves after that epoch: the resumed run starts the next
+one, as an uninterrupted run would (tests/test_reliability.py compares the weights).
 """
 
 from __future__ import annotations
@@ -49,12 +53,16 @@ class InterruptCheckpoint(Callback):
         self._armed = False
         self._signal = signal.SIGTERM
         self._previous_sigint = None
+        self._previous_sigterm = None  # Lightning's handler, which makes its loops stop
+        self._validating = False
+        self._deferred = False
 
     # -- arming: only while the training loop runs (after a resumed state is restored) -----------
     def on_train_start(self, trainer, pl_module) -> None:
-        self._armed, self._signal = True, signal.SIGTERM
+        self._armed, self._signal, self._deferred = True, signal.SIGTERM, False
         if threading.current_thread() is threading.main_thread() and os.name != "nt":
             self._previous_sigint = signal.signal(signal.SIGINT, self._on_first_ctrl_c)
+            self._previous_sigterm = signal.signal(signal.SIGTERM, self._on_sigterm)
 
     def on_train_end(self, trainer, pl_module) -> None:
         self._disarm()
@@ -66,19 +74,48 @@ class InterruptCheckpoint(Callback):
         self._armed = False
         if signal.getsignal(signal.SIGINT) == self._on_first_ctrl_c:
             signal.signal(signal.SIGINT, self._previous_sigint or signal.default_int_handler)
+        if signal.getsignal(signal.SIGTERM) == self._on_sigterm:
+            signal.signal(signal.SIGTERM, self._previous_sigterm or signal.SIG_DFL)
 
     def _on_first_ctrl_c(self, signum, frame) -> None:
-        # Hand the stop to Lightning's SIGTERM handling (it finishes the batch); the next Ctrl-C
-        # raises KeyboardInterrupt as usual.
+        # Handled as SIGTERM; the next Ctrl-C raises KeyboardInterrupt as usual.
         signal.signal(signal.SIGINT, self._previous_sigint or signal.default_int_handler)
         self._signal = signal.SIGINT
-        log.warning("Ctrl-C: stopping after this batch, saving last.ckpt (Ctrl-C again: now)")
         signal.raise_signal(signal.SIGTERM)
+
+    def _on_sigterm(self, signum, frame) -> None:
+        name = "Ctrl-C" if self._signal == signal.SIGINT else "SIGTERM"
+        again = " (Ctrl-C again: now)" if self._signal == signal.SIGINT else ""
+        if self._validating:
+            self._deferred = True
+            log.warning("%s: stopping after this validation, saving last.ckpt%s", name, again)
+            return
+        log.warning("%s: stopping after this batch, saving last.ckpt%s", name, again)
+        self._stop()
+
+    def _stop(self) -> None:
+        # Lightning's own handler (restored, then signalled) makes its loops stop after the
+        # running batch.
+        signal.signal(signal.SIGTERM, self._previous_sigterm or signal.SIG_DFL)
+        signal.raise_signal(signal.SIGTERM)
+
+    # -- a stop asked for during validation waits for its end ------------------------------------
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._validating = self._armed and not trainer.sanity_checking
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        # The checkpoints' on_validation_end runs after this one (Lightning calls them last):
+        # they still save this validation; the loops stop at the next batch or the epoch's end.
+        self._validating = False
+        if self._deferred:
+            self._deferred = False
+            self._stop()
 
     # -- the save --------------------------------------------------------------------------------
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         interrupted = isinstance(exception, (KeyboardInterrupt, SIGTERMException))
         armed = self._armed
+        self._validating = False
         self._disarm()  # from here Ctrl-C is Python's again (after a KeyboardInterrupt: ignored)
         if isinstance(exception, SIGTERMException):
             # The status a shell gives a process stopped by the signal (SIGTERMException is the
