@@ -5,15 +5,18 @@ made by ``tempfile.mkstemp()`` in ``$TMPDIR`` and committed with ``shutil.move``
 ``$TMPDIR`` is on another filesystem than the run (a tmpfs ``/tmp``), that move is a *copy* over
 ``last.ckpt``: a kill during the copy leaves a truncated ``last.ckpt`` and a full temporary file
 in ``$TMPDIR``. :class:`AtomicCheckpointIO` writes the temporary file in the checkpoint's own
-directory and renames it (:mod:`lightning_glif.io`).
+directory and renames it (:mod:`lightning_glif.io`); a save that runs out of disk space is one
+:class:`DiskFullError` naming the filesystem, and the previous file stays as it was.
 
-Loading a file that is not a checkpoint (0 bytes, a truncated zip, text, another pickle) raises
-:class:`CorruptCheckpointError`, which names the file, what is wrong with it and the newest intact
-checkpoint beside it, where there is one.
+Loading a file that is not a checkpoint (0 bytes, a truncated zip, text, another pickle) or whose
+bytes changed after it was written (a zip member whose CRC-32 no longer matches: a bit flip on
+disk or in a copy) raises :class:`CorruptCheckpointError`, which names the file, what is wrong
+with it and, for a checkpoint of a run directory, the newest intact checkpoint of the same run.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import zipfile
 from collections.abc import Callable
@@ -32,6 +35,10 @@ class CorruptCheckpointError(RuntimeError):
     """A checkpoint file that cannot be loaded; the message names the file and the fix."""
 
 
+class DiskFullError(OSError):
+    """A checkpoint save ran out of space (or quota); the message names the filesystem."""
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """``TorchCheckpointIO`` whose saves are atomic in the checkpoint's directory (local paths;
     remote URLs keep Lightning's own save) and whose loads explain an unreadable file."""
@@ -46,8 +53,19 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path = Path(str(path).removeprefix("file://"))
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(path.parent)  # what a save killed earlier left
-        with atomic_open(path) as f:
-            torch.save(checkpoint, f)
+        try:
+            with atomic_open(path) as f:
+                torch.save(checkpoint, f)
+        except (OSError, RuntimeError) as error:
+            # torch.save reports a failed write as "unexpected pos ..." with the OSError inside.
+            if not _out_of_space(error):
+                raise
+            raise DiskFullError(
+                errno.ENOSPC,
+                f"no space left on the filesystem mounted at {_mount_point(path.parent)} while "
+                f"saving {path}: free space there or write the run elsewhere "
+                f"(--trainer.default_root_dir); {path.name} is as it was before this save",
+            ) from error
 
     def load_checkpoint(self, path, map_location=lambda storage, loc: storage, weights_only=None):
         if not os.path.exists(path):
@@ -57,6 +75,21 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return super(AtomicCheckpointIO, self).load_checkpoint(p, map_location, weights_only)
 
         return _load_checked(Path(path), load)
+
+
+def _out_of_space(error: BaseException | None) -> bool:
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _mount_point(path: Path) -> Path:
+    path = path.resolve()
+    while path.parent != path and path.parent.stat().st_dev == path.stat().st_dev:
+        path = path.parent
+    return path
 
 
 def with_atomic_checkpoint_io(plugins: Any) -> list:
@@ -71,7 +104,11 @@ def with_atomic_checkpoint_io(plugins: Any) -> list:
 def check_checkpoint_file(path: str | os.PathLike, weights_only: bool = True) -> dict[str, Any]:
     """Load ``path`` as ``torch.load`` does (on the CPU, tensors memory-mapped) and return it;
     raise :class:`CorruptCheckpointError` (``FileNotFoundError`` for a missing file) naming the
-    file, what is wrong and the newest intact checkpoint beside it."""
+    file, what is wrong and the newest intact checkpoint of its run.
+
+    Every member's CRC-32 is checked first: one more pass over all the file's bytes (of a
+    multi-gigabyte checkpoint on a slow disk, seconds), done once per file and process (a
+    file checked by the CLI is not checked again when Lightning loads it)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist.")
@@ -100,6 +137,9 @@ def _load_checked(path: Path, load: Callable[[Path], Any]) -> dict[str, Any]:
     raise CorruptCheckpointError(f"checkpoint {path} {problem}.{_alternative(path)}") from cause
 
 
+_INTACT: set[tuple[str, int, int, int]] = set()  # (path, inode, size, mtime) whose CRCs matched
+
+
 def _static_problem(path: Path) -> str | None:
     """What is wrong with the bytes of ``path``, if it shows without unpickling."""
     if path.is_dir():
@@ -115,6 +155,17 @@ def _static_problem(path: Path) -> str | None:
                 f"is truncated ({size} bytes, the zip archive that torch.save writes has no "
                 "end): a save that was interrupted, or a copy cut short"
             )
+        stat = path.stat()
+        key = (str(path.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        if key not in _INTACT:
+            with zipfile.ZipFile(path) as archive:
+                bad = archive.testzip()  # reads every member, compares its CRC-32
+            if bad is not None:
+                return (
+                    f"is damaged: the bytes of its member {bad!r} no longer match the checksum "
+                    "written with them (a bit flip on the disk or in a copy)"
+                )
+            _INTACT.add(key)
         return None
     if _is_text(head):
         start = head.decode("utf-8", errors="replace").split("\n", 1)[0][:60]
@@ -163,22 +214,26 @@ def _content_problem(checkpoint: Any) -> str | None:
 
 
 def _alternative(bad: Path) -> str:
-    """The newest intact ``*.ckpt`` beside ``bad``, as the ``--ckpt_path`` to pass instead."""
+    """The newest intact checkpoint of the run ``bad`` belongs to (a ``checkpoints/`` folder
+    beside the run's ``config.yaml``), as the ``--ckpt_path`` to pass instead. A file outside a
+    run directory gets no suggestion: its neighbours may belong to anything."""
+    if bad.parent.name != "checkpoints" or not (bad.parent.parent / "config.yaml").is_file():
+        return ""
     try:
         others = [p for p in bad.parent.glob("*.ckpt") if p.is_file() and p.name != bad.name]
     except OSError:
         return ""
     for other in sorted(others, key=lambda p: p.stat().st_mtime, reverse=True):
         try:
-            checkpoint = _torch_load(other, weights_only=True)
-        except Exception:  # noqa: BLE001 - any unreadable neighbour is skipped
+            checkpoint = None if _static_problem(other) else _torch_load(other, True)
+        except Exception:  # noqa: BLE001 - any unreadable checkpoint is skipped
             continue
         if isinstance(checkpoint, dict) and "state_dict" in checkpoint:
             where = f"epoch {checkpoint.get('epoch')}, global step {checkpoint.get('global_step')}"
             return (
-                f" The newest intact checkpoint beside it is {other} ({where}): pass "
-                f"--ckpt_path {other} instead (or copy it to {bad} to resume in place)."
+                f" The newest intact checkpoint of the same run is {other} ({where}): pass "
+                f"--ckpt_path {other} instead."
             )
     if others:
-        return " No other checkpoint beside it is intact: train again without --ckpt_path."
+        return " No other checkpoint of this run is intact: train again without --ckpt_path."
     return ""

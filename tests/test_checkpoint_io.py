@@ -1,7 +1,7 @@
 """Checkpoints and caches that survive kills: atomic saves in the checkpoint's own directory (also
-when ``$TMPDIR`` is another filesystem), one clear error for an unreadable checkpoint, Ctrl-C and
-SIGTERM during ``fit`` leaving a resumable ``last.ckpt``, and no ``*.tmp-*`` left by a killed
-cache writer.
+when ``$TMPDIR`` is another filesystem), a full disk named as such, one clear error for an
+unreadable or bit-flipped checkpoint, Ctrl-C and SIGTERM during ``fit`` leaving a resumable
+``last.ckpt``, and no ``*.tmp-*`` left by a killed cache writer.
 
 The kills are real: child processes (``train.py fit`` or a small script) get SIGKILL, SIGINT or
 SIGTERM; the runs are the default config made small, under ``tmp_path``."""
@@ -11,11 +11,13 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import textwrap
 import time
 import uuid
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -143,6 +145,51 @@ def test_a_kill_during_a_save_across_filesystems_keeps_an_intact_last_ckpt(tmp_p
     assert torch.load(last, weights_only=True)["global_step"] == 3
 
 
+# A tmpfs of 256 KiB mounted in a new user and mount namespace (``unshare``): a real full disk.
+# One small checkpoint fits, a 1 MB one does not; torch.save reports the failed write as
+# "unexpected pos ..." with the ENOSPC inside.
+SAVE_ON_A_FULL_DISK = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    import torch
+    from lightning_glif.checkpoint_io import AtomicCheckpointIO, DiskFullError
+
+    last = Path(sys.argv[1]) / "run" / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"state_dict": {"w": torch.ones(4)}, "global_step": 1}, last)
+    try:
+        io.save_checkpoint({"state_dict": {"w": torch.zeros(2**18)}, "global_step": 2}, last)
+    except DiskFullError as error:
+        print(error)
+    names = sorted(p.name for p in last.parent.iterdir())
+    print(torch.load(last, weights_only=True)["global_step"], names)
+    """
+)
+
+
+@pytest.mark.slow
+def test_a_full_disk_during_a_save_is_named_and_keeps_the_previous_file(tmp_path):
+    mount = tmp_path / "small"
+    mount.mkdir()
+    script = tmp_path / "save.py"
+    script.write_text(SAVE_ON_A_FULL_DISK)
+    shell = f"mount -t tmpfs -o size=256k tmpfs {mount} && exec {sys.executable} {script} {mount}"
+    unshare = shutil.which("unshare")
+    if unshare is None or subprocess.run([unshare, "-rm", "true"]).returncode != 0:
+        pytest.skip("no unshare with user namespaces to mount a small tmpfs")
+    environ = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": CHILD_PYTHONPATH}
+    run = subprocess.run([unshare, "-rm", "sh", "-c", shell], cwd=ROOT, env=environ,
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    message, kept = run.stdout.strip().splitlines()
+    # Was: RuntimeError "unexpected pos 21568 vs 21456", the ENOSPC in the middle of the trace.
+    assert message.startswith(f"[Errno 28] no space left on the filesystem mounted at {mount} ")
+    assert f"while saving {mount / 'run' / 'last.ckpt'}" in message
+    assert "last.ckpt is as it was before this save" in message
+    assert kept == "1 ['last.ckpt']"  # the previous checkpoint, no temporary file
+
+
 def test_the_cli_trainer_saves_through_the_atomic_plugin(tmp_path):
     trainer = cli_main(["--trainer.default_root_dir", str(tmp_path)], run=False).trainer
     assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
@@ -176,6 +223,19 @@ def test_stale_temporaries_of_dead_writers_only_are_removed(tmp_path):
 
 
 # -- unreadable checkpoints: one clear error -------------------------------------------------------
+def flip_a_tensor_byte(path: Path) -> str:
+    """Flip one bit of the first tensor's bytes in the zip ``path`` (its stored CRC-32 then no
+    longer matches); return the member's name."""
+    with zipfile.ZipFile(path) as archive:
+        member = next(i for i in archive.infolist() if "/data/" in i.filename and i.file_size)
+    data = bytearray(path.read_bytes())
+    # The member's bytes follow its local header: 30 bytes, then its name and extra field.
+    name, extra = struct.unpack("<HH", data[member.header_offset + 26 : member.header_offset + 30])
+    data[member.header_offset + 30 + name + extra] ^= 0x01
+    path.write_bytes(bytes(data))
+    return member.filename
+
+
 def _not_a_checkpoint(kind: str, path: Path, intact: Path) -> str:
     """Make ``path`` a broken checkpoint of ``kind``; return what the error must say."""
     if kind == "empty":
@@ -196,33 +256,54 @@ def _not_a_checkpoint(kind: str, path: Path, intact: Path) -> str:
     if kind == "random bytes":
         path.write_bytes(bytes(range(256)) * 8)
         return "is not a checkpoint: torch.load cannot unpickle it"
+    if kind == "a bit flip":
+        shutil.copyfile(intact, path)
+        member = flip_a_tensor_byte(path)
+        return f"is damaged: the bytes of its member {member!r} no longer match the checksum"
     raise AssertionError(kind)
 
 
-KINDS = ["empty", "truncated", "text", "a list", "a bare state_dict", "random bytes"]
+KINDS = ["empty", "truncated", "text", "a list", "a bare state_dict", "random bytes", "a bit flip"]
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_an_unreadable_checkpoint_is_named_with_the_intact_one_beside_it(tmp_path, kind):
+def test_an_unreadable_checkpoint_of_a_run_is_named_with_the_runs_intact_one(tmp_path, kind):
     io = AtomicCheckpointIO()
-    older, newer = tmp_path / "epoch000.ckpt", tmp_path / "epoch001.ckpt"
+    (tmp_path / "config.yaml").write_text("trainer: {}\n")  # a run directory
+    checkpoints = tmp_path / "checkpoints"
+    older, newer = checkpoints / "epoch000.ckpt", checkpoints / "epoch001.ckpt"
     io.save_checkpoint({"state_dict": {"w": torch.ones(1)}, "epoch": 0, "global_step": 4}, older)
     io.save_checkpoint({"state_dict": {"w": torch.ones(1)}, "epoch": 1, "global_step": 8}, newer)
     os.utime(older, (time.time() - 60,) * 2)
-    bad = tmp_path / "last.ckpt"
+    bad = checkpoints / "last.ckpt"
     says = _not_a_checkpoint(kind, bad, newer)
     for load in (io.load_checkpoint, check_checkpoint_file):
         with pytest.raises(CorruptCheckpointError) as error:
             load(bad)
         message = str(error.value)
         assert message.startswith(f"checkpoint {bad} ") and says in message
-        assert f"newest intact checkpoint beside it is {newer} (epoch 1, global step 8)" in message
-        assert f"pass --ckpt_path {newer} instead" in message
+        assert f"intact checkpoint of the same run is {newer} (epoch 1, global step 8)" in message
+        assert message.endswith(f"pass --ckpt_path {newer} instead.")
 
 
-def test_an_unreadable_checkpoint_alone_names_no_alternative(tmp_path):
+def test_a_bit_flip_that_torch_load_misses_is_found(tmp_path):
+    """torch.load reads a checkpoint whose tensor bytes changed without a word (the tensor is
+    simply another one); the CRC-32 that the zip stores with each member finds it."""
+    path = tmp_path / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.ones(64)}}, path)
+    flip_a_tensor_byte(path)
+    flipped = torch.load(path, weights_only=True)["state_dict"]["w"]
+    assert not torch.equal(flipped, torch.ones(64))
+    with pytest.raises(CorruptCheckpointError, match="is damaged: the bytes of its member"):
+        check_checkpoint_file(path)
+
+
+def test_an_unreadable_checkpoint_outside_a_run_names_no_other_file(tmp_path):
+    """The files beside a checkpoint outside a run directory may belong to anything: none is
+    offered, and no advice ever says to copy a file over the user's."""
     bad = tmp_path / "model.ckpt"
     bad.write_bytes(b"")
+    AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.ones(1)}}, tmp_path / "x.ckpt")
     with pytest.raises(CorruptCheckpointError) as error:
         check_checkpoint_file(bad)
     assert str(error.value) == (
@@ -246,20 +327,23 @@ def trained_run(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["empty", "truncated", "text"])
+@pytest.mark.parametrize("kind", ["empty", "truncated", "text", "a bit flip"])
 def test_resuming_from_a_corrupt_last_ckpt_names_it_and_the_intact_checkpoint(
-    trained_run, tmp_path, kind
+    trained_run, tmp_path, kind, capsys
 ):
     shutil.copytree(trained_run, tmp_path, dirs_exist_ok=True)
-    checkpoints = tmp_path / "digits" / "version_0" / "checkpoints"
-    last = checkpoints / "last.ckpt"
-    (best,) = [p for p in checkpoints.glob("epoch*.ckpt")]
+    run = tmp_path / "digits" / "version_0"
+    last = run / "checkpoints" / "last.ckpt"
+    (best,) = [p for p in last.parent.glob("epoch*.ckpt")]
     says = _not_a_checkpoint(kind, last, best)
-    with pytest.raises(CorruptCheckpointError) as error:
-        cli_main(["fit", *small_args(tmp_path, epochs=3, batches=2), "--ckpt_path", "last"])
-    message = str(error.value)
-    assert message.startswith(f"checkpoint {last} ") and says in message
-    assert f"pass --ckpt_path {best} instead" in message
+    before = sorted(p.name for p in run.iterdir())
+    with pytest.raises(SystemExit) as exit_:
+        cli_main(["fit", *small_args(tmp_path, epochs=2, batches=2), "--ckpt_path", "last"])
+    assert exit_.value.code == 2
+    message = " ".join(capsys.readouterr().err.split())
+    assert f"checkpoint {last} " in message and says in message
+    assert f"pass --ckpt_path {best} instead" in message and "copy it" not in message
+    assert sorted(p.name for p in run.iterdir()) == before  # refused: nothing written
 
 
 @pytest.mark.parametrize("kind", ["empty", "text"])
