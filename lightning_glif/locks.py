@@ -1,13 +1,18 @@
-"""One writer per directory: a lock file held by the process that writes a run (``train.py``)
-or a sweep (``ablate.py``), so a second command on the same directory stops with the holder's pid
-instead of writing into it.
+"""One writer per directory: a lock file held by the process that writes a run (``train.py``),
+so a second command on the same directory stops with the holder's pid instead of writing into it.
 
-The lock is an advisory ``flock`` on ``<directory>/.lock`` (the standard library's ``fcntl``; no
-package offers a cross-process lock that the kernel releases when its holder dies, which is what
-makes a lock of a SIGKILLed process never stale). The file's content names the holder (pid, host
-and command) for the error message; it is left in place on release (harmless: only the ``flock``
-counts). Advisory locks do not work across machines on some network filesystems (NFS without
-lock support): there the lock only protects commands on one machine.
+The lock is a POSIX record lock (``fcntl.lockf``) on ``<directory>/.lock``. The kernel releases
+it when its holder exits, however it dies (a SIGKILLed holder leaves no stale lock), and it
+belongs to the process, not to the open file: the DataLoader workers that a run forks do not
+inherit it, so workers orphaned by a killed run (they notice within seconds) never hold the
+directory. (An ``flock`` would be shared with them through the inherited descriptor.) The cost
+of POSIX locks: closing *any* descriptor of the lock file in the holding process releases the
+lock, so only :class:`DirectoryLock` opens that file, once per directory and process.
+
+The file's content names the holder (pid, host and command) for the error message; it is
+deleted on release, so a finished command leaves nothing behind. Record locks do not work across
+machines on some network filesystems (NFS without lock support): there the lock only protects
+commands on one machine.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from pathlib import Path
 
 try:
     import fcntl
-except ImportError:  # Windows: no flock; the lock is then a no-op (documented in the README)
+except ImportError:  # Windows: no POSIX locks; the lock is then a no-op (documented in the README)
     fcntl = None
 
 LOCK_NAME = ".lock"
@@ -40,8 +45,8 @@ class DirectoryLocked(RuntimeError):
 
 class DirectoryLock:
     """``with DirectoryLock(path, what="run directory"):`` holds ``path/.lock`` while the block
-    runs; :class:`DirectoryLocked` if a live process holds it. Re-entrant within one process
-    (a second lock of the same directory by the holder succeeds)."""
+    runs; :class:`DirectoryLocked` if another live process holds it. Re-entrant within one
+    process (a second lock of the same directory by the holder succeeds)."""
 
     _held: dict[Path, list[int]] = {}  # directory -> [descriptor, count]: this process's locks
 
@@ -58,14 +63,24 @@ class DirectoryLock:
             self._held[self.directory][1] += 1
             return self
         self.directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        if fcntl is not None:
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            if fcntl is None:
+                break
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:  # EAGAIN or EACCES: held by another process
                 holder = os.read(fd, 4096).decode(errors="replace").strip() or "pid unknown"
                 os.close(fd)
                 raise DirectoryLocked(self.directory, holder, self.what) from None
+            # The holder deletes the file on release: a lock taken on a file that was deleted
+            # meanwhile guards nothing. Lock the file that is there now.
+            try:
+                if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)
         os.ftruncate(fd, 0)
         command = " ".join(sys.argv)[:300]
         os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}: {command}\n".encode())
@@ -79,7 +94,9 @@ class DirectoryLock:
         held[1] -= 1
         if held[1] == 0:
             del self._held[self.directory]
-            os.close(held[0])  # closing the descriptor releases the flock
+            if fcntl is not None:  # while still locked, so it is no one else's file
+                self.path.unlink(missing_ok=True)
+            os.close(held[0])  # closing the descriptor releases the lock
 
     def __enter__(self) -> DirectoryLock:
         return self.acquire()
