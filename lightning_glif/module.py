@@ -131,6 +131,17 @@ class SpikingClassifier(LightningModule):
             self.save_hyperparameters(ignore=objects)
         if lr_interval not in ("epoch", "step"):
             raise ValueError(f"lr_interval must be 'epoch' or 'step', got {lr_interval!r}.")
+        if num_classes < 1:
+            raise ValueError(f"SpikingClassifier: num_classes must be >= 1, got {num_classes}.")
+        for name, value, zero in (
+            ("gate_lr_factor", gate_lr_factor, "freezes the gates"),
+            ("neuron_lr_factor", neuron_lr_factor, "freezes the membrane parameters"),
+            ("neuron_weight_decay", neuron_weight_decay, "no decay"),
+        ):
+            if not value >= 0:  # NaN too; a negative rate would climb the loss (gradient ascent)
+                raise ValueError(
+                    f"SpikingClassifier: {name} must be >= 0 (0: {zero}), got {value}."
+                )
         self.backbone = backbone
         self.num_classes = num_classes
         self.optimizer_factory = optimizer

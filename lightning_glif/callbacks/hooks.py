@@ -19,6 +19,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 Stage = Literal["train", "val", "test"]
 STAGES: tuple[str, ...] = ("train", "val", "test")
+_WARNED: set[tuple[int, str]] = set()  # (trainer id, message) of summary_writer's warnings
 
 
 def log_scalars(trainer: Trainer, metrics: dict[str, float], step: int) -> None:
@@ -30,18 +31,29 @@ def log_scalars(trainer: Trainer, metrics: dict[str, float], step: int) -> None:
 
 def summary_writer(trainer: Trainer, owner: str) -> SummaryWriter | None:
     """The SummaryWriter of the trainer's first TensorBoardLogger, for histograms and images;
-    ``None`` where there is none (the callback's scalars still reach the other loggers: say so
-    once). Call it on global rank 0 only: other ranks hold a dummy experiment."""
+    ``None`` where there is none: say once what is skipped (the scalars still reach the other
+    loggers; with no logger at all, nothing is written). Call it on global rank 0 only: other
+    ranks hold a dummy experiment."""
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
             return logger.experiment
-    if trainer.loggers and not trainer.fast_dev_run:  # fast_dev_run mutes the loggers on purpose
+    if trainer.fast_dev_run:  # fast_dev_run mutes the loggers on purpose
+        return None
+    if trainer.loggers:
         names = ", ".join(type(logger).__name__ for logger in trainer.loggers)
-        rank_zero_warn(
+        message = (
             f"{owner}: the trainer has no TensorBoardLogger, so its histograms and images are "
             f"skipped; its scalars still go to {names}. Add "
             "pytorch_lightning.loggers.TensorBoardLogger to trainer.logger to get them."
         )
+    else:
+        message = (
+            f"{owner}: the trainer has no logger, so nothing it measures is written (its latest "
+            "scalars stay in its .last). Set trainer.logger to get them."
+        )
+    if (id(trainer), message) not in _WARNED:  # once a run (Python's filter would repeat it)
+        _WARNED.add((id(trainer), message))
+        rank_zero_warn(message)
     return None
 
 

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from pytorch_lightning import LightningModule, Trainer
 from pytorch_lightning.callbacks import BasePredictionWriter
+from pytorch_lightning.utilities import rank_zero_info
 
 from lightning_glif.io import atomic_open
 
@@ -27,8 +28,9 @@ class PredictionWriter(BasePredictionWriter):
     - ``target`` ``[N]``: the label, when the batches carry one (``(x, y)``).
 
     Lightning's writer, written per batch (only the batch's logits and labels are kept, on the
-    device, so no batch waits for a copy to the host) and saved once at the end of the epoch.
-    The CLI adds it to every run; it does nothing outside ``predict``.
+    device, so no batch waits for a copy to the host) and saved once at the end of the epoch,
+    with a line saying where (Lightning's info log). The CLI adds it to every run; it does
+    nothing outside ``predict``.
     """
 
     def __init__(self, filename: str = FILENAME) -> None:
@@ -72,4 +74,5 @@ class PredictionWriter(BasePredictionWriter):
         self.path = run_dir / name
         with atomic_open(self.path) as f:
             torch.save(out, f)
+        rank_zero_info(f"predict: {len(logits)} predictions written to {self.path}")
         self._logits, self._targets = [], []
