@@ -22,42 +22,61 @@ fixed ``version``) is an error, never overwritten.
 
 ``test``/``validate``/``predict --ckpt_path FILE`` rebuild the model from the checkpoint (its
 config is stored in it); the data comes from the configs given, so pass the same ``--config`` as
-for ``fit``. A model option given in a config or on the command line that differs from the
-checkpoint's model is an error naming both (also for ``fit --ckpt_path FILE``):
-``--model_from_checkpoint true`` builds the checkpoint's model and ignores them;
-``--eval_time_steps T`` (validate/test/predict) runs the trained model at another number of time
-steps. The class paths stored in a checkpoint are only imported from ``lightning_glif``,
-``torch``, ``pytorch_lightning`` or classes named in the configs or options given (checked
-before any import). ``predict`` writes ``<run dir>/predictions.pt`` (``logits``, ``predicted``,
-``target``). A command holds its run directory's ``.lock`` while it runs: a second command on
-the same run stops, naming the holder's pid.
+for ``fit``: data of another kind or shape than the checkpoint was trained on is an error naming
+both, before anything runs. A model option given in a config or on the command line that differs
+from the checkpoint's model is an error naming both (also for ``fit --ckpt_path FILE`` and
+``fit --ckpt_path last``): ``--model_from_checkpoint true`` builds the checkpoint's model and
+ignores them; ``--eval_time_steps T`` (validate/test/predict) runs the trained model at another
+number of time steps. The class paths stored in a checkpoint are only imported from
+``lightning_glif``, ``torch``, ``pytorch_lightning`` or classes named in the configs or options
+given (checked before any import). ``predict`` writes ``<run dir>/predictions.pt`` (``logits``,
+``predicted``, ``target``) and says where. A command holds its run directory's ``.lock`` while it
+runs: a second command on the same run stops, naming the holder's pid.
 
 Resuming (weights, optimizer, schedule, epoch and step, RNG states): ``fit --ckpt_path last``
-continues the latest run of ``<default_root_dir>/<name>/`` in its own directory, from its
-``checkpoints/last.ckpt`` (``--trainer.logger.init_args.version N`` picks run ``version_N``);
-pass the same options as the first time; no run with a ``last.ckpt`` there (or none at the given
-version) is an error, not a fresh start. The original ``config.yaml`` is kept, the resumed
-command's config is saved beside it as ``config.resume<k>.yaml``. ``fit --ckpt_path
-.../last.ckpt`` resumes from that file into a new version directory.
+continues the latest run of ``<save_dir>/<name>/`` written by the same logger class, in its own
+directory, from its ``checkpoints/last.ckpt`` (``--trainer.logger.init_args.version N`` picks run
+``version_N``; without a logger, ``--trainer.logger false``, the run directory is
+``default_root_dir`` itself); pass the same options as the first time: another ``max_epochs``
+would not stretch the restored learning-rate schedule and is an error. No run with a
+``last.ckpt`` there (or none at the given version) is an error, not a fresh start. The original
+``config.yaml`` is kept, the resumed command's config is saved beside it as
+``config.resume<k>.yaml`` once training starts. ``fit --ckpt_path .../last.ckpt`` resumes from
+that file into a new version directory. Other loggers (``save_dir``/``name`` unknown to this CLI)
+resolve ``last`` in Lightning's own checkpoint directory, without these checks.
+
+A bad value (an option out of range, a missing or damaged checkpoint, a config file that is not
+YAML, a ``default_root_dir`` that cannot be written) stops with one message naming it and exit
+status 2, before anything is written; ``JSONARGPARSE_DEBUG=1`` shows the traceback.
 """
 
 from __future__ import annotations
 
 import difflib
 import logging
+import os
 import re
 import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
+import yaml
 from jsonargparse import ArgumentError, Namespace
+from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from pytorch_lightning.utilities import rank_zero_only
 
 from lightning_glif import compat
 from lightning_glif.callbacks.interrupt import InterruptCheckpoint
 from lightning_glif.callbacks.predictions import PredictionWriter
-from lightning_glif.callbacks.run_state import RunState, describe_checkpoint
+from lightning_glif.callbacks.run_state import (
+    DATA_KEY,
+    RunState,
+    describe_checkpoint,
+    mismatch_error,
+    weight_mismatches,
+)
 from lightning_glif.callbacks.splits import SplitFiles
 from lightning_glif.checkpoint_config import (
     UntrustedCheckpointClass,
@@ -67,12 +86,13 @@ from lightning_glif.checkpoint_config import (
 )
 from lightning_glif.checkpoint_io import (
     CorruptCheckpointError,
+    DiskFullError,
     check_checkpoint_file,
     with_atomic_checkpoint_io,
 )
 from lightning_glif.config_links import (
     CLASS_KEYS,
-    ConfigConflict,
+    data_values,
     import_class,
     link_data_values,
     plain,
@@ -93,7 +113,8 @@ DESCRIPTION = (
     "(a GLIF convnet on the embedded 8x8 digits), then each --config in order, then --key value "
     "arguments. Outputs go to <trainer.default_root_dir>/<logger name>/version_<n>/; predict "
     "writes its predictions there, as predictions.pt (logits, predicted class, target). "
-    "Run a subcommand with --help for its options."
+    "Run a subcommand with --help for its options. A bad value stops with one message and exit "
+    "status 2; set the environment variable JSONARGPARSE_DEBUG=1 to see the traceback."
 )
 PREDICT_DESCRIPTION = (
     "Predict with a model (usually --ckpt_path FILE) on the data's predict split (its test split): "
@@ -122,6 +143,48 @@ class GLIFParser(LightningArgumentParser):
 
     def error(self, message: str, ex: Exception | None = None):
         return super().error(message + suggestions(message, self), ex)
+
+
+class RunDirectory:
+    """The ``save_dir`` of the loggers: the one given, else ``trainer.default_root_dir``.
+
+    jsonargparse applies the link after each parse it makes (the defaults first), so a
+    ``save_dir`` that this link filled in earlier is told apart from a given one by its value:
+    a given ``save_dir`` equal to a ``default_root_dir`` seen before is taken as not given.
+    Loggers in a list share one run directory, so they share one ``save_dir``.
+    """
+
+    def __init__(self) -> None:
+        self.filled: set[str] = set()
+
+    def save_dir(self, default_root_dir: str, logger: Any) -> str:
+        inits = [item.get("init_args") for item in as_list(logger) if hasattr(item, "get")]
+        given = {i.get("save_dir") for i in inits if isinstance(i, Namespace)}
+        given -= {None, *self.filled}
+        if len(given) > 1:
+            raise ValueError(
+                f"trainer.logger: its loggers write one run directory, but their save_dir differ "
+                f"({', '.join(sorted(map(str, given)))}): give one save_dir, or none (then "
+                "trainer.default_root_dir)."
+            )
+        if given:
+            return given.pop()
+        self.filled.add(default_root_dir)
+        return default_root_dir
+
+
+def as_list(value: Any) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+def logger_classes(logger: Any) -> tuple:
+    """The class paths of a ``trainer.logger`` value (a Namespace or, from a saved config.yaml,
+    a dict; a list of them; ``True``; ``False``/``None``: none)."""
+    return tuple(
+        item.get("class_path") if hasattr(item, "get") else item
+        for item in as_list(logger)
+        if item not in (None, False)
+    )
 
 
 def valid_keys(parser: LightningArgumentParser, message: str) -> list[str]:
@@ -174,19 +237,23 @@ def suggestions(message: str, parser: LightningArgumentParser) -> str:
 
 class RunConfig(SaveConfigCallback):
     """Saves the resolved config in the run directory; a run resumed in place (``--ckpt_path
-    last``) keeps the original ``config.yaml`` and adds ``config.resume<k>.yaml``.
+    last``) keeps the original ``config.yaml`` and adds ``config.resume<k>.yaml`` when training
+    starts (a resume refused while its checkpoint is restored writes none).
 
     It also holds the run directory's :class:`~lightning_glif.locks.DirectoryLock` (on rank zero)
-    from its ``setup``, before anything is written there, to the end of the run: a second command
-    on the same run directory stops naming the holder's pid. A callback, as Lightning resolves
-    the run directory (the logger's next free version) only when the trainer runs; it is the
-    CLI's save-config callback, the first to write into the directory.
+    to the end of the run: a second command on the same run directory stops naming the holder's
+    pid. The CLI takes the lock before the trainer exists where the directory is known then (a
+    resume, a fixed version, no logger) and hands it over as ``lock``; otherwise (the logger's
+    next free version, known only when the trainer runs) it is taken in ``setup``, before this
+    callback writes there.
     """
 
-    def __init__(self, *args, resuming: bool = False, **kwargs) -> None:
+    def __init__(
+        self, *args, resuming: bool = False, lock: DirectoryLock | None = None, **kwargs
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.resuming = resuming
-        self._lock: DirectoryLock | None = None
+        self._lock = lock
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         if self.already_saved:
@@ -194,17 +261,24 @@ class RunConfig(SaveConfigCallback):
         log_dir = trainer.log_dir
         if log_dir:
             self._acquire(trainer, Path(log_dir))
-        if self.resuming and log_dir:
-            k = 1
-            while (Path(log_dir) / f"config.resume{k}.yaml").exists():
-                k += 1
-            self.config_filename = f"config.resume{k}.yaml"
-        elif log_dir and not self.overwrite:
+        if self.resuming:
+            return  # saved in on_train_start
+        if log_dir and not self.overwrite:
             # Lightning's own check says what to change in code: this one says what to type.
             exists = trainer.is_global_zero and (Path(log_dir) / self.config_filename).is_file()
             if trainer.strategy.broadcast(exists):
-                raise RuntimeError(_existing_run_message(trainer, Path(log_dir)))
+                logged = bool(trainer.loggers)
+                version = getattr(trainer.logger, "version", None)
+                raise RuntimeError(existing_run_message(Path(log_dir), logged, version))
         super().setup(trainer, pl_module, stage)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self.resuming and not self.already_saved and trainer.log_dir:
+            k = 1
+            while (Path(trainer.log_dir) / f"config.resume{k}.yaml").exists():
+                k += 1
+            self.config_filename = f"config.resume{k}.yaml"
+            super().setup(trainer, pl_module, "fit")
 
     def _acquire(self, trainer, run_dir: Path) -> None:
         locked: DirectoryLocked | None = None
@@ -232,27 +306,56 @@ class RunConfig(SaveConfigCallback):
         self._release()
 
 
-def _existing_run_message(trainer, run_dir: Path) -> str:
-    version = getattr(trainer.logger, "version", None)
-    option = "--trainer.logger.init_args.version"
-    given = f"{option} {version}" if version is not None else option
+def existing_run_message(run_dir: Path, logged: bool, version: Any) -> str:
+    """Why a command stops on a run directory that holds a run, and what to type instead."""
+    if logged:
+        option = "--trainer.logger.init_args.version"
+        given = f"{option} {version}" if version is not None else option
+        instead = (
+            f"Pick a version that does not exist yet (or leave {option} unset: the next free "
+            "version is used)"
+        )
+    else:
+        given = "--trainer.logger false"
+        instead = (
+            "Without a logger the run directory is trainer.default_root_dir itself: pass "
+            "another --trainer.default_root_dir"
+        )
+    resume = ""
+    if (run_dir / "checkpoints" / "last.ckpt").is_file():
+        resume = f", or continue that run with `fit --ckpt_path last {given}`"
     return (
-        f"{run_dir} already holds a run (its config.yaml exists): {given} names that run; "
-        "stopped to avoid overwriting its outputs. Pick a version that does "
-        f"not exist yet (or leave {option} unset: the next free version is used), or continue "
-        f"that run with `fit --ckpt_path last {given}`."
+        f"{run_dir} already holds a run (its config.yaml exists), which {given} names: "
+        f"stopped to avoid overwriting its outputs. {instead}{resume}."
     )
 
 
 class GLIFCLI(LightningCLI):
     """LightningCLI with the values the data knows set once, configs that do not leak into other
-    classes, resuming in place, and checkpoints that neither swap the configured model silently
-    nor import code the user did not name."""
+    classes, resuming in place, checkpoints that neither swap the configured model or data
+    silently nor import code the user did not name, and bad values refused before anything is
+    written.
+
+    ``print_config``: the flags of a ``--print_config[=flags]`` that :func:`cli_main` took off
+    the command line: the config is printed after this class's rules (the data's values linked,
+    options carried over reset, a checkpoint's model merged), as the run saves it, not as
+    jsonargparse parsed it.
+    """
+
+    def __init__(self, *args: Any, print_config: str | None = None, **kwargs: Any) -> None:
+        self.print_config = print_config
+        self._lock: DirectoryLock | None = None
+        super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        # One run directory: the logger (and so the checkpoints and the saved config) lives
-        # under trainer.default_root_dir.
-        parser.link_arguments("trainer.default_root_dir", "trainer.logger.init_args.save_dir")
+        # One run directory: the loggers (and so the checkpoints and the saved config) write
+        # under trainer.default_root_dir, unless a save_dir is given (jsonargparse's plain link
+        # would replace a given one without a word).
+        parser.link_arguments(
+            ("trainer.default_root_dir", "trainer.logger"),
+            "trainer.logger.init_args.save_dir",
+            compute_fn=RunDirectory().save_dir,
+        )
         parser.add_argument(
             "--model_from_checkpoint",
             type=bool,
@@ -298,14 +401,51 @@ class GLIFCLI(LightningCLI):
                 if k not in base or plain(base[k]) != plain(v)
             }
         self._authors_checkpoint: Path | None = None
-        checkpoint = self._read_checkpoint()
-        self._checkpoint_model = self._check_checkpoint_classes(checkpoint)
+        if sub:
+            self._resolve_ckpt_path(sub)
+        self._checkpoint = self._read_checkpoint()
+        self._checkpoint_model = self._check_checkpoint_classes(self._checkpoint)
+
+    def _resolve_ckpt_path(self, sub: str) -> None:
+        """``--ckpt_path last`` (fit) becomes the file it resumes, so that it gets every check a
+        file gets; ``best``, ``last`` outside fit and a path that is no file are errors."""
+        path = self.config[sub].get("ckpt_path")
+        if path == "last" and sub == "fit":
+            found = self._resume_in_place()
+            if found is not None:
+                self.config.fit.ckpt_path = str(found)
+        elif path in ("last", "best"):
+            resume = (
+                ", or resume the latest run with fit --ckpt_path last" if path == "last" else ""
+            )
+            self.parser.error(
+                f"--ckpt_path {path}: Lightning's '{path}' is the {path} checkpoint of a fit run "
+                "earlier in the same Python process; a command has none. Pass the checkpoint "
+                f"file (<run dir>/checkpoints/*.ckpt){resume}."
+            )
+        elif path and path != "hpc" and not path.startswith("registry") and "://" not in path:
+            if Path(path).is_file():
+                return
+            what = "is a directory" if Path(path).is_dir() else "does not exist"
+            self.parser.error(
+                f"--ckpt_path {path}: the file {what}. Pass a checkpoint file, or 'last' to "
+                "resume the latest run (fit)."
+            )
 
     def after_instantiate_classes(self) -> None:
-        """The GLIF authors' checkpoint (``--ckpt_path`` one of their files): its weights are
+        """A checkpoint's weights must fit the model built (RunState checks it again when
+        Lightning loads them, after the run has started writing: here it is before).
+
+        The GLIF authors' checkpoint (``--ckpt_path`` one of their files): its weights are
         converted into the configured model (:mod:`lightning_glif.compat`), which then runs as
         built, without a ``ckpt_path``: the file holds no optimizer or loop state, so ``fit``
         starts a new run from its weights."""
+        weights = (self._checkpoint or {}).get("state_dict")
+        if isinstance(weights, dict) and self.model is not None:
+            problems = weight_mismatches(self.model, weights, strict=self.model.strict_loading)
+            if problems:
+                made_with = describe_checkpoint(self._checkpoint)
+                self.fail(str(mismatch_error(self.model, made_with, problems)))
         source = self._authors_checkpoint
         if source is None:
             return
@@ -315,9 +455,24 @@ class GLIFCLI(LightningCLI):
             authors = compat.read_authors_checkpoint(source, weights_only)
             self.model.backbone.load_state_dict(compat.convert_state_dict(authors, self.model))
         except (compat.AuthorsCheckpointMismatch, compat.NotAuthorsCheckpoint) as error:
-            self.parser.error(f"--ckpt_path {source}: {error}")
+            self.fail(f"--ckpt_path {source}: {error}")
         config["ckpt_path"] = None
         log.info("%s: the weights of the authors' checkpoint %s", self.subcommand, source)
+
+    def before_fit(self) -> None:
+        """``--trainer.logger false``: Lightning's LearningRateMonitor would stop the run (it
+        only writes to a logger): it is left out, with one warning."""
+        if self.trainer.loggers:
+            return
+        kept = [c for c in self.trainer.callbacks if not isinstance(c, LearningRateMonitor)]
+        if len(kept) < len(self.trainer.callbacks):
+            warnings.warn(
+                "no logger (trainer.logger false): LearningRateMonitor is left out (it writes "
+                "only to a logger).",
+                UserWarning,
+                stacklevel=1,
+            )
+            self.trainer.callbacks = kept
 
     def _read_checkpoint(self) -> dict[str, Any] | None:
         """The ``--ckpt_path FILE`` checkpoint (tensors memory-mapped), read once, before
@@ -405,13 +560,83 @@ class GLIFCLI(LightningCLI):
             for key in CLASS_KEYS:
                 if not (from_checkpoint and key.startswith("model.")):
                     reset_carried_options(config, self._explicit, key)
-        try:
+        try:  # builds the data module: its own checks of its options (batch_size 0, ...)
             linked = link_data_values(config, self._explicit)
-        except ConfigConflict as conflict:
-            self.parser.error(str(conflict))
-        if from_checkpoint and self._checkpoint_model:
-            self._check_linked_values(config, linked)
-        self._resume_in_place()
+        except ValueError as error:  # ConfigConflict among them
+            self.parser.error(str(error))
+        if from_checkpoint:
+            if self._checkpoint_model:
+                self._check_linked_values(config, linked)
+            self._check_data_values(config)
+            if self.subcommand == "fit":
+                self._check_schedule(config)
+        if self.print_config is not None:
+            self._print_config(config)
+        self._check_run_directory(config)
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except ValueError as error:  # a class's own check of its arguments
+            self.fail(str(error))
+
+    def fail(self, message: str) -> None:
+        """``parser.error``, after releasing the run directory's lock if this command took it."""
+        if self._lock is not None:
+            self._lock.release()
+        self.parser.error(message)
+
+    def _print_config(self, config: Namespace) -> None:
+        # jsonargparse's flags: skip_default, skip_unset (skip_null, its old name), comments.
+        names = {"skip_null": "skip_unset", "comments": "with_comments"}
+        flags = {names.get(f, f): True for f in self.print_config.split(",") if f}
+        parser = (self.parser.subcommand_parsers or {}).get(self.subcommand, self.parser)
+        sys.stdout.write(parser.dump(config, **{"skip_unset": False, **flags}))
+        sys.exit(0)
+
+    def _check_run_directory(self, config: Namespace) -> None:
+        """Before anything is written: the directories the command writes into must be (or be
+        creatable as) writable directories, and a run directory known now (a resume, a fixed
+        version, no logger) must not hold another run nor be in use; its lock is then taken
+        here, so that a refused command leaves no file in it (Lightning's loggers write their
+        first file before any callback runs)."""
+        trainer = config.trainer
+        logger = trainer.get("logger")
+        roots = {"--trainer.default_root_dir": trainer.get("default_root_dir") or os.getcwd()}
+        for item in as_list(logger):
+            save_dir = item.get("init_args", {}).get("save_dir") if hasattr(item, "get") else None
+            if save_dir is not None:
+                roots["--trainer.logger.init_args.save_dir"] = save_dir
+        for option, root in roots.items():
+            existing = Path(root).absolute()
+            while not existing.exists() and existing.parent != existing:
+                existing = existing.parent
+            if not existing.is_dir():
+                self.parser.error(f"{option} {root}: {existing} is a file, not a directory.")
+            if not os.access(existing, os.W_OK | os.X_OK):
+                self.parser.error(
+                    f"{option} {root}: {existing} is not writable by this user: choose a "
+                    "directory you can write."
+                )
+        init = getattr(logger, "init_args", None)
+        if not logger_classes(logger):
+            run = Path(trainer.get("default_root_dir") or os.getcwd())
+        elif init is not None and init.get("version") is not None and init.get("name"):
+            version = init.version
+            run = Path(init.save_dir) / str(init.name)
+            run = run / (f"version_{version}" if isinstance(version, int) else str(version))
+        else:
+            return  # the logger's next free version: RunConfig locks it when the run starts
+        resuming = self.save_config_kwargs.get("resuming", False)
+        if not resuming and (run / "config.yaml").is_file():
+            version = init.get("version") if init is not None else None
+            self.parser.error(existing_run_message(run, bool(logger_classes(logger)), version))
+        if getattr(rank_zero_only, "rank", 0) == 0 and run.is_dir():
+            try:
+                self._lock = DirectoryLock(run, what="run directory").acquire()
+            except DirectoryLocked as error:
+                self.parser.error(str(error))
+            self.save_config_kwargs["lock"] = self._lock
 
     # -- the checkpoint's model against the configured one -----------------------------------------
     def _check_eval_time_steps(self, config: Namespace, from_checkpoint: bool) -> None:
@@ -504,46 +729,121 @@ class GLIFCLI(LightningCLI):
                 f"{name} = {stored!r}, the data ({data_name}) has {name} = {value!r}.{hint}"
             )
 
-    def _resume_in_place(self) -> None:
-        """``fit --ckpt_path last``: point the logger at the run to continue (the latest
-        ``version_<n>`` with a ``checkpoints/last.ckpt``, unless a version is given), so that
-        Lightning finds its ``last.ckpt`` in the checkpoint directory and the run goes on there.
-        Nothing to resume is an error (Lightning would warn and train from scratch: not what a
-        user who asks to resume wants)."""
-        if self.subcommand != "fit" or self.config.fit.get("ckpt_path") != "last":
+    def _check_data_values(self, config: Namespace) -> None:
+        """The data's values (:meth:`shared_values`: classes, channels, image size, features,
+        a sequence's T) must be those of the data the checkpoint was trained on, as
+        :class:`~lightning_glif.callbacks.run_state.RunState` recorded them (checkpoints written
+        before it did are checked on the model's values only)."""
+        record = (self._checkpoint or {}).get(DATA_KEY)
+        if not isinstance(record, dict):
             return
-        logger = self.config.fit.trainer.get("logger")
-        init = getattr(logger, "init_args", None)
-        if init is None or init.get("save_dir") is None or init.get("name") is None:
-            return  # another logger: Lightning resolves "last" in its own checkpoint directory
-        runs = Path(init.save_dir) / str(init.name)
-        done = sorted(
-            int(d.name.split("_", 1)[1])
-            for d in runs.glob("version_*")
-            if d.name.split("_", 1)[1].isdigit() and (d / "checkpoints" / "last.ckpt").is_file()
+        trained, values = record.get("values", {}), data_values(config)
+        steps = config.get("eval_time_steps")
+        if steps is not None and values.get("time_steps") == steps:
+            values = {**values, "time_steps": trained.get("time_steps")}
+        if values == trained:
+            return
+
+        def listed(values: dict) -> str:
+            return ", ".join(f"{k} {v}" for k, v in values.items())
+
+        data_name = str(config.data.class_path).rsplit(".", 1)[-1]
+        run_config = Path(config.ckpt_path).resolve().parent.parent / "config.yaml"
+        hint = f" (its run's config: --config {run_config})" if run_config.is_file() else ""
+        self.parser.error(
+            f"--ckpt_path {config.ckpt_path}: the checkpoint was trained on {record.get('data')} "
+            f"({listed(trained)}), but this command's data, {data_name}, has {listed(values)}. "
+            f"Pass the data the checkpoint was trained on{hint}."
         )
-        resumable = ", ".join(f"version_{v}" for v in done) or "none"
-        if init.get("version") is None:
-            if not done:
-                self.parser.error(
-                    f"--ckpt_path last: no run to resume in {runs}: no "
-                    f"{runs}/version_<n>/checkpoints/last.ckpt exists. Start a new run without "
-                    "--ckpt_path, pass a checkpoint file (--ckpt_path PATH), or point at the "
-                    "run's directory with --trainer.default_root_dir and "
-                    "--trainer.logger.init_args.name."
-                )
-            init.version = done[-1]
+
+    def _check_schedule(self, config: Namespace) -> None:
+        """A resumed fit restores the learning-rate schedule with the optimizer: the default
+        cosine schedule over ``max_epochs`` keeps the period it was built with, so another
+        ``max_epochs`` would train the added epochs at a rate rising again from 0 (or stop
+        before the rate reaches 0). Refused, naming the choices. (With ``lr_interval: step`` the
+        period depends on the data's length, unknown here: not checked.)"""
+        hparams = self._checkpoint_model or {}
+        if "lr_scheduler" not in hparams or hparams["lr_scheduler"] is not None:
+            return  # a schedule of the user's: its own period
+        if hparams.get("lr_interval", "epoch") != "epoch":
+            return
+        schedulers = (self._checkpoint or {}).get("lr_schedulers") or [{}]
+        period, epochs = schedulers[0].get("T_max"), config.trainer.get("max_epochs")
+        if period is None or epochs is None or max(1, epochs) == period:
+            return
+        self.parser.error(
+            f"--ckpt_path {config.ckpt_path} with --trainer.max_epochs {epochs}: the checkpoint's "
+            f"cosine learning-rate schedule runs over {period} epochs and is restored as it is "
+            f"(not stretched): epochs past {period} would train at a rate rising again from 0. "
+            f"Resume with --trainer.max_epochs {period}, or train {epochs} epochs in a new run "
+            "(without --ckpt_path)."
+        )
+
+    def _resume_in_place(self) -> Path | None:
+        """``fit --ckpt_path last``: the ``last.ckpt`` of the run to continue (the latest
+        ``version_<n>`` with one, written by the same logger class, unless a version is given;
+        without a logger, ``default_root_dir`` itself), with the logger pointed at that run so
+        that it goes on there. Nothing to resume is an error (Lightning would warn and train from
+        scratch: not what a user who asks to resume wants). ``None`` for a logger this CLI cannot
+        place (no ``save_dir`` and ``name``)."""
+        trainer = self.config.fit.trainer
+        classes = logger_classes(trainer.get("logger"))
+        init = getattr(trainer.get("logger"), "init_args", None)
+        if not classes:
+            runs, candidates = Path(trainer.default_root_dir), [None]
+            given = " --trainer.logger false"
+        elif init is None or init.get("save_dir") is None or init.get("name") is None:
+            return None  # another logger: Lightning resolves "last" in its own directory
+        elif init.get("version") is not None:
+            runs, candidates = Path(init.save_dir) / str(init.name), [init.version]
+            given = f" --trainer.logger.init_args.version {init.version}"
         else:
-            version = init.version
-            run = runs / (f"version_{version}" if isinstance(version, int) else str(version))
-            last = run / "checkpoints" / "last.ckpt"
-            if not last.is_file():
-                what = "has no checkpoints/last.ckpt" if run.is_dir() else "does not exist"
-                self.parser.error(
-                    f"--ckpt_path last --trainer.logger.init_args.version {version}: looked for "
-                    f"{last}, and {run} {what}. Runs with a last.ckpt in {runs}: {resumable}."
+            runs, given = Path(init.save_dir) / str(init.name), ""
+            versions = (d.name.split("_", 1)[1] for d in runs.glob("version_*"))
+            candidates = sorted(int(v) for v in versions if v.isdigit())
+
+        def run_of(version: Any) -> Path:
+            if version is None:
+                return runs
+            return runs / (f"version_{version}" if isinstance(version, int) else str(version))
+
+        def problem(version: Any) -> str | None:
+            """Why the run of ``version`` cannot be resumed by this command (None: it can)."""
+            run = run_of(version)
+            if not (run / "checkpoints" / "last.ckpt").is_file():
+                return "has no checkpoints/last.ckpt" if run.is_dir() else "does not exist"
+            try:
+                saved = yaml.safe_load((run / "config.yaml").read_text())["trainer"]["logger"]
+            except (OSError, yaml.YAMLError, KeyError, TypeError):
+                return None  # no record of its logger: taken as it is
+            if logger_classes(saved) == classes:
+                return None
+            names = ", ".join(str(c).rsplit(".", 1)[-1] for c in logger_classes(saved))
+            return f"was written with another logger ({names or 'none'})"
+
+        problems = {v: problem(v) for v in candidates}
+        ok = [v for v, why in problems.items() if why is None]
+        if not ok:
+            if given:
+                why = f"looked for {run_of(candidates[0]) / 'checkpoints' / 'last.ckpt'}, and "
+                why += f"{run_of(candidates[0])} {problems[candidates[0]]}"
+            else:
+                listed = "; ".join(
+                    f"version_{v} {why}" for v, why in problems.items() if why.startswith("was")
                 )
+                why = (
+                    f"no run to resume in {runs}: no {runs}/version_<n>/checkpoints/last.ckpt "
+                    "of a run with this logger" + (f" ({listed})" if listed else "")
+                )
+            self.parser.error(
+                f"--ckpt_path last{given}: {why}. Start a new run without --ckpt_path, pass a "
+                "checkpoint file (--ckpt_path PATH), or point at the run's directory with "
+                "--trainer.default_root_dir and --trainer.logger.init_args.name."
+            )
+        if classes:
+            init.version = ok[-1]
         self.save_config_kwargs["resuming"] = True
+        return run_of(ok[-1]) / "checkpoints" / "last.ckpt"
 
 
 def resolve_config_paths(args: list[str]) -> list[str]:
@@ -560,7 +860,23 @@ def resolve_config_paths(args: list[str]) -> list[str]:
         shipped = CONF_DIR.parent / path
         if path.startswith("conf/") and not Path(path).exists() and shipped.is_file():
             out[j] = str(shipped) if j != i else f"--config={shipped}"
+            path = str(shipped)
+        if Path(path).is_file():
+            try:
+                yaml.safe_load(Path(path).read_text())
+            except yaml.YAMLError as error:  # jsonargparse's message names "<unicode string>"
+                sys.stderr.write(f"error: --config {path} is not valid YAML: {error}\n")
+                sys.exit(2)
     return out
+
+
+def take_print_config(args: list[str]) -> tuple[list[str], str | None]:
+    """``args`` without ``--print_config[=flags]``, and those flags (``None``: not asked for):
+    :class:`GLIFCLI` prints the config after its own rules (jsonargparse's action prints it
+    while parsing, before them)."""
+    kept = [a for a in args if a != "--print_config" and not a.startswith("--print_config=")]
+    asked = [a.partition("=")[2] for a in args if a not in kept]
+    return kept, (asked[-1] if asked else None)
 
 
 def trainer_defaults(callbacks: list | None = None) -> dict[str, Any]:
@@ -586,10 +902,15 @@ def cli_main(
     CLI holds ``model``, ``datamodule`` and ``trainer`` (for notebooks and tests).
     ``callbacks`` are added to the trainer's configured ones (the ablation adds its own).
     """
+    print_config = None
     if args is None:  # the command line: LightningCLI reads sys.argv (it warns if given both)
         sys.argv[1:] = resolve_config_paths(sys.argv[1:])
+        if run:
+            sys.argv[1:], print_config = take_print_config(sys.argv[1:])
     else:
         args = resolve_config_paths(args)
+        if run:
+            args, print_config = take_print_config(args)
     defaults = {"default_config_files": [str(DEFAULT_CONFIG)]}
     if run:
         parser_kwargs = {s: dict(defaults) for s in ("fit", "validate", "test", "predict")}
@@ -608,14 +929,19 @@ def cli_main(
         trainer_defaults=trainer_defaults(callbacks),
         run=run,
         args=args,
+        print_config=print_config,
     )
 
 
 def main() -> None:
-    """The ``lightning-glif`` console script (``python train.py`` runs the same)."""
+    """The ``lightning-glif`` console script (``python train.py`` runs the same). The errors
+    that a run meets on its files (a damaged checkpoint, a full disk, a run directory in use)
+    end in one line, exit status 1; ``JSONARGPARSE_DEBUG=1`` shows their traceback."""
     try:
         cli_main()
-    except CorruptCheckpointError as error:  # e.g. `fit --ckpt_path last` on a truncated file
+    except (CorruptCheckpointError, DiskFullError, DirectoryLocked) as error:
+        if os.environ.get("JSONARGPARSE_DEBUG"):
+            raise
         sys.exit(f"error: {error}")
 
 

@@ -79,6 +79,14 @@ def reset_carried_options(config: Namespace, given: Namespace, key: str) -> None
             init_args[name] = default
 
 
+def data_values(config: Namespace) -> dict[str, int]:
+    """The configured data module's :meth:`shared_values`, from an instance built (cheaply, no
+    file is read) from ``config.data``; a bad data option is its ``ValueError``."""
+    data = config.data
+    init = data.get("init_args")
+    return import_class(data.class_path)(**(init.as_dict() if init else {})).shared_values()
+
+
 def link_data_values(config: Namespace, given: Namespace | None) -> dict[str, Any]:
     """Copy the data module's :meth:`shared_values` into ``model.num_classes`` and into the
     backbone's arguments of the same names (those it accepts), and return what was copied. The
@@ -90,9 +98,7 @@ def link_data_values(config: Namespace, given: Namespace | None) -> dict[str, An
     data, model = config.get("data"), config.get("model")
     if not isinstance(data, Namespace) or not isinstance(model, Namespace):
         return {}
-    init = data.get("init_args")
-    datamodule = import_class(data.class_path)(**(init.as_dict() if init else {}))
-    values = datamodule.shared_values()  # among lightning_glif.data.base.SHARED_NAMES
+    values = data_values(config)  # among lightning_glif.data.base.SHARED_NAMES
     targets = {}
     if "num_classes" in values:
         targets["model.num_classes"] = values["num_classes"]

@@ -45,12 +45,13 @@ def small_fit(root: Path, *extra: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory) -> dict[str, Path]:
-    """``last.ckpt`` of a one-step CLI run of the default GLIF convnet and of its LIF twin (T=4)."""
+    """``last.ckpt`` of a two-step CLI run of the default GLIF convnet and of its LIF twin (T=4):
+    the first of 2 epochs (max_steps stops it), so a fit resumes with the same schedule."""
     out = {}
     for name, extra in (("GLIF", []), ("LIF", ["--config", LIF_YAML])):
         root = tmp_path_factory.mktemp(name)
         sys.argv = ["train.py"]
-        cli_main(small_fit(root, *extra, "--trainer.max_epochs", "1"))
+        cli_main(small_fit(root, *extra, "--trainer.max_epochs", "2", "--trainer.max_steps", "2"))
         out[name] = root / "digits" / "version_0" / "checkpoints" / "last.ckpt"
     return out
 

@@ -313,28 +313,34 @@ def test_resuming_a_version_without_last_ckpt_is_an_error(tmp_path, capsys):
         err = " ".join(capsys.readouterr().err.split())
         last = tmp_path / "digits" / f"version_{version}" / "checkpoints" / "last.ckpt"
         assert f"looked for {last}" in err and what in err
-        assert "Runs with a last.ckpt in" in err and ": none." in err
     assert sorted(p.name for p in (tmp_path / "digits").iterdir()) == ["version_3"]
 
 
 @pytest.mark.slow
-def test_a_fixed_version_that_exists_says_what_to_type(tmp_path):
+def test_a_fixed_version_that_exists_says_what_to_type(tmp_path, capsys):
     cli_main(fit_args(tmp_path))
     run = tmp_path / "digits" / "version_0"
-    before = (run / "config.yaml").read_text()
-    with pytest.raises(RuntimeError) as error:
-        cli_main(fit_args(tmp_path, "--trainer.logger.init_args.version", "0"))
-    message = str(error.value)
-    assert f"{run} already holds a run" in message
-    assert "Pick a version that does not exist yet" in message
-    assert "fit --ckpt_path last --trainer.logger.init_args.version 0" in message
-    assert "LightningCLI(" not in message and "save_config" not in message  # no code advice
-    assert (run / "config.yaml").read_text() == before
-    # ... and the resume it suggests works, in place.
+    fixed = fit_args(tmp_path, "--trainer.logger.init_args.version", "0")
+
+    def refused() -> str:
+        before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+        with pytest.raises(SystemExit) as exit_:
+            cli_main(fixed)
+        assert exit_.value.code == 2
+        assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before  # untouched
+        message = " ".join(capsys.readouterr().err.split())
+        assert f"{run} already holds a run" in message
+        assert "Pick a version that does not exist yet" in message
+        assert "LightningCLI(" not in message and "save_config" not in message  # no code advice
+        return message
+
+    assert "fit --ckpt_path last --trainer.logger.init_args.version 0" in refused()
+    # ... and the resume it suggests works, in place (the run is finished: nothing to train).
     resumed = cli_main(fit_args(tmp_path, "--ckpt_path", "last",
-                                "--trainer.logger.init_args.version", "0",
-                                "--trainer.max_epochs", "2"))  # fmt: skip
-    assert resumed.trainer.log_dir == str(run) and (run / "config.resume1.yaml").is_file()
+                                "--trainer.logger.init_args.version", "0"))  # fmt: skip
+    assert resumed.trainer.log_dir == str(run) and resumed.trainer.global_step == 2
+    (run / "checkpoints" / "last.ckpt").unlink()
+    assert "--ckpt_path last" not in refused()  # no resume to suggest without a last.ckpt
 
 
 # -- help and misspellings ------------------------------------------------------------------------

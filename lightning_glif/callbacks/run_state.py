@@ -1,5 +1,6 @@
-"""What a checkpoint carries besides the training state: the RNG states and a line naming the
-model, with the check that a checkpoint fits the model it is loaded into."""
+"""What a checkpoint carries besides the training state: the RNG states, a line naming the model
+and the values of the data it was trained on, with the check that a checkpoint fits the model it
+is loaded into."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from lightning_glif.neurons.base import SpikingNeuron
 
 #: Key of the model's description in the checkpoint dict (beside ``state_dict``).
 DESCRIPTION_KEY = "model_description"
+#: Key of the training data's class name and shared values (``{"data": name, "values": {...}}``).
+DATA_KEY = "data_values"
 
 
 # -- the RNG states --------------------------------------------------------------------------------
@@ -125,9 +128,12 @@ class RunState(Callback):
       weights and before the fit loop builds its first data iterator (``Trainer._run``), which is
       where the shuffle draws its seed.
     - ``on_save_checkpoint`` writes ``checkpoint["model_description"]`` (``backbone X with neuron
-      Y``). When a run loads ``ckpt_path`` (fit, validate, test, predict), the weights are
-      checked before any is copied (:func:`weight_mismatches`): a checkpoint of another neuron,
-      backbone or width is one error naming both models.
+      Y``) and ``checkpoint["data_values"]``: the data module's class name and
+      :meth:`~lightning_glif.data.base.SplitDataModule.shared_values` (the CLI compares them with
+      the data of a command that loads the checkpoint, before anything runs). When a run loads
+      ``ckpt_path`` (fit, validate, test, predict), the weights are checked before any is copied
+      (:func:`weight_mismatches`): a checkpoint of another neuron, backbone or width is one
+      error naming both models.
 
     The CLI adds it to every run; add it to ``Trainer(callbacks=...)`` in Python.
     """
@@ -150,6 +156,9 @@ class RunState(Callback):
         self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]
     ) -> None:
         checkpoint[DESCRIPTION_KEY] = describe_model(pl_module)
+        data = trainer.datamodule
+        if hasattr(data, "shared_values"):
+            checkpoint[DATA_KEY] = {"data": type(data).__name__, "values": data.shared_values()}
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._fitting = stage == "fit"
