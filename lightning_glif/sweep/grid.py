@@ -31,9 +31,8 @@ DEFAULTS |= dict(gpus_per_trial=1)
 
 
 def read_grid(path: str | Path, names: list[str] | None = None) -> tuple[dict, dict, list[str]]:
-    """A grid file's variants ``names`` (in that order; all for ``["all"]``; its ``default:``
-    list when empty), all its variants (name -> neuron ``class_path``/``init_args``) and the
-    ``default:`` list (every variant when the file has none)."""
+    """A grid file's variants ``names`` (all for ``["all"]``, else its ``default:`` list), all its
+    variants (name -> neuron ``class_path``/``init_args``) and its ``default:`` list."""
     data = yaml.safe_load(Path(path).read_text()) or {}
     variants = data.get("variants")
     if not isinstance(variants, dict) or not variants or "all" in variants:
@@ -65,8 +64,8 @@ def config_text(path: Path) -> str:
 
 
 def identity(configs: list[str], train_args: list[str], **run: Any) -> str:
-    """A hash of the resolved run: the text of conf/default.yaml, of ``configs`` and of the
-    configs that ``train_args`` name, ``train_args`` and ``run`` (neuron, seed, ...)."""
+    """A hash of the resolved run: conf/default.yaml's text, ``configs``' and those ``train_args``
+    name, ``train_args`` and ``run`` (variant, neuron, seed, ...)."""
     named = [a for i, a in enumerate(train_args) if i and train_args[i - 1] == "--config"]
     texts = [config_text(config_path(c)) for c in [CONF / "default.yaml", *configs, *named]]
     blob = json.dumps({"texts": texts, "args": train_args, **run}, sort_keys=True)
@@ -88,8 +87,8 @@ def points(configs, variants, seeds, train_args, monitor: str, mode: str) -> lis
 
 
 def enqueue(url: str, study: optuna.Study, specs: list[dict], reference: str, log=print) -> int:
-    """Enqueue each point that has no finished, waiting or running trial (again if its trials
-    failed), record the grid and its reference (for ``ablate.py report``); how many were added."""
+    """Enqueue the points with no finished, waiting or running trial (again if theirs failed);
+    record the grid and reference for ``ablate.py report``. How many were added."""
     with worker.lock(url):  # two commands started at once on one --out enqueue each point once
         if study.user_attrs.get("kind", "grid") != "grid":
             raise worker.StorageError(
@@ -127,10 +126,9 @@ def objective(workers: worker.Workers):
 
 
 def run_grid(configs, variants, seeds, out, jobs=None, train_args=(), log=print, **options):
-    """``python ablate.py`` as a function: enqueue each (variant, seed) in the study
-    (``OUT/study.db``, or ``storage``), run ``jobs`` at a time here (None: as
-    :class:`~lightning_glif.sweep.worker.Workers` chooses) until no trial waits or runs, write
-    the reports into ``out`` and return their rows. ``options``: those of :data:`DEFAULTS`."""
+    """``python ablate.py`` as a function: enqueue each (variant, seed), run ``jobs`` at a time
+    here (None: as ``Workers`` chooses) until none waits or runs, write the reports into ``out``;
+    their rows. ``options``: :data:`DEFAULTS`' keys (``storage`` None: ``OUT/study.db``)."""
     o = {**DEFAULTS, **options}
     if jobs is not None and jobs < 1:
         raise ValueError(f"jobs must be at least 1 (runs at once), got {jobs}.")

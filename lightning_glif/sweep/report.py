@@ -63,9 +63,8 @@ def paired_difference(values, reference, confidence: float = 0.95) -> Interval:
 
 
 def grid_rows(study: optuna.Study, identities: list[str]) -> tuple[list[dict], list[str]]:
-    """A row per grid point, in the order of ``identities``, and the points not finished yet.
-    A point's row is its first COMPLETE trial's result (a point that a rare race ran twice
-    counts once); else, when no trial of it waits or runs, its last try's ``error``."""
+    """A row per grid point (``identities`` in order) and the points not finished: its first
+    COMPLETE trial's result (a race that ran it twice counts once), else its last try's error."""
     trials = defaultdict(list)
     for t in study.get_trials(deepcopy=False):
         if t.state != TrialState.PRUNED:
@@ -154,8 +153,7 @@ def markdown(rows, variants, note, reference: str, pct: str) -> str:
 
 
 def plot(variants, reference: str, note: str | None, path: Path) -> None:
-    """Left: each variant's mean test accuracy with its interval; right: the paired differences
-    to the reference with theirs, red where they exclude 0."""
+    """Each variant's mean test accuracy and paired difference, with intervals (red: not 0)."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -45,8 +45,8 @@ def storage_url(storage: str | None, out: str | Path) -> str:
 
 
 def lock(url: str):
-    """A file lock beside an embedded study (none for a server's): commands started at once on
-    one ``--out`` create its tables and enqueue their grids one after the other."""
+    """A file lock beside an embedded study (none for a server's): commands started together
+    on one ``--out`` create its tables and enqueue their grids in turn."""
     path = url.removeprefix("sqlite:///")
     return FileLock(f"{path}.lock") if path != url else contextlib.nullcontext()
 
@@ -65,9 +65,8 @@ class SQLiteStorage(optuna.storages.RDBStorage):
 
 
 def open_study(url, name, heartbeat=HEARTBEAT_S, retries=MAX_RETRIES, create=None, sampler=None):
-    """The study ``name`` at ``url``, created with ``create`` (``optuna.create_study``'s keyword
-    arguments) if given. An embedded file that is not a sound SQLite database is moved aside
-    (not deleted) and a new study starts in its place."""
+    """The study ``name`` at ``url`` (created with ``create``, create_study's keywords, if given);
+    an embedded file that is not a sound SQLite database is moved aside, a new study started."""
     if heartbeat < 1 or retries < 0:
         raise StorageError(f"need --heartbeat >= 1 and --max-retries >= 0: {heartbeat}, {retries}")
     sqlite, path = url.startswith("sqlite:///"), Path(url.removeprefix("sqlite:///"))
@@ -118,8 +117,8 @@ def damage(path: Path) -> str | None:
 
 
 def left(study: optuna.Study, trials: int | None = None) -> tuple[int, int]:
-    """(Trials to run: those waiting, and for a search of ``trials`` the new ones to sample;
-    trials running.) A search does not count a lost try (failed without an ``error``)."""
+    """(Trials to run: those waiting, and a search's new ones up to ``trials``; trials running).
+    A search does not count a lost try (failed without an ``error``)."""
     have = Counter(
         t.state
         for t in study.get_trials(deepcopy=False)
@@ -132,9 +131,8 @@ def left(study: optuna.Study, trials: int | None = None) -> tuple[int, int]:
 
 
 class Workers:
-    """``workers`` runs at a time in this process (default: one per ``gpus_per_trial`` GPUs on
-    CUDA, else 2), each on GPUs of its own (``CUDA_VISIBLE_DEVICES``; none: on the CPU) and an
-    equal share of the cores."""
+    """``workers`` runs at a time here (default: one per ``gpus_per_trial`` GPUs, else 2), each on
+    GPUs of its own (``CUDA_VISIBLE_DEVICES``; none: the CPU) and an equal share of the cores."""
 
     def __init__(self, out, workers: int | None = None, gpus_per_trial: int = 1, log=print):
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -158,8 +156,8 @@ class Workers:
         self.threads = max(1, (os.cpu_count() or 1) // workers)
 
     def work(self, study: optuna.Study, objective, trials: int | None = None) -> None:
-        """Run ``objective`` on the waiting trials (a search: on ``trials`` in all) until none
-        waits or runs, here or elsewhere (a stale one is queued again meanwhile)."""
+        """Run ``objective`` on the waiting trials (a search: ``trials`` in all) until none waits
+        or runs here or elsewhere (a stale one is queued again meanwhile)."""
 
         def enough(study: optuna.Study, trial) -> None:  # others took the waiting trials
             if left(study, trials)[0] == 0:
@@ -183,9 +181,8 @@ class Workers:
             time.sleep(2.0)
 
     def run(self, trial: optuna.Trial, spec: dict[str, Any], label: str, value: str) -> float:
-        """Run ``spec`` (``configs``, ``neuron`` or ``params``, ``seed``, ``train_args``,
-        ``monitor``, ``mode``, ``identity``, ``dir``) as ``trial``, its value the result's
-        ``value``; a run that fails makes a failed trial with the end of its log in ``error``."""
+        """Run ``spec`` (configs, neuron or params, seed, train_args, monitor, mode, identity, dir)
+        as ``trial``: its value is the result's ``value``; a failed run leaves its log's end."""
         run_dir = self.out / spec["dir"]
         trial.set_user_attr("run_dir", str(run_dir))
         trial.set_user_attr("worker", f"{socket.gethostname()} pid {os.getpid()}")
@@ -204,8 +201,7 @@ class Workers:
         return result[value]
 
     def launch(self, trial: optuna.Trial, run_dir: Path, spec: dict[str, Any]) -> int:
-        """Write ``run.json`` (and a grid variant's ``variant.yaml``), run the child on a free
-        slot of GPUs; its exit code."""
+        """Write ``run.json`` (a grid's ``variant.yaml``), run the child on free GPUs: exit code."""
         run_dir.mkdir(parents=True, exist_ok=True)
         args = [a for c in spec["configs"] for a in ("--config", c)]
         if spec.get("neuron"):  # a grid variant: an overlay, as --config conf/neuron/x.yaml
@@ -280,9 +276,8 @@ def read_scalars(run_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
 
 
 def run_child(run_dir: Path) -> dict[str, Any]:
-    """The child: ``fit`` with ``run.json``'s arguments, test the checkpoint best on its
-    ``monitor``, write ``result.json`` (atomically: a run without one did not finish). The
-    monitors' figures are read from the run's events, however the monitors log them."""
+    """The child: ``fit`` with ``run.json``'s arguments, test the checkpoint best on its monitor,
+    write ``result.json`` atomically; the monitors' figures are read from the run's events."""
     from pytorch_lightning.callbacks import ModelCheckpoint
 
     from lightning_glif import tags
@@ -290,8 +285,7 @@ def run_child(run_dir: Path) -> dict[str, Any]:
     from lightning_glif.cli import cli_main
 
     class SelectionCheckpoint(ModelCheckpoint):
-        """A class of its own: Lightning refuses two checkpoints with one state key (class,
-        monitor, mode), which a config's checkpoint on the same metric would share."""
+        """Its own class: a config's checkpoint on the metric would share its state key."""
 
     spec, start = json.loads((run_dir / "run.json").read_text()), time.perf_counter()
     best = SelectionCheckpoint(monitor=spec["monitor"], mode=spec["mode"], filename="selected")
@@ -324,9 +318,8 @@ def run_child(run_dir: Path) -> dict[str, Any]:
 
 
 def end_with_parent() -> None:
-    """SIGTERM to this child once its worker is gone (even killed), so that no orphan trains on:
-    it stops as on SIGTERM (last.ckpt, no result). The standard library has no parent-death
-    signal, so a thread watches the parent's pid."""
+    """SIGTERM to this child once its worker is gone (even killed): no orphan trains on. The
+    standard library has no parent-death signal, so a thread watches the parent's pid."""
     parent = os.getppid()
 
     def watch() -> None:
