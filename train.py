@@ -4,7 +4,7 @@ A thin entry point: the CLI lives in :mod:`lightning_glif.cli` (also installed a
 ``lightning-glif`` console script). ``python train.py fit --help`` lists every option.
 """
 
-from lightning_glif.cli import main
+from lightning_glif.cli.main import main
 
 if __name__ == "__main__":
     main()

@@ -137,6 +137,8 @@ def contenders() -> tuple[dict[str, Make], dict[str, str]]:
                 __import__(package)
             makers[name] = get()
         except ImportError as e:
-            missing[name] = f"{package} not installed ({e}); pip install --no-deps -r " \
+            missing[name] = (
+                f"{package} not installed ({e}); pip install --no-deps -r "
                 "benchmarks/requirements.txt"
+            )
     return makers, missing

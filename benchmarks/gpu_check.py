@@ -35,7 +35,7 @@ Parts (each writes ``OUT/<part>.md`` as it goes and ``OUT/<part>.json``, its PAS
 - ``resnet19``: one ResNet-19 training step (T=6, batch 64 on CUDA) and peak memory
   (``torch.cuda.max_memory_allocated``), fused vs reference neuron; each backend in a child
   process of ``benchmarks/resnet19_step.py`` (its model building and timing).
-- ``precision``: one epoch of ``train.py fit`` (:func:`lightning_glif.cli.cli_main`) with
+- ``precision``: one epoch of ``train.py fit`` (:func:`lightning_glif.cli.main.cli_main`) with
   ``conf/experiment/cifar10_resnet19_t6.yaml`` on random images of CIFAR-10's shapes
   (:class:`benchmarks.random_cifar.RandomCIFAR10`, a few hundred, made in memory) under
   ``--trainer.precision 16-mixed`` and ``bf16-mixed``: wall time, losses finite, accuracy (chance
@@ -425,7 +425,7 @@ def cmd_correctness(args, engine=None) -> int:
 # ------------------------------------------------------------------------------------- firstuse
 def config_neurons() -> dict[str, tuple[Callable, list[str]]]:
     """``label -> (factory(C, T), the configs naming it)``: every neuron that a shipped config
-    (``lightning_glif.cli.CONF_DIR``) names (a ``neuron:`` entry, dotted keys included), with
+    (``lightning_glif.cli.main.CONF_DIR``) names (a ``neuron:`` entry, dotted keys included), with
     the plain (not nested) values of its ``init_args``."""
     import yaml
 
@@ -448,7 +448,7 @@ def config_neurons() -> dict[str, tuple[Callable, list[str]]]:
                 found.setdefault(label, (partial(cls, **options), []))[1].append(config)
             visit(value, config)
 
-    from lightning_glif.cli import CONF_DIR
+    from lightning_glif.cli.main import CONF_DIR
 
     for path in sorted(CONF_DIR.rglob("*.yaml")):
         visit(yaml.safe_load(path.read_text()), str(path.relative_to(CONF_DIR)))
@@ -708,7 +708,7 @@ def precision_run(precision: str, args, device, runs: Path) -> dict:
     import torch
     from pytorch_lightning import Callback
 
-    from lightning_glif.cli import cli_main
+    from lightning_glif.cli.main import cli_main
     from lightning_glif.neurons import MembraneNeuron
     from lightning_glif.neurons.fused import fused_available
 

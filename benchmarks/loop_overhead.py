@@ -42,7 +42,7 @@ from benchmarks.common import (  # noqa: E402
     paired_ratio_cell,
     rotated_rounds,
 )
-from lightning_glif.cli import cli_main  # noqa: E402
+from lightning_glif.cli.main import cli_main  # noqa: E402
 
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 BASELINE = "fit, no callbacks/logger/checkpoints"

@@ -172,12 +172,22 @@ def report(shape, times, saved, baseline):
     for name, t in sorted(med.items(), key=lambda kv: kv[1]):
         label, b = name, "-"
         if name == ROOFLINE:
-            label = (f"copy of the fused op's bytes ({moved / 1e6:.1f} MB, "
-                     f"{moved / roof / 1e9:.0f} GB/s)")
+            label = (
+                f"copy of the fused op's bytes ({moved / 1e6:.1f} MB, "
+                f"{moved / roof / 1e9:.0f} GB/s)"
+            )
         else:
             b = f"{saved[name]:.1f}"
-        rows.append([label, f"{t * 1e3:.2f}", f"{min(times[name]) * 1e3:.2f}",
-                     f"{t / med[baseline]:.3f}", f"{t / roof:.2f}", b])
+        rows.append(
+            [
+                label,
+                f"{t * 1e3:.2f}",
+                f"{min(times[name]) * 1e3:.2f}",
+                f"{t / med[baseline]:.3f}",
+                f"{t / roof:.2f}",
+                b,
+            ]
+        )
     header = ["neuron", "fwd+bwd ms", "best ms", f"x {baseline}", "x roofline", "saved B/el"]
     return markdown_table(header, rows), med
 
@@ -204,8 +214,12 @@ def verdict(median_ratio: float, best_ratio: float, goal: float) -> str:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--shapes", nargs="+", default=DEFAULT_SHAPES,
-                        help="TxBxCxHxW or TxBxC, e.g. 6x16x128x16x16")
+    parser.add_argument(
+        "--shapes",
+        nargs="+",
+        default=DEFAULT_SHAPES,
+        help="TxBxCxHxW or TxBxC, e.g. 6x16x128x16x16",
+    )
     parser.add_argument("--rounds", type=int, default=9, help="timed calls per neuron and shape")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--only", nargs="*", help="substrings of the neuron names to keep")
@@ -228,23 +242,29 @@ def main(argv=None) -> None:
         print(f"\n## x = {list(shape)} float32, median of {args.rounds} interleaved rounds\n")
         for name, why in failed.items():
             print(f"- {name} cannot run this shape: {why}")
-        base = next(n for n in (baseline, "GLIF reference loop (ours)", FUSED, ROOFLINE)
-                    if n in times)
+        base = next(
+            n for n in (baseline, "GLIF reference loop (ours)", FUSED, ROOFLINE) if n in times
+        )
         table, med = report(shape, times, saved, base)
         print(table)
         print("\n" + roofline_note(shape, times))
         faults = LAST_FAULTS.get(FUSED)
         if faults:
             pages = math.prod(shape) * 4 // 4096
-            print(f"\nFused GLIF minor page faults per call: median "
-                  f"{statistics.median(faults):.0f}, max {max(faults)} (a float32 tensor of x's "
-                  f"size is {pages} pages of 4 KiB; the spikes and the input gradient are new "
-                  "tensors each call).")
+            print(
+                f"\nFused GLIF minor page faults per call: median "
+                f"{statistics.median(faults):.0f}, max {max(faults)} (a float32 tensor of x's "
+                f"size is {pages} pages of 4 KiB; the spikes and the input gradient are new "
+                "tensors each call)."
+            )
         goals = [(BASELINE, 0.25), ("SpikingJelly LIFNode", 0.5), (ROOFLINE, ROOFLINE_GOAL)]
-        met = [f"fused GLIF / {n} = {med[FUSED] / med[n]:.3f} (best: "
-               f"{min(times[FUSED]) / min(times[n]):.3f}; goal <= {g}: "
-               f"{verdict(med[FUSED] / med[n], min(times[FUSED]) / min(times[n]), g)})"
-               for n, g in goals if n in med and FUSED in med]
+        met = [
+            f"fused GLIF / {n} = {med[FUSED] / med[n]:.3f} (best: "
+            f"{min(times[FUSED]) / min(times[n]):.3f}; goal <= {g}: "
+            f"{verdict(med[FUSED] / med[n], min(times[FUSED]) / min(times[n]), g)})"
+            for n, g in goals
+            if n in med and FUSED in med
+        ]
         print("\n" + "; ".join(met))
     print(f"\n({machine_note(device)} at the end)")
 

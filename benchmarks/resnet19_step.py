@@ -7,7 +7,7 @@ peak memory and what autograd keeps for the backward.
     python benchmarks/resnet19_step.py --compile       # + a compiled row (first compile: minutes)
     python benchmarks/resnet19_step.py --repeats 1 --steps 1   # the memory columns need only 1
 
-Memory saving (``ResNet19(memory_saving=True)``, :mod:`lightning_glif.models.saving`: spikes
+Memory saving (``ResNet19(memory_saving=True)``, :mod:`lightning_glif.layers.memory`: spikes
 kept as bits by the convolutions they feed, each tdBN + neuron keeping only the tdBN's input and
 recomputed in the backward) is on in the fused row and off in the "fused, memory saving off" row
 (``--no-saving-off`` drops that row) and in the reference row (the baseline: the reference neuron

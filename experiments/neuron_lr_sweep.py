@@ -27,9 +27,9 @@ from statistics import mean
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lightning_glif import tags  # noqa: E402
 from lightning_glif.sweep.report import mean_ci  # noqa: E402
 from lightning_glif.sweep.worker import read_scalars  # noqa: E402
+from lightning_glif.training import tags  # noqa: E402
 
 GATES = ("alpha", "beta", "gamma")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tensorboard.backend.event_processing import event_accumulator as ea
 
-from lightning_glif.cli import cli_main
+from lightning_glif.cli.main import cli_main
 
 # The monitors as a user configures them, replacing conf/default.yaml's callbacks list.
 MONITORS = """

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_glif import tags
-from lightning_glif.cli import cli_main
+from lightning_glif.cli.main import cli_main
 from lightning_glif.neurons import SpikingNeuron
 from lightning_glif.sweep.worker import read_scalars
+from lightning_glif.training import tags
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADING = "## Add a neuron"

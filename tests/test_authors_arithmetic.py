@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_glif.models import TdBatchNorm
+from lightning_glif.layers import TdBatchNorm
 from lightning_glif.neurons.functional import MembraneCoefficients
 from lightning_glif.neurons.fused import membrane
 from lightning_glif.neurons.surrogate import Rectangular

@@ -14,11 +14,11 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_glif.models.encoding import to_time_first
+from lightning_glif.layers.encoding import to_time_first
+from lightning_glif.layers.tdbn import TdBatchNorm
 from lightning_glif.models.msresnet import MSBlock, ResNet18MS, ResNet34MS
 from lightning_glif.models.resnet import BasicBlock, ResNet18, ResNet19
 from lightning_glif.models.sew import SEWBlock, WideNet7B
-from lightning_glif.models.tdbn import TdBatchNorm
 from lightning_glif.models.vgg import SpikingVGG
 from lightning_glif.neurons.base import SpikingNeuron
 

@@ -33,9 +33,9 @@ from lightning_glif.data import (
 )
 from lightning_glif.models.convnet import SpikingConvNet
 from lightning_glif.models.sew import WideNet7B
-from lightning_glif.module import SpikingClassifier
 from lightning_glif.neurons import GLIF, LIF
 from lightning_glif.sweep.grid import run_grid
+from lightning_glif.training.module import SpikingClassifier
 
 CIFAR10_FILES = {**{f"data_batch_{i}": 4 for i in range(1, 6)}, "test_batch": 4, "batches.meta": 0}
 
@@ -211,7 +211,7 @@ def test_ablate_jobs_zero_is_refused(tmp_path, capsys):
 # -- NonFiniteGuard: a gradient that overflowed in the backward pass ------------------------------
 @pytest.mark.slow
 def test_lr_1e8_names_the_parameters_whose_gradient_broke(tmp_path, monkeypatch):
-    from lightning_glif.cli import cli_main
+    from lightning_glif.cli.main import cli_main
 
     monkeypatch.setattr(sys, "argv", ["train.py"])
     args = ["fit", "--model.optimizer.init_args.lr", "1e8", "--trainer.max_epochs", "2"]

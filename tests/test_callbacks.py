@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from lightning_glif.callbacks import FiringRateMonitor, SynapticOpsMonitor
 from lightning_glif.callbacks.synops import synaptic_events
-from lightning_glif.models.layers import TimeDistributed
+from lightning_glif.layers.time_distributed import TimeDistributed
 from lightning_glif.neurons.base import SpikingNeuron
 
 T = 4

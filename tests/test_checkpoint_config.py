@@ -12,16 +12,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_glif.checkpoint_config import (
+from lightning_glif.cli.main import CONF_DIR, cli_main
+from lightning_glif.neurons.base import SpikingNeuron
+from lightning_glif.training.allowlist import (
     UntrustedCheckpointClass,
     check_checkpoint_classes,
     dotted_names,
     lookup,
     stored_hyperparameters,
 )
-from lightning_glif.cli import CONF_DIR, cli_main
-from lightning_glif.module import SpikingClassifier
-from lightning_glif.neurons.base import SpikingNeuron
+from lightning_glif.training.module import SpikingClassifier
 
 ROOT = Path(__file__).resolve().parents[1]
 LIF_YAML = str(CONF_DIR / "neuron" / "lif.yaml")

@@ -26,12 +26,12 @@ import torch
 from cli_runs import CHILD_PYTHONPATH, ROOT, small_args
 from pytorch_lightning import Callback
 
-from lightning_glif.checkpoint_io import (
+from lightning_glif.cli.checkpoint_io import (
     AtomicCheckpointIO,
     CorruptCheckpointError,
     check_checkpoint_file,
 )
-from lightning_glif.cli import cli_main
+from lightning_glif.cli.main import cli_main
 from lightning_glif.io import atomic_open, remove_stale_temps
 
 
@@ -80,7 +80,7 @@ SAVE_AND_DIE = textwrap.dedent(
             return guarded
         os.rename, os.replace = cross_device(os.rename), cross_device(os.replace)
 
-    from lightning_glif.cli import cli_main
+    from lightning_glif.cli.main import cli_main
 
     root, last = sys.argv[1], Path(sys.argv[2])
     io = cli_main(["--trainer.default_root_dir", root], run=False).trainer.strategy.checkpoint_io
@@ -153,7 +153,7 @@ SAVE_ON_A_FULL_DISK = textwrap.dedent(
     import sys
     from pathlib import Path
     import torch
-    from lightning_glif.checkpoint_io import AtomicCheckpointIO, DiskFullError
+    from lightning_glif.cli.checkpoint_io import AtomicCheckpointIO, DiskFullError
 
     last = Path(sys.argv[1]) / "run" / "last.ckpt"
     io = AtomicCheckpointIO()

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lightning_glif.checkpoint_io import AtomicCheckpointIO
-from lightning_glif.cli import (
+from lightning_glif.cli.checkpoint_io import AtomicCheckpointIO
+from lightning_glif.cli.config import import_class, signature_defaults
+from lightning_glif.cli.main import (
     CONF_DIR,
     GLIFCLI,
     GLIFParser,
@@ -24,10 +25,9 @@ from lightning_glif.cli import (
     cli_main,
     resolve_config_paths,
 )
-from lightning_glif.config_links import import_class, signature_defaults
 from lightning_glif.data.base import LOADER_WORKERS
-from lightning_glif.module import SpikingClassifier
 from lightning_glif.neurons.base import SpikingNeuron
+from lightning_glif.training.module import SpikingClassifier
 
 ROOT = Path(__file__).resolve().parents[1]
 ROW = str(CONF_DIR / "experiment" / "row_digits.yaml")
@@ -252,7 +252,7 @@ def test_installed_package_runs_from_another_directory(tmp_path):
     elsewhere.mkdir()
     env = {**os.environ, "PYTHONPATH": str(site)}
     code = (
-        "import sys, lightning_glif; from lightning_glif.cli import main; "
+        "import sys, lightning_glif; from lightning_glif.cli.main import main; "
         "print('imported from', lightning_glif.__file__); main()"
     )
     done = subprocess.run(

@@ -21,10 +21,10 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_glif.callbacks.predictions import PredictionWriter
-from lightning_glif.cli import CONF_DIR, cli_main
+from lightning_glif.cli.main import CONF_DIR, cli_main
 from lightning_glif.models.convnet import SpikingConvNet
-from lightning_glif.module import SpikingClassifier
 from lightning_glif.neurons import GLIF
+from lightning_glif.training.module import SpikingClassifier
 
 
 @pytest.fixture(autouse=True)

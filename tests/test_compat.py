@@ -1,5 +1,6 @@
-"""The GLIF authors' checkpoints convert into this project's backbones (lightning_glif/compat.py),
-and the converted models give the authors' spikes and logits bit for bit in eval.
+"""The GLIF authors' checkpoints convert into this project's backbones
+(lightning_glif/authors_checkpoints.py), and the converted models give the authors' spikes and
+logits bit for bit in eval.
 
 For each of the five released models a checkpoint is fabricated in exactly the authors' layout
 (``tests/data/authors_checkpoints/*.txt``: key, shape, dtype in stored order; random values),
@@ -22,7 +23,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lightning_glif.compat import (
+from lightning_glif.authors_checkpoints import (
     AuthorsCheckpointMismatch,
     NotAuthorsCheckpoint,
     authors_state_dict,
@@ -32,7 +33,8 @@ from lightning_glif.compat import (
     is_authors_file,
     read_authors_checkpoint,
 )
-from lightning_glif.models import ResNet18, ResNet18MS, ResNet19, TdBatchNorm, WideNet7B
+from lightning_glif.layers import TdBatchNorm
+from lightning_glif.models import ResNet18, ResNet18MS, ResNet19, WideNet7B
 from lightning_glif.neurons import GLIF
 
 LAYOUTS = Path(__file__).parent / "data" / "authors_checkpoints"

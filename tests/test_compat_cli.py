@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_glif.cli import cli_main
-from lightning_glif.compat import convert_state_dict
+from lightning_glif.authors_checkpoints import convert_state_dict
+from lightning_glif.cli.main import cli_main
 from lightning_glif.models import ResNet19
 from lightning_glif.neurons import GLIF
 from tests.cli_runs import QUIET, ROOT

@@ -18,9 +18,9 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_glif.models.resnet import SpikingResNet
-from lightning_glif.module import SpikingClassifier
 from lightning_glif.neurons import GLIF, SpikingNeuron
 from lightning_glif.neurons.fused import cpu, membrane_bwd, membrane_fwd
+from lightning_glif.training.module import SpikingClassifier
 
 pytestmark = pytest.mark.compile
 
@@ -30,8 +30,17 @@ T, B, CLASSES, SIZE = 2, 2, 3, 6
 def small_resnet(seed: int = 0) -> SpikingResNet:
     """Stem + one basic block (3 GLIF layers, a residual addition), 4 channels."""
     torch.manual_seed(seed)
-    net = SpikingResNet(GLIF, T, CLASSES, in_channels=3, stem_channels=4, stage_channels=(4,),
-                        stage_blocks=(1,), stage_strides=(1,), head_hidden=0)
+    net = SpikingResNet(
+        GLIF,
+        T,
+        CLASSES,
+        in_channels=3,
+        stem_channels=4,
+        stage_channels=(4,),
+        stage_blocks=(1,),
+        stage_strides=(1,),
+        head_hidden=0,
+    )
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():  # move the gates and membrane latents off their init: each matters
         for m in net.modules():
@@ -73,8 +82,12 @@ def compiled():
     net = copy.deepcopy(eager)
     images, labels = batch()
     fn = torch.compile(net, fullgraph=True, backend=inductor_recording)  # raises on a break
-    return {"eager": step(eager, images, labels), "compiled": step(fn, images, labels),
-            "graphs": graphs, "net": eager}
+    return {
+        "eager": step(eager, images, labels),
+        "compiled": step(fn, images, labels),
+        "graphs": graphs,
+        "net": eager,
+    }
 
 
 def test_the_whole_backbone_is_one_graph_with_one_fused_op_per_neuron(compiled):
@@ -106,8 +119,9 @@ def op_inputs(dtype, shape=(4, 3, 5, 6)):
     g = torch.Generator().manual_seed(0)
     t, c = shape[0], shape[2]
     x = (torch.randn(shape, generator=g, dtype=torch.float64) * 0.8 + 0.3).to(dtype)
-    coef = torch.stack([torch.rand(c, generator=g, dtype=torch.float64) * s
-                        for s in (0.9, 1.0, 0.1, 0.5, 0.6)]).to(dtype)
+    coef = torch.stack(
+        [torch.rand(c, generator=g, dtype=torch.float64) * s for s in (0.9, 1.0, 0.1, 0.5, 0.6)]
+    ).to(dtype)
     gain = (torch.rand(t, c, generator=g, dtype=torch.float64) + 0.5).to(dtype)
     return x, coef, gain
 
@@ -134,8 +148,9 @@ def test_op_gradients_equal_the_reference_loop():
     x, coef, gain = (t.requires_grad_() for t in op_inputs(torch.float64))
     kind, p, q = Rectangular().kernel_code()
     spikes = membrane_fwd(x, coef, gain, "cpu", kind, p, q, False)
-    c = MembraneCoefficients(decay=coef[0], hard=coef[1], leak=coef[2], soft=coef[3],
-                             gain=gain, v_threshold=coef[4])
+    c = MembraneCoefficients(
+        decay=coef[0], hard=coef[1], leak=coef[2], soft=coef[3], gain=gain, v_threshold=coef[4]
+    )
     want = membrane_sequence(x, c, Rectangular())
     assert torch.equal(spikes, want) and 0 < want.mean() < 1
     w = torch.randn(x.shape, dtype=torch.float64)
@@ -155,18 +170,24 @@ def test_compile_option_keeps_the_modules_state_dict_keys():
     assert not any("_orig_mod" in k for k in comp.state_dict())
 
 
-def test_compiled_module_trains_a_step_and_its_checkpoint_loads_without_compile(
-    compiled, tmp_path
-):
+def test_compiled_module_trains_a_step_and_its_checkpoint_loads_without_compile(compiled, tmp_path):
     from pytorch_lightning import Trainer
 
     model = SpikingClassifier(small_resnet(), num_classes=CLASSES, compile=True)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     images, labels = batch()
     data = DataLoader(TensorDataset(images, labels), batch_size=B)
-    trainer = Trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=0, logger=False,
-                      enable_checkpointing=False, enable_progress_bar=False,
-                      enable_model_summary=False, accelerator="cpu", devices=1)
+    trainer = Trainer(
+        max_epochs=1,
+        limit_train_batches=1,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        devices=1,
+    )
     trainer.fit(model, data)
     assert trainer.global_step == 1
     after = model.state_dict()
@@ -182,8 +203,9 @@ def test_compiled_module_trains_a_step_and_its_checkpoint_loads_without_compile(
     want = before["backbone." + key] - 0.1 * (grad + 4e-5 * before["backbone." + key])
     torch.testing.assert_close(after["backbone." + key], want, rtol=1e-4, atol=1e-6)
 
-    loaded = SpikingClassifier.load_from_checkpoint(path, backbone=small_resnet(seed=1),
-                                                    compile=False)
+    loaded = SpikingClassifier.load_from_checkpoint(
+        path, backbone=small_resnet(seed=1), compile=False
+    )
     assert loaded.compile_backbone is False
     assert loaded.backbone._compiled_call_impl is None
     assert list(loaded.state_dict()) == list(after)
@@ -193,7 +215,7 @@ def test_compiled_module_trains_a_step_and_its_checkpoint_loads_without_compile(
 
 def test_cli_option_compiles_the_backbone(tmp_path):
     # `train.py fit --model.compile true` builds this model (the run itself: README, measured).
-    from lightning_glif.cli import cli_main
+    from lightning_glif.cli.main import cli_main
 
     args = ["--model.compile", "true", "--trainer.default_root_dir", str(tmp_path)]
     model = cli_main(args, run=False).model

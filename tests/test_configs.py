@@ -22,13 +22,13 @@ import yaml
 from pytorch_lightning import LightningDataModule
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_glif.cli import cli_main
-from lightning_glif.config_links import import_class, signature_defaults
+from lightning_glif.cli.config import import_class, signature_defaults
+from lightning_glif.cli.main import cli_main
 from lightning_glif.data.errors import DatasetNotFoundError
 from lightning_glif.data.vision import CIFAR10DataModule, CIFAR100DataModule, ImageNetDataModule
-from lightning_glif.models.tdbn import TdBatchNorm
-from lightning_glif.module import SpikingClassifier
+from lightning_glif.layers.tdbn import TdBatchNorm
 from lightning_glif.neurons.base import SpikingNeuron
+from lightning_glif.training.module import SpikingClassifier
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "lightning_glif" / "conf"  # shipped in the package; ROOT/conf links to it

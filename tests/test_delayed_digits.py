@@ -14,7 +14,7 @@ import torch
 import yaml
 from sklearn.datasets import load_digits
 
-from lightning_glif.cli import CONF_DIR, cli_main
+from lightning_glif.cli.main import CONF_DIR, cli_main
 from lightning_glif.data.sequential import RowDigitsDataModule
 from lightning_glif.neurons.base import SpikingNeuron
 

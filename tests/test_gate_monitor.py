@@ -16,10 +16,10 @@ from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_glif import tags
 from lightning_glif.callbacks import GateMonitor
 from lightning_glif.callbacks.figures import evolution_figure
 from lightning_glif.neurons import GLIF, LIF, PLIF, GLIFf, Observable, SpikingNeuron
+from lightning_glif.training import tags
 
 T = 4
 

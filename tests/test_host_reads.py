@@ -24,7 +24,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_glif.cli import CONF_DIR, cli_main
+from lightning_glif.cli.main import CONF_DIR, cli_main
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "lightning_glif"

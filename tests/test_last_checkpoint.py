@@ -17,7 +17,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_glif.cli import CONF_DIR, cli_main
+from lightning_glif.cli.main import CONF_DIR, cli_main
 
 SCORES = [0.5, 0.25, 0.75, 0.5, 0.5]  # val/acc per epoch: a new best at epochs 0 and 2
 

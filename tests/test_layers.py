@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_glif.models.encoding import to_time_first
-from lightning_glif.models.layers import TimeDistributed
-from lightning_glif.models.tdbn import TdBatchNorm
+from lightning_glif.layers.encoding import to_time_first
+from lightning_glif.layers.tdbn import TdBatchNorm
+from lightning_glif.layers.time_distributed import TimeDistributed
 
 
 def test_tdbn_normalises_over_time_and_batch_and_scales_by_alpha_vth():

@@ -15,7 +15,7 @@ import torch
 from cli_runs import CHILD_PYTHONPATH, alive, children_of
 from pytorch_lightning import Callback
 
-from lightning_glif.locks import LOCK_NAME, DirectoryLock, DirectoryLocked
+from lightning_glif.cli.locks import LOCK_NAME, DirectoryLock, DirectoryLocked
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": CHILD_PYTHONPATH}
@@ -58,7 +58,7 @@ def test_a_lock_is_reentrant_in_its_process_and_leaves_no_file(tmp_path):
 @pytest.mark.slow
 def test_the_lock_is_released_when_its_holder_is_killed(tmp_path):
     code = (
-        "import sys, time; from lightning_glif.locks import DirectoryLock; "
+        "import sys, time; from lightning_glif.cli.locks import DirectoryLock; "
         f"DirectoryLock({str(tmp_path)!r}).acquire(); print('locked', flush=True); time.sleep(300)"
     )
     holder = subprocess.Popen([sys.executable, "-c", code], env=ENV, stdout=subprocess.PIPE,

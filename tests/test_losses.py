@@ -1,5 +1,5 @@
-"""The losses of lightning_glif.losses against values computed by hand, and their use by the
-classifier (from Python and from the CLI)."""
+"""The losses of lightning_glif.training.losses against values computed by hand, and their use by
+the classifier (from Python and from the CLI)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from pytorch_lightning import Callback, Trainer
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_glif.losses import MeanCrossEntropy, TemporalLoss, TETLoss
-from lightning_glif.module import SpikingClassifier
+from lightning_glif.training.losses import MeanCrossEntropy, TemporalLoss, TETLoss
+from lightning_glif.training.module import SpikingClassifier
 
 # Per-step logits [T=2, B=2, K=3] and labels [B].
 LOGITS = [
@@ -185,7 +185,7 @@ def test_a_fit_step_with_tet_is_the_hand_formula(tmp_path):
 
 
 def test_the_loss_is_chosen_in_the_config_and_saved_in_checkpoints(tmp_path, monkeypatch):
-    from lightning_glif.cli import cli_main
+    from lightning_glif.cli.main import cli_main
 
     monkeypatch.setattr(sys, "argv", ["train.py"])
     args = [
@@ -198,7 +198,7 @@ def test_the_loss_is_chosen_in_the_config_and_saved_in_checkpoints(tmp_path, mon
     assert isinstance(loss, TETLoss)
     assert (loss.lam, loss.target, loss.label_smoothing) == (0.01, 1.0, 0.1)
     assert cli.model.hparams["loss"] == {
-        "class_path": "lightning_glif.losses.TETLoss",
+        "class_path": "lightning_glif.training.losses.TETLoss",
         "init_args": {"lam": 0.01, "target": 1.0, "label_smoothing": 0.1},
     }
 

@@ -1,4 +1,4 @@
-"""Memory saving (lightning_glif.models.saving): spikes kept as bits by the layers they feed,
+"""Memory saving (lightning_glif.layers.memory): spikes kept as bits by the layers they feed,
 tdBN + neuron recomputed in the backward; the same outputs, gradients and running statistics as
 the plain layers, fewer saved bytes (counted by hand), and out of the way where it cannot apply."""
 
@@ -11,13 +11,13 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_glif.models import saving
+from lightning_glif.layers.memory import SpikeConv2d, SpikeLinear, norm_spike
+from lightning_glif.layers.tdbn import TdBatchNorm
+from lightning_glif.layers import memory as saving
 from lightning_glif.models.mlp import SpikingMLP
 from lightning_glif.models.msresnet import MSResNet
 from lightning_glif.models.resnet import BasicBlock, SpikingResNet
-from lightning_glif.models.saving import SpikeConv2d, SpikeLinear, norm_spike
 from lightning_glif.models.sew import WideNet7B
-from lightning_glif.models.tdbn import TdBatchNorm
 from lightning_glif.models.vgg import SpikingVGG
 from lightning_glif.neurons import GLIF, Rectangular, SpikingNeuron
 from lightning_glif.neurons.fused import fused_available

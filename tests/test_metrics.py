@@ -11,7 +11,7 @@ from pytorch_lightning import Trainer
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_glif.module import SpikingClassifier
+from lightning_glif.training.module import SpikingClassifier
 
 # Six classes; each row is a sample's logits, chosen so that top-1 and top-5 are unambiguous.
 LOGITS = [

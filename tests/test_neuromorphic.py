@@ -596,7 +596,7 @@ def test_cifar10dvs_drop_last_drops_the_smaller_batch(tmp_path: Path, monkeypatc
 
 
 def _fit_cifar10dvs(root: Path, data: Path) -> Path:
-    from lightning_glif.cli import cli_main
+    from lightning_glif.cli.main import cli_main
 
     cli = cli_main(
         [

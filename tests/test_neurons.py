@@ -18,9 +18,16 @@ SPEC = dict(tau=0.25, v_threshold=0.5, v_leak=0.0625, v_reset=0.5, conductance=0
 def spec_values(alpha, beta, gamma, T=4):
     """Exact binary fractions for the hand computations below."""
     t = torch.tensor
-    return GLIFValues(alpha=t(alpha), beta=t(beta), gamma=t(gamma), tau=t(0.25),
-                      v_threshold=t(0.5), v_leak=t(0.0625), v_reset=t(0.5),
-                      conductance=torch.full((T,), 0.5))
+    return GLIFValues(
+        alpha=t(alpha),
+        beta=t(beta),
+        gamma=t(gamma),
+        tau=t(0.25),
+        v_threshold=t(0.5),
+        v_leak=t(0.0625),
+        v_reset=t(0.5),
+        conductance=torch.full((T,), 0.5),
+    )
 
 
 X = torch.tensor([0.6, 0.3, 0.9, 0.1]).view(4, 1, 1)  # [T, B=1, C=1]
@@ -231,8 +238,15 @@ def test_parameter_gradients_exist_and_frozen_ones_do_not():
     assert m.gamma_latent.grad is not None and m.gamma_latent.grad.abs().sum() > 0
     full = GLIF(4, 3)
     assert {n for n, _ in full.named_parameters()} == {
-        "alpha_latent", "beta_latent", "gamma_latent", "tau_latent", "v_threshold_latent",
-        "v_leak_latent", "v_reset_latent", "conductance_latent"}
+        "alpha_latent",
+        "beta_latent",
+        "gamma_latent",
+        "tau_latent",
+        "v_threshold_latent",
+        "v_leak_latent",
+        "v_reset_latent",
+        "conductance_latent",
+    }
     assert len(list(full.gate_parameters())) == 3
 
 
@@ -295,8 +309,9 @@ def test_honest_gate_init_and_random_init_range():
     [("channel", [0.25, 0.3, 0.75]), ("layer", [0.75, 0.7, 0.25])],
 )
 def test_authors_gate_init_convention(granularity, expected):
-    m = GLIF(3, 2, granularity=granularity, gate_init=(0.0, 0.1, 1.0),
-             gate_init_convention="authors")
+    m = GLIF(
+        3, 2, granularity=granularity, gate_init=(0.0, 0.1, 1.0), gate_init_convention="authors"
+    )
     v = m.values()
     for gate, value in zip(("alpha", "beta", "gamma"), expected, strict=True):
         torch.testing.assert_close(getattr(v, gate), torch.full_like(getattr(v, gate), value))
@@ -443,8 +458,10 @@ def test_unknown_gate_mode_is_rejected(mode):
         GLIF(3, 4, beta=mode)
 
 
-@pytest.mark.parametrize("kwargs", [dict(tau=1.0), dict(v_threshold=0.0), dict(gate_init=1.0),
-                                    dict(gate_init=(0.5, 0.5))])
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(tau=1.0), dict(v_threshold=0.0), dict(gate_init=1.0), dict(gate_init=(0.5, 0.5))],
+)
 def test_values_outside_the_sigmoid_range_are_rejected(kwargs):
     with pytest.raises(ValueError, match=r"\(0, 1\)"):
         GLIF(3, 4, **kwargs)

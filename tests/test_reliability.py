@@ -23,14 +23,14 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from torch import nn
 
 from lightning_glif.callbacks import NonFiniteGuard, NonFiniteLossError, RunState
-from lightning_glif.checkpoint_io import AtomicCheckpointIO
-from lightning_glif.cli import cli_main
+from lightning_glif.cli.checkpoint_io import AtomicCheckpointIO
+from lightning_glif.cli.main import cli_main
 from lightning_glif.data.digits import DigitsDataModule
+from lightning_glif.layers.tdbn import TdBatchNorm
 from lightning_glif.models.convnet import SpikingConvNet
-from lightning_glif.models.tdbn import TdBatchNorm
-from lightning_glif.module import SpikingClassifier
 from lightning_glif.neurons import GLIF, LIF
 from lightning_glif.neurons.base import SpikingNeuron
+from lightning_glif.training.module import SpikingClassifier
 
 
 @pytest.fixture(autouse=True)

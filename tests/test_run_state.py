@@ -15,11 +15,11 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 
 from lightning_glif.callbacks import RunState
 from lightning_glif.callbacks.run_state import describe_checkpoint
-from lightning_glif.cli import cli_main
+from lightning_glif.cli.main import cli_main
 from lightning_glif.data.digits import DigitsDataModule
 from lightning_glif.models.convnet import SpikingConvNet
-from lightning_glif.module import SpikingClassifier
 from lightning_glif.neurons import GLIF, LIF
+from lightning_glif.training.module import SpikingClassifier
 
 QUIET = {"enable_progress_bar": False, "enable_model_summary": False, "accelerator": "cpu"}
 SHARED = "backbone.features.0.0.module.weight"  # the first conv: in GLIF and LIF convnets alike

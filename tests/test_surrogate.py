@@ -8,8 +8,16 @@ import torch
 
 from lightning_glif.neurons import ATan, Rectangular, Sigmoid, Surrogate, Triangle
 
-SURROGATES = [Rectangular(), Rectangular(width=0.5), ATan(), ATan(alpha=5.0), Sigmoid(),
-              Sigmoid(alpha=10.0), Triangle(), Triangle(width=0.3)]
+SURROGATES = [
+    Rectangular(),
+    Rectangular(width=0.5),
+    ATan(),
+    ATan(alpha=5.0),
+    Sigmoid(),
+    Sigmoid(alpha=10.0),
+    Triangle(),
+    Triangle(width=0.3),
+]
 
 
 @pytest.mark.parametrize("surrogate", SURROGATES, ids=repr)

@@ -130,7 +130,7 @@ def test_a_search_writes_the_best_options_and_a_rerun_runs_nothing(tmp_path, cap
     assert len(study.get_trials()) == 2 and "[ablate] run" not in capsys.readouterr().out
     assert main([*argv, "--sampler", "random", "--", *TINY]) == 1  # another search: refused
     assert "holds another search" in capsys.readouterr().err
-    from lightning_glif.cli import cli_main  # the overlay is a config train.py reads
+    from lightning_glif.cli.main import cli_main  # the overlay is a config train.py reads
 
     base = str(CONF / "experiment" / "delayed_row_digits.yaml")
     cli = cli_main(

@@ -13,12 +13,12 @@ import yaml
 from pytorch_lightning import Trainer
 from torch import nn
 
-from lightning_glif.cli import cli_main
+from lightning_glif.cli.main import cli_main
 from lightning_glif.data.digits import DigitsDataModule
 from lightning_glif.models.convnet import SpikingConvNet
-from lightning_glif.module import SpikingClassifier
 from lightning_glif.neurons import GLIF, LIF, PLIF
 from lightning_glif.neurons.base import SpikingNeuron
+from lightning_glif.training.module import SpikingClassifier
 
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 
@@ -203,7 +203,7 @@ def test_hyperparameters_keep_configs_and_drop_objects(tmp_path):
     """Built in Python, the backbone, optimizer and loss are objects: left out of the
     hyperparameters (a checkpoint must not pickle them), and no copy of them is kept. Under
     LightningCLI they are the resolved config, which a checkpoint rebuilds the model from."""
-    from lightning_glif.losses import TETLoss
+    from lightning_glif.training.losses import TETLoss
 
     model = SpikingClassifier(
         SpikingConvNet(LIF, time_steps=2),

@@ -10,9 +10,9 @@ import torch
 from pytorch_lightning import LightningModule, Trainer
 from torch import nn
 
-from lightning_glif import tags
 from lightning_glif.callbacks.hooks import ForwardHookMonitor, Stage, summary_writer
 from lightning_glif.neurons.base import SpikingNeuron
+from lightning_glif.training import tags
 
 
 class FiringRateMonitor(ForwardHookMonitor):

@@ -9,9 +9,9 @@ import numpy as np
 import torch
 from pytorch_lightning import Callback, LightningModule, Trainer
 
-from lightning_glif import tags
 from lightning_glif.callbacks.hooks import log_scalars, summary_writer
 from lightning_glif.neurons import Observable, SpikingNeuron
+from lightning_glif.training import tags
 
 #: ``{layer: {name: Observable}}``: detached copies of the values, on the model's device.
 Snapshot = dict[str, dict[str, Observable]]
@@ -26,7 +26,7 @@ class GateMonitor(Callback):
     the start of training, every ``every_n_steps`` optimizer steps and at the end of training,
     on global rank 0 (the parameters are the same on every rank), at step
     ``trainer.global_step``, for each observable ``<name>`` of group ``<group>`` (``gates`` or
-    ``membrane``; tags from :func:`lightning_glif.tags.observable`):
+    ``membrane``; tags from :func:`lightning_glif.training.tags.observable`):
 
     - ``<group>/<layer>/<name>``: histogram over channels (e.g. ``gates/<layer>/alpha``), to
       the TensorBoardLogger only;

@@ -81,7 +81,7 @@ class ForwardHookMonitor(Callback):
 
     Attributes:
         last: per stage, the scalars of its latest report, ``{tag: value}`` (tags from
-            :mod:`lightning_glif.tags`), so callers read them without parsing event files.
+            :mod:`lightning_glif.training.tags`), so callers read them without parsing event files.
             Filled on global rank 0 only; replaced, not merged, at each report of the stage.
     """
 

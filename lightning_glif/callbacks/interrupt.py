@@ -17,8 +17,9 @@ end and for the epoch's checkpoints (Lightning would stop mid-validation and sav
 resume never validates that epoch: its ``val/acc`` lost, never offered to the best checkpoint).
 On either signal it writes ``last.ckpt`` in the ModelCheckpoint's directory with
 ``trainer.save_checkpoint``, so through the trainer's ``CheckpointIO`` (atomic with
-:class:`~lightning_glif.checkpoint_io.AtomicCheckpointIO`), and the process exits with the shell's
-status for the signal (130 for Ctrl-C, 143 for SIGTERM; Lightning would exit 0 after SIGTERM).
+``AtomicCheckpointIO`` of :mod:`lightning_glif.cli.checkpoint_io`), and the process exits with the
+shell's status for the signal (130 for Ctrl-C, 143 for SIGTERM; Lightning would exit 0 after
+SIGTERM).
 
 Resuming from such a mid-epoch checkpoint (``fit --ckpt_path last``): Lightning continues the
 interrupted epoch, it does not restart it. The global step, the epoch number and the schedule

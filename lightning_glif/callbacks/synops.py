@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from pytorch_lightning import LightningModule, Trainer
 from torch import nn
 
-from lightning_glif import tags
 from lightning_glif.callbacks.hooks import ForwardHookMonitor, Stage
+from lightning_glif.training import tags
 
 SYNAPTIC = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}

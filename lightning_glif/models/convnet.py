@@ -7,10 +7,10 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from lightning_glif.models.encoding import check_image_size, to_time_first
-from lightning_glif.models.layers import TimeDistributed
-from lightning_glif.models.saving import SpikingSequential, binary_spikes, spike_conv
-from lightning_glif.models.tdbn import TdBatchNorm
+from lightning_glif.layers.encoding import check_image_size, to_time_first
+from lightning_glif.layers.memory import SpikingSequential, binary_spikes, spike_conv
+from lightning_glif.layers.tdbn import TdBatchNorm
+from lightning_glif.layers.time_distributed import TimeDistributed
 
 
 class SpikingConvNet(nn.Module):
@@ -37,7 +37,7 @@ class SpikingConvNet(nn.Module):
             resolution with a 2x2 average pool after their neuron.
         memory_saving: keep less for the backward, with the same gradients (each tdBN + neuron
             keeps only the tdBN's input, recomputed in the backward; the second stage's conv
-            keeps its input spikes as bits): see :mod:`lightning_glif.models.saving`. Off by
+            keeps its input spikes as bits): see :mod:`lightning_glif.layers.memory`. Off by
             default: on 8x8 digits the net keeps a few MB, and the recomputation costs time.
     """
 

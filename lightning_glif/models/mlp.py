@@ -7,10 +7,10 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from lightning_glif.models.encoding import to_time_first
-from lightning_glif.models.layers import TimeDistributed
-from lightning_glif.models.saving import SpikeLinear, SpikingSequential, binary_spikes
-from lightning_glif.models.tdbn import TdBatchNorm
+from lightning_glif.layers.encoding import to_time_first
+from lightning_glif.layers.memory import SpikeLinear, SpikingSequential, binary_spikes
+from lightning_glif.layers.tdbn import TdBatchNorm
+from lightning_glif.layers.time_distributed import TimeDistributed
 
 
 class SpikingMLP(nn.Module):
@@ -38,7 +38,7 @@ class SpikingMLP(nn.Module):
         hidden: width of each hidden layer.
         memory_saving: keep less for the backward, with the same gradients (each tdBN + neuron
             keeps only the tdBN's input, recomputed in the backward; the linear layers taking
-            spikes keep them as bits): see :mod:`lightning_glif.models.saving`. Off by default:
+            spikes keep them as bits): see :mod:`lightning_glif.layers.memory`. Off by default:
             the net keeps a few MB, and the recomputation costs time.
     """
 

@@ -14,9 +14,10 @@ from functools import partial
 import torch
 from torch import nn
 
-from lightning_glif.models.encoding import to_time_first
-from lightning_glif.models.layers import TimeDistributed
-from lightning_glif.models.resnet import (
+from lightning_glif.layers.encoding import to_time_first
+from lightning_glif.layers.memory import SpikingSequential, binary_spikes, norm_spike
+from lightning_glif.layers.time_distributed import TimeDistributed
+from lightning_glif.models.common import (
     RESIDUAL_ALPHA,
     NeuronFactory,
     conv3x3,
@@ -24,7 +25,6 @@ from lightning_glif.models.resnet import (
     residual_shortcut,
     td_norm,
 )
-from lightning_glif.models.saving import SpikingSequential, binary_spikes, norm_spike
 
 
 class MSBlock(nn.Module):
@@ -99,7 +99,7 @@ class MSResNet(nn.Module):
             ImageNet 68.10% (their SyncBatchNorm conversion dropped the scale).
         memory_saving: keep less for the backward, with the same gradients: each tdBN +
             neuron keeps only the tdBN's input, and the convolutions taking spikes keep them
-            as bits (:mod:`lightning_glif.models.saving`).
+            as bits (:mod:`lightning_glif.layers.memory`).
     """
 
     def __init__(

@@ -7,11 +7,11 @@ from functools import partial
 import torch
 from torch import nn
 
-from lightning_glif.models.encoding import check_image_size, to_time_first
-from lightning_glif.models.layers import TimeDistributed
-from lightning_glif.models.resnet import NeuronFactory
-from lightning_glif.models.saving import SpikingSequential, binary_spikes, spike_conv
-from lightning_glif.models.tdbn import TdBatchNorm
+from lightning_glif.layers.encoding import check_image_size, to_time_first
+from lightning_glif.layers.memory import SpikingSequential, binary_spikes, spike_conv
+from lightning_glif.layers.tdbn import TdBatchNorm
+from lightning_glif.layers.time_distributed import TimeDistributed
+from lightning_glif.models.common import NeuronFactory
 
 
 def conv_bn_neuron(
@@ -99,7 +99,7 @@ class WideNet7B(nn.Module):
         memory_saving: keep less for the backward, with the same gradients: each BN + neuron
             keeps only the BN's input, and the convolutions taking spikes (the second of each
             block; the others take sums of spikes) keep them as bits
-            (:mod:`lightning_glif.models.saving`).
+            (:mod:`lightning_glif.layers.memory`).
     """
 
     def __init__(

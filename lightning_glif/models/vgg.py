@@ -7,11 +7,11 @@ from typing import Literal
 import torch
 from torch import nn
 
-from lightning_glif.models.encoding import to_time_first
-from lightning_glif.models.layers import TimeDistributed
-from lightning_glif.models.resnet import NeuronFactory, conv3x3, init_weights
-from lightning_glif.models.saving import SpikingSequential, binary_spikes
-from lightning_glif.models.tdbn import TdBatchNorm
+from lightning_glif.layers.encoding import to_time_first
+from lightning_glif.layers.memory import SpikingSequential, binary_spikes
+from lightning_glif.layers.tdbn import TdBatchNorm
+from lightning_glif.layers.time_distributed import TimeDistributed
+from lightning_glif.models.common import NeuronFactory, conv3x3, init_weights
 
 #: Output channels of each 3x3 convolution, "P" a 2x2 average pool (the VGG paper's A, B, D).
 VGG_LAYOUTS: dict[int, tuple[int | str, ...]] = {
@@ -47,7 +47,7 @@ class SpikingVGG(nn.Module):
         in_channels: channels of the input (3 for RGB, 2 for DVS polarity frames).
         memory_saving: keep less for the backward, with the same gradients: each tdBN + neuron
             keeps only the tdBN's input, and the convolutions taking spikes (not pooled ones)
-            keep them as bits (:mod:`lightning_glif.models.saving`).
+            keep them as bits (:mod:`lightning_glif.layers.memory`).
     """
 
     def __init__(

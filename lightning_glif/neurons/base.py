@@ -27,7 +27,8 @@ class Observable:
 
     Args:
         group: ``"gates"`` (also drawn in the ``gates/evolution`` image) or ``"membrane"``;
-            the first part of its TensorBoard tags (:func:`lightning_glif.tags.observable`).
+            the first part of its TensorBoard tags
+            (:func:`lightning_glif.training.tags.observable`).
         value: ``[C]`` per channel or ``[]`` per layer; with ``per_step``, ``[T, C]`` or
             ``[T]``. May carry gradients: monitors detach it.
         per_step: one value set per time step (logged as one series per step).

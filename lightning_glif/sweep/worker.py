@@ -280,9 +280,9 @@ def run_child(run_dir: Path) -> dict[str, Any]:
     write ``result.json`` atomically; the monitors' figures are read from the run's events."""
     from pytorch_lightning.callbacks import ModelCheckpoint
 
-    from lightning_glif import tags
     from lightning_glif.callbacks import FiringRateMonitor
-    from lightning_glif.cli import cli_main
+    from lightning_glif.cli.main import cli_main
+    from lightning_glif.training import tags
 
     class SelectionCheckpoint(ModelCheckpoint):
         """Its own class: a config's checkpoint on the metric would share its state key."""

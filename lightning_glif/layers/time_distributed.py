@@ -11,7 +11,7 @@ class TimeDistributed(nn.Module):
 
     Time and batch are folded into one batch dimension, so one kernel call serves all steps.
     When the input is a broadcast repeat over time (stride 0 in dim 0, as produced by the direct
-    encoding of :func:`lightning_glif.models.encoding.to_time_first`) every frame is the same, so
+    encoding of :func:`lightning_glif.layers.encoding.to_time_first`) every frame is the same, so
     the module runs once and its output is broadcast again: the first layer of a network on static
     images costs one frame instead of T. Only stateless per-frame modules may be wrapped (not batch
     norm, whose statistics depend on the folded batch).

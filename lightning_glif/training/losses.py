@@ -1,7 +1,8 @@
 """Classification losses of spiking networks, computed from the per-step logits ``[T, B, K]``.
 
-:class:`~lightning_glif.module.SpikingClassifier` takes one as ``loss`` (``model.loss`` in a
-config); every loss here maps per-step logits ``[T, B, K]`` and labels ``[B]`` to a scalar.
+:class:`~lightning_glif.training.module.SpikingClassifier` takes one as ``loss``
+(``model.loss`` in a config); every loss here maps per-step logits ``[T, B, K]`` and labels
+``[B]`` to a scalar.
 
 - :class:`MeanCrossEntropy` (the default, the GLIF paper): the cross-entropy of the
   time-averaged logits.
@@ -16,7 +17,7 @@ In a config::
 
     model:
       loss:
-        class_path: lightning_glif.losses.TETLoss
+        class_path: lightning_glif.training.losses.TETLoss
         init_args: {lam: 0.001, target: 1.0, label_smoothing: 0.1}
 
 A new loss subclasses :class:`TemporalLoss` and implements ``forward(logits, y)``.
@@ -38,7 +39,7 @@ def _check(logits: torch.Tensor, y: torch.Tensor) -> None:
 
 
 class TemporalLoss(nn.Module):
-    """Base of the losses a :class:`~lightning_glif.module.SpikingClassifier` accepts:
+    """Base of the losses a :class:`~lightning_glif.training.module.SpikingClassifier` accepts:
     ``forward(logits [T, B, K], y [B]) -> scalar``.
 
     Args:

@@ -67,7 +67,7 @@ from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from pytorch_lightning.utilities import rank_zero_only
 
-from lightning_glif import compat
+from lightning_glif import authors_checkpoints as compat
 from lightning_glif.callbacks.interrupt import InterruptCheckpoint
 from lightning_glif.callbacks.predictions import PredictionWriter
 from lightning_glif.callbacks.run_state import (
@@ -78,19 +78,13 @@ from lightning_glif.callbacks.run_state import (
     weight_mismatches,
 )
 from lightning_glif.callbacks.splits import SplitFiles
-from lightning_glif.checkpoint_config import (
-    UntrustedCheckpointClass,
-    check_checkpoint_classes,
-    dotted_names,
-    lookup,
-)
-from lightning_glif.checkpoint_io import (
+from lightning_glif.cli.checkpoint_io import (
     CorruptCheckpointError,
     DiskFullError,
     check_checkpoint_file,
     with_atomic_checkpoint_io,
 )
-from lightning_glif.config_links import (
+from lightning_glif.cli.config import (
     CLASS_KEYS,
     data_values,
     import_class,
@@ -99,14 +93,20 @@ from lightning_glif.config_links import (
     reset_carried_options,
     signature_parameters,
 )
-from lightning_glif.locks import DirectoryLock, DirectoryLocked
-from lightning_glif.module import SpikingClassifier
+from lightning_glif.cli.locks import DirectoryLock, DirectoryLocked
+from lightning_glif.training.allowlist import (
+    UntrustedCheckpointClass,
+    check_checkpoint_classes,
+    dotted_names,
+    lookup,
+)
+from lightning_glif.training.module import SpikingClassifier
 
 log = logging.getLogger(__name__)
 #: Model options that change how a model runs, not what it is: a checkpoint's stored value
 #: never overrides the command's, and a different value is no model mismatch.
 RUN_OPTIONS = ("compile",)
-CONF_DIR = Path(__file__).resolve().parent / "conf"
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 DEFAULT_CONFIG = CONF_DIR / "default.yaml"
 DESCRIPTION = (
     "Train and evaluate spiking classifiers (lightning-glif). Every run reads conf/default.yaml "
@@ -240,7 +240,7 @@ class RunConfig(SaveConfigCallback):
     last``) keeps the original ``config.yaml`` and adds ``config.resume<k>.yaml`` when training
     starts (a resume refused while its checkpoint is restored writes none).
 
-    It also holds the run directory's :class:`~lightning_glif.locks.DirectoryLock` (on rank zero)
+    It also holds the run directory's lock (:mod:`lightning_glif.cli.locks`, on rank zero)
     to the end of the run: a second command on the same run directory stops naming the holder's
     pid. The CLI takes the lock before the trainer exists where the directory is known then (a
     resume, a fixed version, no logger) and hands it over as ``lock``; otherwise (the logger's
@@ -437,9 +437,9 @@ class GLIFCLI(LightningCLI):
         Lightning loads them, after the run has started writing: here it is before).
 
         The GLIF authors' checkpoint (``--ckpt_path`` one of their files): its weights are
-        converted into the configured model (:mod:`lightning_glif.compat`), which then runs as
-        built, without a ``ckpt_path``: the file holds no optimizer or loop state, so ``fit``
-        starts a new run from its weights."""
+        converted into the configured model (:mod:`lightning_glif.authors_checkpoints`), which
+        then runs as built, without a ``ckpt_path``: the file holds no optimizer or loop state, so
+        ``fit`` starts a new run from its weights."""
         weights = (self._checkpoint or {}).get("state_dict")
         if isinstance(weights, dict) and self.model is not None:
             problems = weight_mismatches(self.model, weights, strict=self.model.strict_loading)
@@ -504,7 +504,7 @@ class GLIFCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any):
         # Checkpoints saved atomically in their own directory, unreadable ones reported by name
-        # (lightning_glif.checkpoint_io), unless the config names another CheckpointIO plugin.
+        # (lightning_glif.cli.checkpoint_io), unless the config names another CheckpointIO plugin.
         where = f"{self.subcommand}.trainer" if self.subcommand else "trainer"
         plugins = self.config_init.get(f"{where}.plugins")
         return super().instantiate_trainer(**kwargs, plugins=with_atomic_checkpoint_io(plugins))

@@ -46,7 +46,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightning_glif.models.tdbn import TdBatchNorm
+from lightning_glif.layers.tdbn import TdBatchNorm
 from lightning_glif.neurons.base import SpikingNeuron
 from lightning_glif.neurons.glif import GLIF
 
@@ -390,7 +390,7 @@ def _layer_problem(theirs: _Layer, ours: _Layer, own: dict[str, torch.Tensor]) -
 
 # -- converting ------------------------------------------------------------------------------------
 def backbone_of(model: nn.Module) -> nn.Module:
-    """The backbone of a :class:`~lightning_glif.module.SpikingClassifier`, or ``model``."""
+    """The backbone of a ``SpikingClassifier``, or ``model`` itself."""
     return getattr(model, "backbone", model)
 
 

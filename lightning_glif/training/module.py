@@ -17,10 +17,10 @@ from torch import nn
 from torchmetrics import MaxMetric, MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
-from lightning_glif import tags
-from lightning_glif.checkpoint_config import check_checkpoint_classes, stored_hyperparameters
-from lightning_glif.losses import MeanCrossEntropy, TemporalLoss
 from lightning_glif.neurons.base import SpikingNeuron
+from lightning_glif.training import tags
+from lightning_glif.training.allowlist import check_checkpoint_classes, stored_hyperparameters
+from lightning_glif.training.losses import MeanCrossEntropy, TemporalLoss
 
 #: Arguments that are objects when the module is built in Python, configs under LightningCLI.
 OBJECT_ARGUMENTS = ("backbone", "optimizer", "lr_scheduler", "loss")
@@ -46,12 +46,13 @@ class SpikingClassifier(LightningModule):
 
     The backbone maps a batch to per-step logits ``[T, B, num_classes]``; :meth:`forward` averages
     them over T (the prediction, and what the accuracies are computed from). The loss is computed
-    from the per-step logits by ``loss`` (:mod:`lightning_glif.losses`); by default the
+    from the per-step logits by ``loss`` (:mod:`lightning_glif.training.losses`); by default the
     cross-entropy of their time average, the paper's (docs/GLIF_SPEC.md section 6).
-    Logged per epoch (names from :mod:`lightning_glif.tags`): ``train/loss``, ``train/acc``,
-    ``val/loss``, ``val/acc``, ``val/acc_best``, ``test/loss``, ``test/acc`` (top-1), and
-    ``<stage>/acc_top5`` when there are more than 5 classes. The learning rate of each parameter
-    group is Lightning's ``LearningRateMonitor``'s (``lr-SGD/weights``, ``lr-SGD/gates``, ...).
+    Logged per epoch (names from :mod:`lightning_glif.training.tags`): ``train/loss``,
+    ``train/acc``, ``val/loss``, ``val/acc``, ``val/acc_best``, ``test/loss``, ``test/acc``
+    (top-1), and ``<stage>/acc_top5`` when there are more than 5 classes. The learning rate of each
+    parameter group is Lightning's ``LearningRateMonitor``'s (``lr-SGD/weights``,
+    ``lr-SGD/gates``, ...).
 
     Optimisation follows the paper unless configured otherwise: the optimizer receives three
     parameter groups (see :meth:`parameter_groups`): ``weights`` (everything outside the
@@ -76,9 +77,9 @@ class SpikingClassifier(LightningModule):
         neuron_lr_factor: learning-rate factor of the ``neuron`` group, the membrane parameters
             (the paper trains them at the full rate: 1).
         neuron_weight_decay: weight decay of every neuron parameter (0 in the paper).
-        loss: a :class:`~lightning_glif.losses.TemporalLoss` of the per-step logits and the
-            labels, e.g. :class:`~lightning_glif.losses.TETLoss`; with ``label_smoothing``.
-            ``None``: the paper's :class:`~lightning_glif.losses.MeanCrossEntropy`, without
+        loss: a :class:`~lightning_glif.training.losses.TemporalLoss` of the per-step logits and the
+            labels, e.g. :class:`~lightning_glif.training.losses.TETLoss`; with ``label_smoothing``.
+            ``None``: the paper's :class:`~lightning_glif.training.losses.MeanCrossEntropy`, without
             smoothing.
         compile: compile the backbone with ``torch.compile(fullgraph=True)`` (Inductor): the
             neurons' fused op is a ``torch.library`` custom op, so the whole backbone is one

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_glif.models.tdbn import TdBatchNorm
+from lightning_glif.layers.tdbn import TdBatchNorm
 from lightning_glif.neurons import SpikingNeuron
 
 
@@ -233,7 +233,7 @@ def norm_spike(
 
 class SpikingSequential(nn.Sequential):
     """``nn.Sequential`` (the same modules and state-dict keys) that, with ``memory_saving``,
-    runs each :class:`~lightning_glif.models.tdbn.TdBatchNorm` directly followed by a
+    runs each :class:`~lightning_glif.layers.tdbn.TdBatchNorm` directly followed by a
     :class:`~lightning_glif.neurons.SpikingNeuron` as :func:`norm_spike`: only the norm's input
     is kept for their backward."""
 

@@ -8,7 +8,7 @@ unambiguously.
 =========================================  =================================================
 tag                                        written by
 =========================================  =================================================
-``<stage>/<name>``                         :class:`~lightning_glif.module.SpikingClassifier`:
+``<stage>/<name>``                         ``SpikingClassifier``:
                                            ``train/loss``, ``val/acc``, ``val/acc_best``, ...
 ``lr-<optimizer>/<group>``                 Lightning's ``LearningRateMonitor``
 ``gates/<layer>/<gate>[_<stat>]``          :class:`~lightning_glif.callbacks.GateMonitor`
