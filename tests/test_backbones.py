@@ -16,10 +16,9 @@ from torch import nn
 
 from lightning_glif.layers.encoding import to_time_first
 from lightning_glif.layers.tdbn import TdBatchNorm
-from lightning_glif.models.msresnet import MSBlock, ResNet18MS, ResNet34MS
+from lightning_glif.models.msresnet import MSBlock, ResNet18MS
 from lightning_glif.models.resnet import BasicBlock, ResNet18, ResNet19
 from lightning_glif.models.sew import SEWBlock, WideNet7B
-from lightning_glif.models.vgg import SpikingVGG
 from lightning_glif.neurons.base import SpikingNeuron
 
 T, B = 2, 2
@@ -90,6 +89,10 @@ def test_msresnet_neurons():
     # stem 64; each block's first neuron sees C_in (pre-activation), its second C_out.
     assert channels(f) == [64, 64, 64, 64, 64, 64, 128, 128, 128, 128, 256, 256, 256, 256, 512,
                            512, 512]  # fmt: skip
+
+    class ResNet34MS(ResNet18MS):
+        STAGE_BLOCKS = (3, 4, 6, 3)
+
     f34 = CountingFactory()
     ResNet34MS(f34, T)
     # stem 1 + (3 + 4 + 6 + 3) blocks x 2 = 33; a stage's first block enters with the previous C.
@@ -102,23 +105,6 @@ def test_widenet7b_neurons():
     WideNet7B(f, T)
     # conv1x1(2->64) 1 + four SEW(64) x 2 = 9 at 64; conv1x1(64->128) 1 + three SEW(128) x 2 = 7.
     assert channels(f) == [64] * 9 + [128] * 7
-
-
-@pytest.mark.parametrize(
-    ("depth", "expected"),
-    [
-        (11, [64, 128, 256, 256, 512, 512, 512, 512]),
-        (13, [64, 64, 128, 128, 256, 256, 512, 512, 512, 512]),
-        (16, [64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512]),
-    ],
-)
-def test_vgg_neurons_one_per_conv(depth, expected):
-    f = CountingFactory()
-    SpikingVGG(f, T, depth=depth)
-    assert channels(f) == expected
-    model = SpikingVGG(CountingFactory(), T, depth=depth)
-    n_convs = sum(isinstance(m, nn.Conv2d) for m in model.modules())
-    assert n_convs == len(expected) == depth - 3  # the VGG depth counts 3 FC layers
 
 
 def test_time_steps_is_passed_through():
@@ -198,9 +184,8 @@ def test_identity_shortcut_carries_a_scaled_norm():
     assert ms.shortcut[1].scale.item() == pytest.approx(RESIDUAL_SCALE)
 
 
-def test_sew_and_vgg_norms():
-    assert set(tdbn_scales(WideNet7B(CountingFactory(), T)).values()) == {1.0}  # plain BN
-    assert set(tdbn_scales(SpikingVGG(CountingFactory(), T)).values()) == {PLAIN_SCALE}
+def test_sew_norms_are_plain_batch_norms():
+    assert set(tdbn_scales(WideNet7B(CountingFactory(), T)).values()) == {1.0}
 
 
 def test_sync_batchnorm_conversion_keeps_the_scaling_and_the_output():
@@ -227,11 +212,9 @@ def test_sync_batchnorm_conversion_keeps_the_scaling_and_the_output():
         (lambda f: ResNet19(f, T), (B, 3, 32, 32), 10),
         (lambda f: ResNet18(f, T, num_classes=100), (B, 3, 32, 32), 100),
         (lambda f: ResNet18MS(f, T), (B, 3, 64, 64), 1000),
-        (lambda f: ResNet34MS(f, T, num_classes=10), (B, 3, 32, 32), 10),
         (lambda f: WideNet7B(f, T), (B, T, 2, 48, 48), 10),
-        (lambda f: SpikingVGG(f, T, depth=16, num_classes=100), (B, 3, 32, 32), 100),
     ],
-    ids=["resnet19", "resnet18", "resnet18ms", "resnet34ms", "widenet7b", "vgg16"],
+    ids=["resnet19", "resnet18", "resnet18ms", "widenet7b"],
 )
 def test_per_step_logits_shape(make, shape, k):
     torch.manual_seed(0)
@@ -247,9 +230,8 @@ def test_per_step_logits_shape(make, shape, k):
         (lambda f: ResNet19(f, T), (B, 3, 16, 16)),
         (lambda f: ResNet18MS(f, T), (B, 3, 64, 64)),
         (lambda f: WideNet7B(f, T), (B, 2, 48, 48)),
-        (lambda f: SpikingVGG(f, T), (B, 3, 32, 32)),
     ],
-    ids=["resnet19", "resnet18ms", "widenet7b", "vgg11"],
+    ids=["resnet19", "resnet18ms", "widenet7b"],
 )
 def test_static_batch_equals_explicitly_repeated_sequence(make, shape):
     torch.manual_seed(0)
@@ -338,9 +320,8 @@ def test_resnet_rejects_mismatched_stage_lists():
         # tap, a shift before it is absorbed by the next norm and that bias gets a zero gradient
         (lambda f: ResNet18MS(f, T, num_classes=10), (B, 3, 64, 64)),
         (lambda f: WideNet7B(f, T, image_size=32), (B, T, 2, 32, 32)),
-        (lambda f: SpikingVGG(f, T), (B, 3, 32, 32)),
     ],
-    ids=["resnet19", "resnet18ms", "widenet7b", "vgg11"],
+    ids=["resnet19", "resnet18ms", "widenet7b"],
 )
 def test_every_parameter_gets_a_gradient(make, shape):
     torch.manual_seed(0)
@@ -361,9 +342,8 @@ def test_every_parameter_gets_a_gradient(make, shape):
         (lambda n: ResNet19(n, T), (B, 3, 8, 8), 10, 17),
         (lambda n: ResNet18MS(n, T), (B, 3, 32, 32), 1000, 17),
         (lambda n: WideNet7B(n, T, image_size=32), (B, T, 2, 32, 32), 10, 16),
-        (lambda n: SpikingVGG(n, T), (B, 3, 32, 32), 10, 8),
     ],
-    ids=["resnet19", "resnet18ms", "widenet7b", "vgg11"],
+    ids=["resnet19", "resnet18ms", "widenet7b"],
 )
 def test_backbones_train_with_glif(make, shape, k, n_neurons):
     from lightning_glif.neurons import GLIF

@@ -11,14 +11,13 @@ import pytest
 import torch
 from torch import nn
 
+from lightning_glif.layers import memory as saving
 from lightning_glif.layers.memory import SpikeConv2d, SpikeLinear, norm_spike
 from lightning_glif.layers.tdbn import TdBatchNorm
-from lightning_glif.layers import memory as saving
 from lightning_glif.models.mlp import SpikingMLP
-from lightning_glif.models.msresnet import MSResNet
+from lightning_glif.models.msresnet import ResNet18MS
 from lightning_glif.models.resnet import BasicBlock, SpikingResNet
 from lightning_glif.models.sew import WideNet7B
-from lightning_glif.models.vgg import SpikingVGG
 from lightning_glif.neurons import GLIF, Rectangular, SpikingNeuron
 from lightning_glif.neurons.fused import fused_available
 
@@ -235,15 +234,15 @@ def resnet(on):
     return moved_neurons(net)
 
 
+class ResNet10MS(ResNet18MS):
+    STAGE_BLOCKS = (1, 1, 1, 1)
+
+
 NETS = {
     "resnet": (resnet, torch.randn(B, 3, 12, 12) * 2),
     "msresnet": (
-        lambda on: moved_neurons(MSResNet(GLIF, T, 5, 3, (1, 1, 1, 1), memory_saving=on)),
+        lambda on: moved_neurons(ResNet10MS(GLIF, T, 5, 3, memory_saving=on)),
         torch.randn(2, 3, 16, 16) * 2,
-    ),
-    "vgg": (
-        lambda on: moved_neurons(SpikingVGG(GLIF, T, 11, 5, memory_saving=on)),
-        torch.randn(2, 3, 32, 32) * 2,
     ),
     "sew": (
         lambda on: moved_neurons(WideNet7B(GLIF, T, 5, 2, 16, memory_saving=on)),
@@ -259,7 +258,7 @@ NETS = {
 @pytest.mark.parametrize(
     "name",
     [
-        pytest.param(name, marks=[pytest.mark.slow] if name in ("msresnet", "vgg", "sew") else [])
+        pytest.param(name, marks=[pytest.mark.slow] if name in ("msresnet", "sew") else [])
         for name in NETS
     ],
 )

@@ -1,9 +1,16 @@
-"""Time-first building blocks of the backbones, ``[T, B, C, ...]`` in and out: tdBN, the
-per-frame wrapper, the direct encoding of static images, and the memory saving (spikes kept as
-bits, tdBN + neuron recomputed in the backward)."""
+"""Time-first building blocks ``[T, B, C, ...]``: tdBN, the per-frame wrapper, the direct
+encoding, and the memory saving (:mod:`.memory`). A backbone imports what it needs from here and
+from :mod:`lightning_glif.models.common`."""
 
-from .encoding import to_time_first
-from .memory import SpikeConv2d, SpikeLinear, SpikingSequential
+from .encoding import check_image_size, to_time_first
+from .memory import (
+    SpikeConv2d,
+    SpikeLinear,
+    SpikingSequential,
+    binary_spikes,
+    norm_spike,
+    spike_conv,
+)
 from .tdbn import TdBatchNorm
 from .time_distributed import TimeDistributed
 
@@ -13,5 +20,9 @@ __all__ = [
     "SpikingSequential",
     "TdBatchNorm",
     "TimeDistributed",
+    "binary_spikes",
+    "check_image_size",
+    "norm_spike",
+    "spike_conv",
     "to_time_first",
 ]

@@ -10,7 +10,7 @@ def to_time_first(x: torch.Tensor, time_steps: int, *, static_rank: int = 4) -> 
     """Return ``x`` as a time-first sequence of ``time_steps`` steps.
 
     - A static batch of rank ``static_rank`` (``[B, C, H, W]`` images by default) is repeated
-      ``time_steps`` times: the direct encoding of SPEC section 5, ``[T, B, C, H, W]``.
+      ``time_steps`` times: the direct encoding (docs/GLIF_SPEC.md section 5), ``[T, B, C, H, W]``.
     - A batch of rank ``static_rank + 1`` is a batch of sequences ``[B, T, ...]`` (event frames
       ``[B, T, P, H, W]``) and is transposed to ``[T, B, ...]``; its T must equal ``time_steps``.
 
@@ -33,13 +33,9 @@ def to_time_first(x: torch.Tensor, time_steps: int, *, static_rank: int = 4) -> 
 
 
 def check_image_size(x: torch.Tensor, image_size: int, owner: str, readout: nn.Module) -> None:
-    """Raise a ``ValueError`` naming both sizes unless the batch ``x`` (``[..., H, W]``) holds
-    ``image_size`` x ``image_size`` images.
-
-    For backbones whose readout is sized from ``image_size`` (a ``Linear`` over the flattened
-    last feature map): its convolutions and pools accept any size, so without this check the
-    first layer to fail is that readout, with a bare matmul shape error. Called on every
-    forward: a shape comparison, the message is built only on a mismatch."""
+    """Raise a ``ValueError`` naming both sizes unless ``x`` (``[..., H, W]``) holds
+    ``image_size`` x ``image_size`` images: for a backbone whose ``readout`` is sized from
+    ``image_size``, which would otherwise fail with a bare matmul shape error."""
     h, w = x.shape[-2:]
     if (h, w) == (image_size, image_size):
         return

@@ -1,25 +1,22 @@
-"""Keeping less for the backward of a spiking net: spikes as bits, tdBN + neuron recomputed.
+"""Keeping less for the backward of a spiking net, with the same gradients (the backbones'
+``memory_saving``; what it keeps on ResNet-19: ``docs/performance.md``).
 
-A conv -> tdBN -> neuron layer keeps, per element and step, four float tensors for the backward
-when run plainly: the batch norm's input, ``scale * x_hat`` (for the affine's weight gradient),
-the neuron's input and, in the next layer, the spikes (for its weight gradient). Two
-``torch.autograd.Function`` s reduce that to the convolution's output and the spikes as bits:
+Run plainly, a conv -> tdBN -> neuron layer keeps four float tensors of its output's size: the
+norm's input, ``scale * x_hat`` (the affine's weight gradient), the neuron's input and, in the
+next layer, the spikes. Two ``torch.autograd.Function`` s keep the conv's output and the spikes
+as bits instead:
 
-- :class:`SpikeConv2d` / :class:`SpikeLinear`: a layer whose input is a neuron's 0/1 spikes keeps
-  them as 1 bit per element (:func:`pack_bits`, 1/32 of float32) and computes its backward from
-  the unpacked bits (``torch.nn.grad.conv2d_input`` / ``conv2d_weight``, or the two matmuls of a
-  linear layer): bit-identical gradients.
-- :func:`norm_spike`: ``neuron(norm(x))`` (or ``neuron(norm(x) + skip_norm(s))`` at a residual
-  addition) keeping only ``x`` (and ``s``, as bits when it is spikes). The backward runs the norm
-  and the neuron again on the kept inputs (with the forward's RNG state; the modules' buffers,
-  e.g. the running statistics, are restored afterwards, so they are updated once per step) and
-  differentiates that: the same values, so the same gradients.
+- :class:`SpikeConv2d` / :class:`SpikeLinear` keep their 0/1 input as 1 bit per element
+  (:func:`pack_bits`) and compute the weight gradient from the unpacked bits: bit-identical.
+- :func:`norm_spike` runs ``neuron(norm(x))`` (or ``neuron(norm(x) + skip_norm(s))``) keeping only
+  ``x`` (and ``s``) and runs both again in the backward, with the forward's RNG state; the
+  modules' buffers (running statistics) are restored afterwards, so they update once per step.
 
-The backbones build these where they know the input is spikes (``memory_saving``; the neurons'
-``binary_spikes`` says whether their output is exactly 0/1). Both step aside, running the plain
-layers, under ``torch.compile`` (Inductor decides what a compiled graph saves, and recomputes on
-its own), under autocast, and with gradients disabled (eval, ``torch.no_grad``). What each setting
-keeps, measured on ResNet-19: ``docs/performance.md`` (``benchmarks/resnet19_step.py``).
+A backbone's rule: a spike layer only where its input is the output of a neuron whose
+:func:`binary_spikes` is true, and each tdBN paired with the neuron right after it
+(:class:`SpikingSequential`, or :func:`norm_spike` in a block's ``forward``). Both step aside,
+running the plain layers, under ``torch.compile`` (Inductor decides what it saves), under autocast
+and without gradients.
 """
 
 from __future__ import annotations
@@ -35,7 +32,7 @@ from lightning_glif.neurons import SpikingNeuron
 
 
 def applies(x: torch.Tensor) -> bool:
-    """Whether the savings serve a call on ``x`` now: autograd records, not compiling, no
+    """Whether the saving serves a call on ``x`` now: autograd records, not compiling, no
     autocast (the recomputation would not see the forward's autocast state)."""
     if torch.compiler.is_compiling():
         return False
@@ -43,10 +40,8 @@ def applies(x: torch.Tensor) -> bool:
 
 
 def binary_spikes(neuron: nn.Module) -> bool:
-    """Whether ``neuron`` declares its output exactly 0/1 (its ``binary_spikes`` attribute, e.g.
-    :attr:`~lightning_glif.neurons.MembraneNeuron.binary_spikes`): only then may the layers it
-    feeds keep that output as bits. A backbone asks its first neuron: one factory builds them
-    all."""
+    """Whether ``neuron`` declares its output exactly 0/1 (its ``binary_spikes`` attribute): only
+    then may the layers it feeds keep that output as bits."""
     return getattr(neuron, "binary_spikes", False) is True
 
 
@@ -58,9 +53,8 @@ def _shifts(device: torch.device) -> torch.Tensor:
 
 
 def pack_bits(t: torch.Tensor) -> torch.Tensor:
-    """The elements of ``t`` (read in contiguous order, each 0 or 1) as bits: uint8
-    ``[ceil(numel / 8)]``, element ``8 * i + j`` in bit ``j`` of byte ``i``. Torch ops only, so
-    the same packing runs on any device."""
+    """The 0/1 elements of ``t`` (in contiguous order) as uint8 ``[ceil(numel / 8)]``, element
+    ``8 * i + j`` in bit ``j`` of byte ``i``."""
     flat = t.reshape(-1) != 0
     pad = -flat.numel() % 8
     if pad:
@@ -70,7 +64,7 @@ def pack_bits(t: torch.Tensor) -> torch.Tensor:
 
 
 def unpack_bits(packed: torch.Tensor, shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
-    """Inverse of :func:`pack_bits`: a contiguous tensor of ``shape`` and ``dtype`` (0/1)."""
+    """Inverse of :func:`pack_bits`: a contiguous 0/1 tensor of ``shape`` and ``dtype``."""
     bits = (packed.unsqueeze(1) >> _shifts(packed.device)) & 1
     return bits.view(-1)[: math.prod(shape)].to(dtype).view(shape)
 
@@ -107,10 +101,9 @@ class _SpikeInput(torch.autograd.Function):
 
 
 class SpikeConv2d(nn.Conv2d):
-    """``nn.Conv2d`` for an input of 0/1 spikes ``[N, C, H, W]``: keeps it as 1 bit per element
-    for the weight gradient (the same gradients as ``nn.Conv2d``). Zero padding given as numbers
-    only. An input that is not 0/1 would get a wrong weight gradient: build it only after a
-    neuron whose spikes are (:func:`binary_spikes`)."""
+    """``nn.Conv2d`` for 0/1 spikes ``[N, C, H, W]``, kept as 1 bit each for the weight gradient
+    (the same gradients as ``nn.Conv2d``). Zero padding given as numbers only. Any other input
+    gets a wrong weight gradient: build it only after a neuron with :func:`binary_spikes`."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -127,8 +120,7 @@ class SpikeConv2d(nn.Conv2d):
 
 
 class SpikeLinear(nn.Linear):
-    """``nn.Linear`` for an input of 0/1 spikes ``[N, in_features]``: keeps it as 1 bit per
-    element for the weight gradient, as :class:`SpikeConv2d`."""
+    """``nn.Linear`` for 0/1 spikes ``[N, in_features]``, as :class:`SpikeConv2d`."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 2 and applies(x):
@@ -138,7 +130,7 @@ class SpikeLinear(nn.Linear):
 
 def spike_conv(in_channels: int, out_channels: int, kernel_size: int, spike_input: bool, **kw):
     """A bias-free conv: :class:`SpikeConv2d` if ``spike_input``, else ``nn.Conv2d`` (the same
-    parameters and initialisation either way)."""
+    parameters and initialisation)."""
     cls = SpikeConv2d if spike_input else nn.Conv2d
     return cls(in_channels, out_channels, kernel_size, bias=False, **kw)
 
@@ -146,25 +138,27 @@ def spike_conv(in_channels: int, out_channels: int, kernel_size: int, spike_inpu
 # --- tdBN + neuron recomputed ------------------------------------------------------------------
 
 
-def _call(module: nn.Module, *args):
-    return module(*args)  # the forward: hooks run, once
+def _run(neuron, norms, inputs, recompute=False):
+    """``neuron(sum of norm(x))``. The recomputation calls ``forward``: forward hooks (the
+    monitors) see each module once per step."""
 
+    def call(module, x):
+        return module.forward(x) if recompute else module(x)
 
-def _forward_only(module: nn.Module, *args):
-    return module.forward(*args)  # the recomputation: hooks (monitors) do not see it again
-
-
-def _run(call, neuron, norms, inputs):
     y = call(norms[0], inputs[0])
     for norm, x in zip(norms[1:], inputs[1:], strict=True):
         y = y + call(norm, x)
     return call(neuron, y)
 
 
+def _params(modules) -> list[nn.Parameter]:
+    return [p for m in modules for p in m.parameters() if p.requires_grad]
+
+
 class _NormSpike(torch.autograd.Function):
-    """``neuron(sum of norm(x))`` keeping the inputs ``x`` (``bits``: those kept as bits) for
-    the backward, which recomputes the forward. ``tensors``: the inputs, then the modules'
-    trainable parameters (passed so that autograd routes their gradients here)."""
+    """``neuron(sum of norm(x))`` keeping the inputs ``x`` (``bits``: those kept as bits) for the
+    backward, which recomputes the forward. ``tensors``: the inputs, then the modules' trainable
+    parameters (passed so that autograd routes their gradients here)."""
 
     @staticmethod
     def forward(ctx, neuron, norms, bits, *tensors):
@@ -176,7 +170,7 @@ class _NormSpike(torch.autograd.Function):
         ctx.devices = sorted({x.device.index for x in inputs if x.is_cuda})
         ctx.rng = torch.get_rng_state()
         ctx.cuda_rng = [torch.cuda.get_rng_state(d) for d in ctx.devices]
-        return _run(_call, neuron, norms, inputs)
+        return _run(neuron, norms, inputs)
 
     @staticmethod
     def backward(ctx, grad):
@@ -187,24 +181,19 @@ class _NormSpike(torch.autograd.Function):
         for kept, b, (shape, dtype), need in kept_inputs:
             x = unpack_bits(kept, shape, dtype) if b else kept.detach()
             inputs.append(x.requires_grad_(need))
-        params = _params(modules)
         buffers = [b for m in modules for b in m.buffers()]
         state = [b.clone() for b in buffers]
         with torch.random.fork_rng(devices=ctx.devices), torch.enable_grad():
             torch.set_rng_state(ctx.rng)
             for d, s in zip(ctx.devices, ctx.cuda_rng, strict=True):
                 torch.cuda.set_rng_state(s, d)
-            out = _run(_forward_only, ctx.neuron, ctx.norms, inputs)
-        wrt = [t for t in (*inputs, *params) if t.requires_grad]
+            out = _run(ctx.neuron, ctx.norms, inputs, recompute=True)
+        wrt = [t for t in (*inputs, *_params(modules)) if t.requires_grad]
         grads = iter(torch.autograd.grad(out, wrt, grad, allow_unused=True))
         for b, s in zip(buffers, state, strict=True):  # after the grad: its graph saved them
             b.copy_(s)  # e.g. the running statistics: updated by the forward only
         input_grads = [next(grads) if x.requires_grad else None for x in inputs]
         return None, None, None, *input_grads, *grads
-
-
-def _params(modules) -> list[nn.Parameter]:
-    return [p for m in modules for p in m.parameters() if p.requires_grad]
 
 
 def norm_spike(
@@ -218,24 +207,22 @@ def norm_spike(
     ``neuron(norm(x) + skip_norm(s))``, keeping for the backward only ``x`` and ``s`` (as bits
     when ``s_is_spikes``: it must then be 0/1) and recomputing the rest there.
 
-    The modules run through their ``__call__`` in the forward (hooks see them once) and their
-    ``forward`` in the recomputation. They must give the same output for the same input and RNG
-    state, and no hook may change a value (it would not be replayed). ``enabled=False``, or where
-    the savings do not apply (:func:`applies`), runs the same expression plainly.
+    The modules must give the same output for the same input and RNG state, and no hook may
+    change a value (the recomputation does not run hooks). ``enabled=False``, or where the saving
+    does not apply (:func:`applies`), runs the same expression plainly.
     """
     norms, inputs, bits = (norm,), (x,), (False,)
     if skip is not None:
         norms, inputs, bits = (norm, skip[0]), (x, skip[1]), (False, bool(skip[2]))
     if not (enabled and applies(x)):
-        return _run(_call, neuron, norms, inputs)
+        return _run(neuron, norms, inputs)
     return _NormSpike.apply(neuron, norms, bits, *inputs, *_params((neuron, *norms)))
 
 
 class SpikingSequential(nn.Sequential):
-    """``nn.Sequential`` (the same modules and state-dict keys) that, with ``memory_saving``,
-    runs each :class:`~lightning_glif.layers.tdbn.TdBatchNorm` directly followed by a
-    :class:`~lightning_glif.neurons.SpikingNeuron` as :func:`norm_spike`: only the norm's input
-    is kept for their backward."""
+    """``nn.Sequential`` (the same modules and state-dict keys) that, with ``memory_saving``, runs
+    each :class:`TdBatchNorm` directly followed by a :class:`~lightning_glif.neurons.SpikingNeuron`
+    as :func:`norm_spike`."""
 
     def __init__(self, *modules: nn.Module, memory_saving: bool = False) -> None:
         super().__init__(*modules)

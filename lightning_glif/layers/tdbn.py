@@ -20,18 +20,14 @@ class TdBatchNorm(nn.Module):
     ``alpha`` is 1, or ``1/sqrt(2)`` in the two norms that feed a residual addition. With
     ``alpha=1, v_threshold=1`` this is a plain batch norm over time and batch (SEW-style nets).
 
-    In training the normalisation is an inner ``nn.BatchNorm1d(affine=False)``, and the scale and
-    the affine live outside it. That is deliberate: ``nn.SyncBatchNorm.convert_sync_batchnorm``
-    swaps the inner norm for a synchronised one and the tdBN scaling survives (the GLIF authors'
-    code subclassed BatchNorm and lost its scaling in that conversion).
+    In training the normalisation is an inner ``nn.BatchNorm1d(affine=False)`` with the scale
+    and the affine outside it, so that ``nn.SyncBatchNorm.convert_sync_batchnorm`` swaps the inner
+    norm and keeps the tdBN scaling (the GLIF authors' subclass of BatchNorm lost it there).
 
     In eval the running statistics are applied in the GLIF authors' order of operations, so that
-    their checkpoints give their outputs bit for bit (float arithmetic depends on the order):
-    ``alpha * V_th * (x - mean) / sqrt(var + eps)``, then ``* w + b`` (their ``tdBatchNorm``).
-    A plain batch norm (scale 1) evaluates as torch's batch norm with the affine on
-    ``[T * B, C, ...]``, which is what their plain ``nn.BatchNorm2d`` (the CIFAR10-DVS net) and
-    ``nn.SyncBatchNorm`` (their converted ImageNet model) compute. ``tests/test_compat.py`` checks
-    both against the authors' formulas.
+    their checkpoints give their outputs bit for bit: ``alpha * V_th * (x - mean) /
+    sqrt(var + eps)``, then ``* w + b``. A plain norm (scale 1) evaluates as torch's batch norm
+    on ``[T * B, C, ...]``, as their ``nn.BatchNorm2d`` and ``nn.SyncBatchNorm`` do.
 
     Args:
         num_features: channels ``C`` (dim 2 of the input).

@@ -1,4 +1,4 @@
-"""Small building blocks shared by the spiking backbones."""
+"""A per-frame module run over every step of a time-first sequence."""
 
 from __future__ import annotations
 
@@ -7,14 +7,13 @@ from torch import nn
 
 
 class TimeDistributed(nn.Module):
-    """Apply a per-frame module (conv, linear, pooling) to every step of ``[T, B, ...]``.
+    """Apply a per-frame module (conv, linear, pooling, dropout) to every step of ``[T, B, ...]``,
+    time and batch folded into one batch dimension.
 
-    Time and batch are folded into one batch dimension, so one kernel call serves all steps.
-    When the input is a broadcast repeat over time (stride 0 in dim 0, as produced by the direct
-    encoding of :func:`lightning_glif.layers.encoding.to_time_first`) every frame is the same, so
-    the module runs once and its output is broadcast again: the first layer of a network on static
-    images costs one frame instead of T. Only stateless per-frame modules may be wrapped (not batch
-    norm, whose statistics depend on the folded batch).
+    Direct-encoded input (a broadcast repeat over time, stride 0 in dim 0, from
+    :func:`~lightning_glif.layers.to_time_first`) has the same frame at every step, so the module
+    runs once and its output is broadcast again: a wrapped ``Dropout`` then draws one mask for all
+    steps. Wrap only stateless modules (not a batch norm: its statistics see the folded batch).
     """
 
     def __init__(self, module: nn.Module) -> None:

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from lightning_glif.layers.encoding import check_image_size, to_time_first
-from lightning_glif.layers.memory import SpikingSequential, binary_spikes, spike_conv
-from lightning_glif.layers.tdbn import TdBatchNorm
-from lightning_glif.layers.time_distributed import TimeDistributed
+from lightning_glif.layers import (
+    SpikingSequential,
+    TdBatchNorm,
+    TimeDistributed,
+    binary_spikes,
+    check_image_size,
+    spike_conv,
+    to_time_first,
+)
+from lightning_glif.models.common import NeuronFactory
 
 
 class SpikingConvNet(nn.Module):
@@ -35,15 +41,13 @@ class SpikingConvNet(nn.Module):
         image_size: height (= width) of the input images; sets the readout's input size.
         channels: output channels of each conv stage. Stages after the first halve the
             resolution with a 2x2 average pool after their neuron.
-        memory_saving: keep less for the backward, with the same gradients (each tdBN + neuron
-            keeps only the tdBN's input, recomputed in the backward; the second stage's conv
-            keeps its input spikes as bits): see :mod:`lightning_glif.layers.memory`. Off by
-            default: on 8x8 digits the net keeps a few MB, and the recomputation costs time.
+        memory_saving: keep less for the backward, with the same gradients
+            (:mod:`lightning_glif.layers.memory`). Off by default: this net keeps a few MB.
     """
 
     def __init__(
         self,
-        neuron: Callable[[int, int], nn.Module],
+        neuron: NeuronFactory,
         time_steps: int = 4,
         num_classes: int = 10,
         in_channels: int = 1,

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from lightning_glif.layers.encoding import to_time_first
-from lightning_glif.layers.memory import SpikeLinear, SpikingSequential, binary_spikes
-from lightning_glif.layers.tdbn import TdBatchNorm
-from lightning_glif.layers.time_distributed import TimeDistributed
+from lightning_glif.layers import (
+    SpikeLinear,
+    SpikingSequential,
+    TdBatchNorm,
+    TimeDistributed,
+    binary_spikes,
+    to_time_first,
+)
+from lightning_glif.models.common import NeuronFactory
 
 
 class SpikingMLP(nn.Module):
@@ -36,15 +41,13 @@ class SpikingMLP(nn.Module):
         num_classes: outputs of the readout.
         in_features: ``F``, features per time step after flattening.
         hidden: width of each hidden layer.
-        memory_saving: keep less for the backward, with the same gradients (each tdBN + neuron
-            keeps only the tdBN's input, recomputed in the backward; the linear layers taking
-            spikes keep them as bits): see :mod:`lightning_glif.layers.memory`. Off by default:
-            the net keeps a few MB, and the recomputation costs time.
+        memory_saving: keep less for the backward, with the same gradients
+            (:mod:`lightning_glif.layers.memory`). Off by default: this net keeps a few MB.
     """
 
     def __init__(
         self,
-        neuron: Callable[[int, int], nn.Module],
+        neuron: NeuronFactory,
         time_steps: int = 4,
         num_classes: int = 10,
         in_features: int = 8,

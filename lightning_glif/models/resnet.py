@@ -1,9 +1,6 @@
-"""Spiking ResNet-19 and ResNet-18 for CIFAR (docs/GLIF_SPEC.md section 5), time-first throughout.
-
-Both nets: direct encoding (the image repeated T times), a conv3x3 stem, post-activation spiking
-basic blocks, global average pooling and a bias-free linear head applied at every time step.
-``forward`` returns per-step logits ``[T, B, num_classes]``; the LightningModule averages over T.
-"""
+"""Spiking ResNet-19 and ResNet-18 for CIFAR (docs/GLIF_SPEC.md section 5): direct encoding, a
+conv3x3 stem, post-activation spiking basic blocks, global average pooling and a bias-free linear
+head applied at every time step."""
 
 from __future__ import annotations
 
@@ -12,10 +9,14 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from lightning_glif.layers.encoding import to_time_first
-from lightning_glif.layers.memory import SpikingSequential, binary_spikes, norm_spike
-from lightning_glif.layers.tdbn import TdBatchNorm
-from lightning_glif.layers.time_distributed import TimeDistributed
+from lightning_glif.layers import (
+    SpikingSequential,
+    TdBatchNorm,
+    TimeDistributed,
+    binary_spikes,
+    norm_spike,
+    to_time_first,
+)
 from lightning_glif.models.common import (
     RESIDUAL_ALPHA,
     NeuronFactory,
@@ -26,20 +27,10 @@ from lightning_glif.models.common import (
 
 
 class BasicBlock(nn.Module):
-    """Post-activation spiking basic block, spikes ``[T, B, C_in, H, W]`` -> ``[T, B, C, H', W']``.
-
+    """Post-activation spiking basic block, spikes ``[T, B, C_in, H, W]`` -> ``[T, B, C, H', W']``:
     ``SN(tdBN_a(conv3x3(SN(tdBN(conv3x3_s(x))))) + shortcut(x))`` with ``a = 1/sqrt(2)``, the
-    shortcut of :func:`residual_shortcut`, ``C = C_out`` and ``H' = H / s``. Two neurons.
-
-    Args:
-        neuron: factory called as ``neuron(channels, time_steps)``.
-        time_steps: T.
-        in_channels: C_in.
-        out_channels: C_out.
-        stride: stride s of the first convolution and of the projection shortcut.
-        memory_saving: see :class:`SpikingResNet`.
-        spike_bits: the block's input and ``sn1``'s output are 0/1 spikes, kept as bits.
-    """
+    shortcut of :func:`~lightning_glif.models.common.residual_shortcut` and ``H' = H / s``.
+    ``spike_bits``: the neurons' spikes are 0/1, so the convolutions keep them as bits."""
 
     def __init__(
         self,
@@ -72,18 +63,15 @@ class BasicBlock(nn.Module):
 
 
 class SpikingResNet(nn.Module):
-    """A CIFAR spiking ResNet of :class:`BasicBlock` stages; :class:`ResNet19` and :class:`ResNet18`
-    fix its layout.
+    """A CIFAR spiking ResNet of :class:`BasicBlock` stages; :class:`ResNet19` and
+    :class:`ResNet18` fix its layout.
 
-    Input ``[B, C, H, W]`` (repeated T times) or ``[B, T, C, H, W]``; output per-step logits
+    ``[B, C, H, W]`` (repeated T times) or ``[B, T, C, H, W]`` -> per-step logits
     ``[T, B, num_classes]``. Layout: conv3x3(in->stem)+tdBN+SN, stages of basic blocks (the first
-    block of each stage has the stage's stride), global average pool, bias-free head.
-
-    Head: ``Linear(C_last, head_hidden) -> Linear(head_hidden, num_classes)`` with nothing in
-    between (no neuron, no nonlinearity: the GLIF authors' head, a factorised linear map), or a
-    single ``Linear(C_last, num_classes)`` when ``head_hidden`` is 0. ``None`` follows the
-    authors' rule: 256 hidden units when ``num_classes <= 50`` (CIFAR-10), none otherwise
-    (CIFAR-100).
+    block of each stage has the stage's stride), global average pool, bias-free head: the GLIF
+    authors' ``Linear(C_last, head_hidden) -> Linear(head_hidden, num_classes)`` with nothing in
+    between (a factorised linear map), or one ``Linear(C_last, num_classes)`` when ``head_hidden``
+    is 0. Initialisation as the GLIF authors (:func:`~lightning_glif.models.common.init_weights`).
 
     Args:
         neuron: factory called as ``neuron(channels, time_steps)`` once per spiking layer.
@@ -95,11 +83,9 @@ class SpikingResNet(nn.Module):
         stage_blocks: number of blocks in each stage.
         stage_strides: stride of the first block of each stage.
         head_hidden: width of the head's hidden linear layer; 0 for none, None for the authors'
-            rule above.
-        memory_saving: keep less for the backward, with the same gradients: each tdBN +
-            neuron keeps only the tdBN's input, and the convolutions taking spikes keep them
-            as bits (:mod:`lightning_glif.layers.memory`; what each setting keeps:
-            ``docs/performance.md``).
+            rule (256 when num_classes <= 50, else 0).
+        memory_saving: keep less for the backward, with the same gradients
+            (:mod:`lightning_glif.layers.memory`).
     """
 
     def __init__(
@@ -162,13 +148,9 @@ class SpikingResNet(nn.Module):
 
 
 class ResNet19(SpikingResNet):
-    """Spiking ResNet-19 for CIFAR (tdBN paper layout, docs/GLIF_SPEC.md section 5).
-
-    ``[B, 3, 32, 32]`` -> per-step logits ``[T, B, num_classes]``. Stem conv3x3(3->128); stages
-    of 128, 256, 512 channels with 3, 3, 2 basic blocks and first strides 1, 2, 2 (32x32 -> 8x8);
-    average pool; bias-free head 512->256->10 on CIFAR-10, 512->100 on CIFAR-100 (see
-    :class:`SpikingResNet` for ``head_hidden``). 17 neurons: stem 1 + 8 blocks x 2 (the head has
-    none). Initialisation as the GLIF authors (:func:`init_weights`).
+    """Spiking ResNet-19 for CIFAR (the tdBN paper's layout): stem conv3x3(3->128); stages of 128,
+    256, 512 channels with 3, 3, 2 basic blocks and first strides 1, 2, 2 (32x32 -> 8x8); head
+    512->256->10 on CIFAR-10, 512->100 on CIFAR-100. 17 neurons (stem 1 + 8 blocks x 2).
 
     Args:
         neuron: factory called as ``neuron(channels, time_steps)`` once per spiking layer, e.g.
@@ -178,7 +160,8 @@ class ResNet19(SpikingResNet):
         in_channels: channels of the input image.
         head_hidden: width of the head's hidden linear layer; 0 for a single linear layer, None
             for the authors' rule (256 when num_classes <= 50, else 0).
-        memory_saving: keep less for the backward, same gradients (see :class:`SpikingResNet`).
+        memory_saving: keep less for the backward, with the same gradients
+            (:mod:`lightning_glif.layers.memory`).
     """
 
     def __init__(
@@ -205,16 +188,8 @@ class ResNet19(SpikingResNet):
 
 
 class ResNet18(SpikingResNet):
-    """Spiking ResNet-18 for CIFAR (docs/GLIF_SPEC.md section 5).
-
-    ``[B, 3, 32, 32]`` -> per-step logits ``[T, B, num_classes]``. Stem conv3x3(3->64), no
-    max-pool; stages of 64, 128, 256, 512 channels with 2 basic blocks each; average pool;
-    bias-free head as :class:`ResNet19` (512->256->10 or 512->100). Stem 1 + 8 blocks x 2 = 17
-    neurons.
-
-    The first-block strides default to the spec's ``(1, 2, 2, 2)`` (32x32 -> 4x4). The GLIF
-    authors' ``ResNet_18_stand_CW`` uses ``(1, 1, 2, 2)`` (32x32 -> 8x8, four times the compute
-    in stages 2-4); set ``stage_strides`` to that to match their code.
+    """Spiking ResNet-18 for CIFAR: stem conv3x3(3->64), no max-pool; stages of 64, 128, 256, 512
+    channels with 2 basic blocks each; head as :class:`ResNet19`. 17 neurons.
 
     Args:
         neuron: factory called as ``neuron(channels, time_steps)`` once per spiking layer, e.g.
@@ -222,10 +197,13 @@ class ResNet18(SpikingResNet):
         time_steps: T, the number of simulation steps.
         num_classes: K, the number of output logits (10 for CIFAR-10, 100 for CIFAR-100).
         in_channels: channels of the input image.
-        stage_strides: stride of the first block of each of the four stages.
+        stage_strides: stride of the first block of each stage: the spec's ``(1, 2, 2, 2)``
+            (32x32 -> 4x4), or the GLIF authors' ``(1, 1, 2, 2)`` (32x32 -> 8x8, four times the
+            compute in stages 2-4; their ``ResNet_18_stand_CW``).
         head_hidden: width of the head's hidden linear layer; 0 for a single linear layer, None
             for the authors' rule (256 when num_classes <= 50, else 0).
-        memory_saving: keep less for the backward, same gradients (see :class:`SpikingResNet`).
+        memory_saving: keep less for the backward, with the same gradients
+            (:mod:`lightning_glif.layers.memory`).
     """
 
     def __init__(

@@ -7,10 +7,15 @@ from functools import partial
 import torch
 from torch import nn
 
-from lightning_glif.layers.encoding import check_image_size, to_time_first
-from lightning_glif.layers.memory import SpikingSequential, binary_spikes, spike_conv
-from lightning_glif.layers.tdbn import TdBatchNorm
-from lightning_glif.layers.time_distributed import TimeDistributed
+from lightning_glif.layers import (
+    SpikingSequential,
+    TdBatchNorm,
+    TimeDistributed,
+    binary_spikes,
+    check_image_size,
+    spike_conv,
+    to_time_first,
+)
 from lightning_glif.models.common import NeuronFactory
 
 
@@ -23,8 +28,8 @@ def conv_bn_neuron(
     memory_saving: bool = False,
     spike_input: bool = False,
 ) -> SpikingSequential:
-    """Bias-free conv (stride 1, same padding) + plain batch norm over T*B + neuron
-    (``memory_saving``: see :class:`WideNet7B`; ``spike_input``: the input is 0/1 spikes)."""
+    """Bias-free per-frame conv (stride 1, same padding) + plain batch norm over T*B + neuron
+    (``spike_input``: the input is 0/1 spikes, kept as bits)."""
     conv = spike_conv(in_channels, out_channels, kernel_size, spike_input, padding=kernel_size // 2)
     return SpikingSequential(
         TimeDistributed(conv),
@@ -36,18 +41,10 @@ def conv_bn_neuron(
 
 
 class SEWBlock(nn.Module):
-    """SEW basic block with the ADD connection, ``[T, B, C, H, W]`` -> same shape.
-
-    ``x + SN(BN(conv3x3(SN(BN(conv3x3(x))))))``: the input is added after the second neuron, so
-    the stream between blocks is a sum of spikes, not binary. Two neurons.
-
-    Args:
-        neuron: factory called as ``neuron(channels, time_steps)``.
-        time_steps: T.
-        channels: C.
-        memory_saving: see :class:`WideNet7B`.
-        bits: the first neuron's spikes are 0/1: the second convolution keeps them as bits.
-    """
+    """SEW basic block with the ADD connection, ``[T, B, C, H, W]`` -> same shape:
+    ``x + SN(BN(conv3x3(SN(BN(conv3x3(x))))))``. The stream between blocks is a sum of spikes,
+    not binary. ``bits``: the first neuron's spikes are 0/1, so the second conv keeps them as
+    bits."""
 
     def __init__(
         self,
@@ -70,9 +67,8 @@ class SEWBlock(nn.Module):
 class WideNet7B(nn.Module):
     """7B-wideNet (SEW-ResNet, ADD connection) for CIFAR10-DVS event frames.
 
-    Input ``[B, T, 2, 48, 48]`` (polarity frames; a static ``[B, 2, H, W]`` is repeated T times);
-    output per-step logits ``[T, B, num_classes]``. Layout of the GLIF authors'
-    ``SEWResNet_GLIF_dsr`` (seven SEW blocks, four average pools for the 48x48 input)::
+    ``[B, T, 2, 48, 48]`` polarity frames (a static ``[B, 2, H, W]`` is repeated T times) ->
+    per-step logits ``[T, B, num_classes]``. The GLIF authors' ``SEWResNet_GLIF_dsr``::
 
         conv1x1(2->64)+BN+SN
         SEW(64), SEW(64), SEW(64), SEW(64), AvgPool2   48 -> 24
@@ -82,11 +78,9 @@ class WideNet7B(nn.Module):
         SEW(128), AvgPool2                              6 -> 3
         flatten (128*3*3 = 1152), Linear(1152, num_classes) with bias
 
-    BN is a plain batch norm over T*B (``TdBatchNorm(C, alpha=1, v_threshold=1)``). The authors
-    average the flattened features over T and then apply the linear layer; a linear map commutes
-    with the mean, so this module applies it per step and the time-mean of its output equals
-    theirs. 16 neurons: 2 stems + 7 blocks x 2. Weights keep PyTorch's default initialisation,
-    as in the authors' (and SEW-ResNet's) code.
+    BN is a plain batch norm over T*B. The authors average the features over T before the linear
+    layer; a linear map commutes with the mean, so applying it per step gives the same time-mean.
+    16 neurons. Weights keep PyTorch's default initialisation, as in the authors' code.
 
     Args:
         neuron: factory called as ``neuron(channels, time_steps)`` once per spiking layer, e.g.
@@ -96,9 +90,7 @@ class WideNet7B(nn.Module):
         in_channels: channels of a frame (2 polarities).
         image_size: height = width of the frames; sets the classifier's input width
             ``128 * (image_size // 16) ** 2``.
-        memory_saving: keep less for the backward, with the same gradients: each BN + neuron
-            keeps only the BN's input, and the convolutions taking spikes (the second of each
-            block; the others take sums of spikes) keep them as bits
+        memory_saving: keep less for the backward, with the same gradients
             (:mod:`lightning_glif.layers.memory`).
     """
 
@@ -117,13 +109,13 @@ class WideNet7B(nn.Module):
         self.time_steps = int(time_steps)
         self.num_classes = int(num_classes)
         self.image_size = int(image_size)
+        first = conv_bn_neuron(neuron, time_steps, in_channels, 64, 1, memory_saving)
+        bits = memory_saving and binary_spikes(first[2])
+        block = partial(SEWBlock, neuron, time_steps, memory_saving=memory_saving, bits=bits)
 
         def pool() -> TimeDistributed:
             return TimeDistributed(nn.AvgPool2d(2, 2))
 
-        first = conv_bn_neuron(neuron, time_steps, in_channels, 64, 1, memory_saving)
-        bits = memory_saving and binary_spikes(first[2])
-        block = partial(SEWBlock, neuron, time_steps, memory_saving=memory_saving, bits=bits)
         self.features = nn.Sequential(
             first,
             *(block(64) for _ in range(4)),
@@ -136,9 +128,7 @@ class WideNet7B(nn.Module):
             block(128),
             pool(),
         )
-        side = image_size
-        for _ in range(4):
-            side //= 2
+        side = image_size // 16
         self.head = TimeDistributed(nn.Linear(128 * side * side, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
