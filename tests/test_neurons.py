@@ -7,12 +7,15 @@ from lightning_glif.neurons import GLIF, LIF, PLIF, GLIFf, Rectangular, Triangle
 from lightning_glif.neurons.functional import (
     GLIFValues,
     glif_coefficients,
-    glif_sequence,
-    glif_step,
     membrane_sequence,
+    membrane_step,
 )
 
 SPEC = dict(tau=0.25, v_threshold=0.5, v_leak=0.0625, v_reset=0.5, conductance=0.5)
+
+
+def glif_sequence(x, values, spike_fn, **kwargs):
+    return membrane_sequence(x, glif_coefficients(values), spike_fn, **kwargs)
 
 
 def spec_values(alpha, beta, gamma, T=4):
@@ -144,12 +147,12 @@ def test_step_loop_equals_sequence():
     torch.manual_seed(3)
     m = GLIF(5, 6)
     x = torch.randn(6, 3, 5, 4)
-    values = m.values()
+    c = glif_coefficients(m.values()).broadcast_to(1)  # [C, 1] against the steps' [B, C, 4]
     u = torch.zeros_like(x[0])
     o = torch.zeros_like(x[0])
     steps = []
     for t in range(6):
-        u, o = glif_step(x[t], u, o, values, t, m.surrogate)
+        u, o = membrane_step(x[t], u, o, c, t, m.surrogate)
         steps.append(o)
     assert torch.equal(torch.stack(steps), m(x))
 

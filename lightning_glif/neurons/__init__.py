@@ -1,11 +1,7 @@
-"""Spiking neurons: GLIF and the LIF-family baselines, with their surrogate gradients.
-
-``from lightning_glif.neurons import GLIF, GLIFf, LIF, PLIF``; each is built as
-``Neuron(num_features, time_steps, **options)`` and maps ``[T, B, C, ...]`` to spikes.
-A new neuron derives from :class:`SpikingNeuron` (the contract: its own ``forward``), or from
-:class:`MembraneNeuron` when the membrane recurrence of :mod:`.functional` describes it (then it
-only defines ``coefficients()``); :meth:`SpikingNeuron.observables` is what the monitors log.
-"""
+"""Spiking neurons, ``Neuron(num_features, time_steps, **options)``, mapping ``[T, B, C, ...]``
+to spikes: GLIF, the LIF-family baselines, their surrogate gradients, and the contract a new
+neuron meets (:class:`SpikingNeuron`; :class:`MembraneNeuron` when the recurrence of
+:mod:`.functional` describes it: then it only defines ``coefficients()``)."""
 
 from .base import MembraneNeuron, Observable, SpikingNeuron
 from .functional import GLIFValues, MembraneCoefficients

@@ -1,6 +1,5 @@
-"""The neuron contract (:class:`SpikingNeuron`), the quantities a neuron reports
-(:class:`Observable`), and the neurons built on the membrane recurrence (:class:`MembraneNeuron`).
-"""
+"""The neuron contract (:class:`SpikingNeuron`), what a neuron reports to the monitors
+(:class:`Observable`), and the neurons of the membrane recurrence (:class:`MembraneNeuron`)."""
 
 from __future__ import annotations
 
@@ -13,28 +12,25 @@ import torch
 from torch import nn
 
 from .functional import MembraneCoefficients
-from .fused import BACKENDS, Backend, membrane
+from .fused import Backend, check_backend, membrane
 from .surrogate import Rectangular, Surrogate
 
-ObservableGroup = Literal["gates", "membrane"]
 OBSERVABLE_GROUPS: tuple[str, ...] = ("gates", "membrane")
 
 
 @dataclass(frozen=True)
 class Observable:
-    """One quantity of a neuron for the monitors to log: a histogram over channels, their mean
-    and standard deviation (:class:`~lightning_glif.callbacks.GateMonitor`).
+    """One quantity of a neuron that :class:`~lightning_glif.callbacks.GateMonitor` logs: a
+    histogram over channels, their mean and standard deviation.
 
     Args:
-        group: ``"gates"`` (also drawn in the ``gates/evolution`` image) or ``"membrane"``;
-            the first part of its TensorBoard tags
-            (:func:`lightning_glif.training.tags.observable`).
-        value: ``[C]`` per channel or ``[]`` per layer; with ``per_step``, ``[T, C]`` or
-            ``[T]``. May carry gradients: monitors detach it.
+        group: ``"gates"`` (also drawn in the ``gates/evolution`` image) or ``"membrane"``; the
+            first part of its tags (:func:`lightning_glif.training.tags.observable`).
+        value: ``[C]`` or ``[]``; with ``per_step``, ``[T, C]`` or ``[T]``. Monitors detach it.
         per_step: one value set per time step (logged as one series per step).
     """
 
-    group: ObservableGroup
+    group: Literal["gates", "membrane"]
     value: torch.Tensor
     per_step: bool = False
 
@@ -58,12 +54,11 @@ class Observable:
 class SpikingNeuron(nn.Module):
     """The contract every neuron meets: maps a time-first current ``[T, B, C, ...]`` to spikes.
 
-    Every neuron is built as ``Neuron(num_features, time_steps, **options)`` so that backbones can
-    take a factory ``neuron: Callable[[int, int], nn.Module]`` and call ``neuron(C, T)`` per layer.
-    The backbones, the LightningModule's parameter groups and the monitors rely on this class
-    only: its attributes, :meth:`check_input`, :meth:`gate_parameters` and :meth:`observables`.
-    Subclasses implement ``forward``; those defined by the membrane recurrence of
-    :mod:`lightning_glif.neurons.functional` derive from :class:`MembraneNeuron` instead.
+    Built as ``Neuron(num_features, time_steps, **options)``, so that a backbone takes a factory
+    ``neuron: Callable[[int, int], nn.Module]`` and calls ``neuron(C, T)`` per layer. Backbones,
+    the optimizer's parameter groups and the monitors rely on this class only. Subclasses
+    implement ``forward``; those the membrane recurrence of
+    :mod:`lightning_glif.neurons.functional` describes derive from :class:`MembraneNeuron`.
 
     Args:
         num_features: channels ``C`` (dim 2 of the input).
@@ -86,7 +81,15 @@ class SpikingNeuron(nn.Module):
         self.surrogate = surrogate if surrogate is not None else Rectangular()
 
     def gate_parameters(self) -> Iterator[nn.Parameter]:
-        """Trainable gate latents (trained at their own learning-rate factor). None by default."""
+        """Trainable gate latents: the optimizer's ``gates`` group (learning rate times
+        ``gate_lr_factor``, weight decay ``neuron_weight_decay``). None by default."""
+        return iter(())
+
+    def membrane_parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters that are membrane constants (time constants, thresholds, leaks, resets):
+        the optimizer's ``neuron`` group (learning rate times ``neuron_lr_factor``, weight decay
+        ``neuron_weight_decay``). The neuron's other parameters (a recurrent weight, say) train
+        with the network's weights, at the optimizer's weight decay. None by default."""
         return iter(())
 
     def observables(self) -> dict[str, Observable]:
@@ -96,26 +99,23 @@ class SpikingNeuron(nn.Module):
 
     def check_input(self, x: torch.Tensor) -> None:
         """Raise a ValueError naming both shapes unless ``x`` is ``[T, B, C, ...]``."""
+        name = f"{type(self).__name__}({SpikingNeuron.extra_repr(self)})"
         expected = f"[T={self.time_steps}, B, C={self.num_features}, ...]"
         if x.dim() < 3:
             raise ValueError(
-                f"{self._describe()} expects time-first input {expected} of rank >= 3, got shape "
+                f"{name} expects time-first input {expected} of rank >= 3, got shape "
                 f"{tuple(x.shape)}. Move time to dim 0 (e.g. x.transpose(0, 1) for [B, T, ...])."
             )
         if x.shape[0] != self.time_steps:
             raise ValueError(
-                f"{self._describe()} got {x.shape[0]} time steps (input shape {tuple(x.shape)}, "
-                f"expected {expected}): the data and the model must use the same time_steps."
+                f"{name} got {x.shape[0]} time steps (input shape {tuple(x.shape)}, expected "
+                f"{expected}): the data and the model must use the same time_steps."
             )
         if x.shape[2] != self.num_features:
             raise ValueError(
-                f"{self._describe()} got {x.shape[2]} channels in dim 2 (input shape "
-                f"{tuple(x.shape)}, expected {expected})."
+                f"{name} got {x.shape[2]} channels in dim 2 (input shape {tuple(x.shape)}, "
+                f"expected {expected})."
             )
-
-    def _describe(self) -> str:
-        name = type(self).__name__
-        return f"{name}(num_features={self.num_features}, time_steps={self.time_steps})"
 
     def extra_repr(self) -> str:
         return f"num_features={self.num_features}, time_steps={self.time_steps}"
@@ -124,11 +124,11 @@ class SpikingNeuron(nn.Module):
 class MembraneNeuron(SpikingNeuron, metaclass=ABCMeta):
     """A neuron defined by the membrane recurrence of :mod:`lightning_glif.neurons.functional`.
 
-    Subclasses define :meth:`coefficients` (abstract: a subclass without it cannot be built), the
-    map from their parameters to the recurrence; the forward pass (fused op or reference loop)
-    is shared, and so is what :class:`~lightning_glif.callbacks.NonFiniteGuard` replays to find
-    an overflowing membrane.
-    The membrane state lives only inside ``forward``: there is nothing to reset between batches.
+    Subclasses define :meth:`coefficients` (abstract), the map from their parameters to the
+    recurrence; the forward pass (fused op or reference loop) is shared, and so is what
+    :class:`~lightning_glif.callbacks.NonFiniteGuard` replays to find an overflowing membrane.
+    The membrane state lives only inside ``forward``: nothing to reset between batches. Every
+    parameter that is not a gate is a membrane constant (:meth:`membrane_parameters`).
 
     Args:
         num_features, time_steps, surrogate: as :class:`SpikingNeuron`.
@@ -149,19 +149,21 @@ class MembraneNeuron(SpikingNeuron, metaclass=ABCMeta):
     ) -> None:
         super().__init__(num_features, time_steps, surrogate)
         self.detach_reset = bool(detach_reset)
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}.")
-        self.backend = backend
+        self.backend = check_backend(backend)
 
     @abstractmethod
     def coefficients(self) -> MembraneCoefficients:
         """The coefficients of the membrane recurrence, differentiable w.r.t. the parameters."""
 
+    def membrane_parameters(self) -> Iterator[nn.Parameter]:
+        gates = {id(p) for p in self.gate_parameters()}
+        return (p for p in self.parameters() if id(p) not in gates)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Spikes ``[T, B, C, ...]`` (0/1, in ``x``'s dtype) for input current ``x`` of that shape.
 
-        Under autocast the membrane and the coefficients are kept in float32 (a bf16 membrane
-        loses the small leaks and resets); the spikes come back in the input dtype.
+        Under autocast the membrane and the coefficients stay float32 (a bf16 membrane loses the
+        small leaks and resets); the spikes come back in the input dtype.
         """
         self.check_input(x)
         with torch.autocast(x.device.type, enabled=False):
@@ -169,9 +171,8 @@ class MembraneNeuron(SpikingNeuron, metaclass=ABCMeta):
 
     @property
     def binary_spikes(self) -> bool:
-        """Whether the spikes are exactly 0/1 by construction, so that the layer they feed may
-        keep them as 1 bit each for its backward: the fused kernels' spikes are, and so are the
-        reference loop's with a surrogate whose forward is the Heaviside step of
-        :class:`Surrogate` (a surrogate that redefines ``forward`` may emit other values)."""
+        """Whether the spikes are exactly 0/1, so that the layer they feed may keep them as 1 bit
+        each for its backward: true of the fused kernels, and of the reference loop with a
+        surrogate that keeps :class:`Surrogate`'s Heaviside ``forward``."""
         s = self.surrogate
         return isinstance(s, Surrogate) and type(s).forward is Surrogate.forward

@@ -1,8 +1,7 @@
-r"""Pure dynamics of the neurons: one membrane recurrence, and the maps from each neuron's
-parameters to its coefficients.
+r"""The neurons' dynamics: one membrane recurrence, and each neuron's map to its coefficients.
 
-Every neuron of the project (GLIF, GLIF_f, LIF, PLIF) is an instance of one recurrence over
-time-first input ``x`` of shape ``[T, B, C, ...]``, with ``u[0] = 0`` and ``o[0] = 0``:
+GLIF, GLIF_f, LIF and PLIF are all this recurrence over a time-first input ``x``
+``[T, B, C, ...]``, with ``u[0] = 0`` and ``o[0] = 0``:
 
 .. math::
 
@@ -10,15 +9,13 @@ time-first input ``x`` of shape ``[T, B, C, ...]``, with ``u[0] = 0`` and ``o[0]
     o[t] = H(u[t] - V_{th})
 
 ``a`` (decay), ``h`` (share of multiplicative, "hard" reset), ``l`` (linear leak), ``r``
-(subtractive, "soft" reset) and ``V_th`` are per channel ``[C]`` or per layer (scalars);
-``b`` (input gain) is ``[T, C]`` or ``[T]``. Coefficients broadcast over dim 2 of the input, so
-the same code serves linear ``[T, B, C]`` and conv ``[T, B, C, H, W]`` layers. The reset of step
-``t-1``'s spike is applied at step ``t``; ``H`` is a
-:class:`~lightning_glif.neurons.surrogate.Surrogate`. The terms are summed left to right in the
-order written, the GLIF authors' order (their ``LIFSpike_CW``), so that their checkpoints give
-their spikes bit for bit (float addition is not associative;
-``tests/test_authors_arithmetic.py``).
-Each neuron's equation lives in the docstring of its coefficient map below.
+(subtractive, "soft" reset) and ``V_th`` are ``[C]`` per channel or scalars per layer; the input
+gain ``b`` is ``[T, C]`` or ``[T]``. They broadcast over dim 2, so linear ``[T, B, C]`` and conv
+``[T, B, C, H, W]`` layers share the code. ``H`` is a
+:class:`~lightning_glif.neurons.surrogate.Surrogate`. The terms are summed left to right as
+written, the GLIF authors' order, so that their checkpoints give their spikes bit for bit
+(``tests/test_authors_arithmetic.py``). Each neuron's equation is in its coefficient map's
+docstring.
 """
 
 from __future__ import annotations
@@ -28,13 +25,13 @@ from dataclasses import dataclass, fields
 
 import torch
 
-SpikeFn = Callable[[torch.Tensor], torch.Tensor]
+SpikeFn = Callable[[torch.Tensor], torch.Tensor]  # a Surrogate, or any spike function
 
 
 @dataclass
 class MembraneCoefficients:
-    """Coefficients of the membrane recurrence (module docstring); shapes ``[C]`` or ``[]``,
-    ``gain`` ``[T, C]`` or ``[T]``."""
+    """Coefficients of the recurrence (module docstring): ``[C]`` or ``[]``, ``gain`` ``[T, C]``
+    or ``[T]``."""
 
     decay: torch.Tensor
     hard: torch.Tensor
@@ -47,15 +44,12 @@ class MembraneCoefficients:
         """View per-channel coefficients as ``[C, 1, ...]`` to broadcast over ``[B, C, *S]``
         with ``trailing = len(S)``; scalars stay scalars."""
 
-        def view(p: torch.Tensor, lead: int) -> torch.Tensor:
-            if p.dim() == lead:  # layer-wise scalar (after the leading time dim, if any)
-                return p
-            return p.reshape(*p.shape, *([1] * trailing))
+        def view(name: str) -> torch.Tensor:
+            p = getattr(self, name)
+            layer_wise = p.dim() == (1 if name == "gain" else 0)  # gain: [T]
+            return p if layer_wise else p.reshape(*p.shape, *([1] * trailing))
 
-        lead = {"gain": 1}  # gain carries a leading time dim
-        return MembraneCoefficients(
-            **{f.name: view(getattr(self, f.name), lead.get(f.name, 0)) for f in fields(self)}
-        )
+        return MembraneCoefficients(**{f.name: view(f.name) for f in fields(self)})
 
 
 def membrane_step(
@@ -85,9 +79,9 @@ def membrane_sequence(
     detach_reset: bool = False,
     return_membrane: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """Run the recurrence over ``x`` ``[T, B, C, ...]``: spikes of the same shape (and, with
-    ``return_membrane``, the membrane trajectory ``u[1..T]`` too). A loop of
-    :func:`membrane_step`; this is the reference the fused paths are checked against."""
+    """Spikes ``[T, B, C, ...]`` of the recurrence over ``x`` of that shape (and, with
+    ``return_membrane``, the membrane ``u[1..T]``): the reference loop that the fused engines
+    are checked against."""
     c = c.broadcast_to(x.dim() - 3)
     u = torch.zeros_like(x[0])
     o = torch.zeros_like(x[0])
@@ -104,11 +98,8 @@ def membrane_sequence(
 
 @dataclass
 class GLIFValues:
-    """The constrained values GLIF runs on, each in (0, 1) (a pinned gate may be 0 or 1).
-
-    Shapes ``[C]`` channel-wise or ``[]`` layer-wise; ``conductance`` ``[T, C]`` or ``[T]``.
-    GLIF_f has no gates: its ``alpha``, ``beta``, ``gamma`` are ``None``.
-    """
+    """The values GLIF runs on, each in (0, 1) (a pinned gate may be 0 or 1): ``[C]`` or ``[]``,
+    ``conductance`` ``[T, C]`` or ``[T]``. GLIF_f has no gates (``None``)."""
 
     alpha: torch.Tensor | None
     beta: torch.Tensor | None
@@ -194,14 +185,3 @@ def lif_coefficients(
         gain=gain,
         v_threshold=v_threshold + zero,
     )
-
-
-def glif_step(x_t, u, o, values: GLIFValues, t: int, spike_fn: SpikeFn):
-    """One GLIF step (:func:`glif_coefficients`) on ``x_t`` ``[B, C, ...]``."""
-    c = glif_coefficients(values).broadcast_to(x_t.dim() - 2)
-    return membrane_step(x_t, u, o, c, t, spike_fn)
-
-
-def glif_sequence(x: torch.Tensor, values: GLIFValues, spike_fn: SpikeFn, **kwargs):
-    """GLIF over ``x`` ``[T, B, C, ...]`` (:func:`glif_coefficients`, :func:`membrane_sequence`)."""
-    return membrane_sequence(x, glif_coefficients(values), spike_fn, **kwargs)

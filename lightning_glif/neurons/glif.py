@@ -1,4 +1,4 @@
-"""GLIF and GLIF_f modules: they own the latent parameters; the equations live in
+"""GLIF and GLIF_f: they own the latent parameters; their equations are in
 :mod:`lightning_glif.neurons.functional` (:func:`glif_coefficients`, :func:`gliff_coefficients`)."""
 
 from __future__ import annotations
@@ -18,27 +18,14 @@ from .fused import Backend
 from .surrogate import Surrogate
 
 GATES = ("alpha", "beta", "gamma")
+MEMBRANE = ("tau", "v_threshold", "v_leak", "v_reset", "conductance")
 GATE_MODES = ("soft", "hard", "static", "static_hard")
 GateMode = Literal["soft", "hard", "static", "static_hard"] | float
 Granularity = Literal["channel", "layer"]
-GateInitConvention = Literal["exact", "authors"]
-
-
-def authors_gate_value(requested: float, granularity: Granularity) -> float:
-    """The gate value the GLIF authors' fixed (non-random) init gives for a requested ``g``.
-
-    Their channel-wise neuron (every reported model) starts at ``0.25 + 0.5 g``, their layer-wise
-    one at ``0.75 - 0.5 g`` (docs/GLIF_SPEC.md section 3); ``g`` may be 0 or 1 here, the result
-    always lies in [0.25, 0.75].
-    """
-    g = float(requested)
-    if not 0.0 <= g <= 1.0:
-        raise ValueError(f"gate_init under the authors' convention must be in [0, 1], got {g}.")
-    return 0.25 + 0.5 * g if granularity == "channel" else 0.75 - 0.5 * g
 
 
 def _logit(value: float, what: str) -> float:
-    """Latent ``z`` with ``sigmoid(z) = value``; every GLIF quantity is stored this way."""
+    """Latent ``z`` with ``sigmoid(z) = value``, how every GLIF quantity is stored."""
     value = float(value)
     if not 0.0 < value < 1.0:
         raise ValueError(
@@ -49,7 +36,7 @@ def _logit(value: float, what: str) -> float:
 
 
 class _SigmoidMembrane(MembraneNeuron):
-    """Shared by GLIF and GLIF_f: membrane parameters stored as latents, used as sigmoid(latent)."""
+    """GLIF's and GLIF_f's membrane parameters: latents, used as sigmoid(latent)."""
 
     def __init__(
         self,
@@ -72,36 +59,25 @@ class _SigmoidMembrane(MembraneNeuron):
         else:
             self.register_buffer(name, latent)
 
-    def _register_membrane(
-        self,
-        tau: float,
-        v_threshold: float,
-        v_leak: float,
-        v_reset: float,
-        conductance: float,
-        learn: bool,
-    ) -> None:
-        init = {"tau": tau, "v_threshold": v_threshold, "v_leak": v_leak, "v_reset": v_reset}
-        for name, value in init.items():
+    def _register_membrane(self, learn: bool, *init: float) -> None:
+        """The latents of ``MEMBRANE`` from their initial values (the conductance's per step)."""
+        for name, value in zip(MEMBRANE, init, strict=True):
+            shape = self.param_shape
+            if name == "conductance":
+                shape = (self.time_steps, *shape)
             z = _logit(value, f"{type(self).__name__} {name}")
-            self._register_latent(f"{name}_latent", torch.full(self.param_shape, z), learn)
-        z = _logit(conductance, f"{type(self).__name__} conductance")
-        self._register_latent(
-            "conductance_latent", torch.full((self.time_steps, *self.param_shape), z), learn
-        )
+            self._register_latent(f"{name}_latent", torch.full(shape, z), learn)
 
     def _membrane_values(self) -> dict[str, torch.Tensor]:
-        names = ("tau", "v_threshold", "v_leak", "v_reset", "conductance")
-        return {n: torch.sigmoid(getattr(self, f"{n}_latent")) for n in names}
+        return {n: torch.sigmoid(getattr(self, f"{n}_latent")) for n in MEMBRANE}
 
     @abstractmethod
     def values(self) -> GLIFValues:
-        """The constrained values the forward pass uses (GLIF and GLIFf define it)."""
+        """The constrained values the forward pass uses, differentiable w.r.t. the latents."""
 
     def observables(self) -> dict[str, Observable]:
-        """What :meth:`values` returns: the gates alpha, beta, gamma (group ``"gates"``; GLIF
-        only), tau, v_threshold, v_leak, v_reset and the conductance, one value set per time
-        step (group ``"membrane"``)."""
+        """:meth:`values`: the gates (GLIF only) in group ``"gates"``; tau, v_threshold, v_leak,
+        v_reset and the per-step conductance in group ``"membrane"``."""
         values = self.values()
         out: dict[str, Observable] = {}
         for f in fields(values):
@@ -116,44 +92,38 @@ class _SigmoidMembrane(MembraneNeuron):
 class GLIF(_SigmoidMembrane):
     """Gated Leaky Integrate-and-Fire neuron (Yao et al., NeurIPS 2022).
 
-    Dynamics: :func:`lightning_glif.neurons.functional.glif_coefficients`. Input ``[T, B, C, ...]``
-    (``[T, B, C]`` after a linear layer, ``[T, B, C, H, W]`` after a conv), spikes of the same
-    shape and dtype. Every gate and membrane quantity is a latent ``z`` used as ``sigmoid(z)``.
+    Dynamics: :func:`lightning_glif.neurons.functional.glif_coefficients`. Input
+    ``[T, B, C, ...]``, spikes of the same shape and dtype. Every gate and membrane quantity is a
+    latent ``z`` used as ``sigmoid(z)``.
 
     Args:
         num_features: channels ``C`` (dim 2 of the input).
         time_steps: ``T`` (dim 0 of the input); the conductance has one value per step.
         alpha: leakage gate mode. ``"soft"``: sigmoid of a learnable latent (the paper's method).
             ``"hard"``: binary ``1[sigmoid(z) > 0.5]`` forward, straight-through backward.
-            ``"static"``: frozen at its initial value. ``"static_hard"``: binary and frozen,
-            ``1[sigmoid(z) > 0.5]`` of the initial latent, never trained (the authors'
-            ``--static-gate`` without soft gates: with the random init each channel's gate is 0
-            or 1). A number in ``[0, 1]``: pinned to that constant (``1``: exponential decay
-            only, ``0``: linear decay only).
+            ``"static"``: frozen at its initial value. ``"static_hard"``: binary and frozen (the
+            authors' ``--static-gate`` without soft gates). A number in ``[0, 1]``: pinned to
+            that constant (``1``: exponential decay only, ``0``: linear decay only).
         beta: integration gate mode, as ``alpha`` (``1``: conductance ``g[t] x``, ``0``: ``x``).
         gamma: reset gate mode, as ``alpha`` (``1``: hard reset, ``0``: soft reset).
         granularity: ``"channel"`` (one value per channel, every reported model) or ``"layer"``
             (scalars; conductance ``[T]``).
         tau: initial exponential decay factor, in (0, 1).
         v_threshold: initial firing threshold, in (0, 1).
-        v_leak: initial linear decay constant, in (0, 1). The authors use ``v_threshold / 8``
-            whatever T is; here it is an explicit option.
+        v_leak: initial linear decay constant, in (0, 1) (the authors: ``v_threshold / 8``).
         v_reset: initial soft-reset voltage, in (0, 1).
         conductance: initial time-dependent conductance ``g[t]`` for every step, in (0, 1).
         gate_init: ``"random"``: gate latents uniform in (-0.1, 0.1), gates near 0.5 (the paper's
-            runs). A number, or one per gate ``(alpha, beta, gamma)``: the requested initial gate
-            values (see ``gate_init_convention``).
-        gate_init_convention: how a numeric ``gate_init`` maps to the initial gate. ``"exact"``
-            (default): the gate starts at the requested value, strictly inside (0, 1).
-            ``"authors"``: the GLIF authors' fixed init, which does not give the requested ``g``:
-            ``0.25 + 0.5 g`` channel-wise (their ``LIFSpike_CW``, every reported model),
-            ``0.75 - 0.5 g`` layer-wise (their ``LIFSpike``); ``g`` in [0, 1]. No effect on
-            ``"random"``.
+            runs). A number, or one per gate ``(alpha, beta, gamma)``: the initial gate values.
+        gate_init_convention: how a numeric ``gate_init`` maps to the initial gate. ``"exact"``:
+            the requested value, strictly inside (0, 1). ``"authors"``: the GLIF authors' fixed
+            init, which gives ``0.25 + 0.5 g`` channel-wise (their ``LIFSpike_CW``) and
+            ``0.75 - 0.5 g`` layer-wise (``LIFSpike``) for ``g`` in [0, 1].
         learn_membrane: train tau, thresholds, leak, reset and conductance (else frozen).
         surrogate: gradient stand-in for the spike; ``None`` means ``Rectangular(width=1.0)``.
         detach_reset: cut the gradient through the spike in the reset path (the authors keep it).
-        backend: ``"auto"`` (fused op where it applies), ``"fused"`` or ``"reference"`` (the
-            PyTorch loop); see :class:`~lightning_glif.neurons.base.MembraneNeuron`.
+        backend: ``"auto"``, ``"fused"`` or ``"reference"``; see
+            :class:`~lightning_glif.neurons.base.MembraneNeuron`.
     """
 
     def __init__(
@@ -171,7 +141,7 @@ class GLIF(_SigmoidMembrane):
         v_reset: float = 0.5,
         conductance: float = 0.5,
         gate_init: Literal["random"] | float | tuple[float, float, float] = "random",
-        gate_init_convention: GateInitConvention = "exact",
+        gate_init_convention: Literal["exact", "authors"] = "exact",
         learn_membrane: bool = True,
         surrogate: Surrogate | None = None,
         detach_reset: bool = False,
@@ -187,12 +157,7 @@ class GLIF(_SigmoidMembrane):
                 "0.75 - 0.5 g layer-wise)."
             )
         self.gate_init_convention = gate_init_convention
-        inits = self._gate_inits(gate_init)
-        if gate_init_convention == "authors":
-            inits = {
-                g: None if v is None else authors_gate_value(v, granularity)
-                for g, v in inits.items()
-            }
+        inits = self._gate_inits(gate_init, gate_init_convention == "authors", granularity)
         for g, mode in self.gate_modes.items():
             if isinstance(mode, float):
                 self.register_buffer(f"{g}_pinned", torch.full(self.param_shape, mode))
@@ -202,7 +167,7 @@ class GLIF(_SigmoidMembrane):
             else:
                 latent = torch.full(self.param_shape, _logit(inits[g], f"GLIF gate_init for {g}"))
             self._register_latent(f"{g}_latent", latent, trainable=mode in ("soft", "hard"))
-        self._register_membrane(tau, v_threshold, v_leak, v_reset, conductance, learn_membrane)
+        self._register_membrane(learn_membrane, tau, v_threshold, v_leak, v_reset, conductance)
 
     @staticmethod
     def _check_mode(gate: str, mode: GateMode) -> str | float:
@@ -217,17 +182,27 @@ class GLIF(_SigmoidMembrane):
         )
 
     @staticmethod
-    def _gate_inits(gate_init) -> dict[str, float | None]:
+    def _gate_inits(gate_init, authors: bool, granularity: str) -> dict[str, float | None]:
+        """Each gate's initial value (``None``: random)."""
         if gate_init == "random":
             return dict.fromkeys(GATES)
         if isinstance(gate_init, int | float) and not isinstance(gate_init, bool):
-            return dict.fromkeys(GATES, float(gate_init))
-        if isinstance(gate_init, list | tuple) and len(gate_init) == 3:
-            return {g: float(v) for g, v in zip(GATES, gate_init, strict=True)}
-        raise ValueError(
-            f"GLIF gate_init={gate_init!r}: use 'random', one value in (0, 1) for all gates, or "
-            "three values (alpha, beta, gamma)."
-        )
+            gate_init = [gate_init] * 3
+        if not (isinstance(gate_init, list | tuple) and len(gate_init) == 3):
+            raise ValueError(
+                f"GLIF gate_init={gate_init!r}: use 'random', one value in (0, 1) for all gates, "
+                "or three values (alpha, beta, gamma)."
+            )
+        values = [float(v) for v in gate_init]
+        if authors:  # docs/GLIF_SPEC.md section 3
+            if not all(0.0 <= v <= 1.0 for v in values):
+                raise ValueError(
+                    f"gate_init under the authors' convention must be in [0, 1], got {gate_init}."
+                )
+            values = [
+                0.25 + 0.5 * v if granularity == "channel" else 0.75 - 0.5 * v for v in values
+            ]
+        return dict(zip(GATES, values, strict=True))
 
     def _gate(self, gate: str) -> torch.Tensor:
         mode = self.gate_modes[gate]
@@ -243,7 +218,6 @@ class GLIF(_SigmoidMembrane):
         return g
 
     def values(self) -> GLIFValues:
-        """The constrained values the forward pass uses (differentiable w.r.t. the latents)."""
         return GLIFValues(**{g: self._gate(g) for g in GATES}, **self._membrane_values())
 
     def coefficients(self) -> MembraneCoefficients:
@@ -262,8 +236,8 @@ class GLIF(_SigmoidMembrane):
 class GLIFf(_SigmoidMembrane):
     """GLIF_f, the paper's coarsely fused neuron: every bio-feature at once, no gates.
 
-    Dynamics: :func:`lightning_glif.neurons.functional.gliff_coefficients`. Same interface and
-    membrane parameters as :class:`GLIF` (see there for the arguments).
+    Dynamics: :func:`lightning_glif.neurons.functional.gliff_coefficients`. The arguments are
+    :class:`GLIF`'s.
     """
 
     def __init__(
@@ -283,10 +257,9 @@ class GLIFf(_SigmoidMembrane):
         backend: Backend = "auto",
     ) -> None:
         super().__init__(num_features, time_steps, granularity, surrogate, detach_reset, backend)
-        self._register_membrane(tau, v_threshold, v_leak, v_reset, conductance, learn_membrane)
+        self._register_membrane(learn_membrane, tau, v_threshold, v_leak, v_reset, conductance)
 
     def values(self) -> GLIFValues:
-        """The constrained membrane values (the gates are ``None``)."""
         return GLIFValues(alpha=None, beta=None, gamma=None, **self._membrane_values())
 
     def coefficients(self) -> MembraneCoefficients:

@@ -1,7 +1,5 @@
-"""LIF-family baselines: LIF (fixed decay and threshold) and PLIF (learnable decay).
-
-Dynamics: :func:`lightning_glif.neurons.functional.lif_coefficients` (SpikingJelly's order:
-reset, then decay and charge)."""
+"""LIF-family baselines: LIF (fixed decay and threshold) and PLIF (learnable decay); dynamics in
+:func:`lightning_glif.neurons.functional.lif_coefficients` (reset, then decay and charge)."""
 
 from __future__ import annotations
 
@@ -37,15 +35,14 @@ class LIF(MembraneNeuron):
         num_features: channels ``C`` (dim 2 of the input).
         time_steps: ``T`` (dim 0 of the input).
         decay: membrane decay factor per step, in (0, 1) (SpikingJelly's ``1 - 1/tau``). The
-            default 0.25 is GLIF's initial ``tau``, so a default LIF is GLIF's corner
-            ``alpha=1, beta=0, gamma=1`` at initialisation, the ablations' baseline (0.5 is
-            SpikingJelly's ``tau=2``).
+            default 0.25 is GLIF's initial ``tau``: a default LIF is GLIF's corner
+            ``alpha=1, beta=0, gamma=1`` at initialisation, the ablations' baseline.
         v_threshold: firing threshold (0.5 matches the tdBN normalisation of the backbones).
         reset: ``"hard"`` (to 0) or ``"soft"`` (subtract the threshold).
         detach_reset: cut the gradient through the spike in the reset.
         surrogate: gradient stand-in for the spike; ``None`` means ``Rectangular(width=1.0)``.
-        backend: ``"auto"`` (fused op where it applies), ``"fused"`` or ``"reference"`` (the
-            PyTorch loop); see :class:`~lightning_glif.neurons.base.MembraneNeuron`.
+        backend: ``"auto"``, ``"fused"`` or ``"reference"``; see
+            :class:`~lightning_glif.neurons.base.MembraneNeuron`.
     """
 
     def __init__(
@@ -99,8 +96,7 @@ class PLIF(MembraneNeuron):
         granularity: ``"layer"`` (one time constant per layer, as in the paper) or ``"channel"``.
         detach_reset: cut the gradient through the spike in the reset.
         surrogate: gradient stand-in for the spike; ``None`` means ``Rectangular(width=1.0)``.
-        backend: ``"auto"`` (fused op where it applies), ``"fused"`` or ``"reference"`` (the
-            PyTorch loop); see :class:`~lightning_glif.neurons.base.MembraneNeuron`.
+        backend: ``"auto"``, ``"fused"`` or ``"reference"`` (see :class:`LIF`).
     """
 
     def __init__(
@@ -133,8 +129,7 @@ class PLIF(MembraneNeuron):
         return lif_coefficients(1 - k, self.v_threshold, gain, self.reset)
 
     def observables(self) -> dict[str, Observable]:
-        """The learnt decay factor ``1 - k`` (as the recurrence uses it) and the threshold
-        (group ``"membrane"``)."""
+        """The learnt decay factor ``1 - k`` and the threshold (group ``"membrane"``)."""
         return {
             "decay": Observable("membrane", self.coefficients().decay),
             "v_threshold": Observable("membrane", self.v_threshold),

@@ -1,11 +1,8 @@
 """Surrogate gradients of the Heaviside step.
 
-Forward, every surrogate is the step ``H(v) = 1[v > 0]`` (a spike when the membrane exceeds the
-threshold strictly, as in the GLIF authors' code). Backward, ``dH/dv`` is replaced by the
-derivative of a smooth *primitive*: each surrogate below defines that primitive and its
-closed-form derivative side by side, so a test can check the hand-written backward against
-autograd of the primitive. Each also says whether (and how) the fused kernels of
-:mod:`lightning_glif.neurons.fused` implement its derivative: :meth:`Surrogate.kernel_code`.
+Forward, every surrogate is ``H(v) = 1[v > 0]`` (strictly above the threshold, as the GLIF
+authors). Backward, ``dH/dv`` is the derivative of a smooth *primitive*; each surrogate defines
+both side by side, so a test checks the hand-written backward against autograd of the primitive.
 """
 
 from __future__ import annotations
@@ -32,12 +29,8 @@ class _Heaviside(torch.autograd.Function):
 
 
 class Surrogate(nn.Module):
-    """Base: a spike function with a smooth stand-in for its gradient.
-
-    Subclasses define :meth:`primitive` (the smooth function whose slope is used) and
-    :meth:`derivative` (its closed form, used by the backward pass). A new surrogate runs the
-    reference loop (its :meth:`kernel_code` is ``None``); the four below also run fused.
-    """
+    """Base: a spike function with a smooth stand-in for its gradient. Subclasses define
+    :meth:`primitive` and :meth:`derivative` (its closed form, used by the backward pass)."""
 
     def forward(self, v: torch.Tensor) -> torch.Tensor:
         """Spikes ``1[v > 0]`` in ``v``'s dtype; ``v`` is membrane minus threshold."""
@@ -50,15 +43,10 @@ class Surrogate(nn.Module):
         raise NotImplementedError
 
     def kernel_code(self) -> tuple[int, float, float] | None:
-        """``(kind, p, q)``: which derivative the fused kernels compute and its two constants
-        (the table in ``fused/membrane_body.h``, mirrored by ``fused/triton_kernels.py``), or
-        ``None`` when they do not implement this surrogate (then the reference loop runs).
-
-        The built-ins return their code for their exact type only: a subclass that redefines
-        :meth:`derivative` (or ``forward``) would otherwise be silently run with its parent's
-        kernel. A subclass that keeps its parent's spike and derivative (one that only adds a
-        method, say) opts in by overriding this method to return the parent's code.
-        """
+        """``(kind, p, q)``: the derivative the fused kernels compute (the table in
+        ``fused/membrane_body.h``) and its two constants; ``None``: no kernel, the reference loop
+        runs (a new surrogate). The four built-ins give it for their exact type only, since a
+        subclass may redefine :meth:`derivative`; one that keeps it overrides this method."""
         return None
 
 

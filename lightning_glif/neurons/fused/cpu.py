@@ -1,16 +1,13 @@
-"""CPU engine of the fused membrane op: the C kernel of ``membrane.c``, built once and called
+"""CPU engine of the fused membrane op: the C kernel of ``membrane.c``, built once, called
 through ctypes.
 
-Why plain C through ctypes rather than a PyTorch C++ extension or numba: the build takes about a
-second (no PyTorch headers, no ninja), the floating-point semantics are pinned by two flags
-(``-ffp-contract=off``, no ``-ffast-math``: the spikes must round exactly as the reference loop),
-and ``-fopenmp`` resolves to the ``libgomp.so.1`` PyTorch has already loaded, so both share one
-thread pool instead of two pools spinning against each other.
-
-The shared library is cached in ``$LIGHTNING_GLIF_CACHE`` (default
-``$XDG_CACHE_HOME/lightning_glif`` or ``~/.cache/lightning_glif``), named by a hash of the
-sources, flags, compiler and CPU, so each machine builds once. Without a working C compiler
-:func:`load` warns once and returns ``None``; the dispatcher then runs the reference loop.
+Why plain C rather than a PyTorch C++ extension: it builds in about a second (no PyTorch headers),
+two flags pin the floating-point semantics (``-ffp-contract=off``, no ``-ffast-math``: the spikes
+round exactly as the reference loop's), and ``-fopenmp`` resolves to the ``libgomp.so.1`` that
+PyTorch has loaded, so both share one thread pool. The library is cached in
+``$LIGHTNING_GLIF_CACHE`` (default ``$XDG_CACHE_HOME/lightning_glif`` or
+``~/.cache/lightning_glif``), named by a hash of the sources, flags, compiler and CPU. Without a
+working C compiler :func:`load` warns once and the neurons run the reference loop.
 """
 
 from __future__ import annotations
@@ -31,10 +28,9 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 SOURCES = (HERE / "membrane.c", HERE / "membrane_body.h")
-#: The calling convention of the kernel's functions; bump it when their signatures change. The
-#: only place it is written: passed to the compiler (COMMON_FLAGS, so also part of the cache hash)
-#: as MEMBRANE_ABI_VERSION, which membrane_abi_version() returns, and checked by load().
-ABI_VERSION = 2  # 2: membrane_stream_min_bytes()
+#: The calling convention of the kernel's functions: bump it when their signatures change. Passed
+#: to the compiler as MEMBRANE_ABI_VERSION (so also hashed), returned by membrane_abi_version().
+ABI_VERSION = 2
 
 # Tried in order until one builds: native vector width first, then portable, then without the
 # OpenMP runtime (e.g. Apple clang: one thread, still vectorised).
@@ -56,11 +52,10 @@ COMMON_FLAGS = (
     f"-DMEMBRANE_ABI_VERSION={ABI_VERSION}",
 )
 
-#: The engine's name in the custom ops of :mod:`.ops`.
+#: What an engine declares: its name in :mod:`.ops`, the dtypes it computes the membrane in, and
+#: whether it reads bf16/fp16 input as is (here: converted to the compute dtype first).
 NAME = "cpu"
-#: The dtypes the membrane is computed in (the dispatcher promotes to at least float32).
 COMPUTE_DTYPES = (torch.float32, torch.float64)
-#: The input must arrive in the compute dtype (float32 or float64), bf16/fp16 converted first.
 READS_HALF_PRECISION = False
 
 _lock = threading.Lock()
@@ -112,12 +107,10 @@ def _build() -> Path:
     except OSError:  # read-only home: build per machine boot instead of once
         directory = Path(tempfile.gettempdir()) / "lightning_glif"
         directory.mkdir(parents=True, exist_ok=True)
-    machine = [version, _cpu_signature(), platform.platform()]
+    machine = "\0".join([version, _cpu_signature(), platform.platform()]).encode()
     targets = []
     for flags in FLAG_SETS:
-        ident = b"\0".join(
-            [sources, repr((flags, COMMON_FLAGS)).encode(), *(m.encode() for m in machine)]
-        )
+        ident = b"\0".join([sources, repr((flags, COMMON_FLAGS)).encode(), machine])
         targets.append(directory / f"membrane-{hashlib.sha256(ident).hexdigest()[:20]}.so")
     for target in targets:
         if target.exists():
@@ -129,14 +122,12 @@ def _build() -> Path:
         cmd = [cc, *flags, *COMMON_FLAGS, str(SOURCES[0]), "-o", tmp, "-lm"]
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-        except (OSError, subprocess.SubprocessError) as e:
-            done = None
-            errors.append(f"{' '.join(cmd)}: {e}")
-        if done is not None and done.returncode == 0:
-            os.replace(tmp, target)  # atomic: concurrent builders all end with a whole file
-            return target
-        if done is not None:
+            if done.returncode == 0:
+                os.replace(tmp, target)  # atomic: concurrent builders all end with a whole file
+                return target
             errors.append(f"{' '.join(cmd)}:\n{done.stderr.strip()[-2000:]}")
+        except (OSError, subprocess.SubprocessError) as e:
+            errors.append(f"{' '.join(cmd)}: {e}")
         Path(tmp).unlink(missing_ok=True)
     raise RuntimeError("the C compiler failed:\n" + "\n".join(errors))
 
@@ -177,7 +168,7 @@ def load() -> ctypes.CDLL | None:
                     "lightning_glif: the fused CPU kernel could not be built, so neurons run the "
                     f"reference PyTorch loop (same results, slower). Reason: {e}",
                     RuntimeWarning,
-                    stacklevel=4,  # the caller of _engine (via _cpu_kernel_error)
+                    stacklevel=4,  # the caller of _select (via _cpu_kernel_error)
                 )
     return _lib
 
@@ -201,9 +192,8 @@ def forward(x: torch.Tensor, coef: torch.Tensor, gain: torch.Tensor) -> torch.Te
     ``coef`` ``[5, C]`` (decay, hard, leak, soft, v_threshold), ``gain`` ``[T, C]``, same dtype."""
     lib = load()
     spikes = torch.empty_like(x)
-    getattr(lib, f"membrane_forward_{_suffix(x.dtype)}")(
-        x.data_ptr(), spikes.data_ptr(), coef.data_ptr(), gain.data_ptr(), *_dims(x)
-    )
+    pointers = [t.data_ptr() for t in (x, spikes, coef, gain)]
+    getattr(lib, f"membrane_forward_{_suffix(x.dtype)}")(*pointers, *_dims(x))
     return spikes
 
 
@@ -222,19 +212,9 @@ def backward(
     slices = B if S > 1 else lib.membrane_linear_slices()
     partial = torch.zeros(slices, 5 + T, C, dtype=torch.float64)
     grad_x = torch.empty_like(x)
+    pointers = [t.data_ptr() for t in (x, grad, grad_x, partial, coef, gain)]
     status = getattr(lib, f"membrane_backward_{_suffix(x.dtype)}")(
-        x.data_ptr(),
-        grad.data_ptr(),
-        grad_x.data_ptr(),
-        partial.data_ptr(),
-        coef.data_ptr(),
-        gain.data_ptr(),
-        T,
-        B,
-        C,
-        S,
-        *surrogate,
-        int(detach_reset),
+        *pointers, T, B, C, S, *surrogate, int(detach_reset)
     )
     if status != 0:
         raise MemoryError(f"fused membrane backward: kernel returned status {status}")

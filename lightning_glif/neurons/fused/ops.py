@@ -1,22 +1,16 @@
-"""The fused membrane op as ``torch.library`` custom ops, so ``torch.compile`` can trace through it.
+"""The fused membrane op as ``torch.library`` custom ops, so that ``torch.compile`` traces
+through it.
 
-Two ops, ``lightning_glif::membrane_fwd`` and ``lightning_glif::membrane_bwd``, each with a real
-implementation (the engine's kernel) and a fake one (shapes, dtypes and strides only, what
-Dynamo/AOTAutograd/Inductor trace with); ``membrane_fwd``'s autograd is registered as
-``membrane_bwd``. Dynamo then records one opaque node per neuron instead of breaking the graph at
-an ``autograd.Function`` whose forward calls ctypes; Inductor fuses and compiles everything around
-it (convolutions, batch norms, the coefficient maps) and calls the kernels as extern calls.
+``lightning_glif::membrane_fwd`` and ``lightning_glif::membrane_bwd`` each have a real
+implementation (the engine's kernel) and a fake one (shapes, dtypes, strides: what Dynamo and
+Inductor trace with); ``membrane_fwd``'s autograd is ``membrane_bwd``. Dynamo records one opaque
+node per neuron, and Inductor compiles everything around it.
 
-Why the ops take an ``engine`` name (``"cpu"``: the C kernel of :mod:`.cpu`; ``"triton"``: the
-kernels of :mod:`.triton_kernels`; another one added by :func:`register_engine`) instead of
-registering one kernel per device: the dispatcher (:func:`lightning_glif.neurons.fused.membrane`)
-picks the engine, and the tests run the Triton kernels on CPU tensors under
-``TRITON_INTERPRET=1``, or a deliberately broken engine, which per-device dispatch could not
-express. In normal use CPU tensors get ``"cpu"`` and CUDA tensors ``"triton"``.
-
-The surrogate ``(kind, p, q)`` and ``detach_reset`` are arguments of the forward op although only
-the backward uses them: ``register_autograd``'s ``setup_context`` sees only the op's inputs.
-Double backward is not supported (as with the former ``once_differentiable`` Function).
+The ops take an ``engine`` name (``"cpu"``, ``"triton"``, or one added by
+:func:`register_engine`) rather than dispatching per device, so that the tests can run the Triton
+kernels, or a deliberately broken engine, on CPU tensors. The surrogate ``(kind, p, q)`` and
+``detach_reset`` are arguments of the forward op although only the backward uses them:
+``register_autograd``'s ``setup_context`` sees only the op's inputs. No double backward.
 """
 
 from __future__ import annotations
@@ -31,9 +25,8 @@ _registered: dict[str, object] = {}  # engines added by register_engine, by NAME
 
 
 def register_engine(engine: ModuleType | object) -> None:
-    """Let the ops call ``engine`` by its ``NAME`` (an engine has what :mod:`.cpu` has: ``NAME``,
-    ``COMPUTE_DTYPES``, ``READS_HALF_PRECISION``, ``forward``, ``backward``). Used by
-    :func:`lightning_glif.neurons.fused.use_engine`; the two built-in names stay built in."""
+    """Let the ops call ``engine`` (what :mod:`.cpu` has) by its ``NAME``; the two built-in names
+    stay built in."""
     if engine.NAME in ENGINES and engine is not engine_module(engine.NAME):
         raise ValueError(f"engine name {engine.NAME!r} is taken by a built-in engine.")
     _registered[engine.NAME] = engine
@@ -98,17 +91,12 @@ def membrane_bwd(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients ``(x, coef, gain)`` of the loss given ``grad`` = dL/dspikes (any layout: a
     ``spikes.sum()`` hands a stride-0 one); arguments as :func:`membrane_fwd`."""
+    tensors = [t.contiguous() for t in (x, grad, coef, gain)]
     grad_x, grad_coef, grad_gain = engine_module(engine).backward(
-        x.contiguous(),
-        grad.contiguous(),
-        coef.contiguous(),
-        gain.contiguous(),
-        (kind, p, q),
-        detach_reset,
+        *tensors, (kind, p, q), detach_reset
     )
-    # The engines return the two coefficient gradients as slices of one [5 + T, C] sum (the
-    # Triton one transposed); a custom op's outputs must not alias each other and must have the
-    # fake's (contiguous) strides, so copy them: [5, C] and [T, C], negligible.
+    # The engines return the coefficient gradients as slices of one [5 + T, C] sum (Triton's
+    # transposed); a custom op's outputs must not alias and must have the fake's strides: copied.
     return (
         grad_x,
         grad_coef.clone(memory_format=torch.contiguous_format),
@@ -136,6 +124,3 @@ def _backward(ctx, grad):
 
 
 membrane_fwd.register_autograd(_backward, setup_context=_setup_context)
-
-
-__all__ = ["ENGINES", "engine_module", "membrane_bwd", "membrane_fwd", "register_engine"]

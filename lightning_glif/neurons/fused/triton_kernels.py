@@ -21,14 +21,12 @@ import torch
 import triton
 import triton.language as tl
 
-#: The engine's name in the custom ops of :mod:`.ops`.
+#: What an engine declares (see :mod:`.cpu`): a float32 membrane, input read in its own dtype.
 NAME = "triton"
+COMPUTE_DTYPES = (torch.float32,)
+READS_HALF_PRECISION = True
 BLOCK = 1024
 NUM_WARPS = 4
-#: The membrane is float32 (no float64 kernels).
-COMPUTE_DTYPES = (torch.float32,)
-#: The input is read in its own dtype (the CPU engine needs it converted to the compute dtype).
-READS_HALF_PRECISION = True
 
 
 @triton.jit
@@ -173,64 +171,34 @@ def _on(device: torch.device):
     return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
-def _launch_shape(x: torch.Tensor) -> tuple[int, int, int, int, int, tuple[int, int]]:
+def _launch(x: torch.Tensor) -> tuple[tuple[int, int], tuple[int, ...], dict]:
+    """The grid, the size arguments ``(T, N, C, S, BS)`` and the launch options for ``x``."""
     T, B, C = x.shape[:3]
     S = math.prod(x.shape[3:])
-    N = B * C * S
-    return T, N, C, S, B * S, (C, triton.cdiv(B * S, BLOCK))
+    grid = (C, triton.cdiv(B * S, BLOCK))
+    options = {"BLOCK": BLOCK, "num_warps": NUM_WARPS, "enable_fp_fusion": False}
+    return grid, (T, B * C * S, C, S, B * S), options
 
 
 def forward(x: torch.Tensor, coef: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
     """Spikes in ``x``'s dtype; ``x`` contiguous ``[T, B, C, ...]``, ``coef`` ``[5, C]`` and
     ``gain`` ``[T, C]`` float32 (see ``cpu.forward``)."""
-    T, N, C, S, BS, grid = _launch_shape(x)
+    grid, sizes, options = _launch(x)
     out = torch.empty_like(x)
     with _on(x.device):
-        forward_kernel[grid](
-            x,
-            out,
-            coef,
-            gain,
-            T,
-            N,
-            C,
-            S,
-            BS,
-            BLOCK=BLOCK,
-            num_warps=NUM_WARPS,
-            enable_fp_fusion=False,
-        )
+        forward_kernel[grid](x, out, coef, gain, *sizes, **options)
     return out
 
 
 def backward(x, grad, coef, gain, surrogate, detach_reset):
     """Gradients ``(x, coef, gain)``; arguments as ``cpu.backward``."""
-    T, N, C, S, BS, grid = _launch_shape(x)
+    grid, sizes, options = _launch(x)
     kind, p, q = surrogate
     grad_x = torch.empty_like(x)
     scratch = torch.empty(x.shape, dtype=torch.float32, device=x.device)
-    partial = torch.empty(C, grid[1], 5 + T, dtype=torch.float32, device=x.device)
+    partial = torch.empty(x.shape[2], grid[1], 5 + x.shape[0], dtype=torch.float32, device=x.device)
+    args = (x, grad, grad_x, scratch, partial, coef, gain, *sizes, float(p), float(q))
     with _on(x.device):
-        backward_kernel[grid](
-            x,
-            grad,
-            grad_x,
-            scratch,
-            partial,
-            coef,
-            gain,
-            T,
-            N,
-            C,
-            S,
-            BS,
-            float(p),
-            float(q),
-            KIND=kind,
-            KEEP_RESET=not detach_reset,
-            BLOCK=BLOCK,
-            num_warps=NUM_WARPS,
-            enable_fp_fusion=False,
-        )
+        backward_kernel[grid](*args, KIND=kind, KEEP_RESET=not detach_reset, **options)
     total = partial.sum(1).t()
     return grad_x, total[:5], total[5:]
