@@ -1,16 +1,14 @@
 """Atomic file writes: a file is either its old complete self or its new complete self, never a
 truncated mix, whatever kills the writer.
 
-The new content goes to ``<name>.tmp-<pid>-<random>`` in the target's own directory (the same
-filesystem, so the final step is a rename, never a copy), is flushed and fsynced, then moved
-over the target with ``os.replace`` (atomic on POSIX and Windows), and the directory is fsynced
-so that the rename survives a power loss. A writer killed before the rename leaves only its
-temporary file, which :func:`remove_stale_temps` deletes once its pid is dead; readers never look
-at ``*.tmp-*`` files.
+The new content goes to ``<name>.tmp-<pid>-<random>`` beside the target (the same filesystem, so
+the last step is a rename, never a copy), is fsynced, moved over the target with ``os.replace``
+(atomic on POSIX and Windows), and the directory is fsynced so that the rename survives a power
+loss. A writer killed before the rename leaves only its temporary file, which
+:func:`remove_stale_temps` deletes once its pid is dead; readers never look at ``*.tmp-*``.
 
-Written by hand because no library does all of it: ``tempfile`` creates in ``$TMPDIR`` (often
-another filesystem: ``shutil.move`` then *copies* over the target), fsspec's local transactions
-do exactly that, and neither fsyncs nor cleans up after a killed writer.
+By hand: ``tempfile`` and fsspec create in ``$TMPDIR`` (often another filesystem, where the
+final move is a copy), and neither fsyncs nor cleans up after a kill.
 """
 
 from __future__ import annotations
@@ -24,12 +22,6 @@ from pathlib import Path
 from typing import BinaryIO
 
 _TEMP = re.compile(r"\.tmp-(\d+)-[0-9a-f]+$")
-
-
-def temp_path(path: str | os.PathLike) -> Path:
-    """``<path>.tmp-<pid>-<random>``: beside ``path``, unique to this process and call."""
-    path = Path(path)
-    return path.with_name(f"{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
 def fsync_path(path: str | os.PathLike) -> None:
@@ -49,7 +41,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     that opens the file itself); on a clean exit it is fsynced and renamed over ``path``, on an
     exception removed. The parent directory must exist."""
     path = Path(path)
-    tmp = temp_path(path)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
         yield tmp
         fsync_path(tmp)
@@ -86,18 +78,14 @@ def _alive(pid: int) -> bool:
 
 
 def remove_stale_temps(directory: str | os.PathLike) -> list[Path]:
-    """Delete the ``*.tmp-<pid>-*`` files of ``directory`` whose writing process is dead (killed
-    mid-write); return them. Call it before writing into a cache or checkpoint directory.
+    """Delete the ``*.tmp-<pid>-*`` files of ``directory`` whose writer is dead; return them.
 
-    The pid is checked on this machine only: a directory that several machines write into at
-    once (a shared network cache) can lose a temporary file that another machine is writing;
-    that writer then fails loudly at its rename, it never serves a partial file."""
+    Pids are checked on this machine only: in a directory shared by several machines, another
+    machine's temporary file can go; its writer then fails loudly at the rename."""
     removed = []
-    try:
-        entries = list(os.scandir(directory))
-    except FileNotFoundError:
+    if not os.path.isdir(directory):
         return removed
-    for entry in entries:
+    for entry in list(os.scandir(directory)):
         match = _TEMP.search(entry.name)
         if match and entry.is_file(follow_symlinks=False) and not _alive(int(match.group(1))):
             Path(entry.path).unlink(missing_ok=True)

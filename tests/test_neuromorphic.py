@@ -232,7 +232,7 @@ def test_datasets_pickle_for_worker_processes(tmp_path: Path) -> None:
     dm.setup("test")
     copy = pickle.loads(pickle.dumps(dm.datasets["test"]))
     assert torch.equal(copy[0][0], dm.datasets["test"][0][0])
-    assert type(copy.dataset.events).__name__ == "NMNIST"
+    assert type(copy.dataset.dataset.events).__name__ == "NMNIST"
 
 
 @pytest.mark.slow

@@ -1,5 +1,5 @@
-"""The base of every DataModule of the project: batch options, the loaders over its in-memory
-splits, and the values it tells the model."""
+"""The base of every DataModule: batch options, the loaders over its splits, and the values it
+tells the model."""
 
 from __future__ import annotations
 
@@ -14,26 +14,23 @@ from torch.utils.data import DataLoader, Dataset
 # What a DataModule may know about its inputs, in the names the model and the backbones use.
 SHARED_NAMES = ("num_classes", "time_steps", "in_channels", "image_size", "in_features")
 
-# The default DataLoader workers of the modules that read files: the CPUs this process may use,
-# at most 4 (more workers than CPUs only compete for them, and DataLoader warns every epoch).
+# The default workers of the modules that read files: the CPUs this process may use, at most 4
+# (more workers than CPUs only compete for them, and DataLoader warns every epoch).
 CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 LOADER_WORKERS = min(4, CPUS or 1)
 
 
 class SplitDataModule(LightningDataModule):
     """A DataModule whose ``setup`` fills ``self.datasets`` with ``"train"``, ``"val"`` and
-    ``"test"`` splits; this class serves them. ``predict`` runs on the test split.
-    ``drop_last_train`` drops the last, smaller training batch (each module says why or why not).
+    ``"test"`` splits; this class serves them (``predict`` runs on the test split).
+    ``drop_last_train`` drops the last, smaller training batch.
 
-    Values for the model (:meth:`shared_values`): the CLI copies them into ``model.num_classes``
-    and into the backbone's arguments of the same names, so each is set once, by the data.
-    Subclasses only set the attributes (class or instance); an attribute that is absent or
-    ``None`` is not determined by the data and not shared:
-
-    - ``num_classes``: always;
-    - ``time_steps``: sequence and event data whose ``T`` is a data argument;
-    - ``in_channels`` and ``image_size`` (height = width after any resize): image-like inputs;
-    - ``in_features``: features per step of sequence data fed to an MLP.
+    The CLI builds the DataModule while it parses (``__init__`` must stay cheap: read files in
+    ``setup``) and copies its :meth:`shared_values` into ``model.num_classes`` and the backbone's
+    arguments of the same names, so each is set once, by the data. A subclass sets those it
+    determines as class or instance attributes (absent or ``None``: not shared):
+    ``num_classes`` always; ``time_steps`` where T is a data argument; ``in_channels`` and
+    ``image_size`` (height = width) for image-like inputs; ``in_features`` for sequences.
 
     Args:
         batch_size: training batch size (>= 1).
@@ -67,9 +64,8 @@ class SplitDataModule(LightningDataModule):
         self.datasets: dict[str, Dataset] = {}
 
     def shared_values(self) -> dict[str, int]:
-        """``{name: value}`` of the values this data determines, among :data:`SHARED_NAMES`
-        (``num_classes`` always), e.g. ``{"num_classes": 10, "in_channels": 1,
-        "image_size": 8}`` for the digits."""
+        """The values among :data:`SHARED_NAMES` this data determines, e.g. ``{"num_classes":
+        10, "in_channels": 1, "image_size": 8}`` for the digits."""
         if getattr(self, "num_classes", None) is None:
             raise TypeError(
                 f"{type(self).__name__} must set the class attribute num_classes (the number of "

@@ -15,13 +15,9 @@ from .splits import stratified_split
 
 @cache
 def load_digit_images() -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's 1,797 digits, read once per process: ``(images, labels)``, images float32
-    ``[N, 8, 8]`` in ``[0, 1]`` (the 0..16 pixel counts / 16, exact in float32), labels int64
-    ``0..9``, in ``load_digits()`` row order.
-
-    The one reader of the digits for the static, row and event digits, so all three see the same
-    data. Both arrays are shared by every caller and read-only (writing raises): copy to change.
-    """
+    """scikit-learn's 1,797 digits, read once per process for the static, row and event digits:
+    images float32 ``[N, 8, 8]`` in ``[0, 1]`` (pixel counts / 16, exact), labels int64, in
+    ``load_digits()`` order. Both arrays are shared and read-only: copy to change them."""
     from sklearn.datasets import load_digits  # on first use: slow to import
 
     digits = load_digits()
@@ -32,21 +28,17 @@ def load_digit_images() -> tuple[np.ndarray, np.ndarray]:
 
 
 class DigitsDataModule(SplitDataModule):
-    """scikit-learn's 1,797 handwritten digits as ``[B, 1, 8, 8]`` float images in ``[0, 1]``.
-
-    The split is stratified by class and fixed by ``split_seed``
-    (:func:`~lightning_glif.data.splits.stratified_split`, shared with the row and event digits):
-    with the default fractions it is 1,257 train / 270 validation / 270 test images, the same on
-    every machine (``indices`` holds the rows of ``load_digits()`` in each split). Labels are
-    ``int64`` in ``0..9``. ``predict`` runs on the test split.
+    """scikit-learn's 1,797 handwritten digits as ``[B, 1, 8, 8]`` float images in ``[0, 1]``,
+    int64 labels. The split is stratified by class and fixed by ``split_seed``
+    (:func:`~.splits.stratified_split`): 1,257 / 270 / 270 images by default on every machine
+    (``indices``: the rows of ``load_digits()`` in each split).
 
     Args:
         batch_size: images per batch (all splits).
         val_fraction: share of the images held out for validation (model selection).
         test_fraction: share of the images held out for the final test.
         split_seed: seed of the stratified split; independent of the training seed.
-        num_workers: DataLoader worker processes (0 loads in the main process: the data lives
-            in memory, so workers only pay off for heavy augmentation).
+        num_workers: DataLoader worker processes (0: the data lives in memory).
     """
 
     num_classes = 10
@@ -76,8 +68,7 @@ class DigitsDataModule(SplitDataModule):
         self.indices: dict[str, np.ndarray] = {}  # rows of load_digits() in each split
 
     def inputs(self) -> tuple[torch.Tensor, np.ndarray]:
-        """``(inputs [N, ...], labels [N])`` of all the digits in ``load_digits()`` order: the
-        images ``[N, 1, 8, 8]``. The row and event digits serve other inputs, the same split."""
+        """``(inputs [N, ...], labels [N])`` in ``load_digits()`` order: here ``[N, 1, 8, 8]``."""
         pixels, targets = load_digit_images()
         return torch.tensor(pixels).unsqueeze(1), targets  # a copy: the shared arrays are read-only
 

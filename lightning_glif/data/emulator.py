@@ -1,19 +1,11 @@
 """Event digits: an N-MNIST-like event dataset emulated from scikit-learn's 8x8 digits.
 
-No download: each digit is upsampled 3x to 24x24, placed on a 34x34 sensor and moved along a
-triangle in three saccades of 100 ms (as N-MNIST's camera moved), and an ideal DVS pixel model
-turns the changing image into events. The events are Tonic structured arrays
-(``tonic.io.events_struct``: ``x``, ``y`` int16, ``t`` int64 in µs, ``p`` bool with True = ON),
-so Tonic's transforms and ``ToFrame`` apply unchanged.
-
-The pixel model (:func:`dvs_events`, the ideal pixel of ESIM / v2e: no refractory period, no
-leak or shot noise): each pixel keeps a reference log intensity ``L_ref``; whenever
-``|L - L_ref|`` reaches its contrast threshold ``C`` it emits ``floor(|L - L_ref| / C)``
-events, ON for an increase and OFF for a decrease, and moves ``L_ref`` by that many
-thresholds. Event times are interpolated linearly between simulation steps. Per sample, the
-thresholds vary from pixel to pixel (mismatch) and a few background-activity events are added,
-both drawn from ``seed`` and the sample's index: the same seed gives the same events on every
-machine.
+No download: each digit, upsampled 3x, moves on a 34x34 sensor along a triangle in three
+saccades of 100 ms (as N-MNIST's camera), and ideal DVS pixels (:func:`dvs_events`) turn the
+changing image into Tonic event arrays (``tonic.io.events_struct``: ``x``, ``y``, ``t`` in µs,
+``p`` True = ON), so Tonic's transforms apply. Per sample, a pixel-to-pixel threshold mismatch
+and background-activity events are drawn from ``seed`` and the sample's index: the same seed
+gives the same events on every machine.
 """
 
 from __future__ import annotations
@@ -47,7 +39,10 @@ TRIANGLE = np.array([(0.0, 0.0), (2.0, 4.0), (4.0, 0.0), (0.0, 0.0)])
 def dvs_events(
     log_intensity: np.ndarray, times: np.ndarray, threshold: float | np.ndarray
 ) -> list[np.ndarray]:
-    """Events of ideal DVS pixels watching ``N`` videos.
+    """Events of ideal DVS pixels (ESIM / v2e without refractory period or noise) watching ``N``
+    videos: each pixel keeps a reference log intensity ``L_ref``; when ``|L - L_ref|`` reaches its
+    threshold ``C`` it emits ``floor(|L - L_ref| / C)`` events (ON for an increase) and moves
+    ``L_ref`` by as many thresholds. Times are interpolated linearly between steps.
 
     Args:
         log_intensity: ``[S, N, H, W]`` log intensity of each video at each simulation step.
@@ -105,11 +100,8 @@ def saccade_path(steps_per_saccade: int) -> tuple[np.ndarray, np.ndarray]:
 def render(images: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     """``[S, N, SENSOR, SENSOR]`` intensity in ``[0, 1]``: ``images [N, 8, 8]`` (in ``[0, 1]``)
     upsampled ``SCALE`` times (bilinear), centred, moved by each of ``offsets [S, 2]`` (dx, dy).
-
-    The sub-pixel move is a bilinear shift (what ``scipy.ndimage.shift(order=1)`` computes),
-    written as four weighted placements so that one step moves the whole stack at once, not one
-    scipy call per image and step.
-    """
+    The sub-pixel move is ``scipy.ndimage.shift(order=1)``'s bilinear shift, written as four
+    weighted placements that move the whole stack at once."""
     big = np.clip(ndimage.zoom(images, (1, SCALE, SCALE), order=1), 0.0, 1.0)
     side = big.shape[-1]
     margin = (SENSOR - side - int(TRIANGLE.max()) - 1) // 2
@@ -180,13 +172,9 @@ def emulate_digits(
 
 
 class EventDigits:
-    """scikit-learn's 1,797 digits as emulated event recordings.
-
-    ``dataset[i]`` is ``(events, label)``: a structured array (``x``, ``y``, ``t`` µs, ``p``) on a
-    34x34 sensor, and the digit. The events are generated once and cached in
-    ``<save_to>/EventDigits/events-seed<seed>-<parameters hash>.npz``; the cache is written to a
-    temporary file and renamed, so an interrupted run leaves no half-written cache, and a cache
-    that cannot be read is regenerated.
+    """scikit-learn's 1,797 digits as emulated event recordings: ``dataset[i]`` is ``(events,
+    label)`` on a 34x34 sensor. Generated once into ``<save_to>/EventDigits/events-seed<seed>-<hash
+    of the settings>.npz``, written atomically; a cache that cannot be read is regenerated.
 
     Args:
         save_to: data root.
@@ -206,14 +194,13 @@ class EventDigits:
         noise_rate: float = 0.1,
     ) -> None:
         images, self.targets = load_digit_images()  # shared, read-only
-        # float64, as the emulator has always computed (k / 16 is exact in both precisions, so
-        # the events do not change); float32 input would change scipy's zoom and the events.
+        # float64: float32 input would change scipy's zoom and so the events
         self.images = images.astype(np.float64)
         self.params = {"seed": seed, "threshold": threshold, "noise_rate": noise_rate}
-        self.location_on_system = Path(save_to).expanduser() / type(self).__name__
         blob = json.dumps({**self.params, "version": self._version}, sort_keys=True).encode()
         tag = hashlib.sha1(blob).hexdigest()[:8]
-        self.path = self.location_on_system / f"events-seed{seed}-{tag}.npz"
+        folder = Path(save_to).expanduser() / type(self).__name__
+        self.path = folder / f"events-seed{seed}-{tag}.npz"
         self.events, self.offsets = self._load_or_generate()
 
     def _load_or_generate(self) -> tuple[np.ndarray, np.ndarray]:
@@ -259,10 +246,8 @@ class _Frames(TensorDataset):
 
 class EventDigitsDataModule(DigitsDataModule):
     """Emulated event digits (:class:`EventDigits`) as frames ``[B, T, 2, 34, 34]`` float32 (event
-    counts; channel 0 = OFF, 1 = ON) and int64 labels; no download.
-
-    The split is that of ``DigitsDataModule`` with the same fractions and ``split_seed`` (the same
-    digits in each split, 1,257 / 270 / 270 by default), so static and event results compare.
+    counts; channel 0 = OFF, 1 = ON) and int64 labels; no download. The split is
+    ``DigitsDataModule``'s (the same digits for the same fractions and ``split_seed``).
 
     Args:
         data_dir: data root; the generated events are cached in ``<data_dir>/EventDigits``.

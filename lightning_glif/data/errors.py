@@ -6,17 +6,12 @@ from pathlib import Path
 
 
 class DatasetNotFoundError(FileNotFoundError):
-    """A dataset is not where a DataModule looked for it, and downloading was not asked for.
-
-    The message names the ``dataset`` (display name), the ``folder`` looked at, what was
-    ``missing`` there (one entry per line), the ``layout`` expected under it, and how to get the
-    data: the ``download`` flag or the ``manual`` steps.
-    """
+    """``dataset`` (display name) is not in ``folder``: names what is ``missing`` there (one
+    entry per line), the ``layout`` expected, the ``download`` flag and the ``manual`` steps."""
 
     def __init__(
         self, dataset: str, folder: Path, missing: list[str], layout: str, manual: str
     ) -> None:
-        self.dataset = dataset
         self.folder = Path(folder)
         self.missing = list(missing)
         lines = [
@@ -35,13 +30,11 @@ class DatasetNotFoundError(FileNotFoundError):
 
 
 class CorruptFileError(ValueError):
-    """A data or cache file ``path`` exists but cannot be read (truncated, or not the expected
-    format): ``reason`` says what was wrong (e.g. the reader's own error), ``fix`` how to get a
-    good file (by default: delete it and get it again)."""
+    """A data or cache file ``path`` exists but cannot be read: ``reason`` says why, ``fix`` how
+    to get a good file (by default: delete it and get it again)."""
 
     def __init__(self, path: str | Path, reason: str, fix: str | None = None) -> None:
         self.path = Path(path)
-        self.reason = reason
         fix = fix or (
             "The file is truncated or corrupt: delete it and get it again (download it, or "
             "re-extract its archive)."

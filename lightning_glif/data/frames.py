@@ -1,10 +1,7 @@
-"""From event streams to frame tensors: binning into exactly T frames, an atomic disk cache, and
-the augmentation that runs on the cached frames.
+"""From events to frame tensors, the pipeline of every event DataModule (the cache sits between
+the slow and the random part)::
 
-Pipeline of every event DataModule (the cache sits between the slow and the random part)::
-
-    events (structured array) --EventsToFrames--> frames [T, P, H, W] --AtomicDiskCache-->
-    --FrameAugment--> float32 tensor [T, P, H, W]
+    events --EventsToFrames--> frames [T, P, H, W] --AtomicDiskCache--> --FrameAugment--> float32
 """
 
 from __future__ import annotations
@@ -28,32 +25,22 @@ Binning = Literal["time", "events"]
 
 
 class EventsToFrames:
-    """Bin an event array into exactly ``time_steps`` frames with Tonic's ``ToFrame``.
+    """Bin an event array into exactly ``time_steps`` frames with Tonic's ``ToFrame``: event
+    counts per polarity and pixel, ``[T, P, H, W]`` int16 (``[T, P, X]`` for SHD).
 
-    ``binning="time"`` cuts the recording's duration into T equal windows (``n_time_bins``);
-    ``"events"`` cuts its ``n`` events into T runs of ``n // T`` (``n_event_bins``, the
-    CIFAR10-DVS recipe), and the last frame also counts the ``n mod T`` events left over, as
-    SpikingJelly's ``split_by="number"`` does (the GLIF authors' CIFAR10-DVS frames; Tonic drops
-    them). Each frame counts the events per polarity and pixel: ``[T, P, H, W]`` int16, or
-    ``[T, P, X]`` for sensors without a y axis (SHD). With ``size`` the frames are resized
-    bilinearly (per frame and polarity, antialiased unless ``antialias=False``) to
-    ``[T, P, size, size]`` float32.
-
-    Tonic's own edge cases that this class fixes: an empty recording gets zero frames of the right
-    shape and dtype (Tonic returns ``[T, P, W, H]`` float64 there), and for ``"time"`` unsorted
-    timestamps are sorted first (Tonic's time slicer assumes sorted ones; ``"events"`` takes the
-    events in file order, as SpikingJelly). Kept from Tonic: with ``"time"``, the remainder of
-    the integer window falls off the end (the last event among it), and a recording shorter than
-    T µs gives empty frames.
+    ``binning="time"``: T equal windows of the recording's duration (unsorted timestamps are
+    sorted first; as Tonic, the remainder of the integer window falls off the end). ``"events"``:
+    T runs of ``n // T`` events in file order, the last frame also counting the ``n mod T`` left
+    over, as SpikingJelly (the GLIF authors' CIFAR10-DVS frames; Tonic drops them). An empty
+    recording gives zero frames of the right shape and dtype (Tonic's are ``[T, P, W, H]``).
 
     Args:
         sensor_size: Tonic's ``(W, H, P)`` (``(700, 1, 1)`` for SHD).
         time_steps: ``T``, the number of frames.
         binning: ``"time"`` or ``"events"``.
-        size: side of the square frames after resizing; ``None`` keeps the sensor's size.
-        antialias: antialias the bilinear resize (a low-pass filter first when shrinking).
-            ``False`` is plain bilinear interpolation, what torchvision's tensor ``Resize`` did
-            by default before 0.17 and what the GLIF authors' CIFAR10-DVS frames went through.
+        size: resize bilinearly to ``[T, P, size, size]`` float32; ``None`` keeps the sensor's.
+        antialias: antialias that resize; ``False`` is plain bilinear interpolation, as the
+            GLIF authors' CIFAR10-DVS frames (torchvision's tensor ``Resize`` before 0.17).
     """
 
     def __init__(
@@ -114,15 +101,12 @@ class EventsToFrames:
 
 class AtomicDiskCache(Dataset):
     """``dataset``'s ``(frames, label)`` samples, each cached in ``<cache_path>/<index>_0.hdf5``
-    (the frames lzf-compressed, the label an attribute) on first read, then read from there.
+    (lzf-compressed) on first read, then read from there; ``transform`` runs after the cache.
 
-    A cache file appears atomically: it is written under a temporary name, fsynced and renamed
-    (:func:`lightning_glif.io.atomic_path`), so a run killed mid-write leaves no half-written
-    file that a later run could serve. Leftover temporary files are removed when the cache is
-    opened once their writer is dead; a cache file that cannot be read (e.g. from an older
-    version) is logged and rebuilt. The cache does not know what produced its files: callers put
-    every parameter applied before the cache, and what identifies the source files, into
-    ``cache_path``. ``transform`` runs on the frames after the cache (e.g. augmentation).
+    Each file is written atomically (:func:`lightning_glif.io.atomic_path`): a killed run leaves
+    no half-written file; its temporary files go when the cache is next opened, and an unreadable
+    file is rebuilt. The cache does not know what produced its files: callers put every
+    parameter applied before it, and what identifies the sources, into ``cache_path``.
     """
 
     def __init__(self, dataset: Any, cache_path: str, transform: Any = None) -> None:
@@ -153,17 +137,10 @@ class AtomicDiskCache(Dataset):
 
 
 class FrameAugment:
-    """Cached frames -> float32 tensor, then the training augmentation, if any.
-
-    The same random crop and flip are applied to all T frames and both polarities of a sample
-    (torchvision's v2 transforms treat the leading dims ``[T, P]`` as a batch of one image).
-
-    Args:
-        size: side of the (square) frames, for the crop.
-        crop_padding: zero padding on each side before a random crop back to ``size``
-            (0: no crop). The CIFAR10-DVS recipe uses 4.
-        hflip: flip horizontally with probability 0.5.
-    """
+    """Cached frames -> float32 tensor, then the training augmentation, if any: a random crop
+    back to ``size`` after ``crop_padding`` zeros on each side (0: none) and a horizontal flip
+    (``hflip``, p = 0.5), the same for all T frames and polarities of a sample (torchvision's v2
+    transforms take the leading ``[T, P]`` as one image's)."""
 
     def __init__(self, size: int | None = None, crop_padding: int = 0, hflip: bool = False) -> None:
         ops = []

@@ -1,8 +1,7 @@
-"""LightningDataModules for the neuromorphic benchmarks, read with Tonic: N-MNIST, CIFAR10-DVS,
-DVS128 Gesture and the Spiking Heidelberg Digits (SHD).
+"""The neuromorphic benchmarks read with Tonic: N-MNIST, CIFAR10-DVS, DVS128 Gesture and SHD.
 
-Every module serves ``(frames, label)`` batches: ``frames`` float32 ``[B, T, P, H, W]`` (event
-counts per time bin, polarity and pixel; ``[B, T, 1, 700]`` for SHD) and ``label`` int64.
+Each serves ``(frames, label)``: float32 ``[B, T, P, H, W]`` event counts per time bin, polarity
+and pixel (``[B, T, 1, 700]`` for SHD), int64 labels.
 """
 
 from __future__ import annotations
@@ -67,31 +66,24 @@ class Split(NamedTuple):
 
 
 class EventDataModule(SplitDataModule):
-    """Shared machinery and options of the Tonic DataModules; use one of its subclasses.
+    """The options and machinery shared by the Tonic DataModules; use one of its subclasses.
 
-    ``setup`` checks that the files of the needed splits are there (else one
-    :class:`~lightning_glif.data.errors.DatasetNotFoundError`), opens them with Tonic (in sorted
-    path order, never downloading: :mod:`~lightning_glif.data.tonic_guard`), bins each sample
-    into exactly ``time_steps`` frames and caches the frames
-    (:class:`~lightning_glif.data.frames.AtomicDiskCache`) in::
+    ``setup`` checks that the needed splits' files are there (else one
+    :class:`~.errors.DatasetNotFoundError`), opens them with Tonic in sorted path order without
+    downloading (:mod:`~.tonic_guard`), bins each sample into ``time_steps`` frames and caches
+    them (:class:`~.frames.AtomicDiskCache`) in
+    ``<data_dir>/cache/<Tonic name>/<T..-binning-size>/<split>-<hash>/``: the folder names every
+    parameter applied before the cache, the hash each source file's name, size, mtime and label,
+    so other frames or recordings read a new cache, never stale frames (old ones stay until
+    deleted). The training augmentation runs after the cache.
 
-        <data_dir>/cache/<Tonic name>/<T..-binning-size>/<split>-<sources hash>/<index>_0.hdf5
-
-    The folder names every parameter applied before the cache, and the hash covers each source
-    file's name, size, modification time and label: a changed ``time_steps``, ``binning`` or
-    ``resize``, or a recording added, removed or rewritten, reads a new cache, never stale
-    frames. Old caches stay until deleted. The training augmentation runs after the cache.
-
-    **A new event dataset** is a subclass that sets the class attributes ``name`` (display
-    name), ``tonic_class`` (the ``tonic.datasets`` class that reads it), ``num_classes``,
-    ``splits`` (``{"train": Split(...), "test": Split(...)}``: Tonic's arguments and a glob of
-    the extracted files) and ``layout`` (the expected files, for the not-found error), and
-    writes :meth:`manual` (how to get the files). :class:`NMNISTDataModule` is the model to copy.
-
-    The options common to all Tonic modules are declared here, once; a subclass's ``__init__``
-    lists its own and those whose default differs, and passes the rest on with ``**kwargs``
-    (which jsonargparse follows, so ``--help`` shows them all). An option passed explicitly in its
-    ``super().__init__`` call is removed from the subclass's options.
+    **A new event dataset** is a subclass that sets ``name`` (display name), ``tonic_class``
+    (the ``tonic.datasets`` class), ``num_classes``, ``splits`` (``{"train": Split(...), "test":
+    Split(...)}``: Tonic's arguments and a glob of the extracted files) and ``layout`` (the
+    files, for the not-found error), and writes :meth:`manual`; copy :class:`NMNISTDataModule`.
+    Its ``__init__`` lists its own options and the defaults that differ and passes the rest on
+    with ``**kwargs`` (jsonargparse follows it: ``--help`` shows them all); an option it passes
+    explicitly to ``super().__init__`` is removed from its options.
 
     Args:
         time_steps: frames per recording ``T``.
@@ -148,15 +140,13 @@ class EventDataModule(SplitDataModule):
         self.to_frames = EventsToFrames(
             self.tonic_class.sensor_size, time_steps, binning, resize, resize_antialias
         )
-        # in_channels and image_size only for image-like frames (see shared_values).
         self.in_channels = p if image else None
         self.image_size = (resize or h) if image else None
         self.train_augment = FrameAugment(self.image_size, crop_padding, hflip)
         self._sources: dict[str, SourceFrames] = {}
 
     def _refuse(self, kwargs: dict[str, Any], names: tuple[str, ...], why: str) -> None:
-        """A clear TypeError for an option the subclass removed (Python would only say
-        "multiple values for keyword argument")."""
+        """A clear TypeError for an option the subclass removed (not "multiple values")."""
         given = [name for name in names if name in kwargs]
         if given:
             raise TypeError(
@@ -164,7 +154,6 @@ class EventDataModule(SplitDataModule):
                 "the data's init_args."
             )
 
-    # -- where the data is ------------------------------------------------------------------
     @property
     def folder(self) -> Path:
         """``<data_dir>/<Tonic class name>``: where Tonic keeps this dataset."""
@@ -188,14 +177,6 @@ class EventDataModule(SplitDataModule):
         """Download what is missing when ``download=True`` (one process); else nothing."""
         if self.download:
             self._ensure(list(self.splits))
-
-    # -- opening and splitting --------------------------------------------------------------
-    def _stage_splits(self, stage: str | None) -> list[str]:
-        if stage in ("fit", "validate"):
-            return ["train"]
-        if stage in ("test", "predict"):
-            return ["test"]
-        return list(self.splits)
 
     def event_transform(self) -> Callable[[np.ndarray], np.ndarray] | None:
         """A function applied to each recording's events before binning (e.g. a change of
@@ -237,60 +218,49 @@ class EventDataModule(SplitDataModule):
         folder = self.folder.parent / "cache" / self.tonic_class.__name__ / self.to_frames.key
         return folder / f"{split}-{digest}"
 
-    def _partition(self) -> dict[str, tuple[str, np.ndarray | None]]:
-        """``{name: (source split, indices or None for all)}`` for train / val / test."""
-        parts: dict[str, tuple[str, np.ndarray | None]] = {}
+    def _partition(self) -> dict[str, tuple[str, np.ndarray]]:
+        """``{name: (source split, indices)}`` for train / val / test."""
+        parts = {}
         if "train" in self._sources:
             labels = self._sources["train"].labels
             kept, held = stratified_holdout(labels, self.val_fraction, self.split_seed)
             parts.update(train=("train", kept), val=("train", held))
         if "test" in self._sources:
-            parts["test"] = ("test", None)
+            parts["test"] = ("test", np.arange(len(self._sources["test"])))
         return parts
 
     def setup(self, stage: str | None = None) -> None:
-        splits = self._stage_splits(stage)
+        wanted = {"fit": "train", "validate": "train", "test": "test", "predict": "test"}.get(stage)
+        splits = [wanted] if wanted in self.splits else list(self.splits)
         self._ensure(splits)
         for split in splits:
             if split not in self._sources:
                 self._sources[split] = self._open(split)
-        plain = FrameAugment()
         for name, (split, index) in self._partition().items():
-            source = self._sources[split]
-            cache_path = self._cache_path(split, source)
-            log.info(
-                "%s %s: %d recordings, frames cached in %s",
-                self.name,
-                name,
-                len(source) if index is None else len(index),
-                cache_path,
-            )
-            cache = AtomicDiskCache(
-                source, str(cache_path), self.train_augment if name == "train" else plain
-            )
-            self.datasets[name] = cache if index is None else Subset(cache, index.tolist())
+            path = self._cache_path(split, self._sources[split])
+            log.info("%s %s: %d recordings, frames cached in %s", self.name, name, len(index), path)
+            augment = self.train_augment if name == "train" else FrameAugment()
+            cache = AtomicDiskCache(self._sources[split], str(path), augment)
+            self.datasets[name] = Subset(cache, index.tolist())
 
     def split_manifest(self) -> dict[str, list[str]]:
-        """``{split: [source, ...]}``: the file (for one-file datasets, file and sample) behind
-        each sample of every split set up so far, in loader order without shuffling, relative to
-        :attr:`folder` (two machines with the data in different places compare equal).
-        :class:`~lightning_glif.callbacks.splits.SplitFiles` writes it into the run directory."""
-        manifest = {}
-        for name, dataset in self.datasets.items():
-            cache = dataset.dataset if isinstance(dataset, Subset) else dataset
-            index = dataset.indices if isinstance(dataset, Subset) else range(len(cache))
-            sources = [cache.dataset.source(i) for i in index]
-            manifest[name] = [os.path.relpath(s, self.folder) for s in sources]
-        return manifest
+        """``{split: [source, ...]}``: the file (and sample, in one-file datasets) behind each
+        sample of every split set up so far, in unshuffled loader order, relative to
+        :attr:`folder`; :class:`~lightning_glif.callbacks.splits.SplitFiles` writes it."""
+        return {
+            name: [
+                os.path.relpath(split.dataset.dataset.source(i), self.folder) for i in split.indices
+            ]
+            for name, split in self.datasets.items()
+        }
 
 
 class NMNISTDataModule(EventDataModule):
     """N-MNIST (Orchard et al. 2015): MNIST digits seen by an ATIS camera in three saccades.
 
-    Frames ``[B, T, 2, 34, 34]``, 10 classes. 60,000 training recordings (a stratified
-    ``val_fraction`` of them, drawn with ``split_seed``, is the validation set) and 10,000 test
-    recordings (only for testing), expected in ``<data_dir>/NMNIST/`` (``layout``). The options
-    are those of :class:`EventDataModule` (``resize`` ``None``: 34), with:
+    Frames ``[B, T, 2, 34, 34]``, 10 classes; 60,000 training recordings (a stratified
+    ``val_fraction`` validates) and 10,000 test recordings in ``<data_dir>/NMNIST/``. The options
+    of :class:`EventDataModule`, with:
 
     Args:
         time_steps: frames per recording ``T``.
@@ -323,14 +293,11 @@ into {self.folder}, then unzip both there (they hold Train/ and Test/).
 def authors_layout(events: np.ndarray) -> np.ndarray:
     """CIFAR10-DVS events as Tonic reads them -> as the GLIF authors' frames saw them.
 
-    The original recordings are jAER AEDAT 2.0 files of a DVS128: a 32-bit address per event,
-    x in bits 7-1 and y in bits 14-8 with (0, 0) at the lower left, bit 0 the polarity (1 = ON).
-    Tonic reads AEDAT 4 copies converted with iniVation's DV, whose origin is the upper left:
-    ``x = x_raw, y = 127 - y_raw, p = p_raw``. The authors read the originals with SpikingJelly
-    (``CIFAR10DVS.load_origin_data``): ``x = 127 - y_raw, y = 127 - x_raw, p = 1 - p_raw``, and
-    its frames put polarity ``p`` in channel ``p`` and the event in row ``y``, column ``x``.
-    So, from Tonic's events: ``x = y_tonic, y = 127 - x_tonic, p = not p_tonic`` (the image
-    turned 90 degrees counter-clockwise, OFF events in channel 1).
+    The originals are AEDAT 2.0 files of a DVS128 (x in address bits 7-1, y in bits 14-8, origin
+    at the lower left, bit 0 the polarity). Tonic reads AEDAT 4 copies (origin at the upper
+    left): ``x = x_raw, y = 127 - y_raw, p = p_raw``. The authors read the originals with
+    SpikingJelly: ``x = 127 - y_raw, y = 127 - x_raw, p = 1 - p_raw``, channel ``p``, row ``y``.
+    So ``x = y_tonic, y = 127 - x_tonic, p = not p_tonic`` (docs/reproducing.md).
     """
     out = events.copy()
     out["x"], out["y"], out["p"] = events["y"], 127 - events["x"], ~events["p"]
@@ -340,19 +307,14 @@ def authors_layout(events: np.ndarray) -> np.ndarray:
 class CIFAR10DVSDataModule(EventDataModule):
     """CIFAR10-DVS (Li et al. 2017): 10,000 CIFAR-10 images recorded by a DVS, 1,000 per class.
 
-    The dataset has no train/test split. The split here is the GLIF authors': the files of each
-    class sorted by name (lexicographically, as SpikingJelly lists them: ``..._0, ..._1, ..._10,
-    ..._100, ...``), the first ``ceil(train_fraction * n)`` (900) train, the rest (100) test.
-    Results are only comparable between papers with the same split. A stratified
-    ``val_fraction`` of the training set (drawn with ``split_seed``) validates, so training sees
-    8,100 recordings by default (the authors trained on all 9,000 and reported test accuracy).
-
-    The GLIF recipe (the defaults): ``T=16`` frames split by event count, resized to 48x48,
-    random crop 48 with padding 4: frames ``[B, 16, 2, 48, 48]``, in the layout the authors'
-    frames had (:func:`authors_layout`), so their checkpoint sees its images the right way round.
-    Reading the ``.aedat4`` files in ``<data_dir>/CIFAR10DVS/`` (``layout``) needs the ``aedat``
-    package (``pip install aedat``). The options are those of :class:`EventDataModule`
-    (``hflip`` is not in the GLIF recipe), with the recipe's defaults and these:
+    The split is the GLIF authors': each class's files sorted by name (as SpikingJelly lists
+    them: ``..._0, ..._1, ..._10, ...``), the first ``ceil(train_fraction * n)`` (900) train, the
+    rest test; a stratified ``val_fraction`` of the training files validates (the authors
+    trained on all 9,000). The defaults are the GLIF recipe: frames ``[B, 16, 2, 48, 48]`` by
+    event count, random crop with padding 4, in the authors' layout (:func:`authors_layout`), so
+    their checkpoint sees its images the right way round. The ``.aedat4`` files in
+    ``<data_dir>/CIFAR10DVS/`` need the ``aedat`` package. The options of
+    :class:`EventDataModule` (``hflip`` is not in the recipe), with these defaults and options:
 
     Args:
         time_steps: frames per recording ``T``.
@@ -365,8 +327,7 @@ class CIFAR10DVSDataModule(EventDataModule):
         drop_last: drop the last, smaller training batch of each epoch (the GLIF authors' loader
             does; the recipe's text does not say).
         event_layout: ``"authors"``: x, y and polarity as the GLIF authors' frames had them
-            (:func:`authors_layout`); ``"tonic"``: as Tonic's files hold them (the layout of
-            this project before; for models trained on it).
+            (:func:`authors_layout`); ``"tonic"``: as Tonic's files hold them.
     """
 
     name = "CIFAR10-DVS"
@@ -418,9 +379,6 @@ download CIFAR10DVS.zip ({self.tonic_class.url}) into {self.folder},
 unzip it there, then unzip each class archive in place: {classes}
 """
 
-    def _stage_splits(self, stage: str | None) -> list[str]:
-        return ["all"]
-
     def event_transform(self) -> Callable[[np.ndarray], np.ndarray] | None:
         return authors_layout if self.event_layout == "authors" else None
 
@@ -432,13 +390,11 @@ unzip it there, then unzip each class archive in place: {classes}
 
 
 class DVSGestureDataModule(EventDataModule):
-    """DVS128 Gesture (Amir et al. 2017), in Tonic's preprocessed ``.npy`` form (one recording
-    per gesture, timestamps in ms): 11 classes (10 gestures and "other"), frames
-    ``[B, T, 2, 128, 128]`` (or ``resize``). Users 1-23 train (a stratified ``val_fraction``
-    of their recordings, drawn with ``split_seed``, is the validation set), users 24-29 test;
-    expected in ``<data_dir>/DVSGesture/`` (``layout``). The options are those of
+    """DVS128 Gesture (Amir et al. 2017) in Tonic's ``.npy`` form: 11 classes (10 gestures and
+    "other"), frames ``[B, T, 2, 128, 128]`` (or ``resize``). Users 1-23 train (a stratified
+    ``val_fraction`` validates), users 24-29 test; in ``<data_dir>/DVSGesture/``. The options of
     :class:`EventDataModule` except ``hflip`` (left- and right-hand gestures are different
-    classes; ``resize`` ``None``: 128, e.g. 64 or 32), with:
+    classes), with:
 
     Args:
         time_steps: frames per recording ``T``.
@@ -474,14 +430,12 @@ class SHDDataModule(EventDataModule):
     """Spiking Heidelberg Digits (Cramer et al. 2020): spoken digits 0-9 in English and German
     as spikes of 700 cochlear channels; 20 classes.
 
-    Frames ``[B, T, 1, 700]`` (spike counts per time bin and channel; flatten to ``[B, T, 700]``
-    for a :class:`~lightning_glif.models.mlp.SpikingMLP`, which does it itself). With
-    ``binning="time"`` each recording is cut into T equal windows of its own duration. 8,156
-    training recordings (a stratified ``val_fraction``, drawn with ``split_seed``, validates;
-    the speakers overlap with training) and 2,264 test recordings, partly by unseen speakers,
-    expected in ``<data_dir>/SHD/`` (``layout``). The options are those of
-    :class:`EventDataModule` except ``resize``, ``crop_padding`` and ``hflip`` (the 700 channels
-    are not an image), with:
+    Frames ``[B, T, 1, 700]`` (spike counts per bin and channel; a
+    :class:`~lightning_glif.models.mlp.SpikingMLP` flattens them). 8,156 training recordings (a
+    stratified ``val_fraction`` validates; its speakers overlap with training) and 2,264 test
+    recordings, partly by unseen speakers, in ``<data_dir>/SHD/``. The options of
+    :class:`EventDataModule` except the image ones (``resize``, ``crop_padding``, ``hflip``),
+    with:
 
     Args:
         time_steps: frames per recording ``T``.

@@ -1,9 +1,5 @@
-"""Row digits: scikit-learn's 8x8 digits shown one pixel row per time step.
-
-A temporal task where the neuron's dynamics matter: at step t the network sees only row t, so it
-must carry what it saw earlier in its membrane (leak, gates, reset) to tell the digits apart.
-``blank_steps`` inserts zero steps after each row, so that memory must last tens of steps.
-"""
+"""Row digits: a temporal task where the neuron's dynamics matter. At step t the network sees only
+one pixel row, so it must carry what it saw in its membrane (leak, gates, reset)."""
 
 from __future__ import annotations
 
@@ -14,20 +10,11 @@ from .digits import DigitsDataModule, load_digit_images
 
 
 class RowDigitsDataModule(DigitsDataModule):
-    """Digits as sequences ``[B, T, 8]`` float32 in ``[0, 1]``: each pixel row of the 8x8 image
-    (top to bottom) occupies ``T // 8`` consecutive steps, of which the first
-    ``T // 8 - blank_steps`` show the row and the last ``blank_steps`` are zeros. Without blank
-    steps, step ``t`` is row ``t * 8 // T``: ``T = 8`` shows one row per step and ``T = 16`` holds
-    each row for two steps. Labels are int64 in ``0..9``; no download.
-
-    Blank steps make memory matter over longer spans: with ``time_steps=32, blank_steps=3`` each
-    row is shown for 1 step, then 3 blank steps follow (row ``r`` is step ``4 r``, counting from
-    0); the last row ends at step 29 (counting from 1; index 28) and 3 blank steps follow, so
-    every row must be kept across at least 3 zero steps, the first one across 31.
-
-    The split is that of ``DigitsDataModule`` with the same fractions and ``split_seed`` (1,257 /
-    270 / 270 digits by default; ``indices`` holds the rows of ``load_digits()`` in each split),
-    whatever ``time_steps`` and ``blank_steps``. Made for
+    """Digits as sequences ``[B, T, 8]`` float32 in ``[0, 1]``, int64 labels: each pixel row
+    (top to bottom) occupies ``T // 8`` steps, of which the last ``blank_steps`` are zeros. With
+    ``time_steps=32, blank_steps=3`` row ``r`` shows at step ``4 r`` and three zero steps follow,
+    so the first row must be kept across 31 steps. The split is ``DigitsDataModule``'s (the same
+    digits for the same fractions and ``split_seed``). Made for
     :class:`~lightning_glif.models.mlp.SpikingMLP` (``in_features=8``).
 
     Args:

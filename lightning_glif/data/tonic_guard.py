@@ -1,15 +1,11 @@
 """The one place that touches Tonic beyond its documented API: datasets that never download.
 
-Checked against Tonic 1.7.0. A Tonic dataset's constructor calls its private ``_check_exists``
-(its archive is there, and at least N extracted files) and downloads when that fails; Tonic has
-no switch to never download, so a hand-extracted copy without its archive, or a subset, would
-start a download. :func:`offline` returns a subclass whose ``_check_exists`` trusts the caller:
-the DataModules look for the extracted files themselves first (else a clear
-:class:`~lightning_glif.data.errors.DatasetNotFoundError`) and download only on ``download=True``,
-through Tonic's own class. Re-check this module when Tonic is upgraded: if ``_check_exists`` is
-renamed, the override stops applying and Tonic downloads again.
-
-Tonic (GPL-3.0) is imported here; only the event data modules import this module.
+Checked against Tonic 1.7.0. A Tonic dataset's constructor downloads when its private
+``_check_exists`` fails (archive absent, or fewer files than the full set), and Tonic has no
+switch against it. :func:`offline` returns a subclass whose ``_check_exists`` trusts the caller:
+the DataModules look for the extracted files first and download only on ``download=True``,
+through Tonic's own class. Re-check this on a Tonic upgrade: if ``_check_exists`` is renamed,
+Tonic downloads again. Tonic (GPL-3.0) is imported here, only by the event data modules.
 """
 
 from __future__ import annotations
@@ -30,8 +26,7 @@ __all__ = ["offline", "tonic"]  # tonic: the event modules import it from here
 
 
 class NeverDownload:
-    """Mixin for a Tonic dataset class: the files are there (the caller checked), never
-    download."""
+    """Mixin for a Tonic dataset class: the files are there (the caller checked)."""
 
     tonic_class: type  # the Tonic class this one extends (set by offline())
 

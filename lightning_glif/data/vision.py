@@ -1,10 +1,9 @@
-"""MNIST, Fashion-MNIST, CIFAR-10, CIFAR-100 and ImageNet DataModules: offline first, with a
-held-out validation split.
+"""MNIST, Fashion-MNIST, CIFAR-10, CIFAR-100 and ImageNet DataModules, offline first.
 
-Nothing is downloaded unless asked: a missing dataset is one error that names the dataset, the
-folder looked at, the layout expected there and how to get it. The validation split (model
-selection) is held out of the training images with a fixed seed; the official test images are
-used only by ``test`` (the authors selected on the test set: docs/GLIF_SPEC.md section 8).
+Nothing is downloaded unless asked: a missing dataset is one error naming the folder, the layout
+expected there and how to get it. The validation split (model selection) is held out of the
+training images with a fixed seed; the official test images serve only ``test`` (the authors
+selected on the test set: docs/GLIF_SPEC.md section 8).
 """
 
 from __future__ import annotations
@@ -32,52 +31,16 @@ def _with_transform(dataset, transform):
     return view
 
 
-class _ClassificationDataModule(SplitDataModule):
-    """A train split, the val split held out of it, and the official test split.
+class _TorchvisionDataModule(SplitDataModule):
+    """A train split, the val split held out of it, and the official test split, read with
+    torchvision, offline or downloaded on request.
 
-    Drops the last, smaller training batch by default (``drop_last_train``): a batch of a few
-    images gives batch norm noisy statistics. The CIFAR modules make it an option.
-    """
-
-    drop_last_train = True
-
-    def __init__(
-        self,
-        data_dir: str,
-        batch_size: int,
-        eval_batch_size: int | None,
-        val_size: int | float,
-        split_seed: int,
-        num_workers: int,
-    ) -> None:
-        super().__init__(batch_size, num_workers, eval_batch_size)
-        if isinstance(val_size, float) and not 0 < val_size < 1:
-            raise ValueError(
-                f"{type(self).__name__}: val_size {val_size} is a float, a share of the training "
-                "images, and must be in (0, 1); give a whole number (e.g. 5000) for a count."
-            )
-        self.data_dir = Path(data_dir)
-        self.val_size = val_size
-        self.split_seed = split_seed
-
-    def _holdout(self, n: int) -> tuple[list[int], list[int]]:
-        """Indices ``(train, val)`` of ``n`` training images: ``val_size`` of them (a float:
-        ``ceil(val_size * n)``, scikit-learn's rounding of ``test_size``), seeded
-        (:func:`~lightning_glif.data.splits.random_holdout`)."""
-        size = self.val_size
-        if isinstance(size, float):
-            size = max(1, math.ceil(size * n))
-        train, val = random_holdout(n, size, self.split_seed, name="val_size")
-        return train.tolist(), val.tolist()  # Subset indices as Python ints, as before
-
-
-class _TorchvisionDataModule(_ClassificationDataModule):
-    """A torchvision dataset with a train and a test part, read offline or downloaded on request.
-
-    A subclass names the dataset and what lies on disk (:meth:`expected`); this class checks that
-    it is there (one :class:`DatasetNotFoundError` otherwise), holds ``val_size`` training images
-    out with ``split_seed``, and builds the transforms: an optional RandomCrop (``crop_padding``)
-    and horizontal flip for training, then the per-dataset mean/std normalisation.
+    A subclass sets the class attributes below and writes :meth:`expected` (what lies on disk);
+    training augments with RandomCrop (``crop_padding``) and flips (``hflip``), then all images
+    are normalised. Data that is not a torchvision dataset overrides :meth:`check`, :meth:`read`
+    and :meth:`transforms` (see :class:`ImageNetDataModule`). The last, smaller training batch is
+    dropped by default (``drop_last_train``): a batch of a few images gives batch norm noisy
+    statistics.
 
     Args:
         data_dir: data root, the folder that holds the dataset's folder.
@@ -92,11 +55,9 @@ class _TorchvisionDataModule(_ClassificationDataModule):
             process may use, at most 4.
     """
 
+    drop_last_train = True
     name: ClassVar[str]  # display name, e.g. "CIFAR-10"
     dataset: ClassVar[str]  # the torchvision.datasets class that reads it
-    num_classes: ClassVar[int]
-    in_channels: ClassVar[int]
-    image_size: ClassVar[int]
     mean: ClassVar[tuple[float, ...]]
     std: ClassVar[tuple[float, ...]]
     crop_padding: ClassVar[int]  # training RandomCrop(image_size, padding); 0: no crop
@@ -112,8 +73,32 @@ class _TorchvisionDataModule(_ClassificationDataModule):
         split_seed: int = 0,
         num_workers: int = LOADER_WORKERS,
     ) -> None:
-        super().__init__(data_dir, batch_size, eval_batch_size, val_size, split_seed, num_workers)
+        super().__init__(batch_size, num_workers, eval_batch_size)
+        if isinstance(val_size, float) and not 0 < val_size < 1:
+            raise ValueError(
+                f"{type(self).__name__}: val_size {val_size} is a float, a share of the training "
+                "images, and must be in (0, 1); give a whole number (e.g. 5000) for a count."
+            )
+        self.data_dir = Path(data_dir)
         self.download = download
+        self.val_size = val_size
+        self.split_seed = split_seed
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        self.check()
+        train_aug = self.read(train=True, transform=self.transforms(train=True))
+        test = self.read(train=False, transform=self.transforms(train=False))
+        # val_size as a share: ceil(val_size * n), scikit-learn's rounding of test_size
+        n, size = len(train_aug), self.val_size
+        size = max(1, math.ceil(size * n)) if isinstance(size, float) else size
+        train, val = random_holdout(n, size, self.split_seed, name="val_size")
+        self.datasets = {
+            "train": Subset(train_aug, train.tolist()),
+            "val": Subset(_with_transform(train_aug, self.transforms(train=False)), val.tolist()),
+            "test": test,
+        }
 
     def _dataset_class(self):
         return getattr(datasets, self.dataset)
@@ -123,22 +108,14 @@ class _TorchvisionDataModule(_ClassificationDataModule):
         there (relative to it), a note on the layout, and the manual steps that produce it."""
         raise NotImplementedError
 
-    def _check_present(self) -> None:
+    def check(self) -> None:
+        """Raise a clear error for missing (or, in a subclass, unreadable) files."""
         folder, files, layout, manual = self.expected()
         missing = [f for f in files if not (folder / f).is_file()]
         if missing:
             raise DatasetNotFoundError(
                 self.name, folder, missing, layout="\n".join([*files, layout]), manual=manual
             )
-
-    def _check_files(self) -> None:
-        """Check the files :meth:`expected` found, before torchvision reads them (cheap checks
-        only; :class:`CorruptFileError` naming the file). None by default."""
-
-    def _corrupt(self, error: RuntimeError) -> Exception:
-        """The error to raise for torchvision's own ``error`` while reading the files (its
-        integrity check): a :class:`CorruptFileError` naming the file where it can tell."""
-        return error
 
     def _refetch(self, what: str) -> str:
         """The fix of a :class:`CorruptFileError`: delete ``what`` and get it again."""
@@ -164,35 +141,14 @@ class _TorchvisionDataModule(_ClassificationDataModule):
         return T.Compose([*augment, T.ToTensor(), T.Normalize(self.mean, self.std)])
 
     def read(self, train: bool, transform: Any) -> Dataset:
-        """The training or test images under ``transform``: torchvision's dataset."""
-        try:
-            return self._dataset_class()(str(self.data_dir), train=train, transform=transform)
-        except RuntimeError as e:  # torchvision's "Dataset not found or corrupted."
-            raise self._corrupt(e) from e
-
-    def setup(self, stage: str | None = None) -> None:
-        if self.datasets:
-            return
-        self._check_present()
-        self._check_files()
-        train_aug = self.read(train=True, transform=self.transforms(train=True))
-        test = self.read(train=False, transform=self.transforms(train=False))
-        train_eval = _with_transform(train_aug, self.transforms(train=False))
-        train_idx, val_idx = self._holdout(len(train_aug))
-        self.datasets = {
-            "train": Subset(train_aug, train_idx),
-            "val": Subset(train_eval, val_idx),
-            "test": test,
-        }
+        """The training or test images under ``transform``."""
+        return self._dataset_class()(str(self.data_dir), train=train, transform=transform)
 
 
 def idx_shape(path: Path, ndim: int, fix: str | None = None) -> tuple[int, ...]:
-    """The shape in the header of the idx file ``path`` (LeCun's format: magic ``00 00 08
-    <ndim>`` for unsigned bytes, one big-endian uint32 per dimension, then the bytes), checked
-    against the file's size; :class:`CorruptFileError` naming what is wrong otherwise.
-
-    By hand because torchvision checks only that the files exist, and reads a truncated one
-    into a bare reshape error (or an ``AssertionError``)."""
+    """The shape in the header of the idx file ``path`` (magic ``00 00 08 <ndim>``, one
+    big-endian uint32 per dimension, then the bytes), checked against the file's size, else a
+    :class:`CorruptFileError` (torchvision reads a truncated file into a bare reshape error)."""
     with open(path, "rb") as f:
         header = f.read(4 + 4 * ndim)
     if header[:2] == b"\x1f\x8b":
@@ -218,15 +174,11 @@ def idx_shape(path: Path, ndim: int, fix: str | None = None) -> tuple[int, ...]:
 class MNISTDataModule(_TorchvisionDataModule):
     """MNIST through torchvision: ``[B, 1, 28, 28]`` normalised images, labels ``0..9``.
 
-    Expects ``<data_dir>/MNIST/raw/`` with the four unpacked idx files torchvision reads
-    (``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``,
-    ``t10k-labels-idx1-ubyte``). Training augmentation: RandomCrop(28, padding 2), no flips (a
-    mirrored digit is another symbol); then MNIST's mean/std. The validation split is
-    ``val_size`` of the training images (by default 10%: 6,000 of the 60,000, fixed by
-    ``split_seed``), without augmentation; ``test`` uses the 10,000 official test images. Files
-    of your own in this format work too, of any size. The last, smaller training batch is dropped.
-    ``data_dir`` holds ``MNIST/``; ``download`` fetches the four files into
-    ``<data_dir>/MNIST/raw/`` (11 MB; Fashion-MNIST: 30 MB).
+    Reads the four unpacked idx files in ``<data_dir>/MNIST/raw/`` (``train-images-idx3-ubyte``,
+    ``train-labels-idx1-ubyte``, ``t10k-...``); files of your own in this format work too, of any
+    size. ``download`` fetches them (11 MB). Training augmentation: RandomCrop(28, padding 2), no
+    flips (a mirrored digit is another symbol). ``val_size`` of the training images validate;
+    ``test`` uses the test images. The last, smaller training batch is dropped.
     """
 
     name = "MNIST"
@@ -250,7 +202,8 @@ class MNISTDataModule(_TorchvisionDataModule):
         )
         return folder, files, "(the idx files unpacked, without .gz)", manual
 
-    def _check_files(self) -> None:
+    def check(self) -> None:
+        super().check()
         raw = self.data_dir / self.dataset / "raw"
         side = self.image_size
         for part in ("train", "t10k"):
@@ -274,13 +227,8 @@ class MNISTDataModule(_TorchvisionDataModule):
 
 class FashionMNISTDataModule(MNISTDataModule):
     """Fashion-MNIST through torchvision: ``[B, 1, 28, 28]``, labels ``0..9`` (T-shirt/top ..
-    ankle boot).
-
-    Expects ``<data_dir>/FashionMNIST/raw/`` with the same four idx file names as MNIST.
-    Training augmentation: RandomCrop(28, padding 2) and horizontal flips (clothes stay clothes
-    when mirrored); then Fashion-MNIST's mean/std. Everything else as :class:`MNISTDataModule`
-    (same arguments; ``data_dir`` holds ``FashionMNIST/``).
-    """
+    ankle boot), in ``<data_dir>/FashionMNIST/raw/`` under MNIST's file names (download: 30 MB).
+    As :class:`MNISTDataModule`, with horizontal flips (a mirrored shirt is a shirt)."""
 
     name = "Fashion-MNIST"
     dataset = "FashionMNIST"
@@ -292,26 +240,17 @@ class FashionMNISTDataModule(MNISTDataModule):
 class CIFAR10DataModule(_TorchvisionDataModule):
     """CIFAR-10 through torchvision: ``[B, 3, 32, 32]`` normalised images, labels ``0..9``.
 
-    Expects ``<data_dir>/cifar-10-batches-py/`` (``data_batch_1`` .. ``data_batch_5``,
-    ``test_batch``, ``batches.meta``: the python version of the archive, as torchvision unpacks
-    it). Training augmentation as the GLIF recipe (docs/GLIF_SPEC.md section 6): RandomCrop(32,
-    padding 4) and horizontal flips, then the GLIF authors' normalisation (their
-    ``data_builder.py``: mean (0.4914, 0.4822, 0.4465), std (0.247, 0.243, 0.261); CIFAR-100:
-    (129.3, 124.1, 112.4) / 255 and (68.2, 65.4, 70.4) / 255), so their checkpoints see the
-    inputs they were trained on. The validation split is ``val_size`` of the 50,000 training
-    images (10%: 5,000, fixed by ``split_seed``), without augmentation; ``test`` uses the 10,000
-    official test images. Note: the paper trained on all 50,000 images and selected on the test
-    set; here selection uses the held-out split.
-
-    The files are checked against the originals' md5 sums (torchvision's); a mismatch names
-    every file that differs. ``verify_md5=False`` reads files that differ on purpose (a repacked
-    copy) as they are.
-
-    ``data_dir`` holds ``cifar-10-batches-py/``; ``download`` fetches 170 MB. The options are
-    those of every torchvision module (as :class:`MNISTDataModule`), and:
+    Reads ``<data_dir>/cifar-10-batches-py/`` (the python version, as torchvision unpacks it;
+    ``download`` fetches 170 MB). The GLIF recipe (docs/GLIF_SPEC.md section 6): RandomCrop(32,
+    padding 4) and flips, then the authors' normalisation (their ``data_builder.py``), so their
+    checkpoints see the inputs they were trained on. ``val_size`` of the 50,000 training images
+    validate; ``test`` uses the 10,000 test images (the paper trained on all 50,000 and selected
+    on the test set). Files are checked against torchvision's md5 sums of the originals; a
+    mismatch names every file that differs. Other options as :class:`MNISTDataModule`.
 
     Args:
-        verify_md5: check every file against the original's md5 before reading it.
+        verify_md5: check every file against the original's md5 before reading it (``False``
+            reads a copy that differs on purpose, e.g. repacked, as it is).
         drop_last: drop the last, smaller training batch of each epoch. Off by default, as the
             GLIF authors' single-GPU loader (their multi-GPU loader drops it).
     """
@@ -347,13 +286,17 @@ class CIFAR10DataModule(_TorchvisionDataModule):
         return folder, list(self.files), "(the python version of the dataset, unpacked)", manual
 
     def read(self, train: bool, transform: Any) -> Dataset:
-        if self.verify_md5:
+        if not self.verify_md5:
+            unverified = {"CIFAR10": UnverifiedCIFAR10, "CIFAR100": UnverifiedCIFAR100}
+            return unverified[self.dataset](str(self.data_dir), train=train, transform=transform)
+        try:
             return super().read(train, transform)
-        unverified = {"CIFAR10": UnverifiedCIFAR10, "CIFAR100": UnverifiedCIFAR100}
-        return unverified[self.dataset](str(self.data_dir), train=train, transform=transform)
+        except RuntimeError as e:  # torchvision's "Dataset not found or corrupted."
+            raise self._corrupt(e) from e
 
     def _corrupt(self, error: RuntimeError) -> Exception:
-        # torchvision compares every file's md5 with the original's and names none: find them.
+        """A :class:`CorruptFileError` naming the file whose md5 differs (torchvision names
+        none), else torchvision's ``error``."""
         source = self._dataset_class()
         folder = self.data_dir / self.folder
         meta = (source.meta["filename"], source.meta["md5"])
@@ -389,11 +332,9 @@ class UnverifiedCIFAR100(datasets.CIFAR100):
 
 
 class CIFAR100DataModule(CIFAR10DataModule):
-    """CIFAR-100 through torchvision: ``[B, 3, 32, 32]``, labels ``0..99``.
-
-    Expects ``<data_dir>/cifar-100-python/`` (``train``, ``test``, ``meta``). Everything else as
-    :class:`CIFAR10DataModule` (same options), with the GLIF authors' CIFAR-100 mean and std.
-    """
+    """CIFAR-100 through torchvision: ``[B, 3, 32, 32]``, labels ``0..99``, from
+    ``<data_dir>/cifar-100-python/``. As :class:`CIFAR10DataModule` (same options), with the GLIF
+    authors' CIFAR-100 mean and std."""
 
     name = "CIFAR-100"
     dataset = "CIFAR100"
@@ -406,16 +347,15 @@ class CIFAR100DataModule(CIFAR10DataModule):
     files: ClassVar[list[str]] = ["train", "test", "meta"]
 
 
-class ImageNetDataModule(_ClassificationDataModule):
+class ImageNetDataModule(_TorchvisionDataModule):
     """ImageNet-1k from an ImageFolder layout: ``[B, 3, 224, 224]`` normalised images.
 
-    Expects ``<data_dir>/imagenet/train/<class>/*.JPEG`` and ``<data_dir>/imagenet/val/<class>/``
-    (the validation images sorted into one folder per class, the same classes as ``train``).
-    ImageNet cannot be downloaded automatically (it needs a licence); nothing is fetched. Training
-    augmentation as the GLIF recipe: RandomResizedCrop(224, scale (0.2, 1)) and flips;
-    evaluation: resize 256, centre crop 224. The validation split (model selection) is
-    ``val_size`` images held out of ``train``; ``test`` uses the official ``val`` folder. The
-    last, smaller training batch is dropped, as the GLIF authors' multi-GPU loader.
+    Reads ``<data_dir>/imagenet/train/<class>/*.JPEG`` and ``<data_dir>/imagenet/val/<class>/``
+    (the validation images sorted into the training classes' folders); nothing is downloaded
+    (ImageNet needs a licence). The GLIF recipe: RandomResizedCrop(224, scale (0.2, 1)) and
+    flips; evaluation: resize 256, centre crop 224. ``val_size`` images held out of ``train``
+    validate; ``test`` uses ``val``. The last, smaller training batch is dropped, as the GLIF
+    authors' multi-GPU loader.
 
     Args:
         data_dir: data root, the folder that holds ``imagenet/train/`` and ``imagenet/val/``.
@@ -444,10 +384,11 @@ class ImageNetDataModule(_ClassificationDataModule):
         split_seed: int = 0,
         num_workers: int = min(8, CPUS or 1),
     ) -> None:
-        super().__init__(data_dir, batch_size, eval_batch_size, val_size, split_seed, num_workers)
+        super().__init__(
+            data_dir, False, batch_size, eval_batch_size, val_size, split_seed, num_workers
+        )
 
     def transforms(self, train: bool):
-        """The training (augmenting) or evaluation transform."""
         normalise = [T.ToTensor(), T.Normalize(self.mean, self.std)]
         if train:
             crop = [T.RandomResizedCrop(224, scale=(0.2, 1.0)), T.RandomHorizontalFlip()]
@@ -455,9 +396,7 @@ class ImageNetDataModule(_ClassificationDataModule):
             crop = [T.Resize(256), T.CenterCrop(224)]
         return T.Compose([*crop, *normalise])
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.datasets:
-            return
+    def check(self) -> None:
         root = self.data_dir / "imagenet"
         missing = [f"{s}/" for s in ("train", "val") if not (root / s).is_dir()]
         if missing:
@@ -469,11 +408,7 @@ class ImageNetDataModule(_ClassificationDataModule):
                 "automatically: get ILSVRC2012 from https://image-net.org, arrange it so, and "
                 "point --data.init_args.data_dir at the folder that holds imagenet/ (lowercase)."
             )
-        train_aug = datasets.ImageFolder(str(root / "train"), transform=self.transforms(train=True))
-        train_eval = _with_transform(train_aug, self.transforms(train=False))
-        train_idx, val_idx = self._holdout(len(train_aug))
-        self.datasets = {
-            "train": Subset(train_aug, train_idx),
-            "val": Subset(train_eval, val_idx),
-            "test": datasets.ImageFolder(str(root / "val"), transform=self.transforms(train=False)),
-        }
+
+    def read(self, train: bool, transform: Any) -> Dataset:
+        part = "train" if train else "val"
+        return datasets.ImageFolder(str(self.data_dir / "imagenet" / part), transform=transform)
