@@ -384,7 +384,7 @@ def test_widenet7b_gives_the_authors_spikes(tmp_path, backend):
 def test_describes_each_file():
     names = ("resnet19_cifar10_t6", "resnet18_cifar100_t6", "resnet18ms_imagenet_t6",
              "widenet7b_cifar10dvs_t16")  # fmt: skip
-    seen = {name: str(describe_authors(strip(fabricate(name, 0)))) for name in names}
+    seen = {name: describe_authors(strip(fabricate(name, 0))).description for name in names}
     assert seen["resnet19_cifar10_t6"].startswith(
         "the authors' ResNet-19 for CIFAR-10 (10 classes, T=6, in_channels=3, stem 128 channels"
     )
