@@ -1,13 +1,9 @@
-"""Callbacks: the observability monitors (the neurons' gates, the layers' firing, synaptic
-operations and energy), :class:`NonFiniteGuard`, which stops training at the first non-finite
-loss or gradient, and :class:`RunState`, which carries the RNG states and the model's description
-in every checkpoint and checks that a checkpoint fits the model.
+"""Callbacks: the monitors (gates, firing, synaptic operations and energy), :class:`NonFiniteGuard`
+(stops at the first NaN/Inf loss or gradient) and :class:`RunState` (RNG states and the model's
+description in every checkpoint, and the check that a checkpoint fits the model).
 
-The monitors and the guard go in ``trainer.callbacks`` (conf/default.yaml has them, beside two
-stock ``ModelCheckpoint``: the best epoch and ``last.ckpt``); the monitors' scalars go to every
-logger of the trainer, their histograms and images to its TensorBoardLogger, and
-``notebooks/inspect_run.ipynb`` plots what they logged. The CLI adds :class:`RunState` to every
-run.
+conf/default.yaml lists the monitors and the guard; the CLI adds :class:`RunState` to every run.
+``notebooks/inspect_run.ipynb`` plots what the monitors log.
 """
 
 from lightning_glif.callbacks.finite import NonFiniteGuard, NonFiniteLossError

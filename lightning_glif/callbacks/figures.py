@@ -1,8 +1,7 @@
-"""Matplotlib figures of the neurons' values per layer (drawn off-screen, no pyplot state).
+"""Matplotlib figures of the neurons' values per layer, off-screen (no pyplot state).
 
-Layers are coloured by depth (their order in ``named_modules()``), from dark to light. Kept
-cheap, as they may be drawn every epoch: no layout engine and three ticks per axis (tick labels
-are most of the drawing time).
+Layers are coloured by depth, dark to light. Cheap enough to draw every epoch: no layout engine,
+three ticks per axis (tick labels are most of the drawing time).
 """
 
 from __future__ import annotations
@@ -26,8 +25,8 @@ def _layer_colors(n: int) -> list:
 
 
 def _short_names(layers: Sequence[str]) -> list[str]:
-    """Layer names without the prefix they all share, but for its last part
-    (``backbone.features.0.2`` -> ``features.0.2``)."""
+    """Names without their shared prefix but its last part (``backbone.features.0.2`` ->
+    ``features.0.2``)."""
     if len(layers) < 2:
         return list(layers)
     parts = [name.split(".") for name in layers]
@@ -50,8 +49,7 @@ def _panels(n: int) -> tuple[Figure, Sequence]:
 
 def _finish(figure: Figure, axes: Sequence, layers: Sequence[str]) -> Figure:
     if len(layers) <= MAX_LEGEND:
-        # One handle per layer in its colour: the last panel may lack a layer's line, so its
-        # lines cannot label the layers.
+        # A handle per layer: the last panel may lack a layer's line.
         handles = [Line2D([], [], color=c) for c in _layer_colors(len(layers))]
         axes[-1].legend(
             handles, _short_names(layers), fontsize=7, loc="upper left", bbox_to_anchor=(1, 1)
@@ -63,8 +61,8 @@ def _finish(figure: Figure, axes: Sequence, layers: Sequence[str]) -> Figure:
 
 
 def quantities(values: Mapping[str, Mapping[str, object]]) -> list[str]:
-    """The quantity names of ``{layer: {quantity: ...}}``, each once, in first-seen order (GLIF:
-    alpha, beta, gamma), so that the panels follow what the neurons report."""
+    """The quantity names of ``{layer: {quantity: ...}}``, in first-seen order (GLIF: alpha,
+    beta, gamma)."""
     return list(dict.fromkeys(q for per_layer in values.values() for q in per_layer))
 
 
@@ -73,10 +71,8 @@ def evolution_figure(
     means: Mapping[str, Mapping[str, Sequence[float]]],
     stds: Mapping[str, Mapping[str, Sequence[float]]] | None = None,
 ):
-    """Mean gate of each layer against epoch, with a band of one across-channel standard
-    deviation around it where ``stds`` has one (channels that learn apart widen the band even
-    when the mean stays): one panel per gate (the gates of ``means``, in first-seen order);
-    layers without any are left out.
+    """One panel per gate: each layer's mean against epoch, within a band of one across-channel
+    standard deviation where ``stds`` has one. Layers without gates are left out.
 
     Args:
         epochs: the x values, ``[E]``.
@@ -98,8 +94,8 @@ def evolution_figure(
             std = stds.get(layer, {}).get(gate)
             if std is not None and len(std) == len(mean):
                 x = epochs[: len(mean)]
-                ax.fill_between(x, mean - np.asarray(std), mean + np.asarray(std), color=color,
-                                alpha=0.2, linewidth=0)  # fmt: skip
+                low, high = mean - np.asarray(std), mean + np.asarray(std)
+                ax.fill_between(x, low, high, color=color, alpha=0.2, linewidth=0)
         # Zoom on the data, but never below a 0.02 span (gates at the paper's lr / 10 move little).
         lo, hi = ax.get_ylim()
         mid, half = (lo + hi) / 2, max(hi - lo, 0.02) / 2
@@ -110,32 +106,22 @@ def evolution_figure(
     return _finish(figure, axes, layers)
 
 
-def _edges(arrays: Sequence[np.ndarray], bins: int) -> np.ndarray:
-    """``bins`` equal bins over the range of all ``arrays``, padded by 5% (0.05 if constant)."""
-    lo = min(float(a.min()) for a in arrays)
-    hi = max(float(a.max()) for a in arrays)
-    pad = 0.05 * (hi - lo) if hi > lo else 0.05
-    return np.linspace(lo - pad, hi + pad, bins + 1)
-
-
-def distribution_figure(
-    values: Mapping[str, Mapping[str, np.ndarray]], quantities: Sequence[str], bins: int = 30
-):
-    """Distribution over channels of each quantity, one outline per layer: one panel each.
+def distribution_figure(values: Mapping[str, Mapping[str, np.ndarray]], bins: int = 30):
+    """One panel per quantity (first-seen order): its distribution over channels, one outline
+    per layer.
 
     Args:
         values: ``{layer: {quantity: array}}`` (any shape; all elements are counted).
-        quantities: the panels, in order (e.g. :func:`quantities` of ``values``); those no
-            layer has are left out, and so are the layers that have none of them.
-        bins: bins per panel, shared by its layers, over the range of the panel's values.
+        bins: bins per panel, over the range of the panel's values.
     """
-    panels = [q for q in quantities if any(q in v for v in values.values())]
-    values = {layer: v for layer, v in values.items() if any(q in v for q in panels)}
+    values = {layer: v for layer, v in values.items() if v}
+    panels = quantities(values)
     layers = list(values)
     figure, axes = _panels(len(panels))
     colors = _layer_colors(len(layers))
     for ax, quantity in zip(axes, panels, strict=True):
-        edges = _edges([v[quantity] for v in values.values() if quantity in v], bins)
+        shown = [np.ravel(v[quantity]) for v in values.values() if quantity in v]
+        edges = np.histogram_bin_edges(np.concatenate(shown), bins)
         for layer, color in zip(layers, colors, strict=True):
             if quantity in values[layer]:
                 counts, _ = np.histogram(values[layer][quantity], bins=edges)

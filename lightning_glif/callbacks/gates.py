@@ -1,4 +1,4 @@
-"""How each neuron layer's gates and membrane parameters evolve during training, in TensorBoard."""
+"""How each neuron layer's gates and membrane parameters evolve during training."""
 
 from __future__ import annotations
 
@@ -18,40 +18,24 @@ Snapshot = dict[str, dict[str, Observable]]
 
 
 class GateMonitor(Callback):
-    """Logs what every neuron layer reports in its
-    :meth:`~lightning_glif.neurons.SpikingNeuron.observables` (GLIF: its gates and membrane
-    values; LIF, PLIF: decay and threshold; a new neuron: whatever it reports there).
+    """Logs each :class:`~lightning_glif.neurons.SpikingNeuron` layer's
+    :meth:`~lightning_glif.neurons.SpikingNeuron.observables` (GLIF: gates and membrane values;
+    LIF, PLIF: decay and threshold), keyed by module name, on global rank 0, at the start of
+    training, every ``every_n_steps`` optimizer steps and at the end, at ``trainer.global_step``:
 
-    Layers are every :class:`~lightning_glif.neurons.SpikingNeuron`, keyed by module name. At
-    the start of training, every ``every_n_steps`` optimizer steps and at the end of training,
-    on global rank 0 (the parameters are the same on every rank), at step
-    ``trainer.global_step``, for each observable ``<name>`` of group ``<group>`` (``gates`` or
-    ``membrane``; tags from :func:`lightning_glif.training.tags.observable`):
+    - ``<group>/<layer>/<name>``: histogram over channels (TensorBoardLogger only), e.g.
+      ``gates/<layer>/alpha``; ``<group>`` is ``gates`` or ``membrane``;
+    - ``<group>/<layer>/<name>_mean``, ``..._std``: mean and population std (``ddof=0``) over
+      channels, to every logger;
+    - a per-step observable (GLIF's conductance ``[T, C]``): the same per time step ``k``, e.g.
+      ``membrane/<layer>/conductance_mean/t<k>``.
 
-    - ``<group>/<layer>/<name>``: histogram over channels (e.g. ``gates/<layer>/alpha``), to
-      the TensorBoardLogger only;
-    - ``<group>/<layer>/<name>_mean`` and ``<group>/<layer>/<name>_std``: the mean over
-      channels and their population standard deviation (numpy's default ``ddof=0``, so 0 for a
-      layer-wise scalar), to every logger;
-    - for a per-step observable (GLIF's conductance ``[T, C]``), the same for each time step
-      ``k``: ``membrane/<layer>/conductance/t<k>``, ``membrane/<layer>/conductance_mean/t<k>``,
-      ``membrane/<layer>/conductance_std/t<k>``.
-
-    Every histogram has ``bins`` equal bins over the range of its values (numpy's
-    ``histogram(values, bins)``; its min, max, sum and count are stored exactly). The values of
-    a step inside an epoch are copied on the device when the step ends and written at the end of
-    the epoch, at their own step: no step waits for the device.
-
-    Images (TensorBoardLogger only, ``SummaryWriter.add_figure``): ``gates/evolution`` (the mean
-    of each ``gates`` observable per layer against the epochs so far, epoch 0 being the initial
-    values) and ``gates/distributions`` (each gate's distribution over channels, one outline per
-    layer: the paper's figure of bell-shaped gate distributions; the membrane parameters' are in
-    the histograms), every ``figure_every_n_epochs`` training epochs and after the last. The
-    evolution is kept as one float per gate per layer per epoch, saved in checkpoints so that a
-    resumed run continues it, so the last image shows the whole run. Drawing a pair of images
-    takes matplotlib longer than a whole epoch of the embedded runs, so by default they are
-    drawn after the last epoch only; runs of long epochs (CIFAR) can afford
-    ``figure_every_n_epochs: 1``.
+    A step's values are copied on the device when it ends and written at the epoch's end, so no
+    step waits. Images (TensorBoardLogger only): ``gates/evolution`` (each gate's mean per layer
+    against epoch, epoch 0 the initial values; kept in checkpoints, so a resumed run continues
+    it) and ``gates/distributions`` (each gate over channels, one outline per layer), every
+    ``figure_every_n_epochs`` epochs and after the last. Drawing them takes longer than an epoch
+    of the embedded runs, hence after the last epoch only by default.
 
     Args:
         every_n_steps: log the histograms and scalars every this many optimizer steps
@@ -90,8 +74,7 @@ class GateMonitor(Callback):
         self._last_figure: int | None = None  # epoch of the last images
 
     def snapshot(self) -> Snapshot:
-        """``{layer: {name: observable}}`` of every monitored layer: detached float32 copies on
-        the model's device (the shapes of the neuron's :meth:`observables`)."""
+        """Detached float32 copies of every layer's observables, on the model's device."""
         with torch.no_grad():
             return {
                 layer: {
@@ -101,7 +84,6 @@ class GateMonitor(Callback):
                 for layer, module in self.layers.items()
             }
 
-    # -- when -----------------------------------------------------------------------------------
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.layers = {n: m for n, m in pl_module.named_modules() if isinstance(m, SpikingNeuron)}
         if not trainer.is_global_zero or not self.layers:
@@ -147,7 +129,6 @@ class GateMonitor(Callback):
         self.means = state_dict.get("means", {})
         self.stds = state_dict.get("stds", {})
 
-    # -- what -----------------------------------------------------------------------------------
     def _flush(self, trainer: Trainer) -> None:
         for step, snapshot in self._pending:
             self._log(trainer, step, snapshot)
@@ -163,11 +144,10 @@ class GateMonitor(Callback):
                 if obs.group == "membrane" and not self.membrane:
                     continue
                 v = obs.value.cpu().numpy()
-                # [T, C] or [T]: one series per time step; else one series (k = None)
+                # per step ([T, C] or [T]): one series per time step k
                 series = enumerate(v.reshape(v.shape[0], -1)) if obs.per_step else [(None, v)]
                 for k, values in series:
-                    # Statistics in float64: a constant float32 layer then has exactly its value
-                    # as mean and 0 as std. np.std: the population std (ddof=0).
+                    # float64: a constant layer's mean is exactly its value, its std 0.
                     wide = values.astype(np.float64)
                     for stat, value in (("mean", wide.mean()), ("std", wide.std())):
                         scalars[tags.observable(obs.group, layer, name, stat, k)] = float(value)
@@ -178,9 +158,7 @@ class GateMonitor(Callback):
 
     @staticmethod
     def gates(snapshot: Snapshot) -> dict[str, dict[str, np.ndarray]]:
-        """``{layer: {gate: values}}`` on the host: the ``gates`` observables of the layers that
-        have any (a layer without gates would take a colour and a legend entry and draw
-        nothing)."""
+        """``{layer: {gate: values}}`` on the host, for the layers that have gates."""
         gates = {
             layer: {n: o.value.cpu().numpy() for n, o in obs.items() if o.group == "gates"}
             for layer, obs in snapshot.items()
@@ -188,7 +166,7 @@ class GateMonitor(Callback):
         return {layer: g for layer, g in gates.items() if g}
 
     def record(self, epoch: int, snapshot: Snapshot) -> None:
-        """Append the gates' means and stds of ``snapshot`` to the evolution, as ``epoch``."""
+        """Append the gates' means and stds of ``snapshot`` to the evolution at ``epoch``."""
         self.epochs.append(epoch)
         for layer, gates in self.gates(snapshot).items():
             means, stds = self.means.setdefault(layer, {}), self.stds.setdefault(layer, {})
@@ -198,11 +176,7 @@ class GateMonitor(Callback):
                 stds.setdefault(gate, []).append(float(values.std()))
 
     def _log_figures(self, trainer: Trainer, snapshot: Snapshot, epoch: int) -> None:
-        from lightning_glif.callbacks.figures import (
-            distribution_figure,
-            evolution_figure,
-            quantities,
-        )
+        from lightning_glif.callbacks import figures  # matplotlib: imported when first drawn
 
         self._last_figure = epoch
         writer = summary_writer(trainer, type(self).__name__)
@@ -210,9 +184,9 @@ class GateMonitor(Callback):
             return
         step = trainer.global_step
         if any(self.means.values()):
-            evolution = evolution_figure(self.epochs, self.means, self.stds)
+            evolution = figures.evolution_figure(self.epochs, self.means, self.stds)
             writer.add_figure(tags.GATE_EVOLUTION, evolution, step)
         gates = self.gates(snapshot)
         if gates:
-            distributions = distribution_figure(gates, quantities(gates))
+            distributions = figures.distribution_figure(gates)
             writer.add_figure(tags.GATE_DISTRIBUTIONS, distributions, step)

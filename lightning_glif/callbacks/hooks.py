@@ -1,12 +1,10 @@
-"""Shared by the monitors: where their values go (every logger's ``log_metrics``; histograms and
-images to a TensorBoardLogger), and the base of the monitors that count what passes through
-modules: forward hooks active only inside the batches of chosen stages, per-epoch accumulators
-on the device, one all-reduce and one read per epoch."""
+"""Shared by the monitors: where their values go (scalars to every logger, histograms and images
+to a TensorBoardLogger), and the base of the monitors that count what passes through modules."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import partial
+from functools import partial, partialmethod
 from typing import Any, Literal
 
 import torch
@@ -23,34 +21,26 @@ _WARNED: set[tuple[int, str]] = set()  # (trainer id, message) of summary_writer
 
 
 def log_scalars(trainer: Trainer, metrics: dict[str, float], step: int) -> None:
-    """Send scalars to every logger of the trainer (TensorBoard, CSV, ...) through its public
-    ``log_metrics``. Call it on global rank 0 only, as loggers write there."""
+    """Send scalars to every logger of the trainer through ``log_metrics`` (on global rank 0)."""
     for logger in trainer.loggers:
         logger.log_metrics(metrics, step)
 
 
 def summary_writer(trainer: Trainer, owner: str) -> SummaryWriter | None:
-    """The SummaryWriter of the trainer's first TensorBoardLogger, for histograms and images;
-    ``None`` where there is none: say once what is skipped (the scalars still reach the other
-    loggers; with no logger at all, nothing is written). Call it on global rank 0 only: other
-    ranks hold a dummy experiment."""
+    """The SummaryWriter of the trainer's first TensorBoardLogger (on global rank 0), or
+    ``None``, saying once per run what ``owner`` then skips."""
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
             return logger.experiment
     if trainer.fast_dev_run:  # fast_dev_run mutes the loggers on purpose
         return None
-    if trainer.loggers:
-        names = ", ".join(type(logger).__name__ for logger in trainer.loggers)
-        message = (
-            f"{owner}: the trainer has no TensorBoardLogger, so its histograms and images are "
-            f"skipped; its scalars still go to {names}. Add "
-            "pytorch_lightning.loggers.TensorBoardLogger to trainer.logger to get them."
-        )
-    else:
-        message = (
-            f"{owner}: the trainer has no logger, so nothing it measures is written (its latest "
-            "scalars stay in its .last). Set trainer.logger to get them."
-        )
+    names = ", ".join(type(logger).__name__ for logger in trainer.loggers)
+    scalars = f"its scalars still go to {names}" if names else "with no logger, so are its scalars"
+    message = (
+        f"{owner}: the trainer has no TensorBoardLogger, so its histograms and images are "
+        f"skipped; {scalars}. Add pytorch_lightning.loggers.TensorBoardLogger to trainer.logger "
+        "to get them."
+    )
     if (id(trainer), message) not in _WARNED:  # once a run (Python's filter would repeat it)
         _WARNED.add((id(trainer), message))
         rank_zero_warn(message)
@@ -58,31 +48,21 @@ def summary_writer(trainer: Trainer, owner: str) -> SummaryWriter | None:
 
 
 class ForwardHookMonitor(Callback):
-    """Base of the monitors that observe module outputs with forward hooks.
+    """Base of the monitors that observe modules with forward hooks.
 
-    The hooks are registered when fitting, validation or testing starts and removed in
-    ``teardown``. They do nothing outside the batches of ``stages`` (and during the sanity
-    check), so a forward pass a user runs by hand, or a stage that is not monitored, is not
-    counted. Each monitored epoch starts from zeroed
-    accumulators (:meth:`reset`) and ends with :meth:`report`, where subclasses sum their
-    accumulators over the DDP ranks with :meth:`all_sum` and, on global rank 0, hand the
-    scalars to :meth:`publish`, which logs them and keeps them in :attr:`last`. Hooks run under
-    ``torch.no_grad`` and should only add to accumulators that live on the device: no host
-    synchronisation per step (tests/test_host_reads.py checks the shipped monitors).
-
-    Subclasses implement :meth:`select`, :meth:`reset`, :meth:`observe` and :meth:`report`.
+    The hooks count only inside the batches of ``stages`` (not in the sanity check, not in a
+    forward run by hand). Each monitored epoch starts from zeroed accumulators (:meth:`reset`);
+    :meth:`observe` adds to them on the device, under ``torch.no_grad``, with no host read per
+    step (tests/test_host_reads.py); :meth:`report` sums them over the DDP ranks
+    (``trainer.strategy.reduce``) and, on global rank 0, logs them (:meth:`publish`).
 
     Args:
         stages: the loops to monitor, any of ``"train"``, ``"val"``, ``"test"``.
-        train_every_n_batches: observe one training batch in this many (those whose
-            ``batch_idx`` is a multiple of it, the first of each epoch included); validation and
-            test batches are always all observed. :attr:`samples` counts the observed batches
-            only, so per-sample figures stay unbiased estimates.
+        train_every_n_batches: observe the training batches whose ``batch_idx`` is a multiple
+            of this (validation and test batches: all). :attr:`samples` counts observed samples.
 
     Attributes:
-        last: per stage, the scalars of its latest report, ``{tag: value}`` (tags from
-            :mod:`lightning_glif.training.tags`), so callers read them without parsing event files.
-            Filled on global rank 0 only; replaced, not merged, at each report of the stage.
+        last: per stage, the scalars of its latest report, ``{tag: value}`` (global rank 0).
     """
 
     def __init__(self, stages: Sequence[Stage], train_every_n_batches: int = 1) -> None:
@@ -105,7 +85,6 @@ class ForwardHookMonitor(Callback):
         self.samples: dict[str, int] = {}
         self.last: dict[str, dict[str, float]] = {}
 
-    # -- what subclasses define ------------------------------------------------------------------
     def select(self, pl_module: LightningModule) -> dict[str, nn.Module]:
         """The modules to hook, keyed by their name in ``pl_module.named_modules()``."""
         raise NotImplementedError
@@ -117,63 +96,36 @@ class ForwardHookMonitor(Callback):
     def observe(
         self, stage: str, name: str, module: nn.Module, inputs: tuple[Any, ...], output: Any
     ) -> None:
-        """Add what one forward call of module ``name`` did to the accumulators of ``stage``."""
+        """Add one forward call of module ``name`` to the accumulators of ``stage``."""
         raise NotImplementedError
 
     def report(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         """Reduce the accumulators of ``stage`` over the ranks and log them (rank 0)."""
         raise NotImplementedError
 
-    # -- shared machinery ------------------------------------------------------------------------
     def publish(self, trainer: Trainer, stage: str, scalars: dict[str, float]) -> None:
         """Log ``scalars`` at the global step and keep them as ``last[stage]`` (rank 0)."""
         self.last[stage] = dict(scalars)
         log_scalars(trainer, scalars, trainer.global_step)
 
-    @staticmethod
-    def all_sum(trainer: Trainer, tensor: torch.Tensor) -> torch.Tensor:
-        """``tensor`` summed over all processes (every rank must call this, in the same order)."""
-        if trainer.world_size > 1:
-            tensor = trainer.strategy.reduce(tensor, reduce_op="sum")
-        return tensor
-
     def _hook(self, name: str, module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
-        if self._stage is None:
-            return
-        with torch.no_grad():
-            self.observe(self._stage, name, module, inputs, output)
+        if self._stage is not None:
+            with torch.no_grad():
+                self.observe(self._stage, name, module, inputs, output)
 
-    def _remove_hooks(self) -> None:
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Once per run, after configure_model and the move to the device.
+        if not self._handles:
+            for name, module in self.select(pl_module).items():
+                self._handles.append(module.register_forward_hook(partial(self._hook, name)))
+
+    on_validation_start = on_test_start = on_fit_start
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles = []
-
-    def _attach(self, pl_module: LightningModule) -> None:
-        """Hook the selected modules once per run (after ``configure_model`` and the move to the
-        device, so late-built layers are found and the accumulators live where the model is)."""
-        if self._handles:
-            return
-        for name, module in self.select(pl_module).items():
-            self._handles.append(module.register_forward_hook(partial(self._hook, name)))
-        for s in self.stages:
-            self._reset(s, pl_module)
-
-    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._attach(pl_module)
-
-    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._attach(pl_module)
-
-    def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._attach(pl_module)
-
-    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        self._remove_hooks()
         self._stage = None
-
-    def _reset(self, stage: str, pl_module: LightningModule) -> None:
-        self.samples[stage] = 0
-        self.reset(stage, pl_module)
 
     def _batch_start(self, trainer: Trainer, stage: str, batch: Any, batch_idx: int) -> None:
         sampled = stage != "train" or batch_idx % self.train_every_n_batches == 0
@@ -183,53 +135,34 @@ class ForwardHookMonitor(Callback):
         else:
             self._stage = None
 
-    def _epoch_start(self, pl_module: LightningModule, stage: str) -> None:
-        if stage in self.stages:
-            self._reset(stage, pl_module)
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._batch_start(trainer, "train", batch, batch_idx)
 
-    def _epoch_end(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, *_) -> None:
+        self._batch_start(trainer, "val", batch, batch_idx)
+
+    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, *_) -> None:
+        self._batch_start(trainer, "test", batch, batch_idx)
+
+    def on_train_batch_end(self, *_: Any) -> None:
+        self._stage = None  # a forward between batches is not counted
+
+    on_validation_batch_end = on_test_batch_end = on_train_batch_end
+
+    def _epoch_start(self, stage: str, trainer: Trainer, pl_module: LightningModule) -> None:
+        if stage in self.stages:
+            self.samples[stage] = 0
+            self.reset(stage, pl_module)
+
+    def _epoch_end(self, stage: str, trainer: Trainer, pl_module: LightningModule) -> None:
         self._stage = None
         if stage in self.stages and not trainer.sanity_checking:
             self.report(trainer, pl_module, stage)
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self._batch_start(trainer, "train", batch, batch_idx)
-
-    def on_validation_batch_start(
-        self, trainer, pl_module, batch, batch_idx, dataloader_idx=0
-    ) -> None:
-        self._batch_start(trainer, "val", batch, batch_idx)
-
-    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
-        self._batch_start(trainer, "test", batch, batch_idx)
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self._stage = None
-
-    def on_validation_batch_end(
-        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
-    ) -> None:
-        self._stage = None
-
-    def on_test_batch_end(
-        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
-    ) -> None:
-        self._stage = None
-
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self._epoch_start(pl_module, "train")
-
-    def on_validation_epoch_start(self, trainer, pl_module) -> None:
-        self._epoch_start(pl_module, "val")
-
-    def on_test_epoch_start(self, trainer, pl_module) -> None:
-        self._epoch_start(pl_module, "test")
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        self._epoch_end(trainer, pl_module, "train")
-
-    def on_validation_epoch_end(self, trainer, pl_module) -> None:
-        self._epoch_end(trainer, pl_module, "val")
-
-    def on_test_epoch_end(self, trainer, pl_module) -> None:
-        self._epoch_end(trainer, pl_module, "test")
+    # Lightning calls the hooks by name: one function each for the three loops.
+    on_train_epoch_start = partialmethod(_epoch_start, "train")
+    on_validation_epoch_start = partialmethod(_epoch_start, "val")
+    on_test_epoch_start = partialmethod(_epoch_start, "test")
+    on_train_epoch_end = partialmethod(_epoch_end, "train")
+    on_validation_epoch_end = partialmethod(_epoch_end, "val")
+    on_test_epoch_end = partialmethod(_epoch_end, "test")
