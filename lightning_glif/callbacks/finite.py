@@ -17,13 +17,11 @@ from lightning_glif.neurons.functional import membrane_sequence
 
 
 def non_finite(tensors: Iterable[torch.Tensor | None]) -> torch.Tensor:
-    """Whether any element of the floating-point tensors among ``tensors`` is NaN or Inf
-    (``None`` and integer tensors are skipped), as a boolean scalar tensor on the device of the
-    first of them: nothing is read back to the host, the caller decides when to.
+    """Whether any element of the floating-point ``tensors`` is NaN or Inf (``None`` and integer
+    tensors skipped): a boolean scalar on the device, not read back to the host.
 
-    The check is their largest absolute value (``torch.nn.utils.get_total_norm`` with
-    ``norm_type=inf``, one fused pass per device and dtype where torch has one), which is NaN or
-    Inf exactly when an element is: unlike the 2-norm, no square can overflow to Inf.
+    Their largest absolute value (``get_total_norm`` with ``norm_type=inf``, fused per device and
+    dtype) is non-finite exactly when an element is; a 2-norm's squares could overflow.
     """
     floats = [
         t.to_dense() if t.layout != torch.strided else t
@@ -36,7 +34,7 @@ def non_finite(tensors: Iterable[torch.Tensor | None]) -> torch.Tensor:
 
 
 class NonFiniteLossError(FloatingPointError):
-    """Raised by :class:`NonFiniteGuard`; the message names the step and the layer."""
+    """Raised by :class:`NonFiniteGuard`, naming the step and the layer."""
 
 
 @dataclass
@@ -45,10 +43,8 @@ class Diagnosis:
 
     Attributes:
         culprit: ``"'name' (Type): what"`` of the first non-finite neuron layer, or ``None``.
-        unreplayed: layers (module names) whose parameters and input were finite but whose
-            membrane could not be replayed: only a
-            :class:`~lightning_glif.neurons.MembraneNeuron`'s recurrence is known to the guard.
-        unreplayed_types: their class names.
+        unreplayed: layers with finite parameters and input whose membrane could not be
+            replayed (not a :class:`~lightning_glif.neurons.MembraneNeuron`), and their types.
         failure: ``"ExcType: message"`` if the re-run forward itself raised.
     """
 
@@ -58,70 +54,56 @@ class Diagnosis:
     failure: str | None = None
 
     def describe(self, broken: dict[str, list[str]] | None = None) -> str:
-        """The clause of the error message: the culprit, or why none was found.
-
-        ``broken``: when a gradient stopped the run, the parameters with a non-finite gradient
-        by layer (:meth:`NonFiniteGuard.by_layer`): with a finite loss and forward pass, the
-        overflow happened in the backward pass, in those layers, not in the head."""
+        """The clause of the error message: the culprit, or why none was found. ``broken``: the
+        parameters with a non-finite gradient by layer (:meth:`NonFiniteGuard.by_layer`)."""
         if self.culprit:
             return f"the first non-finite neuron layer is {self.culprit}"
         if self.failure:
             return (
-                f"the diagnosis failed: {self.failure} (raised by the forward pass re-run on "
-                "this batch without gradients to find the layer; the neuron layers it reached "
-                "were finite), so no layer is named: run that forward by hand to see where it "
-                "breaks"
+                f"the diagnosis failed: {self.failure} (raised by this batch's forward re-run to "
+                "find the layer), so no layer is named: run that forward by hand to see where"
             )
-        after = "the input data or the layers after the last neuron (the head, the logits)"
-        if broken:
-            # The loss was finite (checked first), so the forward pass did not overflow.
+        seen = "no neuron layer saw a non-finite value: "
+        cause = (
+            "the input data or the layers after the last neuron (the head, the logits) overflowed"
+        )
+        if broken:  # the loss was finite (checked first): the backward pass overflowed
             listed = "; ".join(f"{layer}: {', '.join(ps)}" for layer, ps in broken.items())
             one = len(broken) == 1
-            after = (
+            seen = (
+                "the loss and the forward pass on this batch are finite (no neuron layer saw a "
+                "non-finite parameter, input or membrane), so "
+            )
+            cause = (
                 f"the backward pass overflowed, in the {'only layer' if one else 'layers'} with "
                 f"non-finite gradients ({listed}): lower the learning rate of "
                 f"{'its' if one else 'their'} parameters (of gates: also model.gate_lr_factor)"
             )
-            if not self.unreplayed:
-                return (
-                    "the loss and the forward pass on this batch are finite (no neuron layer saw "
-                    f"a non-finite parameter, input or membrane), so {after}"
-                )
         if not self.unreplayed:
-            return f"no neuron layer saw a non-finite value: {after} overflowed"
+            return seen + cause
         layers = ", ".join(f"'{n}'" for n in self.unreplayed)
         kinds = ", ".join(sorted(self.unreplayed_types))
         return (
             "no neuron layer saw a non-finite parameter, input or replayed membrane, but the "
             f"membrane of {layers} ({kinds}) cannot be replayed (not a MembraneNeuron): it may "
-            f"have overflowed inside with finite parameters and input, or "
-            + (after if broken else f"{after} overflowed")
+            f"have overflowed inside with finite parameters and input, or {cause}"
         )
 
 
 class NonFiniteGuard(Callback):
-    """Raises :class:`NonFiniteLossError` when the training loss, or a gradient, is NaN or Inf.
+    """Raises :class:`NonFiniteLossError` when the training loss or a gradient is NaN or Inf.
 
-    Both are checked before the optimizer step, so the broken step never updates the weights and
-    no checkpoint is written after it: ``last.ckpt`` stays the last good one, to resume from
-    (``--ckpt_path last``) after lowering the learning rate or fixing the data. The error names
-    the global step, the epoch and batch, and the first neuron layer (in forward order, keyed by
-    module name) whose parameters (gates, tau, threshold, ...), input current or membrane are
-    non-finite, found by running that batch's forward once more without gradients. The membrane
-    is replayed for :class:`~lightning_glif.neurons.MembraneNeuron` layers (their recurrence is
-    known); of any other neuron only the parameters and the input are checked, and the message
-    says so. Should that forward itself raise, the message says the diagnosis failed, and why.
+    Both are checked before the optimizer step, so the broken step is not applied and
+    ``last.ckpt`` stays the last good one (``--ckpt_path last`` after lowering the learning rate
+    or fixing the data). The error names the global step, epoch and batch, and the first neuron
+    layer (forward order) whose parameters, input current or membrane are non-finite, found by
+    re-running that batch's forward without gradients (:meth:`diagnose`). Gradients too, since a
+    NaN membrane does not reach the loss (``NaN >= V_th`` is false: the layer stops spiking).
 
-    Why gradients too: a NaN membrane does not reach the loss, since ``NaN >= V_th`` is false and
-    the layer just stops spiking; its gates then turn NaN through the backward pass first.
-
-    Cost per optimizer step: a finiteness flag of each loss since the last step, kept on the
-    device, and one pass over the gradients (:func:`non_finite`); then one flag read back to
-    the host. That read is the one per-step host read of the shipped callbacks: to stop before
-    the update, the decision must be on the host before the optimizer step runs, as it is for
-    ``torch.amp.GradScaler``'s skipped steps. Which loss or gradient broke is worked out only
-    once one did. With gradient accumulation the losses of all the accumulated batches are
-    checked at the optimizer step, and the first broken one is named.
+    Cost per optimizer step: finiteness flags of the losses since the last step and one pass
+    over the gradients, on the device, then one flag read back to the host: the one per-step
+    host read of the shipped callbacks, since the decision must precede the update (as
+    ``GradScaler``'s skipped steps). Under gradient accumulation the first broken batch is named.
 
     Args:
         check_gradients: also stop at a non-finite gradient (skipped under ``16-mixed``, whose
@@ -133,7 +115,7 @@ class NonFiniteGuard(Callback):
         self._batch: Any = None
         self._batch_idx = -1
         self._losses: list[tuple[int, Any, torch.Tensor]] = []  # since the last optimizer step
-        self._params: list[nn.Parameter] = []  # the module's, listed once per fit
+        self._params: list[nn.Parameter] = []  # listed once per fit
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._params = list(pl_module.parameters())
@@ -142,9 +124,7 @@ class NonFiniteGuard(Callback):
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch, batch_idx):
         self._batch, self._batch_idx = batch, batch_idx
 
-    def on_before_backward(
-        self, trainer: Trainer, pl_module: LightningModule, loss: torch.Tensor
-    ) -> None:
+    def on_before_backward(self, trainer, pl_module, loss: torch.Tensor) -> None:
         self._losses.append((self._batch_idx, self._batch, loss.detach()))
 
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer):
@@ -155,7 +135,7 @@ class NonFiniteGuard(Callback):
         if not flags:
             return
         device = flags[0].device
-        # The one read per step (see the class docstring): stop before the update is applied.
+        # The one host read per step: stop before the update is applied.
         if not bool(torch.stack([f.to(device) for f in flags]).any()):
             return
         for batch_idx, batch, loss in losses:
@@ -170,38 +150,29 @@ class NonFiniteGuard(Callback):
 
     @staticmethod
     def by_layer(pl_module: nn.Module, names: list[str]) -> dict[str, list[str]]:
-        """Parameter names grouped by their layer: ``{"'layer' (Type)": ["gate alpha_latent",
-        "weight", ...]}``, in parameter order (which is the forward order of this project's
-        backbones); a neuron's gate latents are marked ``gate``."""
+        """Parameter names grouped by layer, in parameter order, gate latents marked:
+        ``{"'layer' (Type)": ["gate alpha_latent", "weight", ...]}``."""
         layers: dict[str, list[str]] = {}
         for name in names:
             prefix, _, own = name.rpartition(".")
             module = pl_module.get_submodule(prefix)
-            gates = set()
-            if isinstance(module, SpikingNeuron):
-                gates = {id(p) for p in module.gate_parameters()}
-            kind = "gate " if id(getattr(module, own)) in gates else ""
+            gates = module.gate_parameters() if isinstance(module, SpikingNeuron) else ()
+            kind = "gate " if any(p is getattr(module, own) for p in gates) else ""
             label = f"'{prefix or '(the module)'}' ({type(module).__name__})"
             layers.setdefault(label, []).append(kind + own)
         return layers
 
-    def _stop(
-        self,
-        trainer: Trainer,
-        pl_module: LightningModule,
-        what: str,
-        broken: dict[str, list[str]] | None = None,
-    ) -> None:
+    def _stop(self, trainer: Trainer, pl_module: LightningModule, what: str, broken=None) -> None:
         where = self.diagnose(trainer, pl_module, self._batch).describe(broken)
-        # The newest checkpoint: a last*.ckpt if a ModelCheckpoint writes one (conf/default.yaml).
+        # The newest checkpoint: a last*.ckpt if a ModelCheckpoint writes one.
         paths = [
             getattr(c, "last_model_path", "") or getattr(c, "best_model_path", "")
             for c in trainer.checkpoint_callbacks
         ]
-        paths = [p for p in paths if p]
-        last = next((p for p in paths if os.path.basename(p).startswith("last")), None)
-        last = last or (paths[0] if paths else "")
-        kept = f"; the last good checkpoint is kept: {last}" if last else ""
+        paths = sorted(
+            filter(None, paths), key=lambda p: not os.path.basename(p).startswith("last")
+        )
+        kept = f"; the last good checkpoint is kept: {paths[0]}" if paths else ""
         raise NonFiniteLossError(
             f"{what} at global step {trainer.global_step} (epoch {trainer.current_epoch}, batch "
             f"{self._batch_idx}): {where}. Training stopped before this step's update{kept}."
@@ -209,10 +180,9 @@ class NonFiniteGuard(Callback):
 
     @staticmethod
     def diagnose(trainer: Trainer | None, pl_module: LightningModule, batch: Any) -> Diagnosis:
-        """Run ``pl_module``'s forward on ``batch`` (``x`` or ``(x, y)``) once more without
-        gradients, checking each neuron's parameters and input (and, for a
-        :class:`~lightning_glif.neurons.MembraneNeuron`, its replayed membrane) as it is called;
-        the first culprit in forward order, and what could not be checked."""
+        """Re-run ``pl_module``'s forward on ``batch`` (``x`` or ``(x, y)``) without gradients,
+        checking each neuron as it is called (:func:`neuron_problem`): the first culprit in
+        forward order, what could not be replayed, and the error should the forward raise."""
         names = {m: n for n, m in pl_module.named_modules() if isinstance(m, SpikingNeuron)}
         result = Diagnosis()
 
@@ -232,8 +202,7 @@ class NonFiniteGuard(Callback):
         try:
             with torch.no_grad(), context:
                 pl_module(x)
-        except Exception as e:  # noqa: BLE001 - reported in the message; the NonFiniteLossError
-            # must still be raised, not this error of the re-run forward
+        except Exception as e:  # noqa: BLE001 - reported; the NonFiniteLossError still raised
             result.failure = f"{type(e).__name__}: {e}"
         finally:
             for h in hooks:
@@ -244,29 +213,26 @@ class NonFiniteGuard(Callback):
     def first_non_finite_layer(
         trainer: Trainer | None, pl_module: LightningModule, batch: Any
     ) -> str | None:
-        """``"'name' (Type): what"`` for the first neuron in forward order whose input, parameters
-        or (replayed) membrane are non-finite on ``batch`` (``x`` or ``(x, y)``), else ``None``.
-        :meth:`diagnose` says also what could not be checked."""
+        """The culprit of :meth:`diagnose` (``"'name' (Type): what"``), or ``None``."""
         return NonFiniteGuard.diagnose(trainer, pl_module, batch).culprit
 
 
 def neuron_problem(neuron: SpikingNeuron, x: torch.Tensor) -> str | None:
-    """What is non-finite in ``neuron`` called on input current ``x``: a parameter (gates named
-    as such), the input, or its membrane replayed by the recurrence (a
+    """What is non-finite in ``neuron`` on input current ``x``: a parameter (gates named), the
+    input, or the membrane replayed by the recurrence (a
     :class:`~lightning_glif.neurons.MembraneNeuron` only); ``None`` if nothing is."""
-    bad = [n for n, p in neuron.named_parameters() if not torch.isfinite(p).all()]
+    gates = {id(p) for p in neuron.gate_parameters()}
+    bad = [
+        f"{'gate' if id(p) in gates else 'parameter'} {n}"
+        for n, p in neuron.named_parameters()
+        if not torch.isfinite(p).all()
+    ]
     if bad:
-        gates = {id(p) for p in neuron.gate_parameters()}
-        kinds = [
-            "gate" if id(p) in gates else "parameter"
-            for n, p in neuron.named_parameters()
-            if n in bad
-        ]
-        return "non-finite " + ", ".join(f"{k} {n}" for k, n in zip(kinds, bad, strict=True))
+        return "non-finite " + ", ".join(bad)
     if not torch.isfinite(x).all():
         return f"non-finite input current (shape {tuple(x.shape)}), so a non-finite membrane"
     if not isinstance(neuron, MembraneNeuron):
-        return None  # its state is its own forward's business: nothing to replay
+        return None  # no recurrence known to replay
     with torch.autocast(x.device.type, enabled=False):
         _, u = membrane_sequence(
             x.float(), neuron.coefficients(), neuron.surrogate, return_membrane=True
