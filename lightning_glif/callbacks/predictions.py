@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
 from pytorch_lightning import LightningModule, Trainer
@@ -16,26 +15,17 @@ FILENAME = "predictions.pt"
 
 
 class PredictionWriter(BasePredictionWriter):
-    """Saves the predictions of ``trainer.predict`` as ``<run dir>/predictions.pt`` (the run
-    directory is ``trainer.log_dir``; under DDP each rank writes ``predictions.rank<r>.pt`` with
-    its share of the samples).
+    """Saves what ``trainer.predict`` returns as ``<trainer.log_dir>/predictions.pt`` (under DDP,
+    ``predictions.rank<r>.pt`` per rank), once at the epoch's end (batches stay on the device).
 
-    The file is a dict of tensors (``torch.load(path, weights_only=True)``), one row per sample
-    in the predict dataloader's order (the data modules' test split, unshuffled):
-
-    - ``logits`` ``[N, num_classes]``: the time-averaged logits (``SpikingClassifier.forward``);
-    - ``predicted`` ``[N]``: the predicted class, ``logits.argmax(1)``;
-    - ``target`` ``[N]``: the label, when the batches carry one (``(x, y)``).
-
-    Lightning's writer, written per batch (only the batch's logits and labels are kept, on the
-    device, so no batch waits for a copy to the host) and saved once at the end of the epoch,
-    with a line saying where (Lightning's info log). The CLI adds it to every run; it does
-    nothing outside ``predict``.
+    A dict of tensors (``torch.load(path, weights_only=True)``), one row per sample in the
+    predict dataloader's order (the test split, unshuffled): ``logits`` ``[N, num_classes]``
+    (time-averaged), ``predicted`` ``[N]`` (``logits.argmax(1)``) and, when the batches carry
+    labels, ``target`` ``[N]``. The CLI adds it to every run.
     """
 
-    def __init__(self, filename: str = FILENAME) -> None:
+    def __init__(self) -> None:
         super().__init__(write_interval="batch")
-        self.filename = filename
         self._logits: list[torch.Tensor] = []
         self._targets: list[torch.Tensor] = []
         self.path: Path | None = None  # where the last predict wrote
@@ -43,16 +33,7 @@ class PredictionWriter(BasePredictionWriter):
     def on_predict_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._logits, self._targets = [], []
 
-    def write_on_batch_end(
-        self,
-        trainer: Trainer,
-        pl_module: LightningModule,
-        prediction: Any,
-        batch_indices: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int,
-    ) -> None:
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, *_) -> None:
         self._logits.append(torch.as_tensor(prediction).detach().float())
         if isinstance(batch, list | tuple) and len(batch) > 1 and torch.is_tensor(batch[1]):
             self._targets.append(batch[1].detach())
@@ -65,10 +46,7 @@ class PredictionWriter(BasePredictionWriter):
         out = {"logits": logits, "predicted": logits.argmax(1)}
         if len(self._targets) == len(self._logits):
             out["target"] = torch.cat(self._targets).cpu()
-        name = self.filename
-        if trainer.world_size > 1:
-            stem, dot, ext = name.rpartition(".")
-            name = f"{stem}.rank{trainer.global_rank}{dot}{ext}" if dot else f"{name}.rank"
+        name = FILENAME if trainer.world_size == 1 else f"predictions.rank{trainer.global_rank}.pt"
         run_dir = Path(trainer.log_dir or trainer.default_root_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         self.path = run_dir / name

@@ -1,6 +1,5 @@
-"""What a checkpoint carries besides the training state: the RNG states, a line naming the model
-and the values of the data it was trained on, with the check that a checkpoint fits the model it
-is loaded into."""
+"""What a checkpoint carries besides the training state (the RNG states, the model's description,
+the data's values), and the check that a checkpoint fits the model it is loaded into."""
 
 from __future__ import annotations
 
@@ -21,7 +20,6 @@ DESCRIPTION_KEY = "model_description"
 DATA_KEY = "data_values"
 
 
-# -- the RNG states --------------------------------------------------------------------------------
 def rng_states() -> dict[str, Any]:
     """The torch, CUDA (when initialised), numpy and Python RNG states, as tensors, ints and
     strings only, so a checkpoint holding them still loads with ``weights_only=True``."""
@@ -45,7 +43,6 @@ def set_rng_states(states: dict[str, Any]) -> None:
     random.setstate((version, tuple(internal), gauss))
 
 
-# -- does a checkpoint fit a model -----------------------------------------------------------------
 def describe_model(model: nn.Module) -> str:
     """``backbone X with neuron Y``: what a checkpoint's weights belong to."""
     backbone = getattr(model, "backbone", model)
@@ -69,12 +66,12 @@ def describe_checkpoint(checkpoint: dict[str, Any]) -> str:
 
 
 def describe_checkpoint_file(path: Any) -> str:
-    """:func:`describe_checkpoint` of the file at ``path``, memory-mapped (the weights are not
-    read). Only used to word an error: a file it cannot open is "a model not recorded"."""
+    """:func:`describe_checkpoint` of the file at ``path``, memory-mapped (weights not read); for
+    an error message only, so a file it cannot open is "a model not recorded"."""
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except (OSError, RuntimeError, ValueError, pickle.UnpicklingError):
-        # A remote URL, a legacy (non-zip) file, pickled objects: the check itself still holds.
+        # A remote URL, a legacy (non-zip) file, pickled objects.
         return "a model not recorded in the checkpoint"
     return describe_checkpoint(checkpoint)
 
@@ -82,9 +79,8 @@ def describe_checkpoint_file(path: Any) -> str:
 def weight_mismatches(
     model: nn.Module, state_dict: dict[str, Any], strict: bool = True
 ) -> list[str]:
-    """What keeps ``state_dict`` from loading into ``model``, one summary line per kind (empty
-    when it fits): keys missing or extra (when ``strict``), tensors of another shape (always:
-    torch refuses those whatever ``strict``)."""
+    """What keeps ``state_dict`` from loading into ``model``, one line per kind (empty if it
+    fits): keys missing or extra (when ``strict``), tensors of another shape (always)."""
     own = model.state_dict()
     missing = [k for k in own if k not in state_dict] if strict else []
     unexpected = [k for k in state_dict if k not in own] if strict else []
@@ -105,9 +101,8 @@ def weight_mismatches(
 
 
 def mismatch_error(model: nn.Module, made_with: str, problems: list[str]) -> RuntimeError:
-    """The error for a checkpoint made with ``made_with`` (:func:`describe_checkpoint`) that
-    does not fit ``model`` (``problems`` from :func:`weight_mismatches`): both models named, the
-    problems summarised, not torch's wall of keys."""
+    """The error for a checkpoint made with ``made_with`` that does not fit ``model``: both
+    models named and ``problems`` (:func:`weight_mismatches`), not torch's wall of keys."""
     return RuntimeError(
         f"the checkpoint does not fit this model: it was made with {made_with}, this model is "
         f"{describe_model(model)}. {'; '.join(problems)}. Build the model as the checkpoint was "
@@ -118,22 +113,17 @@ def mismatch_error(model: nn.Module, made_with: str, problems: list[str]) -> Run
 
 
 class RunState(Callback):
-    """Saves the RNG states and the model's description with every checkpoint; checks that a
-    checkpoint fits the model before Lightning loads its weights.
+    """Saves the RNG states, the model's description and the data's values with every
+    checkpoint; checks that a checkpoint fits the model before Lightning loads its weights.
 
-    - ``state_dict()`` holds the torch, CUDA, numpy and Python RNG states, restored by
-      ``load_state_dict()`` only when a fit resumes (``fit --ckpt_path``), so the resumed run
-      draws what the uninterrupted one would have (the next epoch's shuffle above all); loading
-      weights for evaluation leaves the RNGs alone. Lightning restores callback states after the
-      weights and before the fit loop builds its first data iterator (``Trainer._run``), which is
-      where the shuffle draws its seed.
-    - ``on_save_checkpoint`` writes ``checkpoint["model_description"]`` (``backbone X with neuron
-      Y``) and ``checkpoint["data_values"]``: the data module's class name and
-      :meth:`~lightning_glif.data.base.SplitDataModule.shared_values` (the CLI compares them with
-      the data of a command that loads the checkpoint, before anything runs). When a run loads
-      ``ckpt_path`` (fit, validate, test, predict), the weights are checked before any is copied
-      (:func:`weight_mismatches`): a checkpoint of another neuron, backbone or width is one
-      error naming both models.
+    - The torch, CUDA, numpy and Python RNG states are restored only when a fit resumes, before
+      the fit loop's first data iterator, so the resumed run shuffles as the uninterrupted one
+      would; loading weights for evaluation leaves the RNGs alone.
+    - ``checkpoint["model_description"]`` (``backbone X with neuron Y``) and
+      ``checkpoint["data_values"]`` (the data module's class name and ``shared_values()``, which
+      the CLI compares with a loading command's data before anything runs).
+    - When a run loads ``ckpt_path``, a checkpoint of another neuron, backbone or width is one
+      error naming both models, raised before any weight is copied.
 
     The CLI adds it to every run; add it to ``Trainer(callbacks=...)`` in Python.
     """
@@ -143,7 +133,6 @@ class RunState(Callback):
         self._check: torch.utils.hooks.RemovableHandle | None = None
         self._trainer: Trainer | None = None
 
-    # -- RNG states -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return rng_states()
 
@@ -151,10 +140,7 @@ class RunState(Callback):
         if self._fitting:
             set_rng_states(state_dict)
 
-    # -- the model's description and the check ----------------------------------------------------
-    def on_save_checkpoint(
-        self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]
-    ) -> None:
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
         checkpoint[DESCRIPTION_KEY] = describe_model(pl_module)
         data = trainer.datamodule
         if hasattr(data, "shared_values"):
@@ -162,21 +148,16 @@ class RunState(Callback):
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._fitting = stage == "fit"
-        # The path is not known yet: Lightning resolves ckpt_path ("last", "best", a file) and
-        # sets trainer.ckpt_path only after setup, just before it loads the weights into the
-        # module. So the check is a pre-hook of the module's load_state_dict; it runs before
-        # torch copies any tensor.
+        # Lightning resolves trainer.ckpt_path after setup, just before it loads the weights:
+        # the check is a pre-hook of the module's load_state_dict, run before any copy.
         self._remove_check()
         self._check = pl_module.register_load_state_dict_pre_hook(self._check_restored_weights)
         self._trainer = trainer
 
-    def _check_restored_weights(
-        self, module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any
-    ) -> None:
-        # Once: the restore from ckpt_path is the first load of a run; a later load_state_dict
-        # is the user's own.
+    def _check_restored_weights(self, module: nn.Module, state_dict: dict, prefix: str, *_) -> None:
+        # Once: the restore from ckpt_path is a run's first load; later ones are the user's.
         self._remove_check()
-        path = self._trainer.ckpt_path if self._trainer is not None else None
+        path = self._trainer.ckpt_path
         if prefix or path is None:  # not Lightning restoring this module from a checkpoint
             return
         # torch passes strict=True to every pre-hook; Lightning loads with the module's own.
@@ -189,11 +170,8 @@ class RunState(Callback):
             self._check.remove()
             self._check = None
 
-    def on_exception(
-        self, trainer: Trainer, pl_module: LightningModule, exception: BaseException
-    ) -> None:
-        # Lightning skips the teardown hooks after an exception (a mismatch among them).
-        self._remove_check()
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        self._remove_check()  # Lightning skips teardown after an exception (a mismatch among them)
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._remove_check()

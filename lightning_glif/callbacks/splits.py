@@ -20,16 +20,11 @@ def digest(sources: list[str]) -> str:
 
 
 class SplitFiles(Callback):
-    """Writes ``<run dir>/splits/<split>.txt`` (one source file per line, relative to the
-    dataset's folder, in loader order without shuffling) and ``splits/splits.json`` (per split:
-    the count and the SHA-256 of its ``.txt``) at setup, for data modules that describe their
-    split (``split_manifest()``; the Tonic modules, e.g. CIFAR10-DVS's fixed per-class split).
-
-    The run directory is ``trainer.log_dir``. Rank zero writes. A directory that already holds
-    the same splits (every split set up now, with the same digest) is left as it is; one that
-    holds another split is kept, and the new one is written beside it as ``splits-<n>/`` (a
-    resumed run on other data shows up, nothing is lost).
-    The CLI adds this callback to every run; it does nothing for data without a manifest.
+    """At setup, for data modules with a ``split_manifest()`` (the Tonic modules), writes
+    ``<trainer.log_dir>/splits/<split>.txt`` (one source file per line, relative to the dataset's
+    folder, in unshuffled loader order) and ``splits/splits.json`` (per split: the count and the
+    SHA-256 of its ``.txt``), on rank 0. Other splits already there are kept, and the new ones
+    written beside them as ``splits-<n>/``. The CLI adds it to every run.
     """
 
     def __init__(self) -> None:
