@@ -1,5 +1,5 @@
 """Contracts of the spiking backbones: shapes, neuron layout, parameter count, tdBN scaling,
-direct encoding, and that gradients reach every parameter.
+direct encoding, that gradients reach every parameter, and the "Add a backbone" recipe.
 
 Most tests use ``StepNeuron``, a deterministic stand-in (Heaviside at 0.5 with a straight-through
 gradient), so they check the wiring of the nets and not the dynamics of a neuron; the tests at
@@ -8,14 +8,25 @@ the end run the real ``GLIF``.
 
 from __future__ import annotations
 
+import ast
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from lightning_glif.layers.encoding import to_time_first
-from lightning_glif.layers.tdbn import TdBatchNorm
+from lightning_glif.layers import (
+    SpikeConv2d,
+    SpikingSequential,
+    TdBatchNorm,
+    TimeDistributed,
+    binary_spikes,
+    spike_conv,
+    to_time_first,
+)
+from lightning_glif.models.common import NeuronFactory, init_weights
 from lightning_glif.models.msresnet import MSBlock, ResNet18MS
 from lightning_glif.models.resnet import BasicBlock, ResNet18, ResNet19
 from lightning_glif.models.sew import SEWBlock, WideNet7B
@@ -357,3 +368,90 @@ def test_backbones_train_with_glif(make, shape, k, n_neurons):
     first_conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
     assert first_conv.weight.grad is not None and first_conv.weight.grad.abs().sum() > 0
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+# --- the "Add a backbone" recipe -------------------------------------------------------------
+
+
+class TinyNet(nn.Module):
+    """A backbone as the recipe writes one: two conv + tdBN + neuron layers, average pool,
+    readout. The data replaces ``num_classes`` and ``in_channels`` (matched by name), but the
+    parser wants every argument before that: each has a default."""
+
+    def __init__(
+        self,
+        neuron: NeuronFactory,
+        num_classes: int = 2,
+        in_channels: int = 3,
+        time_steps: int = 4,
+        width: int = 8,
+        memory_saving: bool = False,
+    ) -> None:
+        super().__init__()
+        self.time_steps = time_steps
+        first = neuron(width, time_steps)
+        bits = memory_saving and binary_spikes(first)  # the second conv takes first's spikes
+        self.features = SpikingSequential(
+            TimeDistributed(spike_conv(in_channels, width, 3, False, padding=1)),
+            TdBatchNorm(width),
+            first,
+            TimeDistributed(spike_conv(width, width, 3, bits, padding=1)),
+            TdBatchNorm(width),
+            neuron(width, time_steps),
+            memory_saving=memory_saving,
+        )
+        self.head = TimeDistributed(
+            nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1), nn.Linear(width, num_classes))
+        )
+        init_weights(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, C, H, W]`` or ``[B, T, C, H, W]`` -> per-step logits ``[T, B, num_classes]``."""
+        return self.head(self.features(to_time_first(x, self.time_steps)))
+
+
+def test_backbones_import_only_the_layers_and_common():
+    allowed = {"lightning_glif.layers", "lightning_glif.models.common"}
+    root = Path(__file__).resolve().parents[1] / "lightning_glif" / "models"
+    for path in root.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            ours = {n for n in names if n.startswith("lightning_glif")}
+            assert ours <= allowed, (path.name, ours)
+
+
+def test_a_recipe_backbone_saves_memory_with_the_same_gradients():
+    from lightning_glif.neurons import GLIF
+
+    x = torch.randn(B, 1, 6, 6) * 3
+    steps = []
+    for on in (True, False):
+        torch.manual_seed(0)
+        net = TinyNet(GLIF, num_classes=3, in_channels=1, time_steps=T, memory_saving=on)
+        assert isinstance(net.features[3].module, SpikeConv2d) == on
+        out = net(x)
+        assert out.shape == (T, B, 3)
+        out.mean(0).logsumexp(1).sum().backward()
+        steps.append((out, {n: p.grad for n, p in net.named_parameters()}))
+    (out_on, grads_on), (out_off, grads_off) = steps
+    assert torch.equal(out_on, out_off)
+    assert grads_on.keys() == grads_off.keys()
+    for name, grad in grads_off.items():
+        assert torch.equal(grads_on[name], grad), name
+
+
+@pytest.mark.slow  # builds the CLI
+def test_the_data_sets_a_recipe_backbones_arguments_by_name(tmp_path, monkeypatch):
+    from lightning_glif.cli.main import cli_main
+
+    monkeypatch.setattr(sys, "argv", ["train.py"])
+    args = ["--model.backbone", f"{__name__}.TinyNet", "--trainer.default_root_dir", str(tmp_path)]
+    cli = cli_main(args, run=False)  # the default data: 8x8 digits, 1 channel, 10 classes
+    backbone = cli.model.backbone
+    assert isinstance(backbone, TinyNet)
+    assert backbone.features[0].module.in_channels == 1
+    assert backbone.head.module[2].out_features == 10

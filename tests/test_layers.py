@@ -80,3 +80,14 @@ def test_to_time_first_direct_and_sequence():
         to_time_first(torch.randn(2, 6, 2, 4, 4), 5)
     with pytest.raises(ValueError, match="rank 4"):
         to_time_first(torch.randn(2, 3), 5)
+
+
+def test_time_distributed_dropout_draws_one_mask_for_direct_encoded_input():
+    torch.manual_seed(0)
+    drop = TimeDistributed(nn.Dropout(0.5))
+    static = to_time_first(torch.ones(2, 3, 4, 4), 5)  # direct encoding: the module runs once
+    out = drop(static)
+    assert all(torch.equal(out[t], out[0]) for t in range(5))
+    assert 0 < (out[0] == 0).sum() < out[0].numel()
+    sequence = drop(static.contiguous())  # a sequence: one mask per step
+    assert not all(torch.equal(sequence[t], sequence[0]) for t in range(5))
