@@ -59,6 +59,7 @@ def test_spiking_neuron_is_the_minimal_contract():
     assert (n.num_features, n.time_steps) == (2, T)
     assert type(n.surrogate) is Rectangular and n.surrogate.width == 1.0
     assert list(n.gate_parameters()) == [] and n.observables() == {}
+    assert list(n.membrane_parameters()) == []
     assert not hasattr(n, "backend") and not hasattr(n, "coefficients")
     assert Threshold(2, T, surrogate=Triangle()).surrogate.__class__ is Triangle
     with pytest.raises(ValueError, match="num_features >= 1 and time_steps >= 1"):
@@ -83,6 +84,19 @@ def test_membrane_neuron_needs_coefficients():
     assert n(torch.full((T, 1, 1), 0.3)).flatten().tolist() == [0.0, 0.0, 1.0]
     with pytest.raises(ValueError, match="auto, fused, reference"):
         Leaky(1, T, backend="gpu")
+
+
+def test_membrane_parameters_are_every_parameter_but_the_gates():
+    def names(m):
+        ids = {id(p) for p in m.membrane_parameters()}
+        return {n for n, p in m.named_parameters() if id(p) in ids}
+
+    membrane = {"tau_latent", "v_threshold_latent", "v_leak_latent", "v_reset_latent"}
+    membrane |= {"conductance_latent"}
+    assert names(GLIF(2, T)) == membrane == names(GLIFf(2, T))
+    assert names(GLIF(2, T, alpha="hard", beta=0.5, gamma="static")) == membrane
+    assert names(GLIF(2, T, learn_membrane=False)) == set()
+    assert names(PLIF(2, T)) == {"rate_latent"} and names(LIF(2, T)) == set()
 
 
 @pytest.mark.parametrize(

@@ -199,6 +199,66 @@ def test_parameter_groups_are_configurable_and_skip_empty_groups():
     assert [g["name"] for g in lif.configure_optimizers()["optimizer"].param_groups] == ["weights"]
 
 
+class RecurrentLIF(SpikingNeuron):
+    """A neuron of its own: a learnt leak (a membrane constant) and a learnt recurrent weight
+    (not one), ``u[t] = leak * u[t-1] + x[t] + W o[t-1]``."""
+
+    def __init__(self, num_features: int, time_steps: int) -> None:
+        super().__init__(num_features, time_steps)
+        self.leak = nn.Parameter(torch.full((num_features,), 0.5))
+        self.recurrent = nn.Linear(num_features, num_features, bias=False)
+
+    def membrane_parameters(self):
+        yield self.leak
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        u = o = torch.zeros_like(x[0])
+        spikes = []
+        for x_t in x:
+            u = self.leak * u + x_t + self.recurrent(o)
+            o = self.surrogate(u - 0.5)
+            spikes.append(o)
+        return torch.stack(spikes)
+
+
+class UnnamedRecurrentLIF(RecurrentLIF):
+    """The same neuron without ``membrane_parameters``: SpikingNeuron's default, none."""
+
+    membrane_parameters = SpikingNeuron.membrane_parameters
+
+
+class LinearNet(nn.Module):
+    """``[B, T, 3]`` -> linear -> the neuron -> linear, per-step logits ``[T, B, 2]``."""
+
+    def __init__(self, neuron: nn.Module) -> None:
+        super().__init__()
+        self.inp, self.neuron, self.out = nn.Linear(3, 4), neuron, nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.neuron(self.inp(x).transpose(0, 1)))
+
+
+def test_a_custom_neurons_recurrent_weight_keeps_the_weight_decay():
+    model = SpikingClassifier(LinearNet(RecurrentLIF(4, 2)), num_classes=2, neuron_lr_factor=0.5)
+    opt = attach_trainer(model).configure_optimizers()["optimizer"]
+    groups = {g["name"]: g for g in opt.param_groups}
+    net = model.backbone
+    assert list(groups) == ["weights", "neuron"]
+    assert [p is net.neuron.leak for p in groups["neuron"]["params"]] == [True]
+    weights = {id(p) for p in groups["weights"]["params"]}
+    assert weights == {id(p) for p in net.parameters()} - {id(net.neuron.leak)}
+    assert id(net.neuron.recurrent.weight) in weights
+    assert groups["weights"]["weight_decay"] == 4e-5 and groups["weights"]["lr"] == 0.1
+    assert groups["neuron"]["weight_decay"] == 0.0 and groups["neuron"]["lr"] == 0.05
+
+    # a neuron that names no membrane constant: every parameter of it trains as a weight
+    unnamed = SpikingClassifier(LinearNet(UnnamedRecurrentLIF(4, 2)), num_classes=2)
+    opt = attach_trainer(unnamed).configure_optimizers()["optimizer"]
+    assert [g["name"] for g in opt.param_groups] == ["weights"]
+    assert len(opt.param_groups[0]["params"]) == len(list(unnamed.parameters())) == 6
+
+
 def test_hyperparameters_keep_configs_and_drop_objects(tmp_path):
     """Built in Python, the backbone, optimizer and loss are objects: left out of the
     hyperparameters (a checkpoint must not pickle them), and no copy of them is kept. Under

@@ -1,6 +1,5 @@
-"""What a checkpoint's stored config may do: the classes it may name (an allow-list, checked
-before anything is imported), and a lookup in it to compare it with the configured model
-(:mod:`lightning_glif.cli` words the errors)."""
+"""The classes a checkpoint's stored config may name (an allow-list, checked before anything is
+imported), and a lookup in that config (the CLI compares it with the configured model)."""
 
 from __future__ import annotations
 
@@ -8,16 +7,15 @@ import re
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+import torch
 from jsonargparse import Namespace
 
-#: Packages whose classes a checkpoint's stored config may name without the user naming them: the
-#: project and the libraries it runs on (already imported by then, so naming them runs no new
-#: import-time code).
+#: Packages whose classes a stored config may name unasked: the project and the libraries it runs
+#: on (already imported, so naming them runs no new import-time code).
 TRUSTED_PACKAGES = ("lightning_glif", "torch", "pytorch_lightning")
 
-# A dotted Python name with at least one dot, as jsonargparse resolves one: a ``class_path``, or
-# the shorthand string form (``neuron: lightning_glif.neurons.GLIF``, ``optimizer:
-# torch.optim.SGD``). Any string of the stored config of that form is checked, whatever its key.
+# A dotted name as jsonargparse resolves one: a class_path, or the shorthand string form
+# (``neuron: lightning_glif.neurons.GLIF``). Any string of that form is checked, whatever its key.
 _DOTTED = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+")
 
 
@@ -27,7 +25,7 @@ class UntrustedCheckpointClass(ValueError):
 
 def dotted_names(tree: Any, where: str = "") -> Iterator[tuple[str, str]]:
     """``(key, value)`` of every string in ``tree`` (dicts, lists, Namespaces) that reads as a
-    dotted Python name; ``key`` is its dotted position (``backbone.init_args.neuron``)."""
+    dotted name, ``key`` its position (``backbone.init_args.neuron``)."""
     if isinstance(tree, Namespace):
         tree = tree.as_dict()
     if isinstance(tree, dict):
@@ -53,9 +51,8 @@ def check_checkpoint_classes(
     hparams: Any, checkpoint: Any, allowed: Iterable[str] = (), how_to_allow: str = ""
 ) -> None:
     """Raise :class:`UntrustedCheckpointClass` if the stored config ``hparams`` of the file
-    ``checkpoint`` names a class outside :data:`TRUSTED_PACKAGES` and ``allowed``. Called before
-    anything is imported from it: resolving a class path imports its module, and so runs that
-    module's import-time code (jsonargparse checks the class only after the import)."""
+    ``checkpoint`` names a class outside :data:`TRUSTED_PACKAGES` and ``allowed``. Call it before
+    resolving any class path: that imports the module, and so runs its code."""
     allowed = tuple(allowed)
     found = [
         (key, path)
@@ -76,40 +73,34 @@ def check_checkpoint_classes(
 
 def stored_hyperparameters(source: Any, weights_only: bool | None = True) -> dict[str, Any]:
     """The ``hyper_parameters`` of the checkpoint at ``source`` (a path or a binary file), read
-    without building anything: memory-mapped with ``weights_only=True`` (the tensors are not
-    read, no pickled object runs). Only when the file holds pickled objects and the caller opted
-    into ``weights_only=False`` is it loaded that way (its pickle then runs: the caller's risk)."""
-    import torch
-
-    attempts = [{"weights_only": True, "mmap": True}, {"weights_only": True}]
+    with ``weights_only=True``, memory-mapped where it can be (the tensors are not read); with
+    pickled objects in it, only if the caller passes ``weights_only=False`` (the caller's risk)."""
+    file = hasattr(source, "seek")
+    attempts = [{"weights_only": True}]
+    if file:
+        source.seek(0)
+    else:  # a file object cannot be memory-mapped
+        attempts.insert(0, {"weights_only": True, "mmap": True})
     if weights_only is False:
         attempts.append({"weights_only": False})
-    error: Exception | None = None
-    for kwargs in attempts:
-        if hasattr(source, "seek"):
-            if kwargs.get("mmap"):
-                continue  # a file object cannot be memory-mapped
-            source.seek(0)
+    for n, kwargs in enumerate(attempts, 1):
         try:
             checkpoint = torch.load(source, map_location="cpu", **kwargs)
-        except Exception as failed:  # noqa: BLE001 - the next attempt, or the loader's own error
-            error = failed
-            continue
+        except Exception:
+            if n == len(attempts):
+                raise  # the loader's own error
+        else:
+            hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else {}
+            return dict(hparams) if isinstance(hparams, dict) else {}
         finally:
-            if hasattr(source, "seek"):
+            if file:
                 source.seek(0)
-        hparams = checkpoint.get("hyper_parameters", {}) if isinstance(checkpoint, dict) else {}
-        return dict(hparams) if isinstance(hparams, dict) else {}
-    assert error is not None
-    raise error
 
 
-# -- the stored model against the configured one ------------------------------------------------
 def lookup(tree: dict[str, Any], key: str) -> tuple[bool, Any]:
-    """``(found, value)`` at dotted ``key`` of ``tree`` (a checkpoint's stored config, plain
-    dicts): a leaf met on the way (``loss: null`` where the user names a class) is found, with
-    that leaf's value; a missing key is not (the checkpoint does not record it: nothing to
-    compare)."""
+    """``(found, value)`` at dotted ``key`` of ``tree`` (a stored config): a leaf met on the way
+    (``loss: null`` where the user names a class) is found, with its value; a missing key is not
+    (nothing to compare)."""
     node: Any = tree
     for part in key.split("."):
         if not isinstance(node, dict):

@@ -1,19 +1,12 @@
-"""Classification losses of spiking networks, computed from the per-step logits ``[T, B, K]``.
+"""Classification losses of spiking networks: per-step logits ``[T, B, K]`` and labels ``[B]``
+to a scalar, the ``loss`` of :class:`~lightning_glif.training.module.SpikingClassifier`.
 
-:class:`~lightning_glif.training.module.SpikingClassifier` takes one as ``loss``
-(``model.loss`` in a config); every loss here maps per-step logits ``[T, B, K]`` and labels
-``[B]`` to a scalar.
-
-- :class:`MeanCrossEntropy` (the default, the GLIF paper): the cross-entropy of the
+- :class:`MeanCrossEntropy` (the default, the GLIF paper's): the cross-entropy of the
   time-averaged logits.
-- :class:`TETLoss` (Deng et al., ICLR 2022, "Temporal Efficient Training of Spiking Neural
-  Network via Gradient Re-weighting"): the mean over time of the per-step cross-entropy, with an
-  MSE regulariser pulling every step's output towards a constant.
+- :class:`TETLoss` (Deng et al., ICLR 2022): the mean over time of the per-step cross-entropy,
+  with an MSE regulariser pulling every step's output towards a constant.
 
-Both take ``label_smoothing`` (torch's ``F.cross_entropy(label_smoothing=...)``): the target
-distribution is ``(1 - eps) * one_hot(y) + eps / K``.
-
-In a config::
+Both take ``label_smoothing`` (``F.cross_entropy``'s). In a config::
 
     model:
       loss:
@@ -39,8 +32,7 @@ def _check(logits: torch.Tensor, y: torch.Tensor) -> None:
 
 
 class TemporalLoss(nn.Module):
-    """Base of the losses a :class:`~lightning_glif.training.module.SpikingClassifier` accepts:
-    ``forward(logits [T, B, K], y [B]) -> scalar``.
+    """Base of the losses: ``forward(logits [T, B, K], y [B]) -> scalar``.
 
     Args:
         label_smoothing: eps of the cross-entropy's smoothed targets, in ``[0, 1)``.
@@ -55,9 +47,6 @@ class TemporalLoss(nn.Module):
     def cross_entropy(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Cross-entropy of ``logits [B, K]``, averaged over the batch, with the smoothing."""
         return F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
-
-    def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # pragma: no cover
-        raise NotImplementedError
 
     def extra_repr(self) -> str:
         return f"label_smoothing={self.label_smoothing}"
@@ -74,13 +63,9 @@ class MeanCrossEntropy(TemporalLoss):
 
 class TETLoss(TemporalLoss):
     """Temporal Efficient Training (Deng et al., ICLR 2022, eq. 8-10):
-
-    ``(1 - lam) * mean_t CE(logits[t], y) + lam * mean_t MSE(logits[t], target)``
-
-    where the MSE averages over the batch and the classes (``F.mse_loss`` of the whole
-    ``[T, B, K]`` tensor against the constant). The weighting ``(1 - lam, lam)`` and the defaults
-    ``lam = 1e-3``, ``target = 1.0`` are the paper's and its official code's (the regulariser's
-    constant phi is the output layer's firing threshold V_th, 1 there). ``lam = 0`` is the plain
+    ``(1 - lam) * mean_t CE(logits[t], y) + lam * mean_t MSE(logits[t], target)``, the MSE
+    averaged over the batch and the classes. The weighting and the defaults are the paper's and
+    its code's (``target`` is the output layer's threshold, 1 there); ``lam = 0`` is the plain
     per-step cross-entropy.
 
     Args:
@@ -100,8 +85,6 @@ class TETLoss(TemporalLoss):
         _check(logits, y)
         # One cross-entropy over the T*B rows: the mean over t of the per-step batch means.
         per_step = self.cross_entropy(logits.flatten(0, 1), y.repeat(logits.shape[0]))
-        if self.lam == 0:
-            return per_step
         regulariser = F.mse_loss(logits, torch.full_like(logits, self.target))
         return (1.0 - self.lam) * per_step + self.lam * regulariser
 

@@ -27,12 +27,9 @@ OBJECT_ARGUMENTS = ("backbone", "optimizer", "lr_scheduler", "loss")
 
 
 def accuracies(stage: str, num_classes: int) -> MetricCollection:
-    """Top-1 accuracy ``<stage>/acc`` and, with more than 5 classes, top-5 ``<stage>/acc_top5``:
-    the share of samples whose label is the argmax (among the 5 largest) of the logits.
-
-    ``average="micro"``: over samples, not the mean of per-class accuracies (torchmetrics'
-    default). No argument checks (``validate_args=False``) and no compute groups: both read
-    values back to the host, which would stall every step on a GPU."""
+    """Top-1 accuracy ``<stage>/acc`` and, with more than 5 classes, top-5 ``<stage>/acc_top5``,
+    over samples (``average="micro"``, not torchmetrics' mean over classes). No argument checks
+    and no compute groups: both read values back to the host, a stall every step on a GPU."""
     metrics = {"acc": MulticlassAccuracy(num_classes, average="micro", validate_args=False)}
     if num_classes > 5:
         metrics["acc_top5"] = MulticlassAccuracy(
@@ -45,22 +42,14 @@ class SpikingClassifier(LightningModule):
     """Trains a spiking backbone for classification; the backbone is an argument, not a subclass.
 
     The backbone maps a batch to per-step logits ``[T, B, num_classes]``; :meth:`forward` averages
-    them over T (the prediction, and what the accuracies are computed from). The loss is computed
-    from the per-step logits by ``loss`` (:mod:`lightning_glif.training.losses`); by default the
-    cross-entropy of their time average, the paper's (docs/GLIF_SPEC.md section 6).
-    Logged per epoch (names from :mod:`lightning_glif.training.tags`): ``train/loss``,
-    ``train/acc``, ``val/loss``, ``val/acc``, ``val/acc_best``, ``test/loss``, ``test/acc``
-    (top-1), and ``<stage>/acc_top5`` when there are more than 5 classes. The learning rate of each
-    parameter group is Lightning's ``LearningRateMonitor``'s (``lr-SGD/weights``,
-    ``lr-SGD/gates``, ...).
+    them over T (the prediction). ``loss`` maps the per-step logits to the loss
+    (:mod:`lightning_glif.training.losses`; by default the paper's cross-entropy of their time
+    average). Logged per epoch (:mod:`lightning_glif.training.tags`): ``<stage>/loss``,
+    ``<stage>/acc`` (top-1), ``<stage>/acc_top5`` with more than 5 classes, and ``val/acc_best``.
 
-    Optimisation follows the paper unless configured otherwise: the optimizer receives three
-    parameter groups (see :meth:`parameter_groups`): ``weights`` (everything outside the
-    neurons, at the optimizer's own weight decay), ``neuron`` (every other parameter of a
-    :class:`~lightning_glif.neurons.base.SpikingNeuron`: tau, thresholds, leak, reset,
-    conductance, PLIF's rate...; weight decay ``neuron_weight_decay``, learning rate times
-    ``neuron_lr_factor``) and ``gates`` (the neurons' gate latents, also at
-    ``neuron_weight_decay``, learning rate times ``gate_lr_factor``). Empty groups are left out.
+    The optimizer receives the groups of :meth:`parameter_groups`: ``weights``, ``neuron`` (the
+    membrane constants) and ``gates``, each with its own learning rate (Lightning's
+    ``LearningRateMonitor`` logs them as ``lr-SGD/weights``, ...).
 
     Args:
         backbone: the spiking network, e.g. a
@@ -69,36 +58,21 @@ class SpikingClassifier(LightningModule):
         optimizer: factory called with the parameter groups. Default: the paper's SGD, lr 0.1,
             momentum 0.9, weight decay 4e-5.
         lr_scheduler: factory called with the optimizer. ``None``: the paper's cosine schedule
-            from the initial learning rates to 0 over the whole run (``trainer.max_epochs``
-            epochs, or all the run's optimizer steps when ``lr_interval`` is ``"step"``).
+            from the initial learning rates to 0 over ``trainer.max_epochs`` epochs (or all the
+            run's optimizer steps when ``lr_interval`` is ``"step"``).
         lr_interval: step the scheduler after every ``"epoch"`` (the paper) or every ``"step"``.
-        gate_lr_factor: learning-rate factor of the gate latents (the paper: 0.1 on CIFAR, 1 on
-            ImageNet).
-        neuron_lr_factor: learning-rate factor of the ``neuron`` group, the membrane parameters
-            (the paper trains them at the full rate: 1).
-        neuron_weight_decay: weight decay of every neuron parameter (0 in the paper).
+        gate_lr_factor: learning-rate factor of the gates (the paper: 0.1 on CIFAR, 1 on ImageNet).
+        neuron_lr_factor: learning-rate factor of the membrane constants (the paper: 1).
+        neuron_weight_decay: weight decay of the membrane constants and gates (the paper: 0).
         loss: a :class:`~lightning_glif.training.losses.TemporalLoss` of the per-step logits and the
-            labels, e.g. :class:`~lightning_glif.training.losses.TETLoss`; with ``label_smoothing``.
-            ``None``: the paper's :class:`~lightning_glif.training.losses.MeanCrossEntropy`, without
-            smoothing.
-        compile: compile the backbone with ``torch.compile(fullgraph=True)`` (Inductor): the
-            neurons' fused op is a ``torch.library`` custom op, so the whole backbone is one
-            graph, forward and backward. Compiled on its first batch (tens of seconds on a CPU;
-            again for each new input shape and for train vs eval mode). The backbone module is
-            compiled in place (``nn.Module.compile``): parameters and checkpoint keys are the
-            same as without it, so checkpoints load either way. Forward hooks on the backbone's
-            layers (the monitors') are traced into the graph: a Python number they read that
-            changes every step is a recompile every step (Dynamo stops after 8), so hooks must
-            accumulate into tensors.
+            labels, e.g. ``TETLoss``. ``None``: the paper's ``MeanCrossEntropy``.
+        compile: compile the backbone in place with ``torch.compile(fullgraph=True)``, one graph
+            (the fused neuron op is a custom op), on the first batch and again for each input
+            shape and for train vs eval; checkpoint keys are unchanged. Forward hooks (the
+            monitors') are traced: a Python number they read that changes recompiles each step.
 
-    Checkpoints written under the CLI hold the whole configuration, so
-    ``SpikingClassifier.load_from_checkpoint(path)`` rebuilds the backbone. A module built in
-    Python saves only its plain arguments: pass the backbone again,
-    ``load_from_checkpoint(path, backbone=...)``. They load with ``weights_only=True``. The class
-    paths of a stored config must be in ``lightning_glif``, ``torch`` or ``pytorch_lightning`` or
-    be named by ``trusted_classes`` (checked before anything is imported). The RNG
-    states and the check that a checkpoint fits the model are
-    :class:`~lightning_glif.callbacks.RunState`'s, which the CLI adds to every run.
+    ``SpikingClassifier.load_from_checkpoint(path)`` rebuilds the backbone of a checkpoint
+    written under the CLI (one built in Python needs ``backbone=...`` again).
     """
 
     def __init__(
@@ -117,11 +91,9 @@ class SpikingClassifier(LightningModule):
         compile: bool = False,
     ) -> None:
         super().__init__()
-        # Under LightningCLI, save_hyperparameters stores the resolved config: the backbone and
-        # the optimizer (and the loss) as class_path dicts, so the checkpoint rebuilds the whole
-        # model (`test --ckpt_path ...`, `SpikingClassifier.load_from_checkpoint`). Built in
-        # Python they are live objects, which a checkpoint must not pickle: dropped. Lightning
-        # warns about a module among them and keeps one deep copy until they are dropped.
+        # Under LightningCLI the hyperparameters are the resolved config (the backbone, optimizer
+        # and loss as class_path dicts): a checkpoint rebuilds the whole model. Built in Python
+        # they are objects, which a checkpoint must not pickle: dropped.
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", r"Attribute '\w+' is an instance of `nn.Module`")
             self.save_hyperparameters()
@@ -154,29 +126,15 @@ class SpikingClassifier(LightningModule):
         self.loss = MeanCrossEntropy() if loss is None else loss
         self.compile_backbone = bool(compile)
         if self.compile_backbone:
-            # In place, not ``torch.compile(backbone)``: that would wrap it in an OptimizedModule
-            # whose state_dict keys carry an ``_orig_mod.`` prefix. Lazy: nothing is compiled
-            # until the first forward.
+            # In place: torch.compile(backbone) would prefix the state_dict keys (_orig_mod.).
             self.backbone.compile(fullgraph=True)
-
-        # Per stage: the mean loss (weighted by batch size) and the accuracies, counted on the
-        # device every step; Lightning computes them, summed over the DDP ranks, and resets them
-        # at the end of each epoch (they are logged as metric objects, see log_epoch).
-        self.train_loss, self.train_acc = (
-            MeanMetric(nan_strategy="disable"),
-            accuracies("train", num_classes),
-        )
-        self.val_loss, self.val_acc = (
-            MeanMetric(nan_strategy="disable"),
-            accuracies("val", num_classes),
-        )
-        self.test_loss, self.test_acc = (
-            MeanMetric(nan_strategy="disable"),
-            accuracies("test", num_classes),
-        )
+        # Per stage, the mean loss (weighted by batch size) and the accuracies: counted on the
+        # device every step, computed (summed over the DDP ranks) and reset per epoch.
+        for stage in ("train", "val", "test"):
+            setattr(self, f"{stage}_loss", MeanMetric(nan_strategy="disable"))
+            setattr(self, f"{stage}_acc", accuracies(stage, num_classes))
         self.val_acc_best = MaxMetric()
-        # Saved with the weights, so a resumed run keeps its best validation accuracy.
-        self.val_acc_best.persistent(True)
+        self.val_acc_best.persistent(True)  # in the checkpoint: a resumed run keeps its best
 
     @classmethod
     def load_from_checkpoint(
@@ -191,21 +149,15 @@ class SpikingClassifier(LightningModule):
         **kwargs: Any,
     ) -> SpikingClassifier:
         """Lightning's ``load_from_checkpoint``, after checking the class paths of the stored
-        config (``hyper_parameters``) against an allow-list: ``lightning_glif``, ``torch``,
-        ``pytorch_lightning`` and ``trusted_classes`` (class paths or packages, e.g.
-        ``["mypkg.models.Net"]`` or ``["mypkg"]``). Lightning would resolve them (and so import
-        their modules, running their import-time code) before checking anything; an argument
-        given here (``backbone=...``) replaces the stored one and is not checked.
-
-        ``weights_only=False`` unpickles arbitrary objects, and so can run any code the file
-        holds: it warns; use it only for checkpoints you made or trust.
-        """
+        config against an allow-list (before anything is imported: an import runs the module's
+        code): ``lightning_glif``, ``torch``, ``pytorch_lightning`` and ``trusted_classes``
+        (class paths or packages: ``["mypkg.models.Net"]``, ``["mypkg"]``). An argument given
+        here (``backbone=...``) replaces the stored one and is not checked.
+        ``weights_only=False`` unpickles arbitrary objects (any code): it warns."""
         if weights_only is False:
             warnings.warn(
                 f"weights_only=False: loading {checkpoint_path} unpickles arbitrary objects, which "
-                "runs any code the file holds. Use it only for a checkpoint you made or trust; "
-                "checkpoints of this project load with weights_only=True.",
-                UserWarning,
+                "runs any code the file holds: use it only for a checkpoint you made or trust.",
                 stacklevel=2,
             )
         if hasattr(checkpoint_path, "read") and not hasattr(checkpoint_path, "seek"):
@@ -230,19 +182,15 @@ class SpikingClassifier(LightningModule):
     def update_metrics(
         self, stage: str, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor
     ) -> None:
-        """Count one batch into the stage's metrics: its mean ``loss``, ``logits`` ``[B, K]``
-        and labels ``y`` ``[B]``."""
-        # The batch mean repeated once per sample (a view): MeanMetric then weights batches by
-        # their size; its weight argument is ignored with nan_strategy="disable", which spares
-        # the NaN check's host read every step.
+        """Count a batch's mean ``loss``, ``logits`` ``[B, K]`` and labels ``y`` ``[B]``."""
+        # The batch mean once per sample (a view): batches weigh by their size (the weight
+        # argument is ignored with nan_strategy="disable", which spares a host read per step).
         getattr(self, f"{stage}_loss").update(loss.detach().expand(y.shape[0]))
         getattr(self, f"{stage}_acc").update(logits.detach(), y)
 
     def log_epoch(self, stage: str) -> bool:
-        """Log the stage's loss and accuracies as metric objects, ``on_epoch``: Lightning
-        computes them (summed over the DDP ranks) at the end of the epoch and resets them.
-        False for a stage that ran no batch. Logged once, here, rather than in every step: each
-        ``self.log`` call costs Lightning a walk over its logged results."""
+        """Log the stage's loss and accuracies as metric objects, once at the end of the epoch
+        (Lightning computes them over the DDP ranks and resets them); False if no batch ran."""
         loss, accuracy = getattr(self, f"{stage}_loss"), getattr(self, f"{stage}_acc")
         if not loss.update_called:
             return False
@@ -260,7 +208,7 @@ class SpikingClassifier(LightningModule):
         try:
             logits = self.backbone(x)
         except (ValueError, RuntimeError) as error:
-            # A shape error (ours, or torch's from a conv/linear): say which layer, by module name.
+            # A shape error (ours, or torch's from a conv/linear): say which layer.
             layer = self._raising_layer(error)
             if type(error) not in (ValueError, RuntimeError) or layer is None:
                 raise
@@ -274,8 +222,7 @@ class SpikingClassifier(LightningModule):
         return logits
 
     def _raising_layer(self, error: BaseException) -> str | None:
-        """Module name of the innermost submodule whose code raised ``error``: read from the
-        traceback, so the forward pass carries no hooks for it."""
+        """The innermost submodule whose code raised ``error``, from the traceback (no hooks)."""
         names = {id(m): n for n, m in self.named_modules() if m is not self}
         layer, tb = None, error.__traceback__
         while tb is not None:
@@ -286,7 +233,7 @@ class SpikingClassifier(LightningModule):
         return layer
 
     def _step(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The loss (of the per-step logits), the time-averaged logits and the labels."""
+        """The loss, the time-averaged logits and the labels."""
         x, y = batch
         per_step = self.per_step_logits(x)
         return self.loss(per_step, y), per_step.mean(0), y
@@ -332,73 +279,62 @@ class SpikingClassifier(LightningModule):
             )
 
     def parameter_groups(self) -> list[dict[str, Any]]:
-        """The optimizer's parameter groups: ``weights``, ``neuron`` and ``gates``.
-
-        Membership is by identity: a parameter belongs to ``neuron`` if any
-        :class:`SpikingNeuron` module owns it, and to ``gates`` if a neuron yields it from
-        ``gate_parameters()``. The ``neuron`` and ``gates`` groups carry ``lr_factor``
-        (``neuron_lr_factor``, ``gate_lr_factor``), applied to the optimizer's learning rate in
-        :meth:`configure_optimizers`. Frozen parameters are left out.
-        """
-        neuron_ids: set[int] = set()
-        gate_ids: set[int] = set()
+        """The optimizer's parameter groups, empty ones and frozen parameters left out: ``gates``,
+        what a :class:`SpikingNeuron` yields from ``gate_parameters()``; ``neuron``, what one
+        yields from ``membrane_parameters()``; ``weights``, the rest (a recurrent weight inside a
+        neuron included). ``neuron`` and ``gates`` carry an ``lr_factor`` for
+        :meth:`configure_optimizers`."""
+        gates: set[int] = set()
+        membrane: set[int] = set()
         for module in self.modules():
             if isinstance(module, SpikingNeuron):
-                neuron_ids.update(id(p) for p in module.parameters())
-                gate_ids.update(id(p) for p in module.gate_parameters())
-        members: dict[str, list[nn.Parameter]] = {"weights": [], "neuron": [], "gates": []}
+                gates.update(id(p) for p in module.gate_parameters())
+                membrane.update(id(p) for p in module.membrane_parameters())
+        decay = self.neuron_weight_decay
+        groups = {
+            "weights": {},
+            "neuron": {"weight_decay": decay, "lr_factor": self.neuron_lr_factor},
+            "gates": {"weight_decay": decay, "lr_factor": self.gate_lr_factor},
+        }
+        members: dict[str, list[nn.Parameter]] = {name: [] for name in groups}
         for p in self.parameters():
-            if not p.requires_grad:
-                continue
-            name = "gates" if id(p) in gate_ids else "neuron" if id(p) in neuron_ids else "weights"
-            members[name].append(p)
-        groups = [
-            {"name": "weights", "params": members["weights"]},
-            {
-                "name": "neuron",
-                "params": members["neuron"],
-                "weight_decay": self.neuron_weight_decay,
-                "lr_factor": self.neuron_lr_factor,
-            },
-            {
-                "name": "gates",
-                "params": members["gates"],
-                "weight_decay": self.neuron_weight_decay,
-                "lr_factor": self.gate_lr_factor,
-            },
+            if p.requires_grad:
+                name = "gates" if id(p) in gates else "neuron" if id(p) in membrane else "weights"
+                members[name].append(p)
+        return [
+            {"name": name, "params": members[name], **options}
+            for name, options in groups.items()
+            if members[name]
         ]
-        return [g for g in groups if g["params"]]
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = self.optimizer_factory(self.parameter_groups())
         for group in optimizer.param_groups:
             # Before the scheduler exists: it takes each group's current lr as its initial lr.
             group["lr"] = group["lr"] * group.pop("lr_factor", 1.0)
-        if self.lr_scheduler_factory is not None:
-            scheduler = self.lr_scheduler_factory(optimizer)
-        else:
-            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-                optimizer, T_max=self._schedule_length(), eta_min=0.0
-            )
+        scheduler = (self.lr_scheduler_factory or self.cosine_schedule)(optimizer)
         schedule = {"scheduler": scheduler, "interval": self.lr_interval}
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             schedule["monitor"] = tags.metric("val", "loss")
         return {"optimizer": optimizer, "lr_scheduler": schedule}
 
-    def _schedule_length(self) -> int:
-        """Scheduler steps in the whole run, for the default cosine schedule."""
+    def cosine_schedule(
+        self, optimizer: torch.optim.Optimizer
+    ) -> torch.optim.lr_scheduler.LRScheduler:
+        """The default schedule: cosine from the initial rates to 0 over the whole run."""
         if self.lr_interval == "step":
-            steps = self.trainer.estimated_stepping_batches
-            if steps == float("inf"):
+            length = self.trainer.estimated_stepping_batches
+            if length == float("inf"):
                 raise ValueError(
                     "the default cosine schedule needs a finite run: set trainer.max_epochs or "
                     "trainer.max_steps, or give model.lr_scheduler."
                 )
-            return max(1, int(steps))
-        epochs = self.trainer.max_epochs
-        if epochs is None or epochs < 0:
-            raise ValueError(
-                "the default cosine schedule runs over trainer.max_epochs, which is not set: set "
-                "it, use model.lr_interval=step with trainer.max_steps, or give model.lr_scheduler."
-            )
-        return max(1, epochs)
+        else:
+            length = self.trainer.max_epochs
+            if length is None or length < 0:
+                raise ValueError(
+                    "the default cosine schedule runs over trainer.max_epochs, which is not set: "
+                    "set it, use model.lr_interval=step with trainer.max_steps, or give "
+                    "model.lr_scheduler."
+                )
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, int(length)), 0.0)

@@ -1,9 +1,8 @@
 """Every metric and TensorBoard tag name of the project, built in one place.
 
-The LightningModule, the monitors, the ablation and the notebook all build their names here, so
-a tag is renamed once and read back under the same name everywhere. Layers are keyed by their
-module name (``backbone.features.0.2``: dots, never slashes), so a tag splits on ``/``
-unambiguously.
+The module, the monitors, the sweeps and the notebook build their names here, so that a tag is
+renamed once. Layers are keyed by module name (``backbone.features.0.2``: dots, never slashes),
+so a tag splits on ``/`` unambiguously.
 
 =========================================  =================================================
 tag                                        written by
@@ -21,10 +20,6 @@ tag                                        written by
 """
 
 from __future__ import annotations
-
-#: The metric checkpoints are selected on (``ModelCheckpoint(monitor=...)`` in conf/default.yaml).
-SELECTION = "val/acc"
-SELECTION_MODE = "max"
 
 GATE_EVOLUTION = "gates/evolution"
 GATE_DISTRIBUTIONS = "gates/distributions"
