@@ -4,9 +4,8 @@ GLIF neurons compiles with ``fullgraph=True`` into one graph (so: no graph break
 fused op per neuron, its outputs and gradients equal eager, and ``SpikingClassifier(compile=True)``
 trains a step through the Trainer and writes checkpoints that load without compile.
 
-Inductor compiles the small backbone once for the module (the ``compiled`` fixture, about 10 s
-with a warm ``/tmp/torchinductor_*`` cache, under a minute cold on 2 cores); the training step
-reuses Inductor's cache (same graph, same shapes).
+Inductor compiles the small backbone once for the module (the ``compiled`` fixture; the tests
+that use it are marked slow); the training step reuses Inductor's cache (same graph, same shapes).
 """
 
 from __future__ import annotations
@@ -90,6 +89,7 @@ def compiled():
     }
 
 
+@pytest.mark.slow
 def test_the_whole_backbone_is_one_graph_with_one_fused_op_per_neuron(compiled):
     assert len(compiled["graphs"]) == 1
     targets = [n.target for n in compiled["graphs"][0].graph.nodes if n.op == "call_function"]
@@ -98,6 +98,7 @@ def test_the_whole_backbone_is_one_graph_with_one_fused_op_per_neuron(compiled):
     assert targets.count(torch.ops.lightning_glif.membrane_fwd.default) == len(neurons)
 
 
+@pytest.mark.slow
 def test_compiled_outputs_and_gradients_equal_eager(compiled):
     (want, want_grads), (got, got_grads) = compiled["eager"], compiled["compiled"]
     # Inductor fuses the batch norms and coefficient maps (other rounding than eager), so a
@@ -170,6 +171,7 @@ def test_compile_option_keeps_the_modules_state_dict_keys():
     assert not any("_orig_mod" in k for k in comp.state_dict())
 
 
+@pytest.mark.slow
 def test_compiled_module_trains_a_step_and_its_checkpoint_loads_without_compile(compiled, tmp_path):
     from pytorch_lightning import Trainer
 
@@ -214,7 +216,7 @@ def test_compiled_module_trains_a_step_and_its_checkpoint_loads_without_compile(
 
 
 def test_cli_option_compiles_the_backbone(tmp_path):
-    # `train.py fit --model.compile true` builds this model (the run itself: README, measured).
+    # `train.py fit --model.compile true` builds this model.
     from lightning_glif.cli.main import cli_main
 
     args = ["--model.compile", "true", "--trainer.default_root_dir", str(tmp_path)]
