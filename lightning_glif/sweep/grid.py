@@ -1,11 +1,6 @@
-"""The ablation grid: neuron variants (a YAML file) times seeds, each point a trial of a study.
-
-A point's identity is a hash of the whole resolved run: the text of ``conf/default.yaml`` and of
-each base config (with the configs it names), the variant (name and neuron), the fit arguments,
-the seed and the selection metric. A point whose base, variant or arguments changed is a new
-one, trained anew; a finished point is not trained again. It runs in
-``OUT/<variant>/seed<k>-<id>/``.
-"""
+"""The ablation grid: neuron variants (a YAML file) x seeds, each point a trial, run in
+``OUT/<variant>/seed<k>-<id>/``. A point is the whole resolved run (:func:`identity`): one whose
+base, variant or arguments changed is new and trains anew; a finished one does not train again."""
 
 from __future__ import annotations
 
@@ -13,26 +8,21 @@ import hashlib
 import json
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
 
 import optuna
 import yaml
 from optuna.trial import TrialState
 
-from lightning_glif.sweep import report, worker
+from lightning_glif.sweep import worker
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 #: The default base: memory over tens of steps matters there, so the gates do.
 BASE_CONFIG = CONF / "experiment" / "delayed_row_digits.yaml"
-#: run_grid's options and their defaults (ablate.py's options of the same names)
-DEFAULTS = dict(monitor="val/acc", mode="max", reference="glif_soft", storage=None)
-DEFAULTS |= dict(study="ablation", heartbeat=worker.HEARTBEAT_S, max_retries=worker.MAX_RETRIES)
-DEFAULTS |= dict(gpus_per_trial=1)
 
 
-def read_grid(path: str | Path, names: list[str] | None = None) -> tuple[dict, dict, list[str]]:
-    """A grid file's variants ``names`` (all for ``["all"]``, else its ``default:`` list), all its
-    variants (name -> neuron ``class_path``/``init_args``) and its ``default:`` list."""
+def read_grid(path: str | Path, names: list[str] | None = None) -> dict[str, dict]:
+    """A grid file's variants ``names`` (all for ``["all"]``; none: its ``default:`` list), name ->
+    neuron ``class_path``/``init_args``."""
     data = yaml.safe_load(Path(path).read_text()) or {}
     variants = data.get("variants")
     if not isinstance(variants, dict) or not variants or "all" in variants:
@@ -43,7 +33,7 @@ def read_grid(path: str | Path, names: list[str] | None = None) -> tuple[dict, d
     names = list(variants) if names == ["all"] else names or default
     if unknown := [n for n in [*default, *names] if n not in variants]:
         raise ValueError(f"unknown variants {unknown}; {path} has: {', '.join(variants)}.")
-    return {n: variants[n] for n in names}, variants, default
+    return {n: variants[n] for n in names}
 
 
 def config_path(path: str | Path) -> Path:
@@ -63,7 +53,7 @@ def config_text(path: Path) -> str:
     return text + "".join(config_text(path.parent / name) for name in nested)
 
 
-def identity(configs: list[str], train_args: list[str], **run: Any) -> str:
+def identity(configs: list[str], train_args: list[str], **run) -> str:
     """A hash of the resolved run: conf/default.yaml's text, ``configs``' and those ``train_args``
     name, ``train_args`` and ``run`` (variant, neuron, seed, ...)."""
     named = [a for i, a in enumerate(train_args) if i and train_args[i - 1] == "--config"]
@@ -72,28 +62,27 @@ def identity(configs: list[str], train_args: list[str], **run: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def points(configs, variants, seeds, train_args, monitor: str, mode: str) -> list[dict]:
-    """One trial specification per (variant, seed), variants first, with its identity."""
+def points(configs, variants, seeds, train_args) -> list[dict]:
+    """One trial specification per (variant, seed), variants first, with its identity; each run
+    is tested on its checkpoint best on val/acc."""
     configs, out = [str(config_path(c)) for c in configs], []
     for name, neuron in variants.items():
         for seed in seeds:
-            run = {"neuron": neuron, "seed": seed, "monitor": monitor, "mode": mode}
+            run = {"neuron": neuron, "seed": seed, "monitor": "val/acc", "mode": "max"}
             key = identity(configs, train_args, variant=name, **run)
             spec = {"variant": name, "identity": key, "configs": configs, **run}
-            out.append(
-                spec | {"train_args": list(train_args), "dir": f"{name}/seed{seed}-{key[:8]}"}
-            )
+            spec |= {"params": {"model.backbone.init_args.neuron": neuron}}  # as --config would
+            spec |= {"train_args": list(train_args), "dir": f"{name}/seed{seed}-{key[:8]}"}
+            out.append(spec)
     return out
 
 
-def enqueue(url: str, study: optuna.Study, specs: list[dict], reference: str, log=print) -> int:
+def enqueue(url: str, study: optuna.Study, specs: list[dict], reference: str) -> int:
     """Enqueue the points with no finished, waiting or running trial (again if theirs failed);
     record the grid and reference for ``ablate.py report``. How many were added."""
     with worker.lock(url):  # two commands started at once on one --out enqueue each point once
         if study.user_attrs.get("kind", "grid") != "grid":
-            raise worker.StorageError(
-                f"study {study.study_name!r} is a search: pass another --study"
-            )
+            raise ValueError(f"study {study.study_name!r} is a search: pass another --study")
         ids = [spec["identity"] for spec in specs]
         for key, value in {"kind": "grid", "reference": reference, "grid": ids}.items():
             study.set_user_attr(key, value)
@@ -103,9 +92,9 @@ def enqueue(url: str, study: optuna.Study, specs: list[dict], reference: str, lo
         for spec in specs:
             have, what = states[spec["identity"]], f"{spec['variant']} seed {spec['seed']}"
             if TrialState.COMPLETE in have:
-                log(f"[ablate] skip {what}: finished")
+                print(f"[ablate] skip {what}: finished")
             elif have & {TrialState.WAITING, TrialState.RUNNING}:
-                log(f"[ablate] queued {what}: waiting or running")
+                print(f"[ablate] queued {what}: waiting or running")
             else:  # skip_if_exists: not twice if another machine enqueues it at the same time
                 params = {k: spec[k] for k in ("variant", "seed", "identity")}
                 study.enqueue_trial(params, user_attrs=spec, skip_if_exists=not have)
@@ -123,21 +112,3 @@ def objective(workers: worker.Workers):
         return workers.run(trial, spec, f"{spec['variant']} seed {spec['seed']}", "test_acc")
 
     return run
-
-
-def run_grid(configs, variants, seeds, out, jobs=None, train_args=(), log=print, **options):
-    """``python ablate.py`` as a function: enqueue each (variant, seed), run ``jobs`` at a time
-    here (None: as ``Workers`` chooses) until none waits or runs, write the reports into ``out``;
-    their rows. ``options``: :data:`DEFAULTS`' keys (``storage`` None: ``OUT/study.db``)."""
-    o = {**DEFAULTS, **options}
-    if jobs is not None and jobs < 1:
-        raise ValueError(f"jobs must be at least 1 (runs at once), got {jobs}.")
-    workers = worker.Workers(out, jobs, o["gpus_per_trial"], log)
-    specs = points(configs, variants, seeds, list(train_args), o["monitor"], o["mode"])
-    url, create = worker.storage_url(o["storage"], out), {"direction": "maximize"}
-    study = worker.open_study(url, o["study"], o["heartbeat"], o["max_retries"], create)
-    enqueue(url, study, specs, o["reference"], log)
-    workers.work(study, objective(workers))
-    rows, pending = report.grid_rows(study, [s["identity"] for s in specs])
-    report.write_reports(rows, out, o["reference"], pending)
-    return rows

@@ -1,17 +1,14 @@
-"""The ablation's reports, from its study (on any machine that reaches the storage):
-``results.csv`` (a row per run), ``results.md`` and ``results.png`` (per variant). A variant's
-test accuracy is its mean over seeds with the Student-t interval; it is compared with the
-reference variant by the paired difference over the seeds both have an ``ok`` run for (a paired
-t-test): a seed fixes the initialisation and the data order, so pairing removes their share of
-the spread. An interval needs two values: with one it is "n/a"."""
+"""A grid's reports from its study: ``results.csv`` (a row per run), ``results.md`` and
+``results.png`` (per variant: mean test accuracy over seeds with its Student-t 95% interval, and
+the paired difference to the reference over the seeds both have: a seed fixes the initialisation
+and the data order, so pairing removes their share of the spread)."""
 
 from __future__ import annotations
 
 import csv
 import math
-from collections import defaultdict
+from collections import defaultdict, namedtuple
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import optuna
@@ -34,32 +31,27 @@ MEANS = {
 }
 
 
-class Interval(NamedTuple):
-    """A mean and its confidence interval ``[lo, hi]`` over ``n`` values (nan: undefined)."""
-
-    mean: float
-    lo: float
-    hi: float
-    n: int
+#: A mean and its confidence interval ``[lo, hi]`` over ``n`` values (nan: undefined).
+Interval = namedtuple("Interval", "mean lo hi n")
 
 
-def mean_ci(values, confidence: float = 0.95, test=None) -> Interval:
-    """The Student-t interval of the mean of ``values`` (``scipy.stats.ttest_1samp``, or
-    ``test()``): undefined (nan) for one value, of zero width for equal ones."""
+def mean_ci(values, confidence: float = 0.95) -> Interval:
+    """The Student-t interval of the mean of ``values`` (``scipy.stats.ttest_1samp``): undefined
+    (nan) for one value, of zero width for equal ones."""
     x = np.asarray(values, dtype=float)
     if x.size < 2 or np.ptp(x) == 0:  # no spread to estimate, or none at all
         edge = math.nan if x.size < 2 else float(x[0])
         return Interval(float(x.mean()), edge, edge, x.size)
-    ci = (test() if test else stats.ttest_1samp(x, 0.0)).confidence_interval(confidence)
+    ci = stats.ttest_1samp(x, 0.0).confidence_interval(confidence)
     return Interval(float(x.mean()), float(ci.low), float(ci.high), x.size)
 
 
 def paired_difference(values, reference, confidence: float = 0.95) -> Interval:
-    """The paired-t interval of the mean of ``values[i] - reference[i]`` (``ttest_rel``)."""
+    """The paired t-test's interval of the mean of ``values[i] - reference[i]`` (``ttest_rel``
+    is ``ttest_1samp`` of the differences)."""
     if len(values) != len(reference):
         raise ValueError(f"paired lengths differ: {len(values)} values, {len(reference)} reference")
-    test = lambda: stats.ttest_rel(values, reference)  # noqa: E731
-    return mean_ci(np.subtract(values, reference), confidence, test)
+    return mean_ci(np.subtract(values, reference), confidence)
 
 
 def grid_rows(study: optuna.Study, identities: list[str]) -> tuple[list[dict], list[str]]:
@@ -83,13 +75,18 @@ def grid_rows(study: optuna.Study, identities: list[str]) -> tuple[list[dict], l
     return rows, pending
 
 
-def write_reports(rows: list[dict], out, reference: str, pending=(), confidence=0.95) -> None:
+def pp(x: float, sign: str = "") -> str:
+    """A fraction in percent (points); n/a for nan."""
+    return "n/a" if math.isnan(x) else f"{100 * x:{sign}.2f}"
+
+
+def write_reports(rows: list[dict], out, reference: str, pending=()) -> None:
     """``results.csv``, ``results.md`` and ``results.png`` of a grid's rows, in ``out``."""
     (out := Path(out)).mkdir(parents=True, exist_ok=True)
     with open(out / "results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")  # None: empty
         writer.writeheader()
-        writer.writerows({k: "" if r.get(k) is None else r[k] for k in COLUMNS} for r in rows)
+        writer.writerows(rows)
     ok: dict[str, dict[int, dict]] = defaultdict(dict)
     for r in rows:
         if r["status"] == "ok":
@@ -98,40 +95,22 @@ def write_reports(rows: list[dict], out, reference: str, pending=(), confidence=
     for name, runs in ok.items():
         seeds, delta = sorted(runs), None
         if common := [s for s in seeds if s in ref] * (name != reference):
-            accs = [[x[s]["test_acc"] for s in common] for x in (runs, ref)]
-            delta = paired_difference(*accs, confidence)
-        acc = mean_ci([runs[s]["test_acc"] for s in seeds], confidence)
+            delta = paired_difference(*[[x[s]["test_acc"] for s in common] for x in (runs, ref)])
+        acc = mean_ci([runs[s]["test_acc"] for s in seeds])
         variants.append((name, [runs[s] for s in seeds], acc, delta))
     variants.sort(key=lambda v: -v[2].mean)
     note = None if ref else f"reference variant {reference!r} has no ok run in this grid"
-    text = markdown(rows, variants, note, reference, f"{100 * confidence:g}%")
-    pending_note = f"\nNot finished yet (waiting or running): {', '.join(pending)}.\n"
-    (out / "results.md").write_text(text + pending_note * bool(pending))
-    plot(variants, reference, note, out / "results.png")
-
-
-def markdown(rows, variants, note, reference: str, pct: str) -> str:
-    """The text of ``results.md``: what the statistics are, the table, the failed runs."""
-
-    def pp(x: float, sign: str = "") -> str:  # a fraction in percent (points)
-        return "n/a" if math.isnan(x) else f"{100 * x:{sign}.2f}"
-
-    def mean(runs: list[dict], key: str, scale: float, digits: int) -> str:
-        values = [r[key] * scale for r in runs if r.get(key) is not None]
-        return f"{sum(values) / len(values):.{digits}f}" if values else "–"
-
     lines = [
-        f"Test accuracy: mean ± half-width of the Student-t {pct} CI over seeds (n = the "
-        f"seeds column). Δ vs {reference}: paired difference in percentage points over the "
-        f"seeds both variants have, mean [{pct} CI], paired t-test; * marks an interval "
-        "that excludes 0. An interval needs two seeds (n/a with one). Other columns: means "
-        "over the seeds.",
+        f"Test accuracy: mean ± half-width of the Student-t 95% CI over seeds. Δ vs {reference}: "
+        "paired difference in percentage points over the seeds both variants have, mean [95% "
+        "CI], paired t-test; * marks an interval that excludes 0. An interval needs two seeds "
+        "(n/a with one). Other columns: means over the seeds.",
         "",
     ]
     lines += [f"Note: {note}; the Δ columns are n/a.", ""] * bool(note)
     lines += [
-        f"| variant | seeds | test acc (%) mean ± {pct} CI | Δ vs {reference} (pp) mean "
-        f"[lo, hi] | excl. 0 | {' | '.join(MEANS)} |",
+        f"| variant | seeds | test acc (%) mean ± 95% CI | Δ vs {reference} (pp) mean [lo, hi] "
+        f"| excl. 0 | {' | '.join(MEANS)} |",
         "|---" * (5 + len(MEANS)) + "|",
     ]
     for name, runs, acc, d in variants:
@@ -141,31 +120,34 @@ def markdown(rows, variants, note, reference: str, pct: str) -> str:
             delta = f"{pp(d.mean, '+')} [{ci}]" + f" (n={d.n})" * (d.n != len(runs))
             excl = "n/a" if math.isnan(d.lo) else "*" * (d.lo > 0 or d.hi < 0)
         cells = [name, len(runs), f"{pp(acc.mean)} ± {pp((acc.hi - acc.lo) / 2)}", delta, excl]
-        lines.append(
-            "| " + " | ".join(map(str, cells + [mean(runs, *m) for m in MEANS.values()])) + " |"
-        )
+        for key, scale, digits in MEANS.values():
+            values = [r[key] * scale for r in runs if r.get(key) is not None]
+            cells.append(f"{sum(values) / len(values):.{digits}f}" if values else "–")
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
     if failed := [r for r in rows if r["status"] != "ok"]:
         lines += ["", "Failed runs (see `<run_dir>/train.log`; rerun to retry):", ""]
         for r in failed:
             last = (r.get("error") or "").strip().splitlines()[-1:] or [""]
             lines.append(f"- {r['variant']} seed {r['seed']}: {last[0]}")
-    return "\n".join(lines) + "\n"
+    if pending:
+        lines += ["", f"Not finished yet (waiting or running): {', '.join(pending)}."]
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+    plot(variants, reference, note, out / "results.png")
 
 
 def plot(variants, reference: str, note: str | None, path: Path) -> None:
     """Each variant's mean test accuracy and paired difference, with intervals (red: not 0)."""
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global figure list
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax, ax_d) = plt.subplots(1, 2, sharey=True, figsize=(11, 0.35 * len(variants) + 1.6))
+    fig = Figure(figsize=(11, 0.35 * len(variants) + 1.6))
+    ax, ax_d = fig.subplots(1, 2, sharey=True)
     for y, (_, _, acc, d) in enumerate(variants[::-1]):
         ax.barh(y, 100 * acc.mean, xerr=np.nan_to_num(50 * (acc.hi - acc.lo)), color="tab:blue")
         if d is not None:
-            red = d.lo > 0 or d.hi < 0
-            half = np.nan_to_num(50 * (d.hi - d.lo))
-            ax_d.errorbar(100 * d.mean, y, xerr=half, fmt="o", color="tab:red" if red else "gray")
+            color = "tab:red" if d.lo > 0 or d.hi < 0 else "gray"
+            ax_d.errorbar(
+                100 * d.mean, y, xerr=np.nan_to_num(50 * (d.hi - d.lo)), fmt="o", color=color
+            )
     ax.set_yticks(range(len(variants)), [v[0] for v in variants[::-1]])
     ax.set_xlabel("test accuracy (%), mean ± 95% CI over seeds")
     ax_d.axvline(0.0, color="k", lw=1)
@@ -174,4 +156,3 @@ def plot(variants, reference: str, note: str | None, path: Path) -> None:
         ax_d.text(0.5, 0.5, note, transform=ax_d.transAxes, ha="center", wrap=True)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)

@@ -1,70 +1,58 @@
-"""Search: an Optuna sampler (TPE by default) over a YAML space of ``train.py`` options (the
+"""Search: Optuna's default sampler (TPE) over a YAML space of ``train.py`` options (the
 format: conf/search/gate_lr.yaml, docs/sweeps.md). Each trial is one run, as a grid point is, in
 ``OUT/<study>/<id>/``; the best trial's options are written to ``best.yaml``."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import optuna
 import yaml
 from optuna.trial import TrialState
 
 from lightning_glif.sweep.grid import config_path, identity
-from lightning_glif.sweep.worker import StorageError, Workers, child_env, option_args
+from lightning_glif.sweep.worker import Workers, child_env, option_args
 
-SAMPLERS = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}
 RANGE = {"type", "low", "high", "log", "step"}  # the keys of a params entry, or "choices"
 
 
-def read_space(path: str | Path, configs: list[str] | None = None) -> dict[str, Any]:
-    """The space file, checked, with its defaults and its configs (or ``configs``) as paths;
-    ValueError naming the entry and the fix."""
+def read_space(path: str | Path) -> dict:
+    """The space file, checked, with its defaults and its configs as paths; ValueError naming the
+    entry and the fix."""
     if not Path(path).is_file():
-        raise ValueError("no such file (the shipped spaces: conf/search/).")
+        raise ValueError(f"{path}: no such file (the shipped spaces: conf/search/).")
     space = {"config": [], "monitor": "val/acc", "mode": "max", "seed": 0, "params": None}
     space |= yaml.safe_load(Path(path).read_text()) or {}
-    if (
-        len(space) > 5
-        or not isinstance(space["params"], dict)
-        or space["mode"] not in ("max", "min")
-    ):
+    bad_mode = space["mode"] not in ("max", "min")
+    if len(space) > 5 or not isinstance(space["params"], dict) or bad_mode:
         raise ValueError(
-            f"a space has 'params:' (train.py option -> range), config, monitor, "
+            f"{path}: a space has 'params:' (train.py option -> range), config, monitor, "
             f"mode (max or min) and seed; it has {sorted(space)}."
         )
-    trial = optuna.create_study(storage=optuna.storages.InMemoryStorage()).ask()
+    trial = optuna.create_study().ask()
     for name, spec in space["params"].items():
         try:
             suggest(trial, {name: spec})
         except (AttributeError, KeyError, TypeError, ValueError) as e:
             raise ValueError(
-                f"{name}: {type(e).__name__}: {e}. A range is {{low: 0.1, high: 10, log: true}} "
-                "or {type: int, low: 1, high: 8, step: 1}; a choice {choices: [...]}."
+                f"{path}: {name}: {type(e).__name__}: {e}. A range is {{low: 0.1, high: 10, "
+                "log: true} or {type: int, low: 1, high: 8, step: 1}; a choice {choices: [...]}."
             ) from None
-    configs = configs or space["config"]
-    configs = [configs] if isinstance(configs, str) else configs
+    configs = [space["config"]] if isinstance(space["config"], str) else space["config"]
     return space | {"config": [str(config_path(c)) for c in configs]}
 
 
-def _choice(value: Any) -> Any:
-    """Optuna's choices are scalars: a list or mapping (e.g. channels) as its YAML text."""
-    return (
-        yaml.safe_dump(value, default_flow_style=True).strip()
-        if isinstance(value, list | dict)
-        else value
-    )
-
-
-def suggest(trial: optuna.Trial, params: dict[str, dict]) -> dict[str, Any]:
+def suggest(trial: optuna.Trial, params: dict[str, dict]) -> dict:
     """The trial's value of each ``params`` entry (a retried trial gets its own again)."""
     values = {}
     for name, spec in params.items():
         if set(spec) == {"choices"} and spec["choices"]:
-            values[name] = trial.suggest_categorical(name, [_choice(c) for c in spec["choices"]])
+            # Optuna's choices are scalars: a list or mapping (e.g. channels) as its JSON text
+            texts = {json.dumps(c) if isinstance(c, list | dict) else c: c for c in spec["choices"]}
+            values[name] = texts[trial.suggest_categorical(name, list(texts))]
         elif set(spec) - RANGE:
             raise ValueError(f"unknown keys {sorted(set(spec) - RANGE)} (choices: alone)")
         else:
@@ -76,28 +64,27 @@ def suggest(trial: optuna.Trial, params: dict[str, dict]) -> dict[str, Any]:
 def check_options(space: dict, train_args: list[str]) -> None:
     """Parse a trial's command line (``train.py fit ... --print_config``) before any trial runs:
     ValueError with train.py's message when an option of the space is not one of its own."""
-    example = {n: _choice(s.get("choices", [s.get("low")])[0]) for n, s in space["params"].items()}
+    example = {n: s.get("choices", [s.get("low")])[0] for n, s in space["params"].items()}
     args = [a for c in space["config"] for a in ("--config", c)] + option_args(example)
     command = [sys.executable, "-c", "from lightning_glif.cli import main; main()", "fit", *args]
-    done = subprocess.run(
-        [*command, *train_args, "--print_config"], env=child_env(), capture_output=True, text=True
-    )
+    command += [*train_args, "--print_config"]
+    done = subprocess.run(command, env=child_env(), capture_output=True, text=True)
     if done.returncode:
         message = done.stderr[done.stderr.rfind("error:") :].strip()
         raise ValueError(f"train.py refuses a trial's options: {message}")
 
 
-def start(study: optuna.Study, space: dict, train_args: list[str], sampler: str, trials: int):
+def start(study: optuna.Study, space: dict, train_args: list[str]) -> None:
     """Record the search in its study; refuse a study that holds a grid or another search
-    (space, configs or their content, fit arguments, sampler)."""
-    attrs = {"kind": "search", "space": space, "train_args": train_args, "sampler": sampler}
+    (space, configs or their content, fit arguments)."""
+    attrs = {"kind": "search", "space": space, "train_args": train_args}
     attrs["base"] = identity(space["config"], train_args)
     if any(study.user_attrs.get(k, v) != v for k, v in attrs.items()):
-        raise StorageError(
-            f"study {study.study_name!r} holds another search, or a grid: pass "
-            "another --study, or the same options."
+        raise ValueError(
+            f"study {study.study_name!r} holds another search, or a grid: pass another --study, "
+            "or the same options."
         )
-    for k, v in {**attrs, "trials": trials}.items():
+    for k, v in attrs.items():
         study.set_user_attr(k, v)
 
 
@@ -109,6 +96,7 @@ def objective(workers: Workers, study: optuna.Study):
     def run(trial: optuna.Trial) -> float:
         spec = {k: space[k] for k in ("monitor", "mode", "seed")} | {"train_args": train_args}
         spec["params"] = suggest(trial, space["params"])
+        trial.set_user_attr("options", spec["params"])  # best.yaml's, lists as lists
         spec["identity"] = key = identity(space["config"], **spec)
         spec |= {"configs": space["config"], "dir": f"{study.study_name}/{key[:8]}"}
         return workers.run(trial, spec, f"trial #{trial.number}", "selected_score")
@@ -122,10 +110,8 @@ def write_report(study: optuna.Study, out: str | Path) -> bool:
     no trial succeeded."""
     (out := Path(out)).mkdir(parents=True, exist_ok=True)
     space, trials = study.user_attrs["space"], study.get_trials(deepcopy=False)
-    sign = -1 if space["mode"] == "max" else 1  # best first; ties in trial order, as Optuna's
-    done = sorted(
-        (t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: sign * t.value
-    )
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    done.sort(key=lambda t: t.value, reverse=space["mode"] == "max")  # best first, ties in order
     lines = [
         f"Search {study.study_name!r}: {len(done)} of {len(trials)} trials complete; value: "
         f"the best {space['monitor']} ({space['mode']}) on validation.",
@@ -138,13 +124,11 @@ def write_report(study: optuna.Study, out: str | Path) -> bool:
         cells = [f"{c:.4g}" if isinstance(c, float) else c for c in cells]
         lines.append(f"| {' | '.join(map(str, cells))} | {t.user_attrs['run_dir']} |")
     if done:
-        params = space["params"]  # a list choice (e.g. channels) back from its YAML text:
-        lists = [n for n in params if any(_choice(c) != c for c in params[n].get("choices", []))]
-        options = {n: yaml.safe_load(v) if n in lists else v for n, v in done[0].params.items()}
         configs = " ".join(f"--config {c}" for c in space["config"])
         text = (
-            f"# the best of search {study.study_name!r}, trial #{done[0].number}: python "
-            f"train.py fit {configs} --config best.yaml\n{yaml.safe_dump(options, sort_keys=False)}"
+            f"# the best of search {study.study_name!r}, trial #{done[0].number}: python train.py "
+            f"fit {configs} --config best.yaml\n"
+            + yaml.safe_dump(done[0].user_attrs["options"], sort_keys=False)
         )
         (out / "best.yaml").write_text(text)
         lines += ["", f"The best trial's options, {out / 'best.yaml'}:", "```yaml", text, "```"]

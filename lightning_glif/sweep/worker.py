@@ -1,14 +1,12 @@
-"""A sweep's storage and workers. ``Study.optimize`` runs the trials here, each a child process,
-``python -m lightning_glif.sweep.worker RUN_DIR``: ``train.py fit`` (through ``cli_main``) and a
-test of the checkpoint it selected. ``optimize`` keeps a running trial's heartbeat: the trial of
-a worker that died goes stale after 3 heartbeats, and the next worker to look fails it and
-queues a retry (``RetryHeartbeatStaleTrialCallback``)."""
+"""A sweep's storage and workers: ``Study.optimize`` runs each trial as a child process (``python
+-m lightning_glif.sweep.worker RUN_DIR``: ``fit``, then a test of the checkpoint it selected) and
+keeps its heartbeat; a dead worker's trial is stale after 3 heartbeats and the next worker
+retries it."""
 
 from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import queue
 import signal
@@ -21,19 +19,13 @@ import time
 from collections import Counter, defaultdict
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import optuna
-import yaml
 from filelock import FileLock
 from optuna.trial import TrialState
 
 EMBEDDED, HEARTBEAT_S, MAX_RETRIES = "study.db", 10, 2  # --out's storage file; defaults
 ROOT = Path(__file__).resolve().parents[2]
-
-
-class StorageError(RuntimeError):
-    """A study that cannot be opened or is not there; the message says why and what to do."""
 
 
 def storage_url(storage: str | None, out: str | Path) -> str:
@@ -45,8 +37,8 @@ def storage_url(storage: str | None, out: str | Path) -> str:
 
 
 def lock(url: str):
-    """A file lock beside an embedded study (none for a server's): commands started together
-    on one ``--out`` create its tables and enqueue their grids in turn."""
+    """A file lock beside an embedded study (none for a server's): commands started together on
+    one ``--out`` create its tables and enqueue their grids in turn."""
     path = url.removeprefix("sqlite:///")
     return FileLock(f"{path}.lock") if path != url else contextlib.nullcontext()
 
@@ -55,7 +47,7 @@ class SQLiteStorage(optuna.storages.RDBStorage):
     """The embedded storage. SQLite has no ``SELECT ... FOR UPDATE``, so two workers could take
     the same waiting trial (Optuna's FAQ, "SQLite concurrency"): a file lock makes it atomic."""
 
-    def __init__(self, url: str, **kwargs: Any) -> None:
+    def __init__(self, url: str, **kwargs) -> None:
         super().__init__(url, **kwargs)
         self.state_lock = FileLock(url.removeprefix("sqlite:///") + ".state.lock")
 
@@ -64,12 +56,18 @@ class SQLiteStorage(optuna.storages.RDBStorage):
             return super().set_trial_state_values(trial_id, state, values)
 
 
-def open_study(url, name, heartbeat=HEARTBEAT_S, retries=MAX_RETRIES, create=None, sampler=None):
+def open_study(url, name, heartbeat=HEARTBEAT_S, retries=MAX_RETRIES, create=None):
     """The study ``name`` at ``url`` (created with ``create``, create_study's keywords, if given);
-    an embedded file that is not a sound SQLite database is moved aside, a new study started."""
+    an embedded file that is not a sound SQLite database is moved aside, a new study started.
+    ValueError for a study that is not there."""
     if heartbeat < 1 or retries < 0:
-        raise StorageError(f"need --heartbeat >= 1 and --max-retries >= 0: {heartbeat}, {retries}")
+        raise ValueError(f"need --heartbeat >= 1 and --max-retries >= 0: {heartbeat}, {retries}")
     sqlite, path = url.startswith("sqlite:///"), Path(url.removeprefix("sqlite:///"))
+    if sqlite and create is None and not path.is_file():
+        raise ValueError(
+            f"no study in {path.parent} (no {path.name}): pass the --out of an earlier "
+            "ablate.py, or --storage URL."
+        )
     if sqlite:
         path.parent.mkdir(parents=True, exist_ok=True)
     with lock(url):
@@ -82,20 +80,20 @@ def open_study(url, name, heartbeat=HEARTBEAT_S, retries=MAX_RETRIES, create=Non
         retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=retries)
         storage = (SQLiteStorage if sqlite else optuna.storages.RDBStorage)(
             url,
-            engine_kwargs={"connect_args": {"timeout": 60}} if sqlite else {},
+            engine_kwargs={"connect_args": {"timeout": 60}} if sqlite else {},  # busy: wait
             heartbeat_interval=heartbeat,
             grace_period=3 * heartbeat,
             heartbeat_stale_trial_callback=retry,
         )
         if create is not None:
             return optuna.create_study(
-                storage=storage, study_name=name, sampler=sampler, load_if_exists=True, **create
+                storage=storage, study_name=name, load_if_exists=True, **create
             )
     try:
-        return optuna.load_study(study_name=name, storage=storage, sampler=sampler)
+        return optuna.load_study(study_name=name, storage=storage)
     except KeyError:
         names = ", ".join(optuna.get_all_study_names(storage)) or "none"
-        raise StorageError(
+        raise ValueError(
             f"no study {name!r} in {url} (it has: {names}): create it with `ablate.py enqueue` "
             "or `ablate.py search`, or pass --study with one of those names."
         ) from None
@@ -119,11 +117,8 @@ def damage(path: Path) -> str | None:
 def left(study: optuna.Study, trials: int | None = None) -> tuple[int, int]:
     """(Trials to run: those waiting, and a search's new ones up to ``trials``; trials running).
     A search does not count a lost try (failed without an ``error``)."""
-    have = Counter(
-        t.state
-        for t in study.get_trials(deepcopy=False)
-        if t.state != TrialState.FAIL or "error" in t.user_attrs
-    )
+    every = study.get_trials(deepcopy=False)
+    have = Counter(t.state for t in every if t.state != TrialState.FAIL or "error" in t.user_attrs)
     todo, running = have[TrialState.WAITING], have[TrialState.RUNNING]
     if trials is not None:
         todo += max(0, trials - have[TrialState.COMPLETE] - have[TrialState.FAIL] - running - todo)
@@ -134,13 +129,13 @@ class Workers:
     """``workers`` runs at a time here (default: one per ``gpus_per_trial`` GPUs, else 2), each on
     GPUs of its own (``CUDA_VISIBLE_DEVICES``; none: the CPU) and an equal share of the cores."""
 
-    def __init__(self, out, workers: int | None = None, gpus_per_trial: int = 1, log=print):
+    def __init__(self, out, workers: int | None = None, gpus_per_trial: int = 1):
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
         if visible is None and gpus_per_trial > 0:
             import torch
 
             visible = ",".join(map(str, range(torch.cuda.device_count())))
-        ids = [g for g in (visible or "").replace(" ", "").split(",") if g] * (gpus_per_trial > 0)
+        ids = [g.strip() for g in (visible or "").split(",") if g.strip()] * (gpus_per_trial > 0)
         k = gpus_per_trial if ids else 0
         workers = workers or (len(ids) // k if k else min(2, os.cpu_count() or 1))
         if workers < 1 or gpus_per_trial < 0 or workers * k > len(ids):
@@ -152,7 +147,7 @@ class Workers:
         self.slots: queue.SimpleQueue[str] = queue.SimpleQueue()
         for i in range(workers):
             self.slots.put(",".join(ids[i * k : (i + 1) * k]))
-        self.out, self.workers, self.log = Path(out).resolve(), workers, log
+        self.out, self.workers = Path(out).resolve(), workers
         self.threads = max(1, (os.cpu_count() or 1) // workers)
 
     def work(self, study: optuna.Study, objective, trials: int | None = None) -> None:
@@ -163,63 +158,54 @@ class Workers:
             if left(study, trials)[0] == 0:
                 study.stop()
 
-        said = False
+        said = 0
         while True:
             optuna.storages.fail_stale_trials(study)
             todo, running = left(study, trials)
             if todo:
                 study.optimize(objective, todo, n_jobs=min(todo, self.workers), callbacks=[enough])
-                continue
-            if not running:
+            elif not running:
                 return
-            if not said:
-                self.log(
-                    f"[ablate] waiting for {running} trial(s) running elsewhere (a lost "
-                    "worker's trial is retried once its heartbeat is stale)"
-                )
-            said = True
-            time.sleep(2.0)
+            else:  # a lost worker's trial is retried once its heartbeat is stale
+                if running != said:
+                    print(f"[ablate] waiting for {running} trial(s) running elsewhere")
+                said = running
+                time.sleep(2.0)
 
-    def run(self, trial: optuna.Trial, spec: dict[str, Any], label: str, value: str) -> float:
-        """Run ``spec`` (configs, neuron or params, seed, train_args, monitor, mode, identity, dir)
+    def run(self, trial: optuna.Trial, spec: dict, label: str, value: str) -> float:
+        """Run ``spec`` (configs, params, seed, train_args, monitor, mode, identity, dir)
         as ``trial``: its value is the result's ``value``; a failed run leaves its log's end."""
         run_dir = self.out / spec["dir"]
         trial.set_user_attr("run_dir", str(run_dir))
         trial.set_user_attr("worker", f"{socket.gethostname()} pid {os.getpid()}")
-        if (result := adopt(run_dir, spec["identity"], self.log)) is not None:
-            self.log(f"[ablate] adopt {label}: {run_dir}/result.json of an earlier run")
+        if (result := adopt(run_dir, spec["identity"])) is not None:
+            print(f"[ablate] adopt {label}: {run_dir}/result.json of an earlier run")
         else:
-            self.log(f"[ablate] run {label} -> {run_dir}")
+            print(f"[ablate] run {label} -> {run_dir}")
             code = self.launch(trial, run_dir, spec)
             if code or (result := adopt(run_dir, spec["identity"])) is None:
                 log = (run_dir / "train.log").read_text(errors="replace").strip().splitlines()
                 trial.set_user_attr("error", "\n".join(log[-15:]))
-                self.log(f"[ablate] FAILED {label} (exit {code}); see {run_dir}/train.log")
-                return math.nan
+                print(f"[ablate] FAILED {label} (exit {code}); see {run_dir}/train.log")
+                return float("nan")  # Optuna fails the trial
         trial.set_user_attr("result", result)
-        self.log(f"[ablate] done {label}: test acc {result['test_acc']:.4f}")
+        print(f"[ablate] done {label}: test acc {result['test_acc']:.4f}")
         return result[value]
 
-    def launch(self, trial: optuna.Trial, run_dir: Path, spec: dict[str, Any]) -> int:
-        """Write ``run.json`` (a grid's ``variant.yaml``), run the child on free GPUs: exit code."""
+    def launch(self, trial: optuna.Trial, run_dir: Path, spec: dict) -> int:
+        """Write ``run.json``, run the child on free GPUs: its exit code."""
         run_dir.mkdir(parents=True, exist_ok=True)
-        args = [a for c in spec["configs"] for a in ("--config", c)]
-        if spec.get("neuron"):  # a grid variant: an overlay, as --config conf/neuron/x.yaml
-            overlay = {"model": {"backbone": {"init_args": {"neuron": spec["neuron"]}}}}
-            (run_dir / "variant.yaml").write_text(yaml.safe_dump(overlay, sort_keys=False))
-            args += ["--config", str(run_dir / "variant.yaml")]
-        args += option_args(spec.get("params", {})) + ["--seed_everything", str(spec["seed"])]
+        args = [a for c in spec["configs"] for a in ("--config", c)] + option_args(spec["params"])
+        args += ["--seed_everything", str(spec["seed"])]
         args += ["--trainer.default_root_dir", str(run_dir), *spec["train_args"]]
         run = {k: spec[k] for k in ("identity", "monitor", "mode")} | {"args": args}
         (run_dir / "run.json").write_text(json.dumps(run, indent=1))
-        env = child_env(OMP_NUM_THREADS=str(self.threads))
-        env["CUDA_VISIBLE_DEVICES"] = gpus = self.slots.get()
+        gpus = self.slots.get()
+        env = child_env(OMP_NUM_THREADS=str(self.threads), CUDA_VISIBLE_DEVICES=gpus)
         try:
             trial.set_user_attr("gpus", gpus)
             with open(run_dir / "train.log", "a") as log:  # appended: each try's log is kept
-                print(
-                    f"=== trial #{trial.number}, {socket.gethostname()}, {time.ctime()}", file=log
-                )
+                log.write(f"=== trial #{trial.number}, {socket.gethostname()}, {time.ctime()}\n")
                 log.flush()
                 command = [sys.executable, "-m", "lightning_glif.sweep.worker", str(run_dir)]
                 child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -238,14 +224,13 @@ def child_env(**extra: str) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": path, **extra}
 
 
-def option_args(params: dict[str, Any]) -> list[str]:
+def option_args(params: dict) -> list[str]:
     """``--name value`` for each train.py option (JSON for what is not a string)."""
-    return [
-        a for k, v in params.items() for a in (f"--{k}", v if isinstance(v, str) else json.dumps(v))
-    ]
+    pairs = [(f"--{k}", v if isinstance(v, str) else json.dumps(v)) for k, v in params.items()]
+    return [a for pair in pairs for a in pair]
 
 
-def adopt(run_dir: Path, identity: str, log=print) -> dict[str, Any] | None:
+def adopt(run_dir: Path, identity: str) -> dict | None:
     """``run_dir/result.json`` if it is the result of run ``identity``; another is moved aside
     (``result.json.unreadable-<time>``) and None returned: the run trains again."""
     path = run_dir / "result.json"
@@ -258,7 +243,7 @@ def adopt(run_dir: Path, identity: str, log=print) -> dict[str, Any] | None:
         problem = "is the result of another run"
     except (ValueError, KeyError, TypeError) as e:
         problem = f"is unreadable ({type(e).__name__}: {e})"
-    log(f"[ablate] {path} {problem}: moved to {set_aside(path, 'unreadable').name}")
+    print(f"[ablate] {path} {problem}: moved to {set_aside(path, 'unreadable').name}")
     return None
 
 
@@ -275,13 +260,14 @@ def read_scalars(run_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
     return dict(scalars)
 
 
-def run_child(run_dir: Path) -> dict[str, Any]:
+def run_child(run_dir: Path) -> dict:
     """The child: ``fit`` with ``run.json``'s arguments, test the checkpoint best on its monitor,
     write ``result.json`` atomically; the monitors' figures are read from the run's events."""
     from pytorch_lightning.callbacks import ModelCheckpoint
 
     from lightning_glif.callbacks import FiringRateMonitor
     from lightning_glif.cli.main import cli_main
+    from lightning_glif.io import write_bytes
     from lightning_glif.training import tags
 
     class SelectionCheckpoint(ModelCheckpoint):
@@ -312,24 +298,18 @@ def run_child(run_dir: Path) -> dict[str, Any]:
         means = [scalars.get(tags.observable("gates", n, gate, "mean")) for n in layers]
         means = [m for m in means if m is not None]
         result[f"{gate}_mean"] = sum(means) / len(means) if means else None
-    (run_dir / "result.json.tmp").write_text(json.dumps(result, indent=1))
-    os.replace(run_dir / "result.json.tmp", run_dir / "result.json")
+    write_bytes(run_dir / "result.json", json.dumps(result, indent=1).encode())
     return result
 
 
-def end_with_parent() -> None:
-    """SIGTERM to this child once its worker is gone (even killed): no orphan trains on. The
-    standard library has no parent-death signal, so a thread watches the parent's pid."""
-    parent = os.getppid()
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    threading.Thread(target=watch, daemon=True).start()
+def end_with_parent(parent: int) -> None:
+    """SIGTERM to this child once its worker ``parent`` is gone (even killed): no orphan trains
+    on. The standard library has no parent-death signal, so a thread runs this."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 if __name__ == "__main__":  # python -m lightning_glif.sweep.worker RUN_DIR
-    end_with_parent()
+    threading.Thread(target=end_with_parent, args=(os.getppid(),), daemon=True).start()
     run_child(Path(sys.argv[1]).resolve())
