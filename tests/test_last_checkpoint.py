@@ -1,10 +1,13 @@
 """``last.ckpt`` from conf/default.yaml: a stock ModelCheckpoint (no monitor, every epoch) beside
 the best-``val/acc`` one. What it holds at the end of every epoch, what ``ckpt_path="last"``
-resumes from, what Lightning 2.6 keeps and says about the pair, and the documented
-``train_time_interval`` entry for epochs that take hours."""
+resumes from, what Lightning 2.6 keeps and says about the pair, the documented
+``train_time_interval`` entry for epochs that take hours, and the ``last.ckpt`` that Ctrl-C and
+SIGTERM write (InterruptCheckpoint, in this process; tests/test_reliability.py resumes such a
+run in child processes)."""
 
 from __future__ import annotations
 
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -17,6 +20,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from lightning_glif.callbacks.interrupt import InterruptCheckpoint
 from lightning_glif.cli.main import CONF_DIR, cli_main
 
 SCORES = [0.5, 0.25, 0.75, 0.5, 0.5]  # val/acc per epoch: a new best at epochs 0 and 2
@@ -162,3 +166,61 @@ def test_a_train_time_interval_entry_also_writes_inside_epochs(tmp_path, monkeyp
         callbacks=[every_step],
     )  # fmt: skip
     assert every_step.seen == [(None, 0)] + [(step, step) for step in range(1, 6)]
+
+
+class Signal(Callback):
+    """Sends this process ``signum`` at the start of training batch 1 of epoch 0, or, with
+    ``in_validation``, at the first of the two validation batches of epoch 0."""
+
+    def __init__(self, signum: int, in_validation: bool = False) -> None:
+        self.signum, self.in_validation = signum, in_validation
+        self.validated: list[int] = []  # validation batches run after the sanity check
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if not self.in_validation and trainer.current_epoch == 0 and batch_idx == 1:
+            signal.raise_signal(self.signum)
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, *_):
+        if trainer.sanity_checking:
+            return
+        self.validated.append(batch_idx)
+        if self.in_validation and trainer.current_epoch == 0 and batch_idx == 0:
+            signal.raise_signal(self.signum)
+
+
+def interrupted_fit(dirpath: Path, stop: Signal) -> tuple[int, dict, list[str]]:
+    """Fit Scored for 3 epochs with the shipped checkpoints and InterruptCheckpoint until
+    ``stop`` stops it: the exit status, the saved last.ckpt and the checkpoint files."""
+    sigint, sigterm = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    best, last = shipped_checkpoints(dirpath)
+    trainer = Trainer(
+        max_epochs=3, callbacks=[best, last, InterruptCheckpoint(), stop], logger=False,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=1,
+    )  # fmt: skip
+    data = DataLoader(TensorDataset(torch.ones(4, 2)), batch_size=2)
+    with pytest.raises(SystemExit) as exit_:
+        trainer.fit(Scored(), data, data)
+    # the process's own handlers are back
+    assert signal.getsignal(signal.SIGINT) == sigint
+    assert signal.getsignal(signal.SIGTERM) == sigterm
+    saved = torch.load(dirpath / "last.ckpt", weights_only=True)
+    return exit_.value.code, saved, sorted(p.name for p in dirpath.iterdir())
+
+
+def test_ctrl_c_finishes_the_batch_and_writes_last_ckpt(tmp_path):
+    code, saved, files = interrupted_fit(tmp_path, Signal(signal.SIGINT))
+    assert code == 130  # 128 + SIGINT, as a shell reports a process stopped by Ctrl-C
+    # batch 1 ran to its end (2 steps an epoch): the state of global step 2, mid-epoch 0
+    assert (saved["epoch"], saved["global_step"]) == (0, 2)
+    assert files == ["last.ckpt"]  # epoch 0 never validated: no best checkpoint
+
+
+def test_sigterm_during_validation_waits_for_its_end_and_the_checkpoints(tmp_path):
+    stop = Signal(signal.SIGTERM, in_validation=True)
+    code, saved, files = interrupted_fit(tmp_path, stop)
+    assert code == 143  # 128 + SIGTERM
+    assert stop.validated == [0, 1]  # the validation of epoch 0 ran both batches, then stopped
+    # the state after epoch 0 (2 steps): a resume starts epoch 1, as the uninterrupted run
+    assert (saved["epoch"], saved["global_step"]) == (1, 2)
+    # epoch 0's val/acc reached the best checkpoint (Lightning alone stops mid-validation)
+    assert files == ["epoch000-val_acc0.5000.ckpt", "last.ckpt"]

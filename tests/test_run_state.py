@@ -170,6 +170,7 @@ def test_a_matching_checkpoint_loads_and_user_loads_are_not_checked(glif_run):
         model.load_state_dict(small(LIF).state_dict())
 
 
+@pytest.mark.slow
 def test_cli_test_with_a_checkpoint_of_another_neuron_is_a_clear_mismatch(
     glif_run, tmp_path, capsys
 ):
