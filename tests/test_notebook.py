@@ -8,9 +8,9 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from monitoring import tiny_fit
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
-from test_callbacks import tiny_fit
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "inspect_run.ipynb"
 
