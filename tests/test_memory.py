@@ -2,10 +2,8 @@
 tdBN + neuron recomputed in the backward; the same outputs, gradients and running statistics as
 the plain layers, fewer saved bytes (counted by hand), and out of the way where it cannot apply."""
 
-import ast
 import math
 from functools import partial
-from pathlib import Path
 
 import pytest
 import torch
@@ -328,18 +326,3 @@ def test_saved_bytes_of_a_residual_block_drop_as_counted_by_hand():
     assert counts == {False: (10, 0), True: (2, 3)}
     kept_off, kept_on = 10 * n * 4, 2 * n * 4 + 3 * math.ceil(n / 8)
     assert kept_on / kept_off < 0.21  # 1/5 + 3/320 of what the plain block keeps
-
-
-# --- dependencies -----------------------------------------------------------------------------
-
-
-def test_neurons_do_not_import_the_models():
-    root = Path(__file__).resolve().parents[1] / "lightning_glif" / "neurons"
-    for path in root.rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = []
-            if isinstance(node, ast.ImportFrom):
-                names = [node.module or ""]
-            elif isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            assert not any(n.startswith("lightning_glif.models") for n in names), path
