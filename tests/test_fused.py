@@ -564,7 +564,7 @@ def test_a_library_of_another_abi_is_refused(monkeypatch):
     monkeypatch.setattr(cpu, "ABI_VERSION", cpu.ABI_VERSION + 1)
     with pytest.warns(RuntimeWarning, match=r"reports ABI version \d+, this package needs"):
         assert cpu.load() is None
-    assert "delete it to rebuild" in cpu.build_error()
+    assert "delete it to rebuild" in cpu.unavailable()
 
 
 # ---------------------------------------------------------------- Triton kernels

@@ -102,7 +102,7 @@ def test_membrane_parameters_are_every_parameter_but_the_gates():
 @pytest.mark.parametrize(
     "kwargs, error",
     [
-        (dict(group="gate", value=torch.zeros(2)), "group must be one of gates, membrane"),
+        (dict(group="gate", value=torch.zeros(2)), "group must be 'gates' or 'membrane'"),
         (dict(group="gates", value=0.5), "torch.tensor"),
         (dict(group="membrane", value=torch.zeros(()), per_step=True), r"\[T\] or \[T, C\]"),
     ],

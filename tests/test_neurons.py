@@ -441,17 +441,17 @@ def test_no_state_carries_over_between_calls():
 
 # ---------------------------------------------------------------- errors
 def test_rank_below_three_is_rejected():
-    with pytest.raises(ValueError, match=r"rank >= 3.*\(4, 2\)"):
+    with pytest.raises(ValueError, match=r"got rank < 3 \(shape \(4, 2\)\).*transpose"):
         GLIF(2, 4)(torch.randn(4, 2))
 
 
 def test_wrong_time_steps_is_rejected():
-    with pytest.raises(ValueError, match=r"got 5 time steps.*\(5, 2, 3\).*T=4"):
+    with pytest.raises(ValueError, match=r"got 5 time steps, 3 channels \(shape \(5, 2, 3\)\).*T=4"):
         GLIF(3, 4)(torch.randn(5, 2, 3))
 
 
 def test_wrong_channels_is_rejected():
-    with pytest.raises(ValueError, match=r"got 8 channels.*C=3"):
+    with pytest.raises(ValueError, match=r"got 4 time steps, 8 channels.*C=3"):
         LIF(3, 4)(torch.randn(4, 2, 8, 5, 5))
 
 

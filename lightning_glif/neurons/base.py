@@ -15,8 +15,6 @@ from .functional import MembraneCoefficients
 from .fused import Backend, check_backend, membrane
 from .surrogate import Rectangular, Surrogate
 
-OBSERVABLE_GROUPS: tuple[str, ...] = ("gates", "membrane")
-
 
 @dataclass(frozen=True)
 class Observable:
@@ -35,11 +33,8 @@ class Observable:
     per_step: bool = False
 
     def __post_init__(self) -> None:
-        if self.group not in OBSERVABLE_GROUPS:
-            raise ValueError(
-                f"Observable group must be one of {', '.join(OBSERVABLE_GROUPS)}, got "
-                f"{self.group!r}."
-            )
+        if self.group not in ("gates", "membrane"):
+            raise ValueError(f"Observable group must be 'gates' or 'membrane', got {self.group!r}.")
         if not isinstance(self.value, torch.Tensor):
             raise TypeError(
                 f"Observable value must be a torch.Tensor, got {type(self.value).__name__}: "
@@ -55,10 +50,8 @@ class SpikingNeuron(nn.Module):
     """The contract every neuron meets: maps a time-first current ``[T, B, C, ...]`` to spikes.
 
     Built as ``Neuron(num_features, time_steps, **options)``, so that a backbone takes a factory
-    ``neuron: Callable[[int, int], nn.Module]`` and calls ``neuron(C, T)`` per layer. Backbones,
-    the optimizer's parameter groups and the monitors rely on this class only. Subclasses
-    implement ``forward``; those the membrane recurrence of
-    :mod:`lightning_glif.neurons.functional` describes derive from :class:`MembraneNeuron`.
+    ``neuron`` and calls ``neuron(C, T)`` per layer. Backbones, the optimizer's parameter groups
+    and the monitors rely on this class only. Subclasses implement ``forward``.
 
     Args:
         num_features: channels ``C`` (dim 2 of the input).
@@ -99,23 +92,16 @@ class SpikingNeuron(nn.Module):
 
     def check_input(self, x: torch.Tensor) -> None:
         """Raise a ValueError naming both shapes unless ``x`` is ``[T, B, C, ...]``."""
-        name = f"{type(self).__name__}({SpikingNeuron.extra_repr(self)})"
-        expected = f"[T={self.time_steps}, B, C={self.num_features}, ...]"
-        if x.dim() < 3:
-            raise ValueError(
-                f"{name} expects time-first input {expected} of rank >= 3, got shape "
-                f"{tuple(x.shape)}. Move time to dim 0 (e.g. x.transpose(0, 1) for [B, T, ...])."
-            )
-        if x.shape[0] != self.time_steps:
-            raise ValueError(
-                f"{name} got {x.shape[0]} time steps (input shape {tuple(x.shape)}, expected "
-                f"{expected}): the data and the model must use the same time_steps."
-            )
-        if x.shape[2] != self.num_features:
-            raise ValueError(
-                f"{name} got {x.shape[2]} channels in dim 2 (input shape {tuple(x.shape)}, "
-                f"expected {expected})."
-            )
+        T, C = self.time_steps, self.num_features
+        if x.dim() >= 3 and x.shape[0] == T and x.shape[2] == C:
+            return
+        got = "rank < 3" if x.dim() < 3 else f"{x.shape[0]} time steps, {x.shape[2]} channels"
+        raise ValueError(
+            f"{type(self).__name__}({SpikingNeuron.extra_repr(self)}) got {got} (shape "
+            f"{tuple(x.shape)}), expected time-first input [T={T}, B, C={C}, ...]: move time to "
+            "dim 0 (x.transpose(0, 1) for [B, T, ...]); the data and the model must use the same "
+            "time_steps."
+        )
 
     def extra_repr(self) -> str:
         return f"num_features={self.num_features}, time_steps={self.time_steps}"
@@ -125,18 +111,16 @@ class MembraneNeuron(SpikingNeuron, metaclass=ABCMeta):
     """A neuron defined by the membrane recurrence of :mod:`lightning_glif.neurons.functional`.
 
     Subclasses define :meth:`coefficients` (abstract), the map from their parameters to the
-    recurrence; the forward pass (fused op or reference loop) is shared, and so is what
-    :class:`~lightning_glif.callbacks.NonFiniteGuard` replays to find an overflowing membrane.
-    The membrane state lives only inside ``forward``: nothing to reset between batches. Every
-    parameter that is not a gate is a membrane constant (:meth:`membrane_parameters`).
+    recurrence; they share the forward pass (fused op or reference loop), the replay of
+    :class:`~lightning_glif.callbacks.NonFiniteGuard`, and :meth:`membrane_parameters` (every
+    parameter that is not a gate). The membrane lives only inside ``forward``: no state to reset.
 
     Args:
         num_features, time_steps, surrogate: as :class:`SpikingNeuron`.
         detach_reset: cut the gradient through the spike in the reset terms.
-        backend: ``"auto"``: the fused op of :mod:`lightning_glif.neurons.fused` (C kernel on CPU,
-            Triton on CUDA) wherever it applies, else the reference loop; ``"fused"``: the fused
-            op or a RuntimeError saying why not; ``"reference"``: the PyTorch loop
-            :func:`~lightning_glif.neurons.functional.membrane_sequence`. Same spikes either way.
+        backend: ``"auto"``: the fused op of :mod:`lightning_glif.neurons.fused` wherever it
+            applies, else the reference loop; ``"fused"``: the fused op or a RuntimeError saying
+            why not; ``"reference"``: the PyTorch loop. Same spikes either way.
     """
 
     def __init__(

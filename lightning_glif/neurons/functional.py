@@ -10,12 +10,10 @@ GLIF, GLIF_f, LIF and PLIF are all this recurrence over a time-first input ``x``
 
 ``a`` (decay), ``h`` (share of multiplicative, "hard" reset), ``l`` (linear leak), ``r``
 (subtractive, "soft" reset) and ``V_th`` are ``[C]`` per channel or scalars per layer; the input
-gain ``b`` is ``[T, C]`` or ``[T]``. They broadcast over dim 2, so linear ``[T, B, C]`` and conv
-``[T, B, C, H, W]`` layers share the code. ``H`` is a
-:class:`~lightning_glif.neurons.surrogate.Surrogate`. The terms are summed left to right as
-written, the GLIF authors' order, so that their checkpoints give their spikes bit for bit
-(``tests/test_authors_arithmetic.py``). Each neuron's equation is in its coefficient map's
-docstring.
+gain ``b`` is ``[T, C]`` or ``[T]``. They broadcast over dim 2 (linear ``[T, B, C]`` and conv
+``[T, B, C, H, W]`` layers alike). The terms are summed left to right as written, the GLIF
+authors' order, so that their checkpoints give their spikes bit for bit. Each neuron's equation
+is in its coefficient map's docstring.
 """
 
 from __future__ import annotations
@@ -61,12 +59,9 @@ def membrane_step(
     spike_fn: SpikeFn,
     detach_reset: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One step of the recurrence: returns ``(u[t], o[t])`` from ``u[t-1], o[t-1]`` and ``x[t]``.
-
-    ``c`` must already broadcast against ``x_t`` (:meth:`MembraneCoefficients.broadcast_to`);
-    ``t`` indexes ``c.gain``. With ``detach_reset`` the spike in the reset terms carries no
-    gradient (GLIF's authors keep it attached).
-    """
+    """``(u[t], o[t])`` from ``u[t-1], o[t-1]`` and ``x[t]``; ``c`` broadcasts against ``x_t``
+    (:meth:`MembraneCoefficients.broadcast_to`). With ``detach_reset`` the spike in the reset
+    terms carries no gradient (GLIF's authors keep it attached)."""
     r = o.detach() if detach_reset else o
     u = c.decay * u * (1 - c.hard * r) - c.leak + c.gain[t] * x_t - c.soft * r
     return u, spike_fn(u - c.v_threshold)
@@ -141,10 +136,9 @@ def gliff_coefficients(v: GLIFValues) -> MembraneCoefficients:
 
     .. math:: u[t] = \tau \, u[t-1] \, (1 - o[t-1]) - V_{leak} + g[t] \, x[t] - V_{reset} \, o[t-1]
     """
-    one = torch.ones_like(v.tau)
     return MembraneCoefficients(
         decay=v.tau,
-        hard=one,
+        hard=torch.ones_like(v.tau),
         leak=v.v_leak,
         soft=v.v_reset,
         gain=v.conductance,

@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 from abc import abstractmethod
 from collections.abc import Iterator
-from dataclasses import fields
 from typing import Literal
 
 import torch
@@ -26,11 +25,9 @@ Granularity = Literal["channel", "layer"]
 
 def _logit(value: float, what: str) -> float:
     """Latent ``z`` with ``sigmoid(z) = value``, how every GLIF quantity is stored."""
-    value = float(value)
-    if not 0.0 < value < 1.0:
+    if not 0.0 < float(value) < 1.0:
         raise ValueError(
-            f"{what} must lie strictly inside (0, 1) because it is stored as sigmoid(latent); "
-            f"got {value}."
+            f"{what} is stored as sigmoid(latent): it must lie in (0, 1), got {value}."
         )
     return math.log(value / (1.0 - value))
 
@@ -38,16 +35,8 @@ def _logit(value: float, what: str) -> float:
 class _SigmoidMembrane(MembraneNeuron):
     """GLIF's and GLIF_f's membrane parameters: latents, used as sigmoid(latent)."""
 
-    def __init__(
-        self,
-        num_features: int,
-        time_steps: int,
-        granularity: Granularity,
-        surrogate: Surrogate | None,
-        detach_reset: bool,
-        backend: Backend,
-    ) -> None:
-        super().__init__(num_features, time_steps, surrogate, detach_reset, backend)
+    def __init__(self, num_features: int, time_steps: int, granularity: str, *options) -> None:
+        super().__init__(num_features, time_steps, *options)  # surrogate, detach_reset, backend
         if granularity not in ("channel", "layer"):
             raise ValueError(f"granularity must be 'channel' or 'layer', got {granularity!r}.")
         self.granularity = granularity
@@ -80,30 +69,25 @@ class _SigmoidMembrane(MembraneNeuron):
         v_reset and the per-step conductance in group ``"membrane"``."""
         values = self.values()
         out: dict[str, Observable] = {}
-        for f in fields(values):
-            value = getattr(values, f.name)
-            if value is None:  # GLIF_f has no gates
-                continue
-            group = "gates" if f.name in GATES else "membrane"
-            out[f.name] = Observable(group, value, per_step=f.name == "conductance")
+        for name in (*GATES, *MEMBRANE):
+            if (value := getattr(values, name)) is not None:  # GLIF_f has no gates
+                group = "gates" if name in GATES else "membrane"
+                out[name] = Observable(group, value, per_step=name == "conductance")
         return out
 
 
 class GLIF(_SigmoidMembrane):
-    """Gated Leaky Integrate-and-Fire neuron (Yao et al., NeurIPS 2022).
-
-    Dynamics: :func:`lightning_glif.neurons.functional.glif_coefficients`. Input
-    ``[T, B, C, ...]``, spikes of the same shape and dtype. Every gate and membrane quantity is a
-    latent ``z`` used as ``sigmoid(z)``.
+    """Gated Leaky Integrate-and-Fire neuron (Yao et al., NeurIPS 2022): the dynamics of
+    :func:`lightning_glif.neurons.functional.glif_coefficients`, every gate and membrane quantity
+    a latent ``z`` used as ``sigmoid(z)``.
 
     Args:
         num_features: channels ``C`` (dim 2 of the input).
         time_steps: ``T`` (dim 0 of the input); the conductance has one value per step.
         alpha: leakage gate mode. ``"soft"``: sigmoid of a learnable latent (the paper's method).
             ``"hard"``: binary ``1[sigmoid(z) > 0.5]`` forward, straight-through backward.
-            ``"static"``: frozen at its initial value. ``"static_hard"``: binary and frozen (the
-            authors' ``--static-gate`` without soft gates). A number in ``[0, 1]``: pinned to
-            that constant (``1``: exponential decay only, ``0``: linear decay only).
+            ``"static"``: frozen. ``"static_hard"``: binary and frozen (the authors'
+            ``--static-gate``). A number in ``[0, 1]``: pinned (``1``: exponential decay only).
         beta: integration gate mode, as ``alpha`` (``1``: conductance ``g[t] x``, ``0``: ``x``).
         gamma: reset gate mode, as ``alpha`` (``1``: hard reset, ``0``: soft reset).
         granularity: ``"channel"`` (one value per channel, every reported model) or ``"layer"``
@@ -115,10 +99,9 @@ class GLIF(_SigmoidMembrane):
         conductance: initial time-dependent conductance ``g[t]`` for every step, in (0, 1).
         gate_init: ``"random"``: gate latents uniform in (-0.1, 0.1), gates near 0.5 (the paper's
             runs). A number, or one per gate ``(alpha, beta, gamma)``: the initial gate values.
-        gate_init_convention: how a numeric ``gate_init`` maps to the initial gate. ``"exact"``:
-            the requested value, strictly inside (0, 1). ``"authors"``: the GLIF authors' fixed
-            init, which gives ``0.25 + 0.5 g`` channel-wise (their ``LIFSpike_CW``) and
-            ``0.75 - 0.5 g`` layer-wise (``LIFSpike``) for ``g`` in [0, 1].
+        gate_init_convention: ``"exact"``: a numeric ``gate_init`` is the initial gate, strictly
+            inside (0, 1). ``"authors"``: the GLIF authors' fixed init, ``0.25 + 0.5 g``
+            channel-wise and ``0.75 - 0.5 g`` layer-wise for ``g`` in [0, 1].
         learn_membrane: train tau, thresholds, leak, reset and conductance (else frozen).
         surrogate: gradient stand-in for the spike; ``None`` means ``Rectangular(width=1.0)``.
         detach_reset: cut the gradient through the spike in the reset path (the authors keep it).
@@ -152,9 +135,7 @@ class GLIF(_SigmoidMembrane):
         self.gate_modes = {g: self._check_mode(g, m) for g, m in modes.items()}
         if gate_init_convention not in ("exact", "authors"):
             raise ValueError(
-                f"GLIF gate_init_convention={gate_init_convention!r}: use 'exact' (the gate "
-                "starts at the requested value) or 'authors' (their 0.25 + 0.5 g channel-wise, "
-                "0.75 - 0.5 g layer-wise)."
+                f"GLIF gate_init_convention={gate_init_convention!r}: use 'exact' or 'authors'."
             )
         self.gate_init_convention = gate_init_convention
         inits = self._gate_inits(gate_init, gate_init_convention == "authors", granularity)
@@ -171,10 +152,9 @@ class GLIF(_SigmoidMembrane):
 
     @staticmethod
     def _check_mode(gate: str, mode: GateMode) -> str | float:
-        if isinstance(mode, str):
-            if mode in GATE_MODES:
-                return mode
-        elif isinstance(mode, int | float) and not isinstance(mode, bool) and 0 <= mode <= 1:
+        if isinstance(mode, str) and mode in GATE_MODES:
+            return mode
+        if isinstance(mode, int | float) and not isinstance(mode, bool) and 0 <= mode <= 1:
             return float(mode)
         raise ValueError(
             f"GLIF gate {gate}={mode!r} is not a gate mode: use one of {', '.join(GATE_MODES)} "

@@ -18,18 +18,15 @@ Reset = Literal["hard", "soft"]
 
 
 def _check_open_unit(value: float, what: str) -> float:
-    value = float(value)
-    if not 0.0 < value < 1.0:
+    if not 0.0 < float(value) < 1.0:
         raise ValueError(f"{what} must lie strictly inside (0, 1), got {value}.")
-    return value
+    return float(value)
 
 
 class LIF(MembraneNeuron):
-    """Leaky integrate-and-fire with a fixed decay and threshold.
-
-    ``u[t] = decay * (u[t-1] - reset) + x[t]``. Equal to SpikingJelly's
-    ``LIFNode(tau=1/(1-decay), decay_input=False, v_reset=0.0 or None)`` except that it fires on
-    ``u > v_threshold`` (SpikingJelly: ``>=``).
+    """Leaky integrate-and-fire with a fixed decay and threshold: ``u[t] = decay * (u[t-1] -
+    reset) + x[t]``, SpikingJelly's ``LIFNode(tau=1/(1-decay), decay_input=False, v_reset=0.0 or
+    None)`` but firing on ``u > v_threshold`` (SpikingJelly: ``>=``).
 
     Args:
         num_features: channels ``C`` (dim 2 of the input).

@@ -51,9 +51,7 @@ class Surrogate(nn.Module):
 
 
 class Rectangular(Surrogate):
-    """Box of unit area: ``dH/dv = 1[|v| < width/2] / width``.
-
-    ``width=1`` is the GLIF authors' surrogate (``1`` inside ``|v| < 0.5``, else ``0``).
+    """Box of unit area: ``dH/dv = 1[|v| < width/2] / width``; ``width=1`` is the GLIF authors'.
 
     Args:
         width: width of the box around the threshold.

@@ -1,20 +1,14 @@
-"""The fused multi-step membrane op, the default engine of every
-:class:`~lightning_glif.neurons.base.MembraneNeuron`.
+"""The fused membrane op, the engine of every :class:`~lightning_glif.neurons.MembraneNeuron`.
 
 As PyTorch ops, the recurrence of :mod:`lightning_glif.neurons.functional` is a chain of tiny
 element-wise passes per step, and autograd keeps about seven tensors per step. Fused: one pass
 over time forward; one backward that recomputes the membrane from the saved input (all it keeps,
-with the ``[5 + T, C]`` coefficients) and returns the gradients of the input and coefficients.
-
-Engines: the C kernel of :mod:`.cpu` for CPU tensors, the Triton kernels of
-:mod:`.triton_kernels` for CUDA ones. Anything else (a surrogate without a ``kernel_code()``,
-float64 on CUDA, other devices or coefficient shapes) runs the reference loop
-:func:`~lightning_glif.neurons.functional.membrane_sequence`, which the engines are tested
-against. The first time an engine meets a new combination (:func:`describe`), it is checked
-against that loop on a small random input (:func:`first_use_check`); a combination that fails
-runs the loop under ``backend="auto"`` from then on, after one warning, and raises under
-``backend="fused"``. The kernels are ``torch.library`` custom ops (:mod:`.ops`), so
-``torch.compile(fullgraph=True)`` traces a spiking network without a graph break.
+with the ``[5 + T, C]`` coefficients). Engines: the C kernel of :mod:`.cpu` for CPU tensors, the
+Triton kernels of :mod:`.triton_kernels` for CUDA ones, as ``torch.library`` custom ops
+(:mod:`.ops`). Anything else (a surrogate without ``kernel_code()``, float64 on CUDA, other
+devices or coefficient shapes) runs the reference loop
+:func:`~lightning_glif.neurons.functional.membrane_sequence`. The first time an engine meets a
+combination (:func:`describe`), :func:`first_use_check` compares it with that loop.
 """
 
 from __future__ import annotations
@@ -34,9 +28,8 @@ from .ops import membrane_bwd as membrane_bwd  # the op pair is imported from he
 
 Backend = Literal["auto", "fused", "reference"]
 BACKENDS: tuple[str, ...] = ("auto", "fused", "reference")
-#: The first-use check draws each coefficient uniformly from its range (every term of the
-#: recurrence matters) and the input from [-1, 1.6] (some spikes, not all). The first five are
-#: the per-channel coefficients, in the order of the kernels' ``coef`` ``[5, C]``.
+#: The first-use check's coefficients are uniform in these ranges, its input in [-1, 1.6]: every
+#: term matters, some spikes fire. The first five are the rows of the kernels' ``coef``.
 CHECK_RANGES = {
     "decay": (0.2, 0.9),
     "hard": (0.0, 1.0),
@@ -46,9 +39,8 @@ CHECK_RANGES = {
     "gain": (0.5, 1.0),
 }
 CHANNEL = tuple(CHECK_RANGES)[:5]
-# The check's tolerances, relative to the largest reference value: for the input gradient by the
-# input dtype (rounded to it at the end: one ulp apart at most), for the coefficient gradients
-# by the compute dtype (sums in another order than autograd's).
+# The check's tolerances relative to the largest reference value: by the input dtype for the
+# input gradient (rounded to it), by the compute dtype for the coefficients' (sums reordered).
 RTOL = {torch.float64: 1e-10, torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 2e-3}
 
 _overrides: dict[str, object] = {}  # device type -> engine, set by use_engine
@@ -68,17 +60,9 @@ def _kernel_code(surrogate) -> tuple[int, float, float] | None:
     return surrogate.kernel_code() if isinstance(surrogate, Surrogate) else None
 
 
-@torch.compiler.assume_constant_result
-def _cpu_kernel_error() -> str:
-    """Why the C kernel cannot be loaded, ``""`` if it can (built on the first call). Constant
-    under ``torch.compile``: Dynamo does not trace into the build (a lock, a subprocess)."""
-    return "" if cpu.load() is not None else str(cpu.build_error())
-
-
 def _select(x: torch.Tensor, c: MembraneCoefficients, surrogate, detach_reset: bool):
-    """``(engine, compute dtype, first-use key, why not)`` of a call: ``why`` is ``""`` when the
-    engine serves it; no key when no engine applies at all. The key holds Python constants only,
-    so that Dynamo can pass it to :func:`first_use_error`."""
+    """``(engine, compute dtype, first-use key, why not)``: ``why`` is ``""`` when the engine
+    serves the call. The key holds Python constants only, which Dynamo can pass on."""
     if _kernel_code(surrogate) is None:
         return None, None, None, f"no fused kernel for the surrogate {type(surrogate).__name__}"
     if x.dim() < 3 or x.numel() == 0 or not x.is_floating_point():
@@ -94,7 +78,7 @@ def _select(x: torch.Tensor, c: MembraneCoefficients, surrogate, detach_reset: b
         compute = torch.promote_types(compute, p.dtype)
     engine = _overrides.get(x.device.type)
     if engine is None and x.device.type == "cpu":
-        why = _cpu_kernel_error()
+        why = cpu.unavailable()
         if why:
             return None, None, None, f"the CPU kernel could not be built: {why}"
         engine = cpu
@@ -114,8 +98,7 @@ def _select(x: torch.Tensor, c: MembraneCoefficients, surrogate, detach_reset: b
 
 
 def describe(key: tuple) -> str:
-    """A combination (a first-use key) in words, as warnings and :func:`first_use_results` say
-    it."""
+    """A combination, a first-use key, in words."""
     name, device, dtype, compute, surrogate, code, detach_reset, spatial, layout = key
     shapes = [("[]", "[C]")[d] for d in layout[:5]] + [("[T]", "[T, C]")[layout[5] - 1]]
     coefficients = ", ".join(f"{n} {s}" for n, s in zip(CHECK_RANGES, shapes, strict=True))
@@ -140,11 +123,12 @@ def first_use_error(key: tuple, surrogate: Surrogate) -> str:
 
 def first_use_check(key: tuple, surrogate: Surrogate) -> str:
     """Run the engine of ``key`` and the reference loop on a small random input, forward and
-    backward: ``""`` if the spikes are equal and the gradients of the input and of every
-    coefficient within :data:`RTOL`, else what differed (or what the engine raised).
+    backward: ``""`` if the spikes are equal and the gradients within :data:`RTOL`, else what
+    differed or what the engine raised. Why: the tests run the C kernel, but the Triton kernels
+    only interpreted (on a GPU: ``benchmarks/gpu_check.sh``), and Triton versions differ.
 
-    Why: the test suite runs the C kernel, but the Triton kernels only under ``TRITON_INTERPRET=1``
-    (and on a GPU by ``benchmarks/gpu_check.sh``), so a Triton or driver version can differ."""
+    A combination that fails runs the reference loop under ``backend="auto"``, after one warning,
+    and raises under ``backend="fused"``."""
     name, device, dtype, compute, _, _, detach_reset, spatial, layout = key
     # Sizes that divide by 16, as most layers' do, so that Triton compiles the variant that the
     # real calls use (it specialises on divisibility by 16).
@@ -157,12 +141,9 @@ def first_use_check(key: tuple, surrogate: Surrogate) -> str:
         t = torch.rand(size, generator=g, dtype=torch.float64) * (high - low) + low
         return t.to(device, dtype).requires_grad_()
 
-    # Gradients whatever the caller's mode (validation runs in inference mode).
-    with (
-        torch.inference_mode(False),
-        torch.enable_grad(),
-        torch.autocast(device.type, enabled=False),
-    ):
+    # Gradients whatever the caller's mode (validation runs in inference mode). Autocast does not
+    # touch these element-wise ops.
+    with torch.inference_mode(False), torch.enable_grad():
         try:
             x = draw(shape, -1.0, 1.6, dtype)
             values = [draw(s, *r) for s, r in zip(sizes, CHECK_RANGES.values(), strict=True)]
@@ -181,11 +162,8 @@ def first_use_check(key: tuple, surrogate: Surrogate) -> str:
             tol = RTOL[dtype if what == "input" else compute]
             err = ((a.double() - b.double()).abs().max() / (b.abs().max() + 1e-30)).item()
             if a.dtype != b.dtype or not err <= tol:  # NaN fails too
-                label = "the input gradient" if what == "input" else f"the gradient of {what}"
-                return (
-                    f"{label} differs from the reference loop's by {err:.1e} of its largest "
-                    f"value (tolerance {tol:g})"
-                )
+                what = "the input gradient" if what == "input" else f"the gradient of {what}"
+                return f"{what} differs from the reference loop's by {err:.1e} (rtol {tol:g})"
     return ""
 
 
@@ -206,15 +184,10 @@ def _warn_once(key: tuple | str, message: str) -> bool:
 
 @contextlib.contextmanager
 def use_engine(device_type: str, engine) -> Iterator[None]:
-    """Within the block, run tensors of ``device_type`` (``"cpu"``, ``"cuda"``) through
-    ``engine``: an object or module with what :mod:`.cpu` has (``NAME``, unique;
-    ``COMPUTE_DTYPES``; ``READS_HALF_PRECISION``; ``forward``; ``backward``). How the tests and
-    ``benchmarks/gpu_check.py`` run the Triton kernels interpreted on CPU tensors, or a broken
-    engine behind ``backend="auto"``. An engine of that name is checked afresh on entry."""
+    """Within the block, run tensors of ``device_type`` (``"cpu"``, ``"cuda"``) through ``engine``,
+    which has what :mod:`.cpu` has (a unique ``NAME``, ...): how the tests and
+    ``benchmarks/gpu_check.py`` run the Triton kernels on CPU tensors, or a broken engine."""
     register_engine(engine)
-    for key in [k for k in _verdicts if k[0] == engine.NAME]:
-        del _verdicts[key]
-        _warned.discard(key)
     previous = _overrides.get(device_type)
     _overrides[device_type] = engine
     try:

@@ -34,21 +34,14 @@ ABI_VERSION = 2
 
 # Tried in order until one builds: native vector width first, then portable, then without the
 # OpenMP runtime (e.g. Apple clang: one thread, still vectorised).
-FLAG_SETS = (
-    ("-O3", "-march=native", "-fopenmp"),
-    ("-O3", "-fopenmp"),
-    ("-O3", "-fopenmp-simd"),
+FLAG_SETS = tuple(
+    tuple(f.split()) for f in ("-O3 -march=native -fopenmp", "-O3 -fopenmp", "-O3 -fopenmp-simd")
 )
 # -ffp-contract=off: no fused multiply-add, one rounding per operation as in PyTorch.
 # -fno-math-errno -fno-trapping-math change no result (only errno and FP exception flags) but let
 # floor/min/selects vectorise.
 COMMON_FLAGS = (
-    "-std=c11",
-    "-shared",
-    "-fPIC",
-    "-ffp-contract=off",
-    "-fno-math-errno",
-    "-fno-trapping-math",
+    *"-std=c11 -shared -fPIC -ffp-contract=off -fno-math-errno -fno-trapping-math".split(),
     f"-DMEMBRANE_ABI_VERSION={ABI_VERSION}",
 )
 
@@ -56,6 +49,7 @@ COMMON_FLAGS = (
 #: whether it reads bf16/fp16 input as is (here: converted to the compute dtype first).
 NAME = "cpu"
 COMPUTE_DTYPES = (torch.float32, torch.float64)
+SUFFIX = {torch.float32: "f32", torch.float64: "f64"}  # of the kernel's function names
 READS_HALF_PRECISION = False
 
 _lock = threading.Lock()
@@ -65,10 +59,8 @@ _error: str | None = None
 
 def cache_dir() -> Path:
     """Where built kernels are kept (created on demand)."""
-    if os.environ.get("LIGHTNING_GLIF_CACHE"):
-        return Path(os.environ["LIGHTNING_GLIF_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "lightning_glif"
+    default = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lightning_glif"
+    return Path(os.environ.get("LIGHTNING_GLIF_CACHE") or default)
 
 
 def compiler() -> str | None:
@@ -168,18 +160,16 @@ def load() -> ctypes.CDLL | None:
                     "lightning_glif: the fused CPU kernel could not be built, so neurons run the "
                     f"reference PyTorch loop (same results, slower). Reason: {e}",
                     RuntimeWarning,
-                    stacklevel=4,  # the caller of _select (via _cpu_kernel_error)
+                    stacklevel=4,  # the caller of _select (via unavailable)
                 )
     return _lib
 
 
-def build_error() -> str | None:
-    """Why :func:`load` failed, if it did."""
-    return _error
-
-
-def _suffix(dtype: torch.dtype) -> str:
-    return {torch.float32: "f32", torch.float64: "f64"}[dtype]
+@torch.compiler.assume_constant_result
+def unavailable() -> str:
+    """Why the kernel cannot be loaded, ``""`` if it can (built on the first call). Constant under
+    ``torch.compile``: Dynamo does not trace into the build (a lock, a subprocess)."""
+    return "" if load() is not None else str(_error)
 
 
 def _dims(x: torch.Tensor) -> tuple[int, int, int, int]:
@@ -193,7 +183,7 @@ def forward(x: torch.Tensor, coef: torch.Tensor, gain: torch.Tensor) -> torch.Te
     lib = load()
     spikes = torch.empty_like(x)
     pointers = [t.data_ptr() for t in (x, spikes, coef, gain)]
-    getattr(lib, f"membrane_forward_{_suffix(x.dtype)}")(*pointers, *_dims(x))
+    getattr(lib, f"membrane_forward_{SUFFIX[x.dtype]}")(*pointers, *_dims(x))
     return spikes
 
 
@@ -213,7 +203,7 @@ def backward(
     partial = torch.zeros(slices, 5 + T, C, dtype=torch.float64)
     grad_x = torch.empty_like(x)
     pointers = [t.data_ptr() for t in (x, grad, grad_x, partial, coef, gain)]
-    status = getattr(lib, f"membrane_backward_{_suffix(x.dtype)}")(
+    status = getattr(lib, f"membrane_backward_{SUFFIX[x.dtype]}")(
         *pointers, T, B, C, S, *surrogate, int(detach_reset)
     )
     if status != 0:

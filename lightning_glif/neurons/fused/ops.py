@@ -1,16 +1,12 @@
-"""The fused membrane op as ``torch.library`` custom ops, so that ``torch.compile`` traces
-through it.
+"""The fused membrane op as ``torch.library`` custom ops ``lightning_glif::membrane_fwd`` and
+``::membrane_bwd`` (the autograd of the first): each has the engine's kernel and a fake
+implementation (shapes, dtypes, strides) that ``torch.compile`` traces with, so Dynamo records one
+opaque node per neuron.
 
-``lightning_glif::membrane_fwd`` and ``lightning_glif::membrane_bwd`` each have a real
-implementation (the engine's kernel) and a fake one (shapes, dtypes, strides: what Dynamo and
-Inductor trace with); ``membrane_fwd``'s autograd is ``membrane_bwd``. Dynamo records one opaque
-node per neuron, and Inductor compiles everything around it.
-
-The ops take an ``engine`` name (``"cpu"``, ``"triton"``, or one added by
-:func:`register_engine`) rather than dispatching per device, so that the tests can run the Triton
-kernels, or a deliberately broken engine, on CPU tensors. The surrogate ``(kind, p, q)`` and
-``detach_reset`` are arguments of the forward op although only the backward uses them:
-``register_autograd``'s ``setup_context`` sees only the op's inputs. No double backward.
+The ops take an ``engine`` name rather than dispatching per device, so that the tests can run the
+Triton kernels, or a broken engine, on CPU tensors. The forward op takes the surrogate ``(kind, p,
+q)`` and ``detach_reset`` for the backward's sake (``setup_context`` sees only the op's inputs).
+No double backward.
 """
 
 from __future__ import annotations
@@ -21,6 +17,7 @@ import torch
 from torch import Tensor
 
 ENGINES: tuple[str, ...] = ("cpu", "triton")
+DEVICES = ("cpu", "cuda")
 _registered: dict[str, object] = {}  # engines added by register_engine, by NAME
 
 
@@ -48,9 +45,7 @@ def engine_module(name: str) -> ModuleType | object:
     raise ValueError(f"engine must be one of {names}, got {name!r}.")
 
 
-@torch.library.custom_op(
-    "lightning_glif::membrane_fwd", mutates_args=(), device_types=("cpu", "cuda")
-)
+@torch.library.custom_op("lightning_glif::membrane_fwd", mutates_args=(), device_types=DEVICES)
 def membrane_fwd(
     x: Tensor,
     coef: Tensor,
@@ -61,11 +56,9 @@ def membrane_fwd(
     q: float,
     detach_reset: bool,
 ) -> Tensor:
-    """Spikes ``[T, B, C, ...]`` in ``x``'s dtype. ``x`` ``[T, B, C, ...]`` in the compute dtype
-    (bf16/fp16 also for ``"triton"``), ``coef`` ``[5, C]`` (decay, hard, leak, soft,
-    v_threshold) and ``gain`` ``[T, C]`` in the compute dtype."""
-    # .contiguous(): a no-op from the eager dispatcher, which passes contiguous tensors; under
-    # Inductor the kernels' pointer arithmetic must not depend on the layout it picked.
+    """Spikes like ``x`` ``[T, B, C, ...]`` (compute dtype, or bf16/fp16 for ``"triton"``), from
+    ``coef`` ``[5, C]`` (decay, hard, leak, soft, v_threshold) and ``gain`` ``[T, C]``."""
+    # .contiguous(): a no-op in eager mode; under Inductor the layout is its choice.
     return engine_module(engine).forward(x.contiguous(), coef.contiguous(), gain.contiguous())
 
 
@@ -75,9 +68,7 @@ def _membrane_fwd_fake(x, coef, gain, engine, kind, p, q, detach_reset):
     return x.new_empty(x.shape)
 
 
-@torch.library.custom_op(
-    "lightning_glif::membrane_bwd", mutates_args=(), device_types=("cpu", "cuda")
-)
+@torch.library.custom_op("lightning_glif::membrane_bwd", mutates_args=(), device_types=DEVICES)
 def membrane_bwd(
     x: Tensor,
     grad: Tensor,

@@ -1,15 +1,12 @@
 """CUDA engine of the fused membrane op: Triton kernels, the same maths as ``membrane_body.h``.
 
-One program handles one channel ``c`` and a block of ``BLOCK`` of its ``B * S`` elements, so the
-coefficients are scalars and the parameter gradients reduce inside the program; each program
-writes its partial sums to its own slot (no atomics: deterministic), summed by PyTorch after.
-The input is read in its own dtype (bf16/fp16 under autocast: 2 bytes saved per element and step)
-and the membrane is float32. The backward recomputes the membrane into a scratch buffer that lives
-only during the backward. ``enable_fp_fusion=False`` keeps one rounding per operation (no FMA), as
-in the PyTorch reference, so the spikes are bit-identical.
-
-Imported only for CUDA tensors (or by the tests under ``TRITON_INTERPRET=1``, which must be set
-before this module is imported).
+One program handles one channel ``c`` and ``BLOCK`` of its ``B * S`` elements, so the
+coefficients are scalars and the parameter gradients reduce inside the program, into its own slot
+of partial sums (no atomics: deterministic). The input is read in its own dtype (bf16 under
+autocast), the membrane is float32; the backward recomputes it into a scratch buffer.
+``enable_fp_fusion=False`` keeps one rounding per operation (no FMA), as in the reference loop,
+so the spikes are bit-identical. Imported only for CUDA tensors (or by the tests under
+``TRITON_INTERPRET=1``, set before this module is imported).
 """
 
 from __future__ import annotations
@@ -31,8 +28,7 @@ NUM_WARPS = 4
 
 @triton.jit
 def _surrogate(v, KIND: tl.constexpr, p, q):
-    """dH/dv of the built-in surrogates; (KIND, p, q) from ``Surrogate.kernel_code``, as in
-    ``membrane_body.h``."""
+    """dH/dv of the built-in surrogates, ``(KIND, p, q)`` from ``Surrogate.kernel_code``."""
     if KIND == 0:
         d = tl.where(tl.abs(v) < p, q, 0.0)
     elif KIND == 1:
@@ -181,8 +177,7 @@ def _launch(x: torch.Tensor) -> tuple[tuple[int, int], tuple[int, ...], dict]:
 
 
 def forward(x: torch.Tensor, coef: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
-    """Spikes in ``x``'s dtype; ``x`` contiguous ``[T, B, C, ...]``, ``coef`` ``[5, C]`` and
-    ``gain`` ``[T, C]`` float32 (see ``cpu.forward``)."""
+    """Spikes; arguments as ``cpu.forward`` (``coef`` and ``gain`` float32)."""
     grid, sizes, options = _launch(x)
     out = torch.empty_like(x)
     with _on(x.device):
