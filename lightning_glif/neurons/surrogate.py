@@ -70,9 +70,7 @@ class Rectangular(Surrogate):
         return (v.abs() < self.width / 2).to(v.dtype) / self.width
 
     def kernel_code(self) -> tuple[int, float, float] | None:
-        if type(self) is not Rectangular:  # exact type only: see Surrogate.kernel_code
-            return None
-        return 0, self.width / 2, 1 / self.width
+        return (0, self.width / 2, 1 / self.width) if type(self) is Rectangular else None
 
     def extra_repr(self) -> str:
         return f"width={self.width}"
@@ -98,9 +96,7 @@ class ATan(Surrogate):
         return (self.alpha / 2) / (1 + (math.pi / 2 * self.alpha * v) ** 2)
 
     def kernel_code(self) -> tuple[int, float, float] | None:
-        if type(self) is not ATan:  # exact type only: see Surrogate.kernel_code
-            return None
-        return 1, self.alpha / 2, math.pi / 2 * self.alpha
+        return (1, self.alpha / 2, math.pi / 2 * self.alpha) if type(self) is ATan else None
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}"
@@ -127,9 +123,7 @@ class Sigmoid(Surrogate):
         return self.alpha * s * (1 - s)
 
     def kernel_code(self) -> tuple[int, float, float] | None:
-        if type(self) is not Sigmoid:  # exact type only: see Surrogate.kernel_code
-            return None
-        return 2, self.alpha, 0.0
+        return (2, self.alpha, 0.0) if type(self) is Sigmoid else None
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}"
@@ -157,9 +151,7 @@ class Triangle(Surrogate):
         return torch.clamp(1 - v.abs() / self.width, min=0.0) / self.width
 
     def kernel_code(self) -> tuple[int, float, float] | None:
-        if type(self) is not Triangle:  # exact type only: see Surrogate.kernel_code
-            return None
-        return 3, self.width, 1 / self.width
+        return (3, self.width, 1 / self.width) if type(self) is Triangle else None
 
     def extra_repr(self) -> str:
         return f"width={self.width}"

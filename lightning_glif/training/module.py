@@ -22,9 +22,6 @@ from lightning_glif.training import tags
 from lightning_glif.training.allowlist import check_checkpoint_classes, stored_hyperparameters
 from lightning_glif.training.losses import MeanCrossEntropy, TemporalLoss
 
-#: Arguments that are objects when the module is built in Python, configs under LightningCLI.
-OBJECT_ARGUMENTS = ("backbone", "optimizer", "lr_scheduler", "loss")
-
 
 def accuracies(stage: str, num_classes: int) -> MetricCollection:
     """Top-1 accuracy ``<stage>/acc`` and, with more than 5 classes, top-5 ``<stage>/acc_top5``,
@@ -91,15 +88,14 @@ class SpikingClassifier(LightningModule):
         compile: bool = False,
     ) -> None:
         super().__init__()
-        # Under LightningCLI the hyperparameters are the resolved config (the backbone, optimizer
-        # and loss as class_path dicts): a checkpoint rebuilds the whole model. Built in Python
-        # they are objects, which a checkpoint must not pickle: dropped.
+        # Under LightningCLI the hyperparameters are the resolved config (the backbone, optimizer,
+        # scheduler and loss as class_path dicts): a checkpoint rebuilds the whole model. Built in
+        # Python they are objects, which a checkpoint must not pickle: dropped.
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", r"Attribute '\w+' is an instance of `nn.Module`")
             self.save_hyperparameters()
-        objects = [
-            k for k in OBJECT_ARGUMENTS if not isinstance(self.hparams[k], dict | str | None)
-        ]
+        given = ("backbone", "optimizer", "lr_scheduler", "loss")
+        objects = [k for k in given if not isinstance(self.hparams[k], dict | str | None)]
         if objects:
             self.save_hyperparameters(ignore=objects)
         if lr_interval not in ("epoch", "step"):
