@@ -102,16 +102,12 @@ class Tiny(SplitDataModule):
 
 def test_base_owns_batch_options_and_serves_the_splits():
     dm = Tiny(batch_size=4, num_workers=0)
-    assert (dm.batch_size, dm.num_workers, dm.eval_batch_size) == (4, 0, 4)
+    assert (dm.batch_size, dm.num_workers) == (4, 0)
     assert [len(x) for x, _ in dm.train_dataloader()] == [4, 4, 2]
     assert [len(x) for x, _ in dm.val_dataloader()] == [4, 4, 2]
     tested = torch.cat([x for x, _ in dm.test_dataloader()])
     assert tested.tolist() == list(range(10))  # evaluation in order, not shuffled
     assert [len(x) for x, _ in dm.predict_dataloader()] == [4, 4, 2]  # predict: the test split
-
-    evaluation = Tiny(batch_size=4, num_workers=0, eval_batch_size=10)
-    assert [len(x) for x, _ in evaluation.val_dataloader()] == [10]
-    assert [len(x) for x, _ in evaluation.train_dataloader()] == [4, 4, 2]
 
     class Dropping(Tiny):
         drop_last_train = True  # as the CIFAR/ImageNet modules
@@ -126,10 +122,6 @@ def test_base_owns_batch_options_and_serves_the_splits():
     [
         ({"batch_size": 0, "num_workers": 0}, "Tiny: batch_size must be >= 1, got 0"),
         ({"batch_size": 2, "num_workers": -1}, "Tiny: num_workers must be >= 0"),
-        (
-            {"batch_size": 2, "num_workers": 0, "eval_batch_size": 0},
-            "Tiny: eval_batch_size must be >= 1, or None to use batch_size, got 0",
-        ),
     ],
 )
 def test_bad_batch_options_fail_at_construction(kwargs, message):

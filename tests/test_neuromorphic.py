@@ -439,18 +439,17 @@ def one_recording(tmp_path: Path, monkeypatch, events: np.ndarray, **options):
     return dm.datasets["test"][0][0].numpy()
 
 
-@pytest.mark.parametrize("layout", ["authors", "tonic"])
-def test_cifar10dvs_one_event_lights_the_authors_pixel(tmp_path, monkeypatch, layout) -> None:
+def test_cifar10dvs_one_event_lights_the_authors_pixel(tmp_path, monkeypatch) -> None:
     """An ON event at x=3, y=40 of Tonic's file is, in the original file, x=3, y=87, ON; the
     authors' reader put it at row 124, column 40, channel 0 (OFF)."""
     t = np.array([5])
     address = dvs128_address(np.array([3]), np.array([87]), np.array([1]))
     events = as_dv_converts(address, t)
     assert (events["x"][0], events["y"][0], events["on"][0]) == (3, 40, True)
-    frames = one_recording(tmp_path, monkeypatch, events, time_steps=1, event_layout=layout)
+    frames = one_recording(tmp_path, monkeypatch, events, time_steps=1)
     lit = [tuple(int(i) for i in index) for index in np.argwhere(frames)]
-    assert lit == ([(0, 0, 124, 40)] if layout == "authors" else [(0, 1, 40, 3)])
-    assert np.array_equal(frames, as_spikingjelly_frames(address, 1)) == (layout == "authors")
+    assert lit == [(0, 0, 124, 40)]  # Tonic's layout would light (0, 1, 40, 3)
+    assert np.array_equal(frames, as_spikingjelly_frames(address, 1))
 
 
 def test_cifar10dvs_frames_equal_the_authors_frames(tmp_path, monkeypatch) -> None:
@@ -518,7 +517,6 @@ OPTIONS = {
         "crop_padding": 4,
         "train_fraction": 0.9,
         "drop_last": False,
-        "event_layout": "authors",
     },
     # no hflip: left- and right-hand gestures are different classes
     DVSGestureDataModule: {

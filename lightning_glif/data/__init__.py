@@ -1,10 +1,6 @@
-"""LightningDataModules: embedded (no download), torchvision and Tonic datasets.
-
-Every module yields ``(inputs, labels int64)``: static images ``[B, C, H, W]`` or sequences
-``[B, T, ...]`` float32. Nothing downloads unless ``download=True`` is passed.
-
-The event data modules (``emulator``, ``neuromorphic``) are imported on first use: they need
-Tonic (GPL-3.0), which importing this package, or the digits, does not load.
+"""LightningDataModules yielding ``(inputs float32, labels int64)``: images ``[B, C, H, W]`` or
+sequences ``[B, T, ...]``. Nothing downloads unless ``download=True`` is passed. The event
+modules are imported on first use: they need Tonic (GPL-3.0), which this package does not load.
 """
 
 from importlib import import_module

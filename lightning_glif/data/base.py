@@ -33,17 +33,14 @@ class SplitDataModule(LightningDataModule):
     ``image_size`` (height = width) for image-like inputs; ``in_features`` for sequences.
 
     Args:
-        batch_size: training batch size (>= 1).
+        batch_size: samples per batch, in every split (>= 1).
         num_workers: DataLoader worker processes (>= 0; 0 loads in the main process).
-        eval_batch_size: validation/test/predict batch size (>= 1); ``None``: ``batch_size``.
     """
 
     drop_last_train: ClassVar[bool] = False
     num_classes: ClassVar[int]
 
-    def __init__(
-        self, batch_size: int, num_workers: int, eval_batch_size: int | None = None
-    ) -> None:
+    def __init__(self, batch_size: int, num_workers: int) -> None:
         super().__init__()
         owner = type(self).__name__
         if batch_size < 1:
@@ -53,14 +50,8 @@ class SplitDataModule(LightningDataModule):
                 f"{owner}: num_workers must be >= 0 (0 loads in the main process), "
                 f"got {num_workers}."
             )
-        if eval_batch_size is not None and eval_batch_size < 1:
-            raise ValueError(
-                f"{owner}: eval_batch_size must be >= 1, or None to use batch_size, "
-                f"got {eval_batch_size}."
-            )
         self.batch_size = batch_size
         self.num_workers = num_workers
-        self.eval_batch_size = eval_batch_size or batch_size
         self.datasets: dict[str, Dataset] = {}
 
     def shared_values(self) -> dict[str, int]:
@@ -77,7 +68,7 @@ class SplitDataModule(LightningDataModule):
     def _loader(self, split: str, train: bool) -> DataLoader:
         return DataLoader(
             self.datasets[split],
-            batch_size=self.batch_size if train else self.eval_batch_size,
+            batch_size=self.batch_size,
             shuffle=train,
             drop_last=train and self.drop_last_train,
             num_workers=self.num_workers,
@@ -86,28 +77,22 @@ class SplitDataModule(LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        self._check_one_training_batch()
-        return self._loader("train", train=True)
-
-    def _check_one_training_batch(self) -> None:
-        """With ``drop_last_train``, a training split smaller than one batch (per device) has
-        no batch at all: Lightning would skip training with a warning and exit 0."""
-        if not self.drop_last_train:
-            return
+        # With drop_last_train, a split smaller than one batch per device has no batch at all:
+        # Lightning would skip training with a warning and exit 0.
         trainer = getattr(self, "trainer", None)
         devices = trainer.world_size if trainer is not None else 1
         n = len(self.datasets["train"])
         per_device = math.ceil(n / devices)  # what a DistributedSampler gives each device
-        if per_device >= self.batch_size:
-            return
-        on = f" ({per_device} on each of {devices} devices)" if devices > 1 else ""
-        raise ValueError(
-            f"{type(self).__name__}: the training split has {n} samples{on}, fewer than one "
-            f"batch (batch_size {self.batch_size}), and this data drops the last incomplete "
-            "training batch (drop_last_train), so no training batch is left. Lower batch_size "
-            f"(--data.init_args.batch_size {max(1, per_device)}) or train on more samples (a "
-            "smaller val_size, where the data has one)."
-        )
+        if self.drop_last_train and per_device < self.batch_size:
+            on = f" ({per_device} on each of {devices} devices)" if devices > 1 else ""
+            raise ValueError(
+                f"{type(self).__name__}: the training split has {n} samples{on}, fewer than one "
+                f"batch (batch_size {self.batch_size}), and this data drops the last incomplete "
+                "training batch (drop_last_train), so no training batch is left. Lower "
+                f"batch_size (--data.init_args.batch_size {max(1, per_device)}) or train on more "
+                "samples (a smaller val_size, where the data has one)."
+            )
+        return self._loader("train", train=True)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", train=False)

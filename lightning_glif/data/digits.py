@@ -29,14 +29,13 @@ def load_digit_images() -> tuple[np.ndarray, np.ndarray]:
 
 class DigitsDataModule(SplitDataModule):
     """scikit-learn's 1,797 handwritten digits as ``[B, 1, 8, 8]`` float images in ``[0, 1]``,
-    int64 labels. The split is stratified by class and fixed by ``split_seed``
-    (:func:`~.splits.stratified_split`): 1,257 / 270 / 270 images by default on every machine
-    (``indices``: the rows of ``load_digits()`` in each split).
+    int64 labels, split by class and ``split_seed`` (:func:`~.splits.stratified_split`): 1,257 /
+    270 / 270 by default on every machine (``indices``: the rows of ``load_digits()``).
 
     Args:
-        batch_size: images per batch (all splits).
-        val_fraction: share of the images held out for validation (model selection).
-        test_fraction: share of the images held out for the final test.
+        batch_size: samples per batch (all splits).
+        val_fraction: share of the digits held out for validation (model selection).
+        test_fraction: share of the digits held out for the final test.
         split_seed: seed of the stratified split; independent of the training seed.
         num_workers: DataLoader worker processes (0: the data lives in memory).
     """
@@ -55,10 +54,8 @@ class DigitsDataModule(SplitDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__(batch_size, num_workers)
-        if not (
-            0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1
-        ):
-            raise ValueError(  # at construction, so a bad config fails early
+        if not (0 < val_fraction and 0 < test_fraction and val_fraction + test_fraction < 1):
+            raise ValueError(
                 f"{type(self).__name__}: val_fraction and test_fraction must be in (0, 1) and sum "
                 f"to less than 1, got {val_fraction} and {test_fraction}."
             )

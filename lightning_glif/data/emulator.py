@@ -1,11 +1,9 @@
-"""Event digits: an N-MNIST-like event dataset emulated from scikit-learn's 8x8 digits.
+"""Event digits: an N-MNIST-like event dataset emulated from scikit-learn's 8x8 digits, offline.
 
-No download: each digit, upsampled 3x, moves on a 34x34 sensor along a triangle in three
-saccades of 100 ms (as N-MNIST's camera), and ideal DVS pixels (:func:`dvs_events`) turn the
-changing image into Tonic event arrays (``tonic.io.events_struct``: ``x``, ``y``, ``t`` in µs,
-``p`` True = ON), so Tonic's transforms apply. Per sample, a pixel-to-pixel threshold mismatch
-and background-activity events are drawn from ``seed`` and the sample's index: the same seed
-gives the same events on every machine.
+Each digit, upsampled 3x, moves on a 34x34 sensor in three saccades of 100 ms (as N-MNIST's
+camera); ideal DVS pixels (:func:`dvs_events`) turn it into Tonic event arrays (``x``, ``y``,
+``t`` in µs, ``p`` True = ON), with a threshold mismatch and background events drawn from
+``seed`` and the sample's index: the same on every machine.
 """
 
 from __future__ import annotations
@@ -39,18 +37,15 @@ TRIANGLE = np.array([(0.0, 0.0), (2.0, 4.0), (4.0, 0.0), (0.0, 0.0)])
 def dvs_events(
     log_intensity: np.ndarray, times: np.ndarray, threshold: float | np.ndarray
 ) -> list[np.ndarray]:
-    """Events of ideal DVS pixels (ESIM / v2e without refractory period or noise) watching ``N``
-    videos: each pixel keeps a reference log intensity ``L_ref``; when ``|L - L_ref|`` reaches its
-    threshold ``C`` it emits ``floor(|L - L_ref| / C)`` events (ON for an increase) and moves
-    ``L_ref`` by as many thresholds. Times are interpolated linearly between steps.
+    """The events of ideal DVS pixels (ESIM / v2e without refractory period or noise) watching
+    ``N`` videos, as ``N`` Tonic arrays sorted by time: when ``|L - L_ref|`` reaches a pixel's
+    threshold ``C`` it emits ``floor(|L - L_ref| / C)`` events (ON for an increase) and moves its
+    reference ``L_ref`` by as many thresholds; times are interpolated between steps.
 
     Args:
         log_intensity: ``[S, N, H, W]`` log intensity of each video at each simulation step.
         times: ``[S]`` increasing step times in µs.
         threshold: contrast threshold ``C`` in log units, a number or per pixel ``[N, H, W]``.
-
-    Returns:
-        ``N`` structured arrays (``tonic.io.events_struct``), each sorted by time.
     """
     video = np.asarray(log_intensity, dtype=np.float64)
     times = np.asarray(times, dtype=np.float64)
@@ -109,14 +104,10 @@ def render(images: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     for frame, (dx, dy) in zip(video, offsets, strict=True):
         x0, y0 = int(np.floor(dx)), int(np.floor(dy))
         fx, fy = dx - x0, dy - y0
-        for oy, ox, w in (
-            (0, 0, (1 - fy) * (1 - fx)),
-            (1, 0, fy * (1 - fx)),
-            (0, 1, (1 - fy) * fx),
-            (1, 1, fy * fx),
-        ):
-            y, x = margin + y0 + oy, margin + x0 + ox
-            frame[:, y : y + side, x : x + side] += w * big
+        for ox, wx in ((0, 1 - fx), (1, fx)):
+            for oy, wy in ((0, 1 - fy), (1, fy)):
+                y, x = margin + y0 + oy, margin + x0 + ox
+                frame[:, y : y + side, x : x + side] += wy * wx * big
     return video
 
 
@@ -130,21 +121,19 @@ def emulate_digits(
     steps_per_saccade: int = 25,
     first_index: int = 0,
 ) -> list[np.ndarray]:
-    """Events of an emulated DVS watching each digit move in three saccades (300 ms).
+    """The events of an emulated DVS watching each digit move in three saccades (300 ms), as
+    ``N`` Tonic arrays sorted by time.
 
     Args:
         images: ``[N, 8, 8]`` digits, intensity in ``[0, 1]``.
         seed: seed of the per-sample randomness (threshold mismatch, background activity).
-        contrast: ratio of the brightest stroke's intensity to the background's (>= 1).
+        contrast: the brightest stroke's intensity over the background's (>= 1).
         threshold: mean contrast threshold ``C`` in log-intensity units.
         threshold_mismatch: relative pixel-to-pixel spread of ``C`` (clipped to +-50%).
         noise_rate: background-activity events per pixel and second (random polarity).
         steps_per_saccade: simulation steps per saccade (event times are interpolated).
-        first_index: index of ``images[0]`` in the dataset; sample ``i`` draws its randomness
-            from ``(seed, i)``, so it does not depend on how the dataset is chunked.
-
-    Returns:
-        ``N`` structured arrays (``tonic.io.events_struct``), sorted by time.
+        first_index: index of ``images[0]`` in the dataset: sample ``i`` draws from ``(seed,
+            i)``, however the dataset is chunked.
     """
     if contrast < 1:
         raise ValueError(f"contrast must be >= 1 (stroke / background intensity), got {contrast}.")
@@ -204,15 +193,11 @@ class EventDigits:
         self.events, self.offsets = self._load_or_generate()
 
     def _load_or_generate(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(events, offsets)``: every sample's events in one array, sample ``i`` at
-        ``events[offsets[i]:offsets[i + 1]]``."""
+        """``(events, offsets)``: sample ``i``'s events are ``events[offsets[i]:offsets[i+1]]``."""
         if self.path.exists():
             try:
                 with np.load(self.path) as f:
-                    events, offsets = f["events"], f["offsets"]
-                if len(offsets) == len(self.targets) + 1 and offsets[-1] == len(events):
-                    return events, offsets
-                log.warning("cache %s does not match the digits: regenerating it", self.path)
+                    return f["events"], f["offsets"]
             except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
                 log.warning("unreadable cache %s (%s): regenerating it", self.path, err)
         log.info("emulating events for %d digits into %s", len(self.images), self.path)
@@ -252,15 +237,7 @@ class EventDigitsDataModule(DigitsDataModule):
     Args:
         data_dir: data root; the generated events are cached in ``<data_dir>/EventDigits``.
         time_steps: frames per recording ``T``.
-        batch_size: recordings per batch.
         binning: ``"time"`` (T equal time windows) or ``"events"`` (T equal event counts).
-        val_fraction: share of the digits held out for validation.
-        test_fraction: share of the digits held out for the final test.
-        split_seed: seed of the stratified split.
-        seed: seed of the emulator (pixel threshold mismatch, background activity).
-        threshold: contrast threshold of the emulated pixels, in log units (lower: more events).
-        noise_rate: background-activity events per pixel and second.
-        num_workers: DataLoader worker processes (0: the frames are in memory already).
     """
 
     in_channels = 2
@@ -276,22 +253,18 @@ class EventDigitsDataModule(DigitsDataModule):
         val_fraction: float = 0.15,
         test_fraction: float = 0.15,
         split_seed: int = 0,
-        seed: int = 0,
-        threshold: float = 0.25,
-        noise_rate: float = 0.1,
         num_workers: int = 0,
     ) -> None:
         super().__init__(batch_size, val_fraction, test_fraction, split_seed, num_workers)
         self.data_dir = data_dir
         self.time_steps = time_steps
         self.to_frames = EventsToFrames(EventDigits.sensor_size, time_steps, binning)
-        self.emulator = {"seed": seed, "threshold": threshold, "noise_rate": noise_rate}
 
     def prepare_data(self) -> None:
-        """Generate and cache the events (once per data root and emulator settings)."""
-        EventDigits(self.data_dir, **self.emulator)
+        """Generate and cache the events (once per data root)."""
+        EventDigits(self.data_dir)
 
     def inputs(self) -> tuple[torch.Tensor, np.ndarray]:
-        dataset = EventDigits(self.data_dir, **self.emulator)
+        dataset = EventDigits(self.data_dir)
         frames = np.stack([self.to_frames(dataset[i][0]) for i in range(len(dataset))])
         return torch.from_numpy(frames), dataset.targets

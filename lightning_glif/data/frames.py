@@ -1,8 +1,5 @@
-"""From events to frame tensors, the pipeline of every event DataModule (the cache sits between
-the slow and the random part)::
-
-    events --EventsToFrames--> frames [T, P, H, W] --AtomicDiskCache--> --FrameAugment--> float32
-"""
+"""From events to frames, every event DataModule's pipeline: :class:`EventsToFrames`, then
+:class:`AtomicDiskCache` (after the slow part), then :class:`FrameAugment` (the random part)."""
 
 from __future__ import annotations
 
@@ -100,13 +97,10 @@ class EventsToFrames:
 
 
 class AtomicDiskCache(Dataset):
-    """``dataset``'s ``(frames, label)`` samples, each cached in ``<cache_path>/<index>_0.hdf5``
-    (lzf-compressed) on first read, then read from there; ``transform`` runs after the cache.
-
-    Each file is written atomically (:func:`lightning_glif.io.atomic_path`): a killed run leaves
-    no half-written file; its temporary files go when the cache is next opened, and an unreadable
-    file is rebuilt. The cache does not know what produced its files: callers put every
-    parameter applied before it, and what identifies the sources, into ``cache_path``.
+    """``dataset``'s ``(frames, label)`` samples, cached in ``<cache_path>/<index>_0.hdf5`` on
+    first read (atomically, :mod:`lightning_glif.io`; an unreadable file is rebuilt), then read
+    from there; ``transform`` runs after the cache. Callers put every parameter applied before the
+    cache, and what identifies the sources, into ``cache_path``.
     """
 
     def __init__(self, dataset: Any, cache_path: str, transform: Any = None) -> None:

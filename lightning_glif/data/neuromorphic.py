@@ -11,7 +11,7 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar, Literal, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import h5py
 import numpy as np
@@ -68,14 +68,11 @@ class Split(NamedTuple):
 class EventDataModule(SplitDataModule):
     """The options and machinery shared by the Tonic DataModules; use one of its subclasses.
 
-    ``setup`` checks that the needed splits' files are there (else one
-    :class:`~.errors.DatasetNotFoundError`), opens them with Tonic in sorted path order without
-    downloading (:mod:`~.tonic_guard`), bins each sample into ``time_steps`` frames and caches
-    them (:class:`~.frames.AtomicDiskCache`) in
+    ``setup`` opens the needed splits with Tonic in sorted path order, never downloading
+    (:mod:`~.tonic_guard`), and caches each sample's frames in
     ``<data_dir>/cache/<Tonic name>/<T..-binning-size>/<split>-<hash>/``: the folder names every
-    parameter applied before the cache, the hash each source file's name, size, mtime and label,
-    so other frames or recordings read a new cache, never stale frames (old ones stay until
-    deleted). The training augmentation runs after the cache.
+    parameter applied before the cache, the hash each file's name, size, mtime and label, so
+    other frames or recordings never read stale ones (old caches stay until deleted).
 
     **A new event dataset** is a subclass that sets ``name`` (display name), ``tonic_class``
     (the ``tonic.datasets`` class), ``num_classes``, ``splits`` (``{"train": Split(...), "test":
@@ -87,16 +84,12 @@ class EventDataModule(SplitDataModule):
 
     Args:
         time_steps: frames per recording ``T``.
-        data_dir: data root; the dataset lives in ``<data_dir>/<Tonic name>``, the frame cache
-            in ``<data_dir>/cache/<Tonic name>``.
+        data_dir: data root, holding ``<Tonic name>/`` (the dataset) and ``cache/`` (frames).
         batch_size: recordings per batch.
         binning: ``"time"`` (T equal time windows) or ``"events"`` (T equal event counts).
-        resize: side of the frames after a bilinear resize (before the cache); ``None``: the
-            sensor's size.
-        resize_antialias: antialias that resize (``False``: plain bilinear, as the GLIF
-            authors' CIFAR10-DVS frames; part of the cache path).
-        crop_padding: training augmentation: zero-pad by this many pixels and crop back at a
-            random position (0: off).
+        resize: side of the frames after a bilinear resize; ``None``: the sensor's size.
+        resize_antialias: antialias that resize (``False``: plain bilinear, as the GLIF authors').
+        crop_padding: training augmentation: zero-pad by this much, crop back randomly (0: off).
         hflip: training augmentation: random horizontal flips.
         val_fraction: share of the training recordings held out for validation (stratified).
         split_seed: seed of that held-out split.
@@ -260,10 +253,7 @@ class NMNISTDataModule(EventDataModule):
 
     Frames ``[B, T, 2, 34, 34]``, 10 classes; 60,000 training recordings (a stratified
     ``val_fraction`` validates) and 10,000 test recordings in ``<data_dir>/NMNIST/``. The options
-    of :class:`EventDataModule`, with:
-
-    Args:
-        time_steps: frames per recording ``T``.
+    of :class:`EventDataModule`.
     """
 
     name = "N-MNIST"
@@ -307,27 +297,18 @@ def authors_layout(events: np.ndarray) -> np.ndarray:
 class CIFAR10DVSDataModule(EventDataModule):
     """CIFAR10-DVS (Li et al. 2017): 10,000 CIFAR-10 images recorded by a DVS, 1,000 per class.
 
-    The split is the GLIF authors': each class's files sorted by name (as SpikingJelly lists
-    them: ``..._0, ..._1, ..._10, ...``), the first ``ceil(train_fraction * n)`` (900) train, the
-    rest test; a stratified ``val_fraction`` of the training files validates (the authors
-    trained on all 9,000). The defaults are the GLIF recipe: frames ``[B, 16, 2, 48, 48]`` by
-    event count, random crop with padding 4, in the authors' layout (:func:`authors_layout`), so
-    their checkpoint sees its images the right way round. The ``.aedat4`` files in
+    The split is the GLIF authors': each class's files sorted by name (``..._0, ..._1, ..._10,
+    ...``, as SpikingJelly), the first ``ceil(train_fraction * n)`` train, the rest test; a
+    stratified ``val_fraction`` of the training files validates (the authors trained on all).
+    The defaults are the GLIF recipe: frames ``[B, 16, 2, 48, 48]`` by event count, crop padding
+    4, in the authors' layout (:func:`authors_layout`). The ``.aedat4`` files in
     ``<data_dir>/CIFAR10DVS/`` need the ``aedat`` package. The options of
-    :class:`EventDataModule` (``hflip`` is not in the recipe), with these defaults and options:
+    :class:`EventDataModule` (``hflip`` is not in the recipe), and:
 
     Args:
-        time_steps: frames per recording ``T``.
-        batch_size: recordings per batch.
-        binning: ``"events"`` (T equal event counts, the recipe) or ``"time"``.
-        resize: side of the frames after a bilinear resize (before the cache); ``None``: 128.
-        crop_padding: training augmentation: zero-pad by this many pixels and crop back at a
-            random position (0: off).
         train_fraction: share of each class (in sorted file order) in the training set.
         drop_last: drop the last, smaller training batch of each epoch (the GLIF authors' loader
             does; the recipe's text does not say).
-        event_layout: ``"authors"``: x, y and polarity as the GLIF authors' frames had them
-            (:func:`authors_layout`); ``"tonic"``: as Tonic's files hold them.
     """
 
     name = "CIFAR10-DVS"
@@ -350,19 +331,12 @@ dog/*.aedat4  frog/*.aedat4  horse/*.aedat4  ship/*.aedat4  truck/*.aedat4
         crop_padding: int = 4,
         train_fraction: float = 0.9,
         drop_last: bool = False,
-        event_layout: Literal["authors", "tonic"] = "authors",
         **kwargs: Any,
     ) -> None:
         if not 0 < train_fraction < 1:
             raise ValueError("CIFAR10DVSDataModule: train_fraction must be in (0, 1).")
-        if event_layout not in ("authors", "tonic"):
-            raise ValueError(
-                f"CIFAR10DVSDataModule: event_layout must be 'authors' or 'tonic', got "
-                f"{event_layout!r}."
-            )
         self.train_fraction = train_fraction
         self.drop_last_train = bool(drop_last)
-        self.event_layout = event_layout
         super().__init__(
             time_steps=time_steps,
             batch_size=batch_size,
@@ -380,9 +354,9 @@ unzip it there, then unzip each class archive in place: {classes}
 """
 
     def event_transform(self) -> Callable[[np.ndarray], np.ndarray] | None:
-        return authors_layout if self.event_layout == "authors" else None
+        return authors_layout
 
-    def _partition(self) -> dict[str, tuple[str, np.ndarray | None]]:
+    def _partition(self) -> dict[str, tuple[str, np.ndarray]]:
         labels = self._sources["all"].labels
         head, tail = per_class_head_split(labels, self.train_fraction)
         kept, held = stratified_holdout(labels[head], self.val_fraction, self.split_seed)
@@ -394,11 +368,7 @@ class DVSGestureDataModule(EventDataModule):
     "other"), frames ``[B, T, 2, 128, 128]`` (or ``resize``). Users 1-23 train (a stratified
     ``val_fraction`` validates), users 24-29 test; in ``<data_dir>/DVSGesture/``. The options of
     :class:`EventDataModule` except ``hflip`` (left- and right-hand gestures are different
-    classes), with:
-
-    Args:
-        time_steps: frames per recording ``T``.
-        batch_size: recordings per batch.
+    classes).
     """
 
     name = "DVS128 Gesture"
@@ -430,15 +400,10 @@ class SHDDataModule(EventDataModule):
     """Spiking Heidelberg Digits (Cramer et al. 2020): spoken digits 0-9 in English and German
     as spikes of 700 cochlear channels; 20 classes.
 
-    Frames ``[B, T, 1, 700]`` (spike counts per bin and channel; a
-    :class:`~lightning_glif.models.mlp.SpikingMLP` flattens them). 8,156 training recordings (a
-    stratified ``val_fraction`` validates; its speakers overlap with training) and 2,264 test
-    recordings, partly by unseen speakers, in ``<data_dir>/SHD/``. The options of
-    :class:`EventDataModule` except the image ones (``resize``, ``crop_padding``, ``hflip``),
-    with:
-
-    Args:
-        time_steps: frames per recording ``T``.
+    Frames ``[B, T, 1, 700]``, spike counts per bin and channel. 8,156 training recordings (a
+    stratified ``val_fraction`` validates; same speakers) and 2,264 test recordings, partly by
+    unseen speakers, in ``<data_dir>/SHD/``. The options of :class:`EventDataModule` except the
+    image ones (``resize``, ``crop_padding``, ``hflip``).
     """
 
     name = "SHD"
@@ -455,11 +420,8 @@ shd_test.h5
 """
 
     def __init__(self, *, time_steps: int = 100, **kwargs: Any) -> None:
-        self._refuse(
-            kwargs,
-            ("resize", "resize_antialias", "crop_padding", "hflip"),
-            "its 700 channels are not an image",
-        )
+        image_options = ("resize", "resize_antialias", "crop_padding", "hflip")
+        self._refuse(kwargs, image_options, "its 700 channels are not an image")
         super().__init__(
             time_steps=time_steps,
             resize=None,

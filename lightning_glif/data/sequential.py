@@ -13,19 +13,13 @@ class RowDigitsDataModule(DigitsDataModule):
     """Digits as sequences ``[B, T, 8]`` float32 in ``[0, 1]``, int64 labels: each pixel row
     (top to bottom) occupies ``T // 8`` steps, of which the last ``blank_steps`` are zeros. With
     ``time_steps=32, blank_steps=3`` row ``r`` shows at step ``4 r`` and three zero steps follow,
-    so the first row must be kept across 31 steps. The split is ``DigitsDataModule``'s (the same
-    digits for the same fractions and ``split_seed``). Made for
+    so the first row must be kept across 31 steps. The split is ``DigitsDataModule``'s. Made for
     :class:`~lightning_glif.models.mlp.SpikingMLP` (``in_features=8``).
 
     Args:
         time_steps: sequence length ``T``, a multiple of 8 (the image height).
         blank_steps: zero steps after each shown row, ``0 <= blank_steps < T // 8`` (0: every
-            step shows a row, the layout without blanks).
-        batch_size: sequences per batch.
-        val_fraction: share of the digits held out for validation.
-        test_fraction: share of the digits held out for the final test.
-        split_seed: seed of the stratified split.
-        num_workers: DataLoader worker processes (0: the data lives in memory).
+            step shows a row).
     """
 
     in_channels = image_size = None  # sequences, not images

@@ -1,7 +1,4 @@
-"""Fixed, seeded index splits: the one home of every train/val/test split of the data modules.
-
-All return sorted index arrays.
-"""
+"""Fixed, seeded index splits, as sorted index arrays: every split of the data modules."""
 
 from __future__ import annotations
 
@@ -25,18 +22,14 @@ def _split(
         ) from err
 
 
-# Two hold-out algorithms, each the fixed split of published configs, so neither can replace the
-# other without moving those splits: a stratified fraction (the digits and the event data, via
-# scikit-learn) and a fixed count drawn from torch's permutation (the torchvision and ImageNet
-# modules, whose train/val indices reproduction runs and tests rely on).
+# Two hold-out algorithms, neither replaceable by the other without moving published splits: a
+# stratified fraction (the digits and event data, via scikit-learn) and a count drawn from
+# torch's permutation (the torchvision modules, whose indices reproduction runs rely on).
 def stratified_holdout(
     labels: np.ndarray, fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Split ``range(len(labels))`` into ``(kept, held_out)``, stratified by label.
-
-    ``held_out`` holds ``ceil(fraction * n)`` indices (scikit-learn's rounding), drawn with
-    ``seed``; the same labels, fraction and seed give the same split on every machine.
-    """
+    """Split ``range(len(labels))`` into ``(kept, held_out)``, stratified by label: ``held_out``
+    holds ``ceil(fraction * n)`` indices drawn with ``seed``, the same on every machine."""
     labels = np.asarray(labels)
     kept, held_out = _split(np.arange(len(labels)), labels, fraction, seed)
     return np.sort(kept), np.sort(held_out)
@@ -45,12 +38,9 @@ def stratified_holdout(
 def random_holdout(
     n: int, size: int, seed: int, name: str = "size"
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Split ``range(n)`` into ``(kept, held_out)`` with ``size`` held-out indices, not stratified.
-
-    ``held_out`` is the first ``size`` entries of ``torch.randperm(n)`` under
-    ``torch.Generator().manual_seed(seed)``, ``kept`` the rest: the same on every machine.
-    ``name`` is the option that set ``size``, for the error message.
-    """
+    """Split ``range(n)`` into ``(kept, held_out)``, not stratified: ``held_out`` is the first
+    ``size`` entries of ``torch.randperm(n)`` under ``torch.Generator().manual_seed(seed)``, the
+    same on every machine. ``name`` is the option that set ``size``, for the error message."""
     if not 0 < size < n:
         raise ValueError(
             f"{name} must be in (0, {n}) for {n} samples, got {size}: hold out at least one "
@@ -63,11 +53,9 @@ def random_holdout(
 def stratified_split(
     labels: np.ndarray, val_fraction: float, test_fraction: float, seed: int
 ) -> dict[str, np.ndarray]:
-    """Train / val / test indices, stratified by label: the split of ``DigitsDataModule``.
-
-    First ``val_fraction + test_fraction`` of the data is held out, then that part (in the order
-    scikit-learn returned it) is divided into val and test, both with ``seed``.
-    """
+    """Train / val / test indices, stratified by label (``DigitsDataModule``'s): first
+    ``val_fraction + test_fraction`` is held out, then that part, in the order scikit-learn
+    returned it, is divided into val and test, both with ``seed``."""
     labels = np.asarray(labels)
     held_out = val_fraction + test_fraction
     train, rest = _split(np.arange(len(labels)), labels, held_out, seed)

@@ -1,11 +1,10 @@
 """The one place that touches Tonic beyond its documented API: datasets that never download.
 
-Checked against Tonic 1.7.0. A Tonic dataset's constructor downloads when its private
-``_check_exists`` fails (archive absent, or fewer files than the full set), and Tonic has no
-switch against it. :func:`offline` returns a subclass whose ``_check_exists`` trusts the caller:
-the DataModules look for the extracted files first and download only on ``download=True``,
-through Tonic's own class. Re-check this on a Tonic upgrade: if ``_check_exists`` is renamed,
-Tonic downloads again. Tonic (GPL-3.0) is imported here, only by the event data modules.
+Checked against Tonic 1.7.0, which downloads whenever its private ``_check_exists`` fails
+(archive absent, or fewer files than the full set) and has no switch against it. :func:`offline`
+returns a subclass whose ``_check_exists`` trusts the caller, which checked for the extracted
+files; downloads go through Tonic's own class. Re-check on a Tonic upgrade: if ``_check_exists``
+is renamed, Tonic downloads again. Tonic (GPL-3.0) is imported only here.
 """
 
 from __future__ import annotations

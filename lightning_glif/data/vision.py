@@ -1,9 +1,8 @@
-"""MNIST, Fashion-MNIST, CIFAR-10, CIFAR-100 and ImageNet DataModules, offline first.
+"""MNIST, Fashion-MNIST, CIFAR-10, CIFAR-100 and ImageNet, offline unless ``download`` is set.
 
-Nothing is downloaded unless asked: a missing dataset is one error naming the folder, the layout
-expected there and how to get it. The validation split (model selection) is held out of the
-training images with a fixed seed; the official test images serve only ``test`` (the authors
-selected on the test set: docs/GLIF_SPEC.md section 8).
+The validation split (model selection) is held out of the training images with a fixed seed;
+the official test images serve only ``test`` (the authors selected on the test set:
+docs/GLIF_SPEC.md section 8).
 """
 
 from __future__ import annotations
@@ -24,32 +23,20 @@ from .errors import CorruptFileError, DatasetNotFoundError
 from .splits import random_holdout
 
 
-def _with_transform(dataset, transform):
-    """The same images (loaded or scanned once) under another transform."""
-    view = copy.copy(dataset)
-    view.transform = transform
-    return view
-
-
 class _TorchvisionDataModule(SplitDataModule):
-    """A train split, the val split held out of it, and the official test split, read with
-    torchvision, offline or downloaded on request.
+    """A torchvision dataset's train split, the val split held out of it, and its test split.
 
-    A subclass sets the class attributes below and writes :meth:`expected` (what lies on disk);
-    training augments with RandomCrop (``crop_padding``) and flips (``hflip``), then all images
-    are normalised. Data that is not a torchvision dataset overrides :meth:`check`, :meth:`read`
-    and :meth:`transforms` (see :class:`ImageNetDataModule`). The last, smaller training batch is
-    dropped by default (``drop_last_train``): a batch of a few images gives batch norm noisy
-    statistics.
+    A subclass sets the class attributes below and writes :meth:`expected` (what lies on disk),
+    or overrides :meth:`check`, :meth:`read` and :meth:`transforms` (:class:`ImageNetDataModule`).
+    The last, smaller training batch is dropped: a few images give batch norm noisy statistics.
 
     Args:
         data_dir: data root, the folder that holds the dataset's folder.
         download: fetch and unpack the dataset into ``data_dir`` if it is missing.
-        batch_size: training batch size.
-        eval_batch_size: validation/test batch size; ``None``: ``batch_size``.
+        batch_size: images per batch.
         val_size: training images held out for validation (model selection), without
             augmentation: a whole number is a count, a float in (0, 1) a share (rounded up, as
-            scikit-learn's ``test_size``), so the default fits a set of any size.
+            scikit-learn's ``test_size``).
         split_seed: seed of the held-out split.
         num_workers: DataLoader worker processes; the default is the number of CPUs this
             process may use, at most 4.
@@ -68,12 +55,11 @@ class _TorchvisionDataModule(SplitDataModule):
         data_dir: str = "data",
         download: bool = False,
         batch_size: int = 64,
-        eval_batch_size: int | None = None,
         val_size: int | float = 0.1,
         split_seed: int = 0,
         num_workers: int = LOADER_WORKERS,
     ) -> None:
-        super().__init__(batch_size, num_workers, eval_batch_size)
+        super().__init__(batch_size, num_workers)
         if isinstance(val_size, float) and not 0 < val_size < 1:
             raise ValueError(
                 f"{type(self).__name__}: val_size {val_size} is a float, a share of the training "
@@ -94,9 +80,11 @@ class _TorchvisionDataModule(SplitDataModule):
         n, size = len(train_aug), self.val_size
         size = max(1, math.ceil(size * n)) if isinstance(size, float) else size
         train, val = random_holdout(n, size, self.split_seed, name="val_size")
+        train_eval = copy.copy(train_aug)  # the same images, loaded or scanned once
+        train_eval.transform = self.transforms(train=False)
         self.datasets = {
             "train": Subset(train_aug, train.tolist()),
-            "val": Subset(_with_transform(train_aug, self.transforms(train=False)), val.tolist()),
+            "val": Subset(train_eval, val.tolist()),
             "test": test,
         }
 
@@ -104,8 +92,7 @@ class _TorchvisionDataModule(SplitDataModule):
         return getattr(datasets, self.dataset)
 
     def expected(self) -> tuple[Path, list[str], str, str]:
-        """``(folder, files, layout, manual)``: the folder torchvision reads, the files it needs
-        there (relative to it), a note on the layout, and the manual steps that produce it."""
+        """``(folder torchvision reads, files needed there, a layout note, the manual steps)``."""
         raise NotImplementedError
 
     def check(self) -> None:
@@ -175,10 +162,9 @@ class MNISTDataModule(_TorchvisionDataModule):
     """MNIST through torchvision: ``[B, 1, 28, 28]`` normalised images, labels ``0..9``.
 
     Reads the four unpacked idx files in ``<data_dir>/MNIST/raw/`` (``train-images-idx3-ubyte``,
-    ``train-labels-idx1-ubyte``, ``t10k-...``); files of your own in this format work too, of any
-    size. ``download`` fetches them (11 MB). Training augmentation: RandomCrop(28, padding 2), no
-    flips (a mirrored digit is another symbol). ``val_size`` of the training images validate;
-    ``test`` uses the test images. The last, smaller training batch is dropped.
+    ``train-labels-idx1-ubyte``, ``t10k-...``; files of your own in this format, of any size,
+    too); ``download`` fetches them (11 MB). Training augmentation: RandomCrop(28, padding 2), no
+    flips (a mirrored digit is another symbol).
     """
 
     name = "MNIST"
@@ -240,13 +226,9 @@ class FashionMNISTDataModule(MNISTDataModule):
 class CIFAR10DataModule(_TorchvisionDataModule):
     """CIFAR-10 through torchvision: ``[B, 3, 32, 32]`` normalised images, labels ``0..9``.
 
-    Reads ``<data_dir>/cifar-10-batches-py/`` (the python version, as torchvision unpacks it;
-    ``download`` fetches 170 MB). The GLIF recipe (docs/GLIF_SPEC.md section 6): RandomCrop(32,
-    padding 4) and flips, then the authors' normalisation (their ``data_builder.py``), so their
-    checkpoints see the inputs they were trained on. ``val_size`` of the 50,000 training images
-    validate; ``test`` uses the 10,000 test images (the paper trained on all 50,000 and selected
-    on the test set). Files are checked against torchvision's md5 sums of the originals; a
-    mismatch names every file that differs. Other options as :class:`MNISTDataModule`.
+    Reads ``<data_dir>/cifar-10-batches-py/`` (the python version; ``download``: 170 MB). The GLIF
+    recipe (docs/GLIF_SPEC.md section 6): RandomCrop(32, padding 4), flips, the authors'
+    normalisation. A file whose md5 is not the original's is named.
 
     Args:
         verify_md5: check every file against the original's md5 before reading it (``False``
@@ -264,13 +246,6 @@ class CIFAR10DataModule(_TorchvisionDataModule):
     std = (0.247, 0.243, 0.261)
     crop_padding = 4
     hflip = True
-    folder = "cifar-10-batches-py"  # what the archive unpacks to
-    archive = "cifar-10-python.tar.gz"
-    files: ClassVar[list[str]] = [
-        *(f"data_batch_{i}" for i in range(1, 6)),
-        "test_batch",
-        "batches.meta",
-    ]
 
     def __init__(self, *, verify_md5: bool = True, drop_last: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -278,12 +253,13 @@ class CIFAR10DataModule(_TorchvisionDataModule):
         self.drop_last_train = drop_last
 
     def expected(self) -> tuple[Path, list[str], str, str]:
+        source = self._dataset_class()  # what torchvision reads and downloads
+        files = [name for name, _ in (*source.train_list, *source.test_list)]
         manual = (
-            f"download {self.archive} from https://www.cs.toronto.edu/~kriz/cifar.html "
-            f"and unpack it in {self.data_dir} (tar xzf {self.archive})."
+            f"download {source.url} and unpack it in {self.data_dir} (tar xzf {source.filename})."
         )
-        folder = self.data_dir / self.folder
-        return folder, list(self.files), "(the python version of the dataset, unpacked)", manual
+        folder = self.data_dir / source.base_folder
+        return folder, [*files, source.meta["filename"]], "(the python version, unpacked)", manual
 
     def read(self, train: bool, transform: Any) -> Dataset:
         if not self.verify_md5:
@@ -298,7 +274,7 @@ class CIFAR10DataModule(_TorchvisionDataModule):
         """A :class:`CorruptFileError` naming the file whose md5 differs (torchvision names
         none), else torchvision's ``error``."""
         source = self._dataset_class()
-        folder = self.data_dir / self.folder
+        folder = self.data_dir / source.base_folder
         meta = (source.meta["filename"], source.meta["md5"])
         sums = [*source.train_list, *source.test_list, meta]
         found = {name: hashlib.md5((folder / name).read_bytes()).hexdigest() for name, _ in sums}
@@ -342,28 +318,19 @@ class CIFAR100DataModule(CIFAR10DataModule):
     # as data_builder.py computes them: 8-bit channel means and deviations / 255
     mean = tuple(v / 255 for v in (129.3, 124.1, 112.4))
     std = tuple(v / 255 for v in (68.2, 65.4, 70.4))
-    folder = "cifar-100-python"
-    archive = "cifar-100-python.tar.gz"
-    files: ClassVar[list[str]] = ["train", "test", "meta"]
 
 
 class ImageNetDataModule(_TorchvisionDataModule):
-    """ImageNet-1k from an ImageFolder layout: ``[B, 3, 224, 224]`` normalised images.
+    """ImageNet-1k from ImageFolders: ``[B, 3, 224, 224]`` normalised images.
 
-    Reads ``<data_dir>/imagenet/train/<class>/*.JPEG`` and ``<data_dir>/imagenet/val/<class>/``
-    (the validation images sorted into the training classes' folders); nothing is downloaded
-    (ImageNet needs a licence). The GLIF recipe: RandomResizedCrop(224, scale (0.2, 1)) and
-    flips; evaluation: resize 256, centre crop 224. ``val_size`` images held out of ``train``
-    validate; ``test`` uses ``val``. The last, smaller training batch is dropped, as the GLIF
-    authors' multi-GPU loader.
+    Reads ``<data_dir>/imagenet/train/<class>/*.JPEG`` and ``.../imagenet/val/<class>/`` (the
+    validation images sorted into the training classes' folders), which ``test`` uses; nothing
+    is downloaded (a licence is needed). The GLIF recipe: RandomResizedCrop(224, scale (0.2, 1))
+    and flips; evaluation: resize 256, centre crop 224.
 
     Args:
         data_dir: data root, the folder that holds ``imagenet/train/`` and ``imagenet/val/``.
-        batch_size: training batch size (50 per GPU in the paper).
-        eval_batch_size: validation/test batch size; ``None``: ``batch_size``.
-        val_size: training images held out for validation: a whole number is a count, a float
-            in (0, 1) a share (rounded up).
-        split_seed: seed of the held-out split.
+        batch_size: images per batch (50 per GPU in the paper).
         num_workers: DataLoader worker processes; the default is the number of CPUs this
             process may use, at most 8 (decoding JPEGs is the slow part).
     """
@@ -379,14 +346,11 @@ class ImageNetDataModule(_TorchvisionDataModule):
         self,
         data_dir: str = "data",
         batch_size: int = 50,
-        eval_batch_size: int | None = None,
         val_size: int | float = 10000,
         split_seed: int = 0,
         num_workers: int = min(8, CPUS or 1),
     ) -> None:
-        super().__init__(
-            data_dir, False, batch_size, eval_batch_size, val_size, split_seed, num_workers
-        )
+        super().__init__(data_dir, False, batch_size, val_size, split_seed, num_workers)
 
     def transforms(self, train: bool):
         normalise = [T.ToTensor(), T.Normalize(self.mean, self.std)]
