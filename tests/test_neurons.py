@@ -446,7 +446,8 @@ def test_rank_below_three_is_rejected():
 
 
 def test_wrong_time_steps_is_rejected():
-    with pytest.raises(ValueError, match=r"got 5 time steps, 3 channels \(shape \(5, 2, 3\)\).*T=4"):
+    expected = r"got 5 time steps, 3 channels \(shape \(5, 2, 3\)\).*T=4"
+    with pytest.raises(ValueError, match=expected):
         GLIF(3, 4)(torch.randn(5, 2, 3))
 
 
