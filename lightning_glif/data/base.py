@@ -1,5 +1,4 @@
-"""The base of every DataModule: batch options, the loaders over its splits, and the values it
-tells the model."""
+"""The base of every DataModule: batch options, loaders over its splits, values for the model."""
 
 from __future__ import annotations
 

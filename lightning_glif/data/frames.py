@@ -131,10 +131,9 @@ class AtomicDiskCache(Dataset):
 
 
 class FrameAugment:
-    """Cached frames -> float32 tensor, then the training augmentation, if any: a random crop
-    back to ``size`` after ``crop_padding`` zeros on each side (0: none) and a horizontal flip
-    (``hflip``, p = 0.5), the same for all T frames and polarities of a sample (torchvision's v2
-    transforms take the leading ``[T, P]`` as one image's)."""
+    """Cached frames -> float32 tensor, then the training augmentation: a random crop back to
+    ``size`` after ``crop_padding`` zeros per side (0: none) and flips (``hflip``), the same for
+    all T frames and polarities of a sample (v2 transforms take ``[T, P]`` as one image's)."""
 
     def __init__(self, size: int | None = None, crop_padding: int = 0, hflip: bool = False) -> None:
         ops = []
