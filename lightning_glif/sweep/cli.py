@@ -18,6 +18,8 @@ import sqlalchemy.exc
 
 from lightning_glif.sweep import grid, report, search, worker
 
+STORAGE_ERRORS = (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError)
+
 
 def parser(command: str) -> argparse.ArgumentParser:
     """The options of ``command`` (``run``: ``ablate.py`` without a subcommand)."""
@@ -62,16 +64,21 @@ def main(argv: list[str] | None = None) -> int:
         if "workers" in args:  # the GPUs' error before anything is written
             args.pool = worker.Workers(args.out, args.workers, args.gpus_per_trial)
         return COMMANDS[command](args)
-    except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError) as e:
-        cause = str(e.__cause__ or e).strip().splitlines()[0]
+    except ValueError as e:  # bad input: ours name the option, file or study and the fix
+        p.error(str(e))
+    except Exception as e:  # the storage's, wherever Optuna raised it from: say what to do
+        lost = e
+        while lost is not None and not isinstance(lost, STORAGE_ERRORS):
+            lost = lost.__cause__ or lost.__context__
+        if lost is None:
+            raise
+        cause = str(lost.__cause__ or lost).strip().splitlines()[0]
         print(
             f"ablate.py: error: the study's storage {args.url} failed ({cause}). Check the URL "
             "(e.g. postgresql://USER:PASSWORD@HOST:5432/DB) and that its server runs and is "
             "reachable, then rerun the command: finished trials are kept, the others run again.",
             file=sys.stderr,
         )
-    except ValueError as e:  # bad input: ours name the option, file or study and the fix
-        p.error(str(e))
     except KeyboardInterrupt:
         print("[ablate] interrupted: the runs stopped keep no result, a rerun redoes them.")
         return 130  # the shell's code for Ctrl-C
@@ -107,7 +114,7 @@ def cmd_enqueue(args) -> int:
 
 
 def cmd_worker(args) -> int:
-    args.pool.work(study_of(args), grid.objective(args.pool))
+    args.pool.work(study_of(args), grid.objective)
     print(f"[ablate] no trial left in study {args.study!r}: `ablate.py report` reports it")
     return 0
 
@@ -133,7 +140,7 @@ def cmd_search(args) -> int:
     args.study = args.study or f"search-{Path(args.space).stem}"
     study = study_of(args, {"direction": f"{space['mode']}imize"})
     search.start(study, space, args.train_args)
-    args.pool.work(study, search.objective(args.pool, study), args.trials)
+    args.pool.work(study, search.objective, args.trials)
     return cmd_report(args)
 
 

@@ -102,13 +102,9 @@ def enqueue(url: str, study: optuna.Study, specs: list[dict], reference: str) ->
     return added
 
 
-def objective(workers: worker.Workers):
+def objective(workers: worker.Workers, study: optuna.Study, trial: optuna.Trial) -> float:
     """A grid study's objective: run the enqueued point; its value is the test accuracy."""
-
-    def run(trial: optuna.Trial) -> float:
-        spec = trial.user_attrs
-        if "identity" not in spec:  # another worker took the last waiting point meanwhile
-            raise optuna.TrialPruned("no grid point was waiting")
-        return workers.run(trial, spec, f"{spec['variant']} seed {spec['seed']}", "test_acc")
-
-    return run
+    spec = trial.user_attrs
+    if "identity" not in spec:  # another worker took the last waiting point meanwhile
+        raise optuna.TrialPruned("no grid point was waiting")
+    return workers.run(trial, spec, f"{spec['variant']} seed {spec['seed']}", "test_acc")

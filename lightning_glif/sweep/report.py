@@ -29,8 +29,6 @@ MEANS = {
     "SOPs/sample (k)": ("synops_ac", 1e-3, 1),
     "wall (s)": ("wall_s", 1, 0),
 }
-
-
 #: A mean and its confidence interval ``[lo, hi]`` over ``n`` values (nan: undefined).
 Interval = namedtuple("Interval", "mean lo hi n")
 

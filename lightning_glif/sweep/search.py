@@ -88,20 +88,16 @@ def start(study: optuna.Study, space: dict, train_args: list[str]) -> None:
         study.set_user_attr(k, v)
 
 
-def objective(workers: Workers, study: optuna.Study):
+def objective(workers: Workers, study: optuna.Study, trial: optuna.Trial) -> float:
     """A search study's objective: sample the space and run it; its value is the best
     ``monitor`` of the run (on validation, never the test split)."""
     space, train_args = study.user_attrs["space"], study.user_attrs["train_args"]
-
-    def run(trial: optuna.Trial) -> float:
-        spec = {k: space[k] for k in ("monitor", "mode", "seed")} | {"train_args": train_args}
-        spec["params"] = suggest(trial, space["params"])
-        trial.set_user_attr("options", spec["params"])  # best.yaml's, lists as lists
-        spec["identity"] = key = identity(space["config"], **spec)
-        spec |= {"configs": space["config"], "dir": f"{study.study_name}/{key[:8]}"}
-        return workers.run(trial, spec, f"trial #{trial.number}", "selected_score")
-
-    return run
+    spec = {k: space[k] for k in ("monitor", "mode", "seed")} | {"train_args": train_args}
+    spec["params"] = suggest(trial, space["params"])
+    trial.set_user_attr("options", spec["params"])  # best.yaml's, lists as lists
+    spec["identity"] = key = identity(space["config"], **spec)
+    spec |= {"configs": space["config"], "dir": f"{study.study_name}/{key[:8]}"}
+    return workers.run(trial, spec, f"trial #{trial.number}", "selected_score")
 
 
 def write_report(study: optuna.Study, out: str | Path) -> bool:
@@ -125,11 +121,9 @@ def write_report(study: optuna.Study, out: str | Path) -> bool:
         lines.append(f"| {' | '.join(map(str, cells))} | {t.user_attrs['run_dir']} |")
     if done:
         configs = " ".join(f"--config {c}" for c in space["config"])
-        text = (
-            f"# the best of search {study.study_name!r}, trial #{done[0].number}: python train.py "
-            f"fit {configs} --config best.yaml\n"
-            + yaml.safe_dump(done[0].user_attrs["options"], sort_keys=False)
-        )
+        text = f"# the best of search {study.study_name!r}, trial #{done[0].number}: python "
+        text += f"train.py fit {configs} --config best.yaml\n"
+        text += yaml.safe_dump(done[0].user_attrs["options"], sort_keys=False)
         (out / "best.yaml").write_text(text)
         lines += ["", f"The best trial's options, {out / 'best.yaml'}:", "```yaml", text, "```"]
     else:

@@ -1,7 +1,6 @@
-"""A sweep's storage and workers: ``Study.optimize`` runs each trial as a child process (``python
--m lightning_glif.sweep.worker RUN_DIR``: ``fit``, then a test of the checkpoint it selected) and
-keeps its heartbeat; a dead worker's trial is stale after 3 heartbeats and the next worker
-retries it."""
+"""A sweep's storage and workers. ``Study.optimize`` runs each trial as a child process (``fit``,
+then a test of the checkpoint it selected) and keeps its heartbeat: a dead worker's trial is
+stale after 3 heartbeats, and the next worker retries it."""
 
 from __future__ import annotations
 
@@ -18,6 +17,7 @@ import threading
 import time
 from collections import Counter, defaultdict
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 
 import optuna
@@ -37,8 +37,7 @@ def storage_url(storage: str | None, out: str | Path) -> str:
 
 
 def lock(url: str):
-    """A file lock beside an embedded study (none for a server's): commands started together on
-    one ``--out`` create its tables and enqueue their grids in turn."""
+    """A lock beside an embedded study (none for a server's): commands on one --out take turns."""
     path = url.removeprefix("sqlite:///")
     return FileLock(f"{path}.lock") if path != url else contextlib.nullcontext()
 
@@ -151,8 +150,9 @@ class Workers:
         self.threads = max(1, (os.cpu_count() or 1) // workers)
 
     def work(self, study: optuna.Study, objective, trials: int | None = None) -> None:
-        """Run ``objective`` on the waiting trials (a search: ``trials`` in all) until none waits
-        or runs here or elsewhere (a stale one is queued again meanwhile)."""
+        """Run ``objective(self, study, trial)`` on the waiting trials (a search: ``trials`` in
+        all) until none waits or runs here or elsewhere (a stale one is queued again meanwhile)."""
+        run = partial(objective, self, study)
 
         def enough(study: optuna.Study, trial) -> None:  # others took the waiting trials
             if left(study, trials)[0] == 0:
@@ -163,7 +163,7 @@ class Workers:
             optuna.storages.fail_stale_trials(study)
             todo, running = left(study, trials)
             if todo:
-                study.optimize(objective, todo, n_jobs=min(todo, self.workers), callbacks=[enough])
+                study.optimize(run, todo, n_jobs=min(todo, self.workers), callbacks=[enough])
             elif not running:
                 return
             else:  # a lost worker's trial is retried once its heartbeat is stale
@@ -293,10 +293,9 @@ def run_child(run_dir: Path) -> dict:
         "selected_score": float(best.best_model_score),
         "best_ckpt": str(Path(best.best_model_path).relative_to(run_dir)),
     }
-    layers = tags.layers(scalars, "gates")
     for gate in ("alpha", "beta", "gamma"):  # each gate's last mean, averaged over the layers
-        means = [scalars.get(tags.observable("gates", n, gate, "mean")) for n in layers]
-        means = [m for m in means if m is not None]
+        found = [tags.observable("gates", n, gate, "mean") for n in tags.layers(scalars, "gates")]
+        means = [scalars[t] for t in found if t in scalars]
         result[f"{gate}_mean"] = sum(means) / len(means) if means else None
     write_bytes(run_dir / "result.json", json.dumps(result, indent=1).encode())
     return result
