@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.distributed as dist
 from monitoring import last_scalar, read_events, tiny_fit
-from pytorch_lightning import LightningModule, Trainer
+from pytorch_lightning import Callback, LightningModule, Trainer
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.strategies import DDPStrategy
 from tensorboard.backend.event_processing import event_accumulator as ea
@@ -292,6 +292,47 @@ def test_training_batches_are_sampled_and_validation_batches_all_counted(
     # validation: every batch, whatever the training sampling
     assert firing.last["val"]["spikes/val/neuron/rate"] == pytest.approx(9 / 32)
     assert firing.last["val"]["spikes/val/neuron/dead"] == 0.0
+
+
+class SaveAtBatch(Callback):
+    """Saves a mid-epoch checkpoint after training batch ``batch_idx`` of the first epoch."""
+
+    def __init__(self, path, batch_idx: int) -> None:
+        self.path, self.batch_idx = path, batch_idx
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if batch_idx == self.batch_idx and trainer.current_epoch == 0:
+            trainer.save_checkpoint(self.path)
+
+
+def test_a_run_resumed_mid_epoch_reports_the_rest_of_that_epoch(tmp_path):
+    """Lightning calls no on_train_epoch_start in an epoch resumed mid-way: the monitor opens
+    the epoch at its first batch and reports the batches it saw."""
+    data = DataLoader(TensorDataset(by_batch_inputs(), torch.zeros(8)), batch_size=2)
+
+    def fit(callbacks, **kwargs) -> FiringRateMonitor:
+        firing = FiringRateMonitor(train_every_n_batches=1)
+        trainer = Trainer(
+            logger=TensorBoardLogger(tmp_path, name="probe"),
+            callbacks=[firing, *callbacks],
+            max_epochs=1,
+            num_sanity_val_steps=0,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            enable_checkpointing=False,
+        )
+        trainer.fit(TrainProbe(), data, data, **kwargs)
+        return firing
+
+    fit([SaveAtBatch(tmp_path / "mid.ckpt", batch_idx=1)])
+    with pytest.warns(UserWarning, match="dataloader is not resumable"):
+        resumed = fit([], ckpt_path=tmp_path / "mid.ckpt")
+    # Two batches of two were left; Lightning draws them from a fresh loader: batches 0 and 1,
+    # where channel 0 fires in 2 samples and channel 1 in 2 others, at every step (by_batch_inputs):
+    # 4 of the 16 (sample, channel) pairs. Batches 2 and 3 would give 5 of 16.
+    assert resumed.samples["train"] == 4
+    assert resumed.last["train"]["spikes/train/neuron/rate"] == pytest.approx(4 / 16)
+    assert resumed.last["val"]["spikes/val/neuron/rate"] == pytest.approx(9 / 32)
 
 
 @pytest.mark.parametrize("every", [0, -1, 1.5, True])

@@ -81,6 +81,7 @@ class ForwardHookMonitor(Callback):
         self.stages = stages
         self.train_every_n_batches = train_every_n_batches
         self._stage: str | None = None
+        self._open: set[str] = set()  # the stages whose accumulators this epoch has reset
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self.samples: dict[str, int] = {}
         self.last: dict[str, dict[str, float]] = {}
@@ -127,7 +128,12 @@ class ForwardHookMonitor(Callback):
         self._handles = []
         self._stage = None
 
-    def _batch_start(self, trainer: Trainer, stage: str, batch: Any, batch_idx: int) -> None:
+    def _batch_start(
+        self, trainer: Trainer, pl_module: LightningModule, stage: str, batch: Any, batch_idx: int
+    ) -> None:
+        if stage in self.stages and stage not in self._open:
+            # A run resumed mid-epoch gets no on_train_epoch_start: its epoch opens here.
+            self._epoch_start(stage, trainer, pl_module)
         sampled = stage != "train" or batch_idx % self.train_every_n_batches == 0
         if sampled and stage in self.stages and not trainer.sanity_checking:
             self._stage = stage
@@ -136,13 +142,13 @@ class ForwardHookMonitor(Callback):
             self._stage = None
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self._batch_start(trainer, "train", batch, batch_idx)
+        self._batch_start(trainer, pl_module, "train", batch, batch_idx)
 
     def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, *_) -> None:
-        self._batch_start(trainer, "val", batch, batch_idx)
+        self._batch_start(trainer, pl_module, "val", batch, batch_idx)
 
     def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, *_) -> None:
-        self._batch_start(trainer, "test", batch, batch_idx)
+        self._batch_start(trainer, pl_module, "test", batch, batch_idx)
 
     def on_train_batch_end(self, *_: Any) -> None:
         self._stage = None  # a forward between batches is not counted
@@ -151,13 +157,15 @@ class ForwardHookMonitor(Callback):
 
     def _epoch_start(self, stage: str, trainer: Trainer, pl_module: LightningModule) -> None:
         if stage in self.stages:
+            self._open.add(stage)
             self.samples[stage] = 0
             self.reset(stage, pl_module)
 
     def _epoch_end(self, stage: str, trainer: Trainer, pl_module: LightningModule) -> None:
         self._stage = None
-        if stage in self.stages and not trainer.sanity_checking:
+        if stage in self._open and not trainer.sanity_checking:
             self.report(trainer, pl_module, stage)
+        self._open.discard(stage)
 
     # Lightning calls the hooks by name: one function each for the three loops.
     on_train_epoch_start = partialmethod(_epoch_start, "train")
