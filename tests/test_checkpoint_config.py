@@ -5,6 +5,7 @@ allow-list (the project, torch, Lightning, what the user names)."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_glif.cli.main import CONF_DIR, cli_main
+from lightning_glif.cli.main import CONF_DIR, cli_main, run_config_classes
+from lightning_glif.neurons import LIF
 from lightning_glif.neurons.base import SpikingNeuron
 from lightning_glif.training.allowlist import (
     UntrustedCheckpointClass,
@@ -121,8 +123,9 @@ def test_fit_from_a_checkpoint_of_another_model_is_refused(checkpoints, tmp_path
                            "--trainer.max_epochs", "1"))  # fmt: skip
     assert exit_.value.code != 0
     err = capsys.readouterr().err
-    assert "the checkpoint holds backbone SpikingConvNet with neuron GLIF" in err
-    assert "the configured model is backbone SpikingConvNet with neuron LIF" in err
+    assert (
+        "the checkpoint holds backbone SpikingConvNet with neuron GLIF, and the configured " in err
+    )
     assert "model.backbone.init_args.neuron.class_path = 'lightning_glif.neurons.LIF'" in err
     assert "--model_from_checkpoint true" in err
     assert not (tmp_path / "digits").exists()  # nothing was run
@@ -333,8 +336,11 @@ def test_sequence_data_at_another_t_than_the_checkpoints_is_refused_unless_asked
         test_at_16("refused")
     assert exit_.value.code != 0
     err = capsys.readouterr().err
-    assert "built with time_steps = 8, the data (RowDigitsDataModule) has time_steps = 16" in err
-    assert "add --eval_time_steps 16" in err
+    assert (
+        "the checkpoint was trained on RowDigitsDataModule (num_classes 10, time_steps 8, "
+        "in_features 8), but this command's data, RowDigitsDataModule, has num_classes 10, "
+        "time_steps 16, in_features 8. To evaluate it at T = 16, add --eval_time_steps 16."
+    ) in " ".join(err.split())
     assert not (tmp_path / "refused").exists()
 
     cli = test_at_16("asked", "--eval_time_steps", "16")
@@ -346,3 +352,56 @@ def test_sequence_data_at_another_t_than_the_checkpoints_is_refused_unless_asked
     for key, value in cli.model.state_dict().items():
         if key in trained:
             assert torch.equal(value, trained[key]), key
+
+
+# -- a run's own checkpoints trust the classes of its config.yaml --------------------------------
+class OwnLIF(LIF):
+    """A neuron of the user's own, in a module outside the allow-list's packages."""
+
+
+def test_the_classes_of_a_runs_config_are_trusted_only_for_its_checkpoints_folder(tmp_path):
+    (tmp_path / "config.yaml").write_text(
+        "model:\n"
+        "  backbone:\n"
+        "    class_path: mypkg.Net\n"
+        "    init_args: {neuron: mypkg.neurons.N, channels: [4, 8]}\n"
+        "data: other.Data\n"  # the checkpoint stores the model only
+    )
+    assert run_config_classes(tmp_path / "checkpoints" / "last.ckpt") == [
+        "mypkg.Net",
+        "mypkg.neurons.N",
+    ]
+    assert run_config_classes(tmp_path / "last.ckpt") == []  # not in the run's checkpoints/
+    (tmp_path / "config.yaml").write_text("- a list, not a run's config\n")
+    assert run_config_classes(tmp_path / "checkpoints" / "last.ckpt") == []
+
+
+@pytest.mark.slow
+def test_a_runs_own_checkpoint_is_read_back_without_naming_its_classes(
+    checkpoints, tmp_path, capsys
+):
+    """After fit with a neuron of the user's, test --ckpt_path <that run's last.ckpt> needs no
+    option naming the class again."""
+    neuron = f"{OwnLIF.__module__}.OwnLIF"
+    cli_main(small_fit(tmp_path / "fit", "--model.backbone.init_args.neuron", neuron,
+                       "--trainer.max_epochs", "1"))  # fmt: skip
+    last = tmp_path / "fit" / "digits" / "version_0" / "checkpoints" / "last.ckpt"
+    cli = evaluate(tmp_path / "test", "test", last)
+    assert {type(n) for n in neurons(cli.model)} == {OwnLIF}
+    assert "test/acc" in cli.trainer.callback_metrics
+
+    # The same file outside its run, or inside a run whose config names another neuron: refused.
+    elsewhere = tmp_path / "elsewhere" / "last.ckpt"
+    elsewhere.parent.mkdir()
+    shutil.copyfile(last, elsewhere)
+    glif_run = shutil.copytree(checkpoints["GLIF"].parents[1], tmp_path / "glif_run")
+    in_another_run = glif_run / "checkpoints" / "own.ckpt"
+    shutil.copyfile(last, in_another_run)
+    for path in (elsewhere, in_another_run):
+        with pytest.raises(SystemExit) as exit_:
+            evaluate(tmp_path / "refused", "test", path)
+        assert exit_.value.code == 2
+        err = " ".join(capsys.readouterr().err.split())
+        assert f"the checkpoint {path} names '{neuron}'" in err
+        assert "may also name the classes of that run's config.yaml" in err
+    assert not (tmp_path / "refused").exists()

@@ -178,25 +178,70 @@ def default_optimizer(tmp_path_factory) -> dict:
     return cli.config.model.optimizer.as_dict()
 
 
-@pytest.mark.parametrize("path", sorted(CONF_DIR.rglob("*.yaml")), ids=lambda p: p.stem)
-def test_no_config_restates_a_code_default(path, default_optimizer):
+def restated_defaults(path: Path, default_optimizer: dict) -> list[str]:
+    """Each value of the config ``path`` that equals what the key holds without it, as
+    ``<file>: <key>: <value>: remove it: it equals <the default>``."""
     config = yaml.safe_load(path.read_text()) or {}
+    shown = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+    found = []
+
+    def check(key: str, value, default: dict, owner: str) -> None:
+        name = key.rsplit(".", 1)[-1]
+        if name in default and _plain(value) == default[name]:
+            found.append(f"{shown}: {key}: {value!r}: remove it: it equals {owner.format(name)}")
+
     for where, spec in _class_specs(config):
-        defaults = signature_defaults(import_class(spec["class_path"]))
+        owner = f"the default of {spec['class_path']}.{{}}"
+        default = signature_defaults(import_class(spec["class_path"]))
         if where == "model.optimizer" and spec["class_path"] == default_optimizer["class_path"]:
-            defaults.update(default_optimizer["init_args"])
+            owner = "the default of SpikingClassifier.optimizer's {}"
+            default.update(default_optimizer["init_args"])
         for name, value in (spec.get("init_args") or {}).items():
-            assert name not in defaults or _plain(value) != defaults[name], (
-                f"{path.name}: {where}.init_args.{name}: {value!r} is the code default"
-            )
-    # the classifier's own options: against what they are without this file (the code's
-    # defaults, and conf/default.yaml's values for every other file, which read it first)
+            check(f"{where}.init_args.{name}", value, default, owner)
+    # The classifier's own options: against the code's defaults, and conf/default.yaml's values
+    # for every other file (read after it).
     model = signature_defaults(SpikingClassifier)
+    model = {k: (v, "the default of SpikingClassifier.{}") for k, v in model.items()}
     if path != CONF_DIR / "default.yaml":
-        model.update(yaml.safe_load((CONF_DIR / "default.yaml").read_text()).get("model", {}))
+        base = yaml.safe_load((CONF_DIR / "default.yaml").read_text()).get("model", {})
+        model |= {k: (v, "conf/default.yaml's model.{}") for k, v in base.items()}
     for name, value in (config.get("model") or {}).items():
         if name in model and not isinstance(value, dict):
-            assert value != model[name], f"{path.name}: model.{name}: {value!r} restates it"
+            check(f"model.{name}", value, {name: model[name][0]}, model[name][1])
+    return found
+
+
+@pytest.mark.parametrize("path", sorted(CONF_DIR.rglob("*.yaml")), ids=lambda p: p.stem)
+def test_no_config_restates_a_code_default(path, default_optimizer):
+    """Configs state only what differs from what the key holds without them."""
+    problems = restated_defaults(path, default_optimizer)
+    assert not problems, "\n".join(problems)
+
+
+def test_a_restated_default_is_named_with_its_fix(tmp_path, default_optimizer):
+    config = tmp_path / "mine.yaml"
+    config.write_text(
+        "model:\n"
+        "  gate_lr_factor: 1000\n"  # conf/default.yaml's
+        "  neuron_lr_factor: 1.0\n"  # SpikingClassifier's default
+        "  lr_interval: step\n"  # differs: kept
+        "  optimizer:\n"
+        "    class_path: torch.optim.SGD\n"
+        "    init_args: {lr: 0.1, momentum: 0.5}\n"  # lr 0.1 is the classifier's default SGD's
+        "data:\n"
+        "  class_path: lightning_glif.data.digits.DigitsDataModule\n"
+        "  init_args: {batch_size: 64, val_fraction: 0.2}\n"
+    )
+    assert restated_defaults(config, default_optimizer) == [
+        f"{config}: model.optimizer.init_args.lr: 0.1: remove it: it equals the default of "
+        "SpikingClassifier.optimizer's lr",
+        f"{config}: data.init_args.batch_size: 64: remove it: it equals the default of "
+        "lightning_glif.data.digits.DigitsDataModule.batch_size",
+        f"{config}: model.gate_lr_factor: 1000: remove it: it equals conf/default.yaml's "
+        "model.gate_lr_factor",
+        f"{config}: model.neuron_lr_factor: 1.0: remove it: it equals the default of "
+        "SpikingClassifier.neuron_lr_factor",
+    ]
 
 
 def test_cifar_recipes_share_one_base():
@@ -286,6 +331,27 @@ def test_a_misspelled_option_of_a_forwarding_class_is_suggested(tmp_path, capsys
     assert "did you mean 'val_fraction'" in err and "split_seed" in err
 
 
+# -- a run is named after its data ----------------------------------------------------------------
+MNIST = "lightning_glif.data.MNISTDataModule"
+
+
+def test_a_run_is_named_after_its_data_unless_the_user_names_it(tmp_path, capsys):
+    def name(*args: str) -> str:
+        return build(tmp_path, *args).trainer.logger.name
+
+    assert name() == "digits"
+    assert name("--data", MNIST) == "mnist"
+    assert name("--data", "lightning_glif.data.FashionMNISTDataModule") == "fashion_mnist"
+    csv = ["--trainer.logger", "pytorch_lightning.loggers.CSVLogger"]
+    assert name(*csv, "--data", MNIST) == "mnist"  # any logger with a name
+    assert name("--config", ROW) == "row_digits"  # an experiment that names its run
+    assert name("--data", MNIST, "--trainer.logger.init_args.name", "mine") == "mine"
+    # fit --ckpt_path last looks for the run under that name
+    with pytest.raises(SystemExit):
+        cli_main(fit_args(tmp_path, "--data", MNIST, "--ckpt_path", "last"))
+    assert f"no run to resume in {tmp_path / 'mnist'} " in capsys.readouterr().err
+
+
 # -- resuming and run directories: errors that say what to type -----------------------------------
 def fit_args(tmp_path: Path, *extra: str) -> list[str]:
     return ["fit", "--trainer.default_root_dir", str(tmp_path), "--trainer.max_epochs", "1",
@@ -311,8 +377,8 @@ def test_resuming_a_version_without_last_ckpt_is_an_error(tmp_path, capsys):
             cli_main(fit_args(tmp_path, "--ckpt_path", "last",
                               "--trainer.logger.init_args.version", version))  # fmt: skip
         err = " ".join(capsys.readouterr().err.split())
-        last = tmp_path / "digits" / f"version_{version}" / "checkpoints" / "last.ckpt"
-        assert f"looked for {last}" in err and what in err
+        assert f"no run to resume in {tmp_path / 'digits'} " in err
+        assert f"({tmp_path / 'digits' / f'version_{version}'} {what})" in err
     assert sorted(p.name for p in (tmp_path / "digits").iterdir()) == ["version_3"]
 
 

@@ -48,7 +48,7 @@ def test_a_lock_is_reentrant_in_its_process_and_leaves_no_file(tmp_path):
     with DirectoryLock(tmp_path), DirectoryLock(tmp_path):  # the same process locks it twice
         assert lock_file.read_bytes().startswith(f"pid {os.getpid()} on ".encode())
     assert not lock_file.exists()  # released: nothing left in the directory
-    locked = DirectoryLocked(tmp_path, "pid 4242 on elsewhere: train.py fit", "run directory")
+    locked = DirectoryLocked(tmp_path, "pid 4242 on elsewhere: train.py fit")
     assert str(locked).startswith(
         f"{tmp_path} is in use by another command (pid 4242 on elsewhere: train.py fit): two "
         "commands writing one run directory would mix their outputs."
@@ -66,7 +66,7 @@ def test_the_lock_is_released_when_its_holder_is_killed(tmp_path):
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(DirectoryLocked) as error:
-            DirectoryLock(tmp_path, what="run directory").acquire()
+            DirectoryLock(tmp_path).acquire()
         assert f"pid {holder.pid} " in str(error.value)
         assert "run directory" in str(error.value)
     finally:
@@ -159,6 +159,6 @@ def test_orphaned_dataloader_workers_do_not_hold_the_lock(tmp_path):
     fit.send_signal(signal.SIGKILL)
     fit.wait(timeout=30)
     run = root / "digits" / "version_0"
-    lock = DirectoryLock(run, what="run directory").acquire()
+    lock = DirectoryLock(run).acquire()
     assert any(alive(w) for w in workers)  # orphans still there, the lock free all the same
     lock.release()

@@ -1,6 +1,5 @@
-"""The command line (``train.py``, the ``lightning-glif`` script): the LightningCLI and its config
-rules (:mod:`.main`, :mod:`.config`), checkpoint writing and reading (:mod:`.checkpoint_io`) and
-the run directory's lock (:mod:`.locks`)."""
+"""The command line (``train.py``, ``lightning-glif``): the LightningCLI (:mod:`.main`), its config
+rules (:mod:`.config`), checkpoint IO (:mod:`.checkpoint_io`), the run directory's lock."""
 
 from .main import cli_main, main
 

@@ -1,21 +1,18 @@
 """Checkpoints written atomically beside themselves, and one clear error for an unreadable one.
 
-Lightning's ``TorchCheckpointIO`` saves through an fsspec local transaction: the temporary file is
-made by ``tempfile.mkstemp()`` in ``$TMPDIR`` and committed with ``shutil.move``. When
-``$TMPDIR`` is on another filesystem than the run (a tmpfs ``/tmp``), that move is a *copy* over
-``last.ckpt``: a kill during the copy leaves a truncated ``last.ckpt`` and a full temporary file
-in ``$TMPDIR``. :class:`AtomicCheckpointIO` writes the temporary file in the checkpoint's own
-directory and renames it (:mod:`lightning_glif.io`); a save that runs out of disk space is one
-:class:`DiskFullError` naming the filesystem, and the previous file stays as it was.
+Lightning's ``TorchCheckpointIO`` writes its temporary file in ``$TMPDIR`` and moves it: across
+filesystems (a tmpfs ``/tmp``) the move is a copy over ``last.ckpt``, which a kill leaves
+truncated. :class:`AtomicCheckpointIO` writes beside the checkpoint and renames
+(:mod:`lightning_glif.io`); a full disk is one :class:`DiskFullError` naming the filesystem.
 
-Loading a file that is not a checkpoint (0 bytes, a truncated zip, text, another pickle) or whose
-bytes changed after it was written (a zip member whose CRC-32 no longer matches: a bit flip on
-disk or in a copy) raises :class:`CorruptCheckpointError`, which names the file, what is wrong
-with it and, for a checkpoint of a run directory, the newest intact checkpoint of the same run.
+A file that is not a checkpoint (empty, truncated, text, another pickle) or whose bytes changed
+(a zip member's CRC-32: a bit flip on disk or in a copy) is one :class:`CorruptCheckpointError`
+naming the file, what is wrong and, in a run directory, the newest intact checkpoint of the run.
 """
 
 from __future__ import annotations
 
+import codecs
 import errno
 import os
 import zipfile
@@ -68,13 +65,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             ) from error
 
     def load_checkpoint(self, path, map_location=lambda storage, loc: storage, weights_only=None):
+        load = super().load_checkpoint
         if not os.path.exists(path):
-            return super().load_checkpoint(path, map_location, weights_only)  # its own error
-
-        def load(p: Path) -> Any:
-            return super(AtomicCheckpointIO, self).load_checkpoint(p, map_location, weights_only)
-
-        return _load_checked(Path(path), load)
+            return load(path, map_location, weights_only)  # its own error
+        return _load_checked(Path(path), lambda p: load(p, map_location, weights_only))
 
 
 def _out_of_space(error: BaseException | None) -> bool:
@@ -102,13 +96,9 @@ def with_atomic_checkpoint_io(plugins: Any) -> list:
 
 
 def check_checkpoint_file(path: str | os.PathLike, weights_only: bool = True) -> dict[str, Any]:
-    """Load ``path`` as ``torch.load`` does (on the CPU, tensors memory-mapped) and return it;
-    raise :class:`CorruptCheckpointError` (``FileNotFoundError`` for a missing file) naming the
-    file, what is wrong and the newest intact checkpoint of its run.
-
-    Every member's CRC-32 is checked first: one more pass over all the file's bytes (of a
-    multi-gigabyte checkpoint on a slow disk, seconds), done once per file and process (a
-    file checked by the CLI is not checked again when Lightning loads it)."""
+    """Load ``path`` on the CPU (tensors memory-mapped) and return it, or raise
+    :class:`CorruptCheckpointError` (``FileNotFoundError``: a missing file). Every member's CRC-32
+    is checked first: one more pass over the file's bytes, once per file and process."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist.")
@@ -118,8 +108,7 @@ def check_checkpoint_file(path: str | os.PathLike, weights_only: bool = True) ->
 def _torch_load(path: Path, weights_only: bool) -> Any:
     with open(path, "rb") as f:
         zipped = f.read(4) == _ZIP_MAGIC
-    # mmap: only the pickle is read, not the tensors (a check of a 1 GB checkpoint stays cheap).
-    # Only the zip format can be memory-mapped; torch.save's legacy format is read whole.
+    # mmap: only the pickle is read, not the tensors; only the zip format can be mapped.
     return torch.load(path, map_location="cpu", weights_only=weights_only, mmap=zipped)
 
 
@@ -174,31 +163,23 @@ def _static_problem(path: Path) -> str | None:
 
 
 def _is_text(head: bytes) -> bool:
-    try:
-        text = head.decode("utf-8")
+    try:  # incremental: a multi-byte character cut at the end of ``head`` is no error
+        text = codecs.getincrementaldecoder("utf-8")().decode(head)
     except UnicodeDecodeError:
-        # A multi-byte character cut at the end of the 256 bytes read.
-        try:
-            text = head[:-3].decode("utf-8")
-        except UnicodeDecodeError:
-            return False
+        return False
     return all(c.isprintable() or c in "\n\r\t" for c in text)
 
 
 def _load_problem(err: Exception) -> str:
-    text = str(err)
-    if "WeightsUnpickler error:" in text:  # what torch's weights-only unpickler met
-        why = text.split("WeightsUnpickler error:", 1)[1].split("Check the doc")[0]
-        why = " ".join(why.split()).split(" Please use")[0]
-        if "Unsupported global" in why:
-            return (
-                f"holds Python objects that weights-only loading refuses ({why[:300]}): it was "
-                "not written by this project's training"
-            )
-        return f"is not a checkpoint: torch.load cannot unpickle it ({why[:300]})"
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    detail = f"{type(err).__name__}: {lines[0][:300]}" if lines else type(err).__name__
-    return f"cannot be read by torch.load ({detail}): it is damaged or not a checkpoint"
+    # The weights-only unpickler's reason, without its advice to load with weights_only=False.
+    why = str(err).split("WeightsUnpickler error:")[-1].split("Check the doc")[0]
+    why = " ".join(why.split()).split(" Please use")[0][:300]
+    if "Unsupported global" in why:
+        return (
+            f"holds Python objects that weights-only loading refuses ({why}): it was not written "
+            "by this project's training"
+        )
+    return f"is not a checkpoint: torch.load cannot unpickle it ({type(err).__name__}: {why})"
 
 
 def _content_problem(checkpoint: Any) -> str | None:
@@ -215,14 +196,11 @@ def _content_problem(checkpoint: Any) -> str | None:
 
 def _alternative(bad: Path) -> str:
     """The newest intact checkpoint of the run ``bad`` belongs to (a ``checkpoints/`` folder
-    beside the run's ``config.yaml``), as the ``--ckpt_path`` to pass instead. A file outside a
-    run directory gets no suggestion: its neighbours may belong to anything."""
+    beside a ``config.yaml``) to pass instead; outside a run, none (its neighbours may be
+    anything's)."""
     if bad.parent.name != "checkpoints" or not (bad.parent.parent / "config.yaml").is_file():
         return ""
-    try:
-        others = [p for p in bad.parent.glob("*.ckpt") if p.is_file() and p.name != bad.name]
-    except OSError:
-        return ""
+    others = [p for p in bad.parent.glob("*.ckpt") if p.is_file() and p.name != bad.name]
     for other in sorted(others, key=lambda p: p.stat().st_mtime, reverse=True):
         try:
             checkpoint = None if _static_problem(other) else _torch_load(other, True)
@@ -234,6 +212,5 @@ def _alternative(bad: Path) -> str:
                 f" The newest intact checkpoint of the same run is {other} ({where}): pass "
                 f"--ckpt_path {other} instead."
             )
-    if others:
-        return " No other checkpoint of this run is intact: train again without --ckpt_path."
-    return ""
+    none = " No other checkpoint of this run is intact: train again without --ckpt_path."
+    return none if others else ""

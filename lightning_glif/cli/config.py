@@ -1,20 +1,19 @@
-"""Values set once in a config: what the data knows is copied into the model, and a class named
-in a config starts from its own defaults.
+"""The config rules: what the data knows is copied into the model, a class named in a config
+starts from its own defaults, and a run is named after its data unless the user names it.
 
-Why by hand and not with jsonargparse's ``link_arguments``: its links on instantiate overwrite a
-target inside a subclass (``model.backbone.init_args.num_classes``) without a word when the user
-gave another value, and drop every link target from the saved config, also where the link did
-not apply (a static dataset has no ``time_steps``: the backbone's own T was then lost from the
-run's ``config.yaml``). And jsonargparse carries
-a class's options over to the next class a later config names (the digits' ``val_fraction: 0.15``
-reaching N-MNIST, whose own default is 0.1). Both rules below use the values the user gave
-(configs after ``conf/default.yaml`` and ``--key value``), parsed once more without defaults.
+By hand, not with jsonargparse's ``link_arguments``: its links on instantiate overwrite a target
+inside a subclass (``model.backbone.init_args.num_classes``) without a word when the user gave
+another value, and drop every link target from the saved config, also where the link did not
+apply (a static dataset's backbone T). And jsonargparse carries a class's options over to the
+next class a later config names (the digits' ``val_fraction`` reaching N-MNIST). The rules use
+the values the user gave (configs after ``conf/default.yaml``, ``--key value``).
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
+import re
 from typing import Any
 
 from jsonargparse import Namespace
@@ -23,8 +22,8 @@ from jsonargparse import Namespace
 CLASS_KEYS = ("data", "model.backbone", "model.backbone.init_args.neuron")
 
 
-class ConfigConflict(ValueError):
-    """A value given in a config or on the command line contradicts the data."""
+def as_list(value: Any) -> list:
+    return value if isinstance(value, list) else [value]
 
 
 def import_class(class_path: str) -> type:
@@ -41,9 +40,8 @@ def plain(value: Any) -> Any:
 
 
 def signature_parameters(cls: type) -> list[inspect.Parameter]:
-    """The named arguments of ``cls.__init__``, following ``**kwargs`` to the base classes'
-    ``__init__`` as jsonargparse does (a subclass that only changes some defaults forwards the
-    rest); a subclass's argument hides its base's of the same name."""
+    """The named arguments of ``cls.__init__``, following ``**kwargs`` to the base classes' as
+    jsonargparse does; a subclass's argument hides its base's of the same name."""
     found: dict[str, inspect.Parameter] = {}
     for klass in cls.__mro__:
         init = vars(klass).get("__init__")
@@ -80,21 +78,18 @@ def reset_carried_options(config: Namespace, given: Namespace, key: str) -> None
 
 
 def data_values(config: Namespace) -> dict[str, int]:
-    """The configured data module's :meth:`shared_values`, from an instance built (cheaply, no
-    file is read) from ``config.data``; a bad data option is its ``ValueError``."""
+    """The :meth:`shared_values` of the data module ``config.data`` builds (cheap: no file is
+    read); a bad data option is its ``ValueError``."""
     data = config.data
     init = data.get("init_args")
     return import_class(data.class_path)(**(init.as_dict() if init else {})).shared_values()
 
 
 def link_data_values(config: Namespace, given: Namespace | None) -> dict[str, Any]:
-    """Copy the data module's :meth:`shared_values` into ``model.num_classes`` and into the
-    backbone's arguments of the same names (those it accepts), and return what was copied. The
-    values become ordinary config values: the run's saved ``config.yaml`` holds what was built.
-
-    Raises :class:`ConfigConflict` naming both values when the user gave the backbone or
-    ``model.num_classes`` a value that differs from the data's.
-    """
+    """Copy the data module's :meth:`shared_values` into ``model.num_classes`` and the
+    backbone's arguments of the same names, as ordinary config values (the saved ``config.yaml``
+    holds what was built); return what was copied. A value the user gave that differs from the
+    data's is a ``ValueError`` naming both."""
     data, model = config.get("data"), config.get("model")
     if not isinstance(data, Namespace) or not isinstance(model, Namespace):
         return {}
@@ -113,10 +108,28 @@ def link_data_values(config: Namespace, given: Namespace | None) -> dict[str, An
         wanted = given.get(key) if given is not None else None
         if wanted is not None and wanted != value:
             name = key.rsplit(".", 1)[-1]
-            raise ConfigConflict(
+            raise ValueError(
                 f"{key} = {wanted!r} contradicts the data: {data_name} has {name} = {value!r}. "
                 f"{name} is set once, from the data module: drop {key} from your config or "
                 f"command line (or change the data's own option, where it has one)."
             )
         config[key] = value
     return targets
+
+
+def name_run_after_data(config: Namespace, given: Namespace | None) -> None:
+    """Name every logger that has a ``name`` option after ``config.data`` (``MNISTDataModule``
+    -> ``mnist``, ``RowDigitsDataModule`` -> ``row_digits``), unless ``given`` (the values the
+    user gave) names a logger."""
+    data = config.get("data")
+    if not isinstance(data, Namespace) or not data.get("class_path"):
+        return
+    for item in as_list(given.get("trainer.logger") if given is not None else None):
+        if isinstance(item, Namespace) and "name" in (item.get("init_args") or Namespace()):
+            return
+    name = data.class_path.rpartition(".")[2].removesuffix("DataModule") or "run"
+    name = re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name).lower()
+    for item in as_list(config.get("trainer.logger")):
+        init = item.get("init_args") if isinstance(item, Namespace) else None
+        if isinstance(init, Namespace) and "name" in init:
+            init.name = name

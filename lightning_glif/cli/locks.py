@@ -1,18 +1,11 @@
-"""One writer per directory: a lock file held by the process that writes a run (``train.py``),
-so a second command on the same directory stops with the holder's pid instead of writing into it.
+"""One writer per directory: a second command on a run directory stops, naming the holder.
 
-The lock is a POSIX record lock (``fcntl.lockf``) on ``<directory>/.lock``. The kernel releases
-it when its holder exits, however it dies (a SIGKILLed holder leaves no stale lock), and it
-belongs to the process, not to the open file: the DataLoader workers that a run forks do not
-inherit it, so workers orphaned by a killed run (they notice within seconds) never hold the
-directory. (An ``flock`` would be shared with them through the inherited descriptor.) The cost
-of POSIX locks: closing *any* descriptor of the lock file in the holding process releases the
-lock, so only :class:`DirectoryLock` opens that file, once per directory and process.
-
-The file's content names the holder (pid, host and command) for the error message; it is
-deleted on release, so a finished command leaves nothing behind. Record locks do not work across
-machines on some network filesystems (NFS without lock support): there the lock only protects
-commands on one machine.
+A POSIX record lock (``fcntl.lockf``) on ``<directory>/.lock``: the kernel releases it when its
+holder dies however it dies, and it belongs to the process, so the DataLoader workers a run forks
+do not inherit it (an ``flock`` would be shared through the inherited descriptor). Closing any
+descriptor of the file releases it, so only :class:`DirectoryLock` opens it, once per directory
+and process. The file names the holder (pid, host, command) and is deleted on release. Network
+filesystems without lock support (some NFS) protect only commands on one machine.
 """
 
 from __future__ import annotations
@@ -24,7 +17,7 @@ from pathlib import Path
 
 try:
     import fcntl
-except ImportError:  # Windows: no POSIX locks; the lock is then a no-op (documented in the README)
+except ImportError:  # Windows: no POSIX locks; the lock is then a no-op
     fcntl = None
 
 LOCK_NAME = ".lock"
@@ -33,30 +26,23 @@ LOCK_NAME = ".lock"
 class DirectoryLocked(RuntimeError):
     """Another live process holds the lock of ``directory``."""
 
-    def __init__(self, directory: Path, holder: str, what: str) -> None:
-        self.directory = Path(directory)
-        self.holder = holder
+    def __init__(self, directory: Path, holder: str) -> None:
         super().__init__(
             f"{directory} is in use by another command ({holder}): two commands writing one "
-            f"{what} would mix their outputs. Wait for it to finish or stop it (kill the pid "
-            f"above), or use another directory."
+            "run directory would mix their outputs. Wait for it to finish or stop it (kill the "
+            "pid above), or use another directory."
         )
 
 
 class DirectoryLock:
-    """``with DirectoryLock(path, what="run directory"):`` holds ``path/.lock`` while the block
-    runs; :class:`DirectoryLocked` if another live process holds it. Re-entrant within one
-    process (a second lock of the same directory by the holder succeeds)."""
+    """``with DirectoryLock(path):`` holds ``path/.lock`` while the block runs;
+    :class:`DirectoryLocked` if another live process holds it. Re-entrant within one process."""
 
     _held: dict[Path, list[int]] = {}  # directory -> [descriptor, count]: this process's locks
 
-    def __init__(self, directory: str | Path, what: str = "directory") -> None:
+    def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory).resolve()
-        self.what = what
-
-    @property
-    def path(self) -> Path:
-        return self.directory / LOCK_NAME
+        self.path = self.directory / LOCK_NAME
 
     def acquire(self) -> DirectoryLock:
         if self.directory in self._held:
@@ -72,7 +58,7 @@ class DirectoryLock:
             except OSError:  # EAGAIN or EACCES: held by another process
                 holder = os.read(fd, 4096).decode(errors="replace").strip() or "pid unknown"
                 os.close(fd)
-                raise DirectoryLocked(self.directory, holder, self.what) from None
+                raise DirectoryLocked(self.directory, holder) from None
             # The holder deletes the file on release: a lock taken on a file that was deleted
             # meanwhile guards nothing. Lock the file that is there now.
             try:
