@@ -11,6 +11,10 @@ ROOT = Path(__file__).resolve().parents[1]
 #: the repository (``tests.test_x``) and ``tests/`` itself (this module, as pytest imports it).
 CHILD_PYTHONPATH = os.pathsep.join([str(ROOT), str(ROOT / "tests")])
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+#: One tiny epoch (2 training batches, 1 validation and 1 test batch): a sweep test's fit runs.
+ONE_EPOCH = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
+             "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1",
+             "--trainer.enable_progress_bar", "false"]  # fmt: skip
 
 
 def small_args(root, epochs: int = 2, batches: int = 4) -> list[str]:

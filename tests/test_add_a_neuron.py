@@ -22,13 +22,11 @@ MODULE = "my_neurons"  # the module name the section tells the user to save the 
 
 
 def section() -> str:
-    """The section from README.md, or from its draft until the draft is pasted there."""
-    for path in (ROOT / "README.md", ROOT / "docs" / "drafts" / "add_a_neuron.md"):
-        text = path.read_text() if path.exists() else ""
-        if HEADING in text:
-            after = text.split(HEADING, 1)[1]
-            return re.split(r"^## ", after, maxsplit=1, flags=re.M)[0]
-    raise AssertionError(f"no '{HEADING}' section in README.md or docs/drafts/add_a_neuron.md")
+    """The section of README.md."""
+    text = (ROOT / "README.md").read_text()
+    assert HEADING in text, f"no '{HEADING}' section in README.md"
+    after = text.split(HEADING, 1)[1]
+    return re.split(r"^## ", after, maxsplit=1, flags=re.M)[0]
 
 
 @pytest.fixture(scope="module")
@@ -128,3 +126,14 @@ def test_firing_rate_monitor_logs_the_example_neurons(trained):
     total = sum(s for s, _ in counts.values()) / sum(e for _, e in counts.values())
     assert scalars[tags.firing("val")][-1][1] == pytest.approx(total, rel=1e-6, abs=1e-9)
     assert np.isfinite(total) and total > 0  # some layer fired: the check had something to see
+
+
+def test_the_examples_membrane_parameter_trains_in_the_neuron_group(trained):
+    """The example's membrane_parameters() put beta in the `neuron` group (no weight decay)."""
+    cli, name, _ = trained
+    betas = {id(m.beta) for m in neuron_layers(cli, name).values()}
+    (optimizer,) = cli.trainer.optimizers
+    groups = {g["name"]: {id(p) for p in g["params"]} for g in optimizer.param_groups}
+    assert groups["neuron"] == betas and not betas & groups["weights"]
+    neuron_group = next(g for g in optimizer.param_groups if g["name"] == "neuron")
+    assert neuron_group["weight_decay"] == 0.0

@@ -17,22 +17,11 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tests.cli_runs import alive, children_of
+from tests.cli_runs import ONE_EPOCH, alive, children_of
 
 ROOT = Path(__file__).resolve().parents[1]
 GRID = ["--config", "conf/default.yaml", "--variants", "glif_soft,lif", "--seeds", "0,1"]
-TINY = [
-    "--trainer.max_epochs",
-    "1",
-    "--trainer.limit_train_batches",
-    "2",
-    "--trainer.limit_val_batches",
-    "1",
-    "--trainer.limit_test_batches",
-    "1",
-    "--trainer.enable_progress_bar",
-    "false",
-]
+TINY = ONE_EPOCH
 POINTS = {(v, s) for v in ("glif_soft", "lif") for s in (0, 1)}
 
 pytestmark = [

@@ -15,22 +15,10 @@ import yaml
 from ablate import main
 from lightning_glif.sweep.grid import CONF
 from lightning_glif.sweep.search import read_space, suggest, write_report
+from tests.cli_runs import ONE_EPOCH
 
 SPACE = CONF / "search" / "gate_lr.yaml"
-TINY = [
-    "--trainer.max_epochs",
-    "1",
-    "--trainer.limit_train_batches",
-    "2",
-    "--trainer.limit_val_batches",
-    "1",
-    "--trainer.limit_test_batches",
-    "1",
-    "--trainer.enable_progress_bar",
-    "false",
-    "--model.backbone.init_args.hidden",
-    "[16, 16]",
-]
+TINY = [*ONE_EPOCH, "--model.backbone.init_args.hidden", "[16, 16]"]
 
 
 def test_the_shipped_space():
