@@ -132,7 +132,7 @@ def test_a_rerun_skips_the_finished_runs(first):
 
 @pytest.mark.slow
 def test_a_changed_argument_trains_anew(first):
-    """Today's main printed "skip pinned seed 0: finished" and reported the old run."""
+    """Another fit argument is another run: not "skip pinned seed 0: finished"."""
     out, grid, dirs = first
     old = dirs["pinned"]
     fit = [*TINY[:-6], "--trainer.limit_val_batches", "1", *TINY[-4:]]
@@ -149,8 +149,9 @@ def test_a_changed_argument_trains_anew(first):
 def test_another_study_adopts_only_the_same_run_and_sets_an_unreadable_result_aside(
     first, tmp_path
 ):
-    """Today's main adopted the old neuron's result.json for a redefined variant in a new study
-    ("adopt lif seed 0 ... of an earlier try"), and a truncated result.json failed every rerun."""
+    """A redefined variant in a new study trains anew instead of adopting the old neuron's
+    result.json; a truncated result.json is set aside and retrained, not failed on every
+    rerun."""
     out, _, dirs = first
     old_lif, pinned = dirs["lif"], dirs["pinned"]
     text = (pinned / "result.json").read_text()

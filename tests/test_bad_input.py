@@ -180,7 +180,7 @@ def test_a_training_split_smaller_than_one_batch_stops_the_fit(tmp_path):
     dm = MNISTDataModule(data_dir=str(tmp_path), batch_size=64, val_size=4, num_workers=0)
     model = SpikingClassifier(SpikingConvNet(LIF, time_steps=1, channels=(4,), image_size=28))
     trainer = Trainer(max_epochs=1, logger=False, enable_progress_bar=False, accelerator="cpu")
-    # Was: "No training batches" warning, the fit returning normally (train.py exit 0).
+    # Not Lightning's "No training batches" warning and a fit that returns normally (exit 0).
     with pytest.raises(ValueError) as error:
         trainer.fit(model, datamodule=dm)
     assert str(error.value) == (
@@ -217,7 +217,7 @@ def test_lr_1e8_names_the_parameters_whose_gradient_broke(tmp_path, monkeypatch)
     message = str(error.value)
     first = re.match(r"non-finite gradient \(first: ([\w.]+)\) at global step \d+", message)
     assert first, message
-    # Was: "no neuron layer saw a non-finite value: ... the head ... overflowed".
+    # Not "no neuron layer saw a non-finite value: ... the head ... overflowed".
     assert "no neuron layer saw a non-finite value" not in message and "the head" not in message
     assert "the loss and the forward pass on this batch are finite" in message
     overflowed = r"the backward pass overflowed, in the (?:only layer|layers) with non-finite "

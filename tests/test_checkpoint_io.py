@@ -183,7 +183,7 @@ def test_a_full_disk_during_a_save_is_named_and_keeps_the_previous_file(tmp_path
                          capture_output=True, text=True, timeout=120)  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     message, kept = run.stdout.strip().splitlines()
-    # Was: RuntimeError "unexpected pos 21568 vs 21456", the ENOSPC in the middle of the trace.
+    # Not torch's RuntimeError "unexpected pos ...", with the ENOSPC in the middle of a trace.
     assert message.startswith(f"[Errno 28] no space left on the filesystem mounted at {mount} ")
     assert f"while saving {mount / 'run' / 'last.ckpt'}" in message
     assert "last.ckpt is as it was before this save" in message

@@ -76,7 +76,7 @@ def resume(root: Path, *extra: str) -> list[str]:
 # -- resuming: the run asked for, with every check ------------------------------------------------
 @pytest.mark.slow
 def test_ckpt_path_last_gets_the_model_check_of_a_file(run_root, capsys):
-    """Was: resumed silently with hard gates and another gate learning rate."""
+    """Not a silent resume with hard gates and another gate learning rate."""
     message = refused(
         resume(run_root, "--model.backbone.init_args.neuron.init_args.alpha", "hard",
                "--model.gate_lr_factor", "1"),
@@ -91,7 +91,7 @@ def test_ckpt_path_last_gets_the_model_check_of_a_file(run_root, capsys):
 
 @pytest.mark.slow
 def test_ckpt_path_last_resumes_only_a_run_of_the_configured_logger(run_root, capsys):
-    """Was: a CSVLogger resume continued the TensorBoard run, writing its CSV log into it."""
+    """A CSVLogger resume never continues a TensorBoard run (nor writes its CSV log there)."""
     csv = ["--trainer.logger", "pytorch_lightning.loggers.CSVLogger"]
     message = refused(resume(run_root, *csv), capsys, run_root)
     assert f"no run to resume in {run_root / 'digits'}" in message
@@ -106,7 +106,7 @@ def test_ckpt_path_last_resumes_only_a_run_of_the_configured_logger(run_root, ca
 
 @pytest.mark.slow
 def test_a_resume_with_another_max_epochs_is_refused_naming_the_choices(run_root, capsys):
-    """Was: the 2-epoch cosine schedule restored as it was, epoch 2 trained at lr 0."""
+    """Not the 2-epoch cosine schedule restored as it was, epoch 2 training at lr 0."""
     message = refused(resume(run_root, "--trainer.max_epochs", "3"), capsys, run_root)
     assert "with --trainer.max_epochs 3: the checkpoint's cosine learning-rate schedule runs " in (
         message
@@ -155,8 +155,8 @@ def test_a_checkpoint_on_other_data_is_refused_naming_both(tmp_path, capsys):
 # -- no logger -------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_a_run_without_a_logger_works_and_is_its_root_directory(tmp_path, capsys):
-    """Was: LearningRateMonitor stopped the run, config.yaml and .lock were left in the root, and
-    the next run there was refused with advice about a logger version."""
+    """LearningRateMonitor does not stop the run, nothing is left in the root, and the next run
+    there is not refused with advice about a logger version."""
     args = ["fit", *small_args(tmp_path, epochs=1, batches=2), "--trainer.logger", "false"]
     with pytest.warns(UserWarning, match="no logger .*LearningRateMonitor is left out"):
         cli_main(args)

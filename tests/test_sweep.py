@@ -154,8 +154,8 @@ def test_a_result_belongs_to_its_run(tmp_path, capsys):
 
 
 def test_a_damaged_study_file_is_set_aside_and_named(tmp_path, capsys):
-    """Today's main raised SQLAlchemy's "database disk image is malformed" or "file is not a
-    database", naming neither the file nor a fix."""
+    """A damaged study.db is named and set aside, not SQLAlchemy's "database disk image is
+    malformed" or "file is not a database", which name neither the file nor a fix."""
     out = tmp_path / "out"
     lif = ["--out", str(out), "--variants", "lif", "--reference", "lif"]
     assert main(["enqueue", *lif, "--seeds", "0,1"]) == 0
@@ -178,7 +178,7 @@ def test_a_damaged_study_file_is_set_aside_and_named(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_first_runs_started_together_on_one_out_share_it(tmp_path):
-    """Today's main: one died with "UNIQUE constraint failed: alembic_version.version_num"."""
+    """Both create the schema without one dying on "UNIQUE constraint failed"."""
     out = tmp_path / "out"
     command = [sys.executable, str(ROOT / "ablate.py"), "enqueue", "--out", str(out)]
     command += ["--variants", "glif_soft,lif", "--seeds", "0,1"]

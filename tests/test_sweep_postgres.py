@@ -124,7 +124,8 @@ def test_a_killed_worker_s_trial_is_retried_and_every_point_ends_once(postgres, 
 
 
 def test_a_server_stopped_mid_sweep_is_named_and_a_rerun_recovers(own_postgres, tmp_path):
-    """Today's main: a misleading "exceeding max length" error and a traceback per thread."""
+    """A stopped server is said plainly: no misleading "exceeding max length" error, no
+    traceback per thread."""
     url, out = own_postgres.database("sweep_stop"), str(tmp_path / "w")
     study_args = ["--storage", url, "--study", "stop", "--heartbeat", "1"]
     fit = ["--trainer.max_epochs", "4", "--trainer.enable_progress_bar", "false"]

@@ -79,7 +79,7 @@ def test_the_best_options_come_back_as_they_were_written(tmp_path):
 
 @pytest.mark.slow
 def test_a_misspelt_option_stops_the_search_before_any_trial(tmp_path, capsys):
-    """Today's main ran every trial to failure, then said it wrote best.yaml (it did not)."""
+    """A misspelt option stops the search before any trial runs, and no best.yaml is claimed."""
     space = tmp_path / "space.yaml"
     space.write_text(yaml.safe_dump({"params": {"model.gate_lr_factr": {"low": 1, "high": 10}}}))
     with pytest.raises(SystemExit) as exit_info:
