@@ -4,6 +4,7 @@ the default run made small."""
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,3 +51,16 @@ def alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return not state.startswith("Z")
+
+
+def fit_small(root: Path) -> Path:
+    """``root`` after the default config made small trained 2 epochs of 2 steps, in process, as
+    ``train.py fit`` (a finished run: its checkpoints/ holds last.ckpt and the best epoch)."""
+    from lightning_glif.cli.main import cli_main
+
+    argv, sys.argv = sys.argv, ["train.py"]
+    try:
+        cli_main(["fit", *small_args(root, epochs=2, batches=2)])
+    finally:
+        sys.argv = argv
+    return root

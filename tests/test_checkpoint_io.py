@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cli_runs import CHILD_PYTHONPATH, ROOT, small_args
+from cli_runs import CHILD_PYTHONPATH, ROOT, fit_small, small_args
 from pytorch_lightning import Callback
 
 from lightning_glif.cli.checkpoint_io import (
@@ -317,13 +317,7 @@ def test_an_unreadable_checkpoint_outside_a_run_names_no_other_file(tmp_path):
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory) -> Path:
     """A real run of 2 epochs of 2 steps: its checkpoints/ holds last.ckpt and the best epoch."""
-    root = tmp_path_factory.mktemp("trained")
-    argv, sys.argv = sys.argv, ["train.py"]
-    try:
-        cli_main(["fit", *small_args(root, epochs=2, batches=2)])
-    finally:
-        sys.argv = argv
-    return root
+    return fit_small(tmp_path_factory.mktemp("trained"))
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from cli_runs import CHILD_PYTHONPATH, ROOT, small_args
+from cli_runs import CHILD_PYTHONPATH, ROOT, fit_small, small_args
 from pytorch_lightning import Trainer
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -53,13 +53,7 @@ def refused(args: list[str], capsys, untouched: Path) -> str:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     """The default config made small, trained 2 epochs of 2 steps (a finished run)."""
-    root = tmp_path_factory.mktemp("trained")
-    argv, sys.argv = sys.argv, ["train.py"]
-    try:
-        cli_main(["fit", *small_args(root, epochs=2, batches=2)])
-    finally:
-        sys.argv = argv
-    return root
+    return fit_small(tmp_path_factory.mktemp("trained"))
 
 
 @pytest.fixture

@@ -127,6 +127,7 @@ class ForwardHookMonitor(Callback):
             handle.remove()
         self._handles = []
         self._stage = None
+        self._open.clear()
 
     def _batch_start(
         self, trainer: Trainer, pl_module: LightningModule, stage: str, batch: Any, batch_idx: int
