@@ -1,6 +1,7 @@
-"""NonFiniteGuard's check: ``non_finite`` (public torch, on the device) against each kind of
-non-finite value, and the guard deciding once per optimizer step, before the update, naming the
-first broken loss of the accumulated batches."""
+"""NonFiniteGuard's checks: ``non_finite`` (exact) and its per-step screen ``maybe_non_finite``
+(public torch, on the device) against each kind of non-finite value, and the guard deciding once
+per optimizer step, before the update, naming the first broken loss of the accumulated batches
+and letting finite gradients through even where their sum overflows."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch
 from torch import nn
 
 from lightning_glif.callbacks import NonFiniteGuard, NonFiniteLossError
-from lightning_glif.callbacks.finite import non_finite
+from lightning_glif.callbacks.finite import maybe_non_finite, non_finite
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
@@ -31,11 +32,37 @@ def test_non_finite_finds_each_kind_and_leaves_every_value(dtype):
         assert non_finite([b, c]) and not non_finite([c[:20]])  # the rest of it is finite
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.complex64])
+def test_the_screen_fires_on_each_kind_in_any_position(dtype):
+    g = torch.Generator().manual_seed(1)
+    a = torch.randn(50, generator=g).to(dtype)
+    b = torch.randn(2, 3, generator=g, dtype=torch.float64)  # promoted with a in one sum
+    found = maybe_non_finite([a, None, torch.tensor([1, 2]), b])
+    assert isinstance(found, torch.Tensor) and found.dtype == torch.bool and not found
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        for where in (0, 25, 49):
+            c = a.clone()
+            c[where] = bad
+            assert maybe_non_finite([b, c]), (bad, where)
+    both = a.clone()
+    both[:2] = torch.tensor([float("inf"), float("-inf")]).to(dtype)  # their sum is NaN
+    assert maybe_non_finite([both]) and non_finite([both])
+    assert maybe_non_finite([torch.sparse_coo_tensor([[1]], [float("nan")], (3,))])
+    assert not maybe_non_finite([]) and not maybe_non_finite([None])
+
+
+def test_half_precision_is_summed_in_float32():
+    # 2000 x 60000 overflows float16 (max 65504) but not float32: no false alarm
+    assert not maybe_non_finite([torch.full((2000,), 60000.0, dtype=torch.float16)])
+
+
 def test_large_finite_values_are_finite():
     # 1e30 squared overflows float32: a check by the 2-norm would call this Inf
     big = torch.full((4,), 1e30)
     assert torch.isinf(torch.linalg.vector_norm(big))
     assert not non_finite([big])
+    # 4 x 1e38 sums past float32's range (3.4e38): the screen fires, the exact check clears it
+    assert maybe_non_finite([torch.full((4,), 1e38)]) and not non_finite([torch.full((4,), 1e38)])
 
 
 def test_non_finite_skips_what_cannot_be_non_finite_and_reads_sparse_values():
@@ -90,3 +117,21 @@ def test_a_gradient_names_its_parameter_and_16_mixed_leaves_gradients_to_the_sca
         guard.on_before_optimizer_step(trainer, model, None)
     trainer.precision = "16-mixed"
     guard.on_before_optimizer_step(trainer, model, None)  # the scaler skips such a step
+
+
+def test_finite_gradients_whose_sum_overflows_are_applied():
+    """The screen fires on gradients of 1e38 (their sum is Inf in float32), the exact check finds
+    every one finite, and the step goes on."""
+    model = nn.Linear(4, 1)
+    guard, trainer = NonFiniteGuard(), fake_trainer()
+    guard.on_train_start(trainer, model)
+    guard.on_train_batch_start(trainer, model, torch.ones(3, 4), 0)
+    guard.on_before_backward(trainer, model, torch.tensor(0.5))
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 1e38)
+    assert maybe_non_finite([p.grad for p in model.parameters()])
+    guard.on_before_optimizer_step(trainer, model, None)  # no error
+    model.bias.grad[0] = float("nan")
+    guard.on_before_backward(trainer, model, torch.tensor(0.5))
+    with pytest.raises(NonFiniteLossError, match=r"non-finite gradient \(first: bias\)"):
+        guard.on_before_optimizer_step(trainer, model, None)

@@ -16,6 +16,15 @@ from lightning_glif.neurons.base import MembraneNeuron, SpikingNeuron
 from lightning_glif.neurons.functional import membrane_sequence
 
 
+def _floating(tensors: Iterable[torch.Tensor | None]) -> list[torch.Tensor]:
+    """The floating-point and complex ``tensors``, dense (``None`` and integers skipped)."""
+    return [
+        t.to_dense() if t.layout != torch.strided else t
+        for t in tensors
+        if t is not None and (t.is_floating_point() or t.is_complex())
+    ]
+
+
 def non_finite(tensors: Iterable[torch.Tensor | None]) -> torch.Tensor:
     """Whether any element of the floating-point ``tensors`` is NaN or Inf (``None`` and integer
     tensors skipped): a boolean scalar on the device, not read back to the host.
@@ -23,14 +32,34 @@ def non_finite(tensors: Iterable[torch.Tensor | None]) -> torch.Tensor:
     Their largest absolute value (``get_total_norm`` with ``norm_type=inf``, fused per device and
     dtype) is non-finite exactly when an element is; a 2-norm's squares could overflow.
     """
-    floats = [
-        t.to_dense() if t.layout != torch.strided else t
-        for t in tensors
-        if t is not None and (t.is_floating_point() or t.is_complex())
-    ]
+    floats = _floating(tensors)
     if not floats:
         return torch.tensor(False)
     return ~torch.isfinite(torch.nn.utils.get_total_norm(floats, norm_type=math.inf))
+
+
+def maybe_non_finite(tensors: Iterable[torch.Tensor | None]) -> torch.Tensor:
+    """A cheaper screen for :func:`non_finite`: true whenever it is, and also when finite values
+    add up past their dtype's range (which :func:`non_finite` then clears). A boolean scalar on
+    the device.
+
+    The sum of all elements, one concatenation and one reduction per device (at least float32):
+    NaN and Inf survive a sum. A few operations whatever the number of tensors, so it is the
+    check made at every optimizer step (``benchmarks/loop_overhead.py``); the concatenation is a
+    moment's copy of the tensors (4 bytes a float32 parameter).
+    """
+    by_device: dict[torch.device, list[torch.Tensor]] = {}
+    for t in _floating(tensors):
+        by_device.setdefault(t.device, []).append(t.flatten())
+    if not by_device:
+        return torch.tensor(False)
+    flags = []
+    for flat in by_device.values():
+        flat = torch.cat(flat)  # mixed dtypes promote
+        total = flat.sum(dtype=torch.promote_types(flat.dtype, torch.float32))
+        flags.append(~torch.isfinite(total))
+    first = flags[0].device
+    return flags[0] if len(flags) == 1 else torch.stack([f.to(first) for f in flags]).any()
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -100,8 +129,8 @@ class NonFiniteGuard(Callback):
     re-running that batch's forward without gradients (:meth:`diagnose`). Gradients too, since a
     NaN membrane does not reach the loss (``NaN >= V_th`` is false: the layer stops spiking).
 
-    Cost per optimizer step: finiteness flags of the losses since the last step and one pass
-    over the gradients, on the device, then one flag read back to the host: the one per-step
+    Cost per optimizer step: one sum over the losses since the last step and the gradients, on
+    the device (:func:`maybe_non_finite`), then one flag read back to the host: the one per-step
     host read of the shipped callbacks, since the decision must precede the update (as
     ``GradScaler``'s skipped steps). Under gradient accumulation the first broken batch is named.
 
@@ -129,24 +158,27 @@ class NonFiniteGuard(Callback):
 
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer):
         losses, self._losses = self._losses, []
-        flags = [~torch.isfinite(loss).all() for _, _, loss in losses]
-        if self.check_gradients and trainer.precision != "16-mixed":
-            flags.append(non_finite(p.grad for p in self._params or pl_module.parameters()))
-        if not flags:
-            return
-        device = flags[0].device
+        gradients = self.check_gradients and trainer.precision != "16-mixed"
+        checked = [loss for _, _, loss in losses]
+        if gradients:
+            checked += [p.grad for p in self._params or pl_module.parameters()]
         # The one host read per step: stop before the update is applied.
-        if not bool(torch.stack([f.to(device) for f in flags]).any()):
+        if not bool(maybe_non_finite(checked)):
             return
+        # The screen fired: find what is broken, exactly (finite values may just have summed
+        # past float32's range, and then the step goes on).
         for batch_idx, batch, loss in losses:
             if not torch.isfinite(loss).all():
                 self._batch, self._batch_idx = batch, batch_idx
                 shown = loss.item() if loss.numel() == 1 else loss.tolist()
                 self._stop(trainer, pl_module, f"non-finite training loss ({shown})")
+        if not gradients:
+            return
         named = [(n, p.grad) for n, p in pl_module.named_parameters() if p.grad is not None]
         bad = [n for n, g in named if bool(non_finite([g]))]
-        what = f"non-finite gradient (first: {bad[0]})"
-        self._stop(trainer, pl_module, what, broken=self.by_layer(pl_module, bad))
+        if bad:
+            what = f"non-finite gradient (first: {bad[0]})"
+            self._stop(trainer, pl_module, what, broken=self.by_layer(pl_module, bad))
 
     @staticmethod
     def by_layer(pl_module: nn.Module, names: list[str]) -> dict[str, list[str]]:
